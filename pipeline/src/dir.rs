@@ -1,0 +1,1 @@
+//! TODO: stage 'dir' (being written).

@@ -1,0 +1,1 @@
+//! TODO: stage 'logmel' (being written).

@@ -1,0 +1,1 @@
+//! TODO: stage 'resample' (being written).
