@@ -31,52 +31,54 @@ pub use vocab::{
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// The file has no spec-version key: it was not written by this toolkit.
-    #[error("{source}: not an ASC shard (no '{key}' metadata); was it written by `pipeline`?", key = META_SPEC_VERSION)]
+    #[error("{file}: not an ASC shard (no '{key}' metadata); was it written by `pipeline`?", key = META_SPEC_VERSION)]
     NotAShard {
         /// File.
-        source: String,
+        file: String,
     },
     /// The spec version differs from the one this build reads.
-    #[error("{source}: shard spec version {found}, but this build reads version {expected}; rebuild the shards with `make features`")]
+    #[error(
+        "{file}: shard spec version {found}, but this build reads version {expected}; rebuild the shards with `make features`"
+    )]
     VersionMismatch {
         /// File.
-        source: String,
+        file: String,
         /// Version in the file.
         found: u32,
         /// Version of this build.
         expected: u32,
     },
     /// A metadata key is missing.
-    #[error("{source}: metadata key '{key}' is missing")]
+    #[error("{file}: metadata key '{key}' is missing")]
     MissingMetadata {
         /// File.
-        source: String,
+        file: String,
         /// Key.
         key: String,
     },
     /// A metadata value cannot be parsed.
-    #[error("{source}: metadata key '{key}' is invalid: {problem}")]
+    #[error("{file}: metadata key '{key}' is invalid: {problem}")]
     BadMetadata {
         /// File.
-        source: String,
+        file: String,
         /// Key.
         key: String,
         /// What is wrong.
         problem: String,
     },
     /// A column of the spec is missing.
-    #[error("{source}: column '{column}' is missing")]
+    #[error("{file}: column '{column}' is missing")]
     MissingColumn {
         /// File.
-        source: String,
+        file: String,
         /// Column.
         column: String,
     },
     /// A column has another type than the spec's.
-    #[error("{source}: column '{column}' has type {found}, expected {expected}")]
+    #[error("{file}: column '{column}' has type {found}, expected {expected}")]
     ColumnType {
         /// File.
-        source: String,
+        file: String,
         /// Column.
         column: String,
         /// Type found.
@@ -85,10 +87,10 @@ pub enum SpecError {
         expected: String,
     },
     /// Columns that the spec does not define.
-    #[error("{source}: unexpected columns {columns:?}")]
+    #[error("{file}: unexpected columns {columns:?}")]
     ExtraColumns {
         /// File.
-        source: String,
+        file: String,
         /// The extra columns.
         columns: Vec<String>,
     },
@@ -105,26 +107,26 @@ pub enum SpecError {
         expected: usize,
     },
     /// The manifest cannot be parsed.
-    #[error("{source}: invalid manifest: {problem}")]
+    #[error("{file}: invalid manifest: {problem}")]
     BadManifest {
         /// File.
-        source: String,
+        file: String,
         /// What is wrong.
         problem: String,
     },
     /// Reading or writing failed.
-    #[error("{source}: {problem}")]
+    #[error("{file}: {problem}")]
     Io {
         /// File.
-        source: String,
+        file: String,
         /// What is wrong.
         problem: String,
     },
     /// The file is not readable Parquet.
-    #[error("{source}: not a readable Parquet file: {problem}")]
+    #[error("{file}: not a readable Parquet file: {problem}")]
     Parquet {
         /// File.
-        source: String,
+        file: String,
         /// What is wrong.
         problem: String,
     },
@@ -141,19 +143,22 @@ pub enum SpecError {
 /// (-20 dBFS), which is the typical level of TAU22 clips; we believe the paper used the same
 /// definition, but it does not say so, and the default threshold is recomputed from the data.
 pub fn clip_energy(samples: &[f32]) -> f32 {
-    samples.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() as f32
+    samples
+        .iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>() as f32
 }
 
 /// Reads the Arrow schema of a Parquet shard and validates it (spec version, columns, types).
 pub fn read_shard_meta(path: &Path) -> Result<ShardMeta, SpecError> {
     let source = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| SpecError::Io {
-        source: source.clone(),
+        file: source.clone(),
         problem: e.to_string(),
     })?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| SpecError::Parquet {
-            source: source.clone(),
+            file: source.clone(),
             problem: e.to_string(),
         })?;
     ShardMeta::validate(builder.schema(), &source)

@@ -46,16 +46,16 @@ impl Manifest {
             path.to_path_buf()
         };
         let text = std::fs::read_to_string(&file).map_err(|e| SpecError::Io {
-            source: file.display().to_string(),
+            file: file.display().to_string(),
             problem: e.to_string(),
         })?;
         let m: Manifest = serde_json::from_str(&text).map_err(|e| SpecError::BadManifest {
-            source: file.display().to_string(),
+            file: file.display().to_string(),
             problem: e.to_string(),
         })?;
         if m.spec_version != crate::SPEC_VERSION {
             return Err(SpecError::VersionMismatch {
-                source: file.display().to_string(),
+                file: file.display().to_string(),
                 found: m.spec_version,
                 expected: crate::SPEC_VERSION,
             });
@@ -68,7 +68,7 @@ impl Manifest {
         let file = dir.join(MANIFEST_FILE);
         let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
         let io = |e: std::io::Error| SpecError::Io {
-            source: file.display().to_string(),
+            file: file.display().to_string(),
             problem: e.to_string(),
         };
         let text = serde_json::to_string_pretty(self).expect("manifest serialises");

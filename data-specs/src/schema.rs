@@ -15,9 +15,9 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
+use crate::SpecError;
 use crate::frontend::FrontEndConfig;
 use crate::vocab::Vocabulary;
-use crate::SpecError;
 
 /// Version of the shard format defined here. Bump on any incompatible change.
 pub const SPEC_VERSION: u32 = 1;
@@ -226,32 +226,34 @@ impl ShardMeta {
     pub fn from_key_values(kv: &HashMap<String, String>, source: &str) -> Result<Self, SpecError> {
         let get = |key: &str| {
             kv.get(key).ok_or_else(|| SpecError::MissingMetadata {
-                source: source.to_string(),
+                file: source.to_string(),
                 key: key.to_string(),
             })
         };
-        let version_text = kv.get(META_SPEC_VERSION).ok_or_else(|| SpecError::NotAShard {
-            source: source.to_string(),
-        })?;
+        let version_text = kv
+            .get(META_SPEC_VERSION)
+            .ok_or_else(|| SpecError::NotAShard {
+                file: source.to_string(),
+            })?;
         let spec_version: u32 =
             version_text
                 .trim()
                 .parse()
                 .map_err(|_| SpecError::BadMetadata {
-                    source: source.to_string(),
+                    file: source.to_string(),
                     key: META_SPEC_VERSION.to_string(),
                     problem: format!("'{version_text}' is not a version number"),
                 })?;
         if spec_version != SPEC_VERSION {
             return Err(SpecError::VersionMismatch {
-                source: source.to_string(),
+                file: source.to_string(),
                 found: spec_version,
                 expected: SPEC_VERSION,
             });
         }
         let parse_json = |key: &str| -> Result<serde_json::Value, SpecError> {
             serde_json::from_str(get(key)?).map_err(|e| SpecError::BadMetadata {
-                source: source.to_string(),
+                file: source.to_string(),
                 key: key.to_string(),
                 problem: e.to_string(),
             })
@@ -262,7 +264,7 @@ impl ShardMeta {
             key: &str,
         ) -> Result<T, SpecError> {
             serde_json::from_value(v).map_err(|e| SpecError::BadMetadata {
-                source: source.to_string(),
+                file: source.to_string(),
                 key: key.to_string(),
                 problem: e.to_string(),
             })
@@ -273,14 +275,13 @@ impl ShardMeta {
             frontend: typed(parse_json(META_FRONTEND)?, source, META_FRONTEND)?,
             labels: typed(parse_json(META_LABELS)?, source, META_LABELS)?,
             devices: typed(parse_json(META_DEVICES)?, source, META_DEVICES)?,
-            energy_threshold: threshold_text
-                .trim()
-                .parse()
-                .map_err(|_| SpecError::BadMetadata {
-                    source: source.to_string(),
+            energy_threshold: threshold_text.trim().parse().map_err(|_| {
+                SpecError::BadMetadata {
+                    file: source.to_string(),
                     key: META_ENERGY_THRESHOLD.to_string(),
                     problem: format!("'{threshold_text}' is not a number"),
-                })?,
+                }
+            })?,
             dir_set: typed(parse_json(META_DIR_SET)?, source, META_DIR_SET)?,
             teacher: kv.get(META_TEACHER).cloned().unwrap_or_default(),
             dataset: kv.get(META_DATASET).cloned().unwrap_or_default(),
@@ -321,18 +322,19 @@ impl ShardMeta {
     /// Checks that `schema` is a shard schema of this spec version and returns its metadata.
     /// `source` names the file in errors. Column names, types and order must match exactly.
     pub fn validate(schema: &Schema, source: &str) -> Result<Self, SpecError> {
-        let meta = Self::from_key_values(schema.metadata(), source)?;
+        let meta = Self::from_key_values(&HashMap::from(schema.metadata()), source)?;
         let expected = meta.schema();
         for field in expected.fields() {
-            let found = schema
-                .field_with_name(field.name())
-                .map_err(|_| SpecError::MissingColumn {
-                    source: source.to_string(),
-                    column: field.name().to_string(),
-                })?;
+            let found =
+                schema
+                    .field_with_name(field.name())
+                    .map_err(|_| SpecError::MissingColumn {
+                        file: source.to_string(),
+                        column: field.name().to_string(),
+                    })?;
             if found.data_type() != field.data_type() {
                 return Err(SpecError::ColumnType {
-                    source: source.to_string(),
+                    file: source.to_string(),
                     column: field.name().to_string(),
                     found: found.data_type().to_string(),
                     expected: field.data_type().to_string(),
@@ -347,7 +349,7 @@ impl ShardMeta {
                 .map(|f| f.name().to_string())
                 .collect();
             return Err(SpecError::ExtraColumns {
-                source: source.to_string(),
+                file: source.to_string(),
                 columns: extra,
             });
         }
@@ -407,7 +409,10 @@ pub struct ClipRecord {
 }
 
 /// Builds a [`RecordBatch`] of the shard schema from records; checks list lengths.
-pub fn records_to_batch(meta: &ShardMeta, records: &[ClipRecord]) -> Result<RecordBatch, SpecError> {
+pub fn records_to_batch(
+    meta: &ShardMeta,
+    records: &[ClipRecord],
+) -> Result<RecordBatch, SpecError> {
     let n_classes = meta.n_classes();
     let logmel_len = meta.frontend.logmel_len();
     let n = records.len();

@@ -24,9 +24,17 @@ fn record(i: usize, meta: &ShardMeta, logits: bool) -> ClipRecord {
         identifier: "lyon-1".into(),
         segment_id: format!("park-lyon-1-{i}"),
         segment_index: 0,
-        set: if i % 2 == 0 { ClipSet::Train } else { ClipSet::Test },
+        set: if i % 2 == 0 {
+            ClipSet::Train
+        } else {
+            ClipSet::Test
+        },
         split: if i % 2 == 0 { Some(25) } else { None },
-        variant: if i % 3 == 0 { Variant::Dir } else { Variant::Original },
+        variant: if i % 3 == 0 {
+            Variant::Dir
+        } else {
+            Variant::Original
+        },
         variant_source: (i % 3 == 0).then(|| "IR_AKGD12".to_string()),
         energy: 300.0 + i as f32,
         teacher_logits: logits.then(|| (0..10).map(|k| k as f32 - i as f32).collect()),
@@ -77,7 +85,10 @@ fn schema_round_trips_through_parquet() {
     let b = &back[0];
     assert_eq!(b.num_rows(), 4);
     assert_eq!(b.schema().fields(), meta.schema().fields());
-    let logits = b.column_by_name(col::TEACHER_LOGITS).unwrap().as_fixed_size_list();
+    let logits = b
+        .column_by_name(col::TEACHER_LOGITS)
+        .unwrap()
+        .as_fixed_size_list();
     assert!(logits.is_null(1) && logits.is_valid(0));
     let first = logits.value(2);
     let first = first.as_primitive::<Float32Type>();
@@ -89,7 +100,10 @@ fn schema_round_trips_through_parquet() {
     assert_eq!(row3.value(10), 10.0 * 1e-3 + 3.0);
     let split = b.column_by_name(col::SPLIT).unwrap();
     assert!(split.is_null(1));
-    let variant = b.column_by_name(col::VARIANT).unwrap().as_dictionary::<Int32Type>();
+    let variant = b
+        .column_by_name(col::VARIANT)
+        .unwrap()
+        .as_dictionary::<Int32Type>();
     let values = variant.values().as_string::<i32>();
     let v0 = values.value(variant.keys().value(0) as usize);
     assert_eq!(v0, "dir");
@@ -99,10 +113,10 @@ fn schema_round_trips_through_parquet() {
 fn validator_rejects_other_spec_version_naming_it() {
     let meta = meta();
     let batch = records_to_batch(&meta, &[record(0, &meta, true)]).unwrap();
-    let mut kv: HashMap<String, String> = batch.schema().metadata().clone();
+    let mut kv: HashMap<String, String> = HashMap::from(batch.schema().metadata());
     kv.insert(META_SPEC_VERSION.into(), "7".into());
     let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(kv));
-    let batch = batch.with_schema(schema).unwrap();
+    let batch = RecordBatch::try_new(schema, batch.columns().to_vec()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.parquet");
     write(&batch, &path);
@@ -124,20 +138,32 @@ fn validator_rejects_foreign_parquet_and_wrong_types() {
     let path = dir.path().join("foreign.parquet");
     write(&foreign, &path);
     let err = read_shard_meta(&path).unwrap_err().to_string();
-    assert!(err.contains("foreign.parquet") && err.contains("not an ASC shard"), "{err}");
+    assert!(
+        err.contains("foreign.parquet") && err.contains("not an ASC shard"),
+        "{err}"
+    );
 
     // Not Parquet at all.
     let junk = dir.path().join("junk.parquet");
     std::fs::write(&junk, b"PAR1 but not really").unwrap();
     let err = read_shard_meta(&junk).unwrap_err().to_string();
-    assert!(err.contains("junk.parquet") && err.contains("Parquet"), "{err}");
+    assert!(
+        err.contains("junk.parquet") && err.contains("Parquet"),
+        "{err}"
+    );
 
     // Right metadata, wrong column type.
     let meta = meta();
     let mut fields: Vec<_> = meta.schema().fields().iter().cloned().collect();
-    fields[3] = Arc::new(arrow_schema::Field::new(col::LABEL, arrow_schema::DataType::Int64, true));
+    fields[3] = Arc::new(arrow_schema::Field::new(
+        col::LABEL,
+        arrow_schema::DataType::Int64,
+        true,
+    ));
     let schema = arrow_schema::Schema::new_with_metadata(fields, meta.to_key_values());
-    let err = ShardMeta::validate(&schema, "x.parquet").unwrap_err().to_string();
+    let err = ShardMeta::validate(&schema, "x.parquet")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("'label'") && err.contains("Int64"), "{err}");
 }
 
@@ -182,5 +208,8 @@ fn manifest_round_trips_and_checks_version() {
     )
     .unwrap();
     let err = Manifest::load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("manifest.json") && err.contains("version 9"), "{err}");
+    assert!(
+        err.contains("manifest.json") && err.contains("version 9"),
+        "{err}"
+    );
 }

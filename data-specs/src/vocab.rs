@@ -50,10 +50,7 @@ impl Vocabulary {
     /// `canonical` (e.g. [`TAU22_LABELS`]), the canonical list is returned whole and in its
     /// order, so that TAU subsets keep the official indices; otherwise the distinct names are
     /// sorted alphabetically.
-    pub fn from_observed<'a>(
-        names: impl IntoIterator<Item = &'a str>,
-        canonical: &[&str],
-    ) -> Self {
+    pub fn from_observed<'a>(names: impl IntoIterator<Item = &'a str>, canonical: &[&str]) -> Self {
         let mut seen: Vec<String> = names.into_iter().map(str::to_string).collect();
         seen.sort();
         seen.dedup();
