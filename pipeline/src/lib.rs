@@ -9,6 +9,7 @@
 
 pub mod dir;
 pub mod features;
+pub mod fusion;
 pub mod ingest;
 pub mod inspect;
 pub mod logmel;
