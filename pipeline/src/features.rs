@@ -64,7 +64,7 @@ pub struct FeaturesArgs {
     #[arg(long, value_name = "DIR")]
     pub dataset: PathBuf,
 
-    /// Output folder of the shards (shard-p{i}of{n}-{k}.parquet, manifest.json, skipped.tsv).
+    /// Output folder of the shards (shard-p<i>of<n>-<k>.parquet, manifest.json, skipped.tsv).
     #[arg(long, value_name = "DIR", default_value = "data")]
     pub out: PathBuf,
 
@@ -183,8 +183,14 @@ pub fn parse_partition(s: &str) -> Result<(u32, u32), String> {
     let (i, n) = s
         .split_once('/')
         .ok_or_else(|| format!("'{s}' is not of the form i/n (e.g. 0/4)"))?;
-    let i: u32 = i.trim().parse().map_err(|_| format!("'{i}' is not a number"))?;
-    let n: u32 = n.trim().parse().map_err(|_| format!("'{n}' is not a number"))?;
+    let i: u32 = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{i}' is not a number"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{n}' is not a number"))?;
     if n == 0 || i >= n {
         return Err(format!("partition {i}/{n}: need 0 <= i < n"));
     }
@@ -446,8 +452,7 @@ impl Ctx<'_> {
                 && !self.irs.is_empty();
             out.push(original);
             if eligible {
-                let chosen =
-                    crate::dir::choose_irs(&id, self.seed, self.irs.len(), self.dir_k);
+                let chosen = crate::dir::choose_irs(&id, self.seed, self.irs.len(), self.dir_k);
                 for i in chosen {
                     let ir = &self.irs[i];
                     let mut conv = crate::dir::convolve_causal(clip, &ir.samples);
@@ -475,8 +480,7 @@ impl Ctx<'_> {
                 }
             } else if self.replay_sim && is_train {
                 let seed = self.seed ^ fnv1a(&id);
-                let mut sim =
-                    crate::replay::simulate_replay(clip, self.cfg.sample_rate, seed);
+                let mut sim = crate::replay::simulate_replay(clip, self.cfg.sample_rate, seed);
                 sim.resize(clip.len(), 0.0);
                 out.push(self.record(
                     row,
@@ -596,7 +600,10 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         let irs = crate::dir::load_dir_set(&folder, cfg.sample_rate)
             .with_context(|| format!("{}: cannot load the DIR set", folder.display()))?;
         if irs.is_empty() {
-            bail!("{}: no impulse responses (WAV files) found", folder.display());
+            bail!(
+                "{}: no impulse responses (WAV files) found",
+                folder.display()
+            );
         }
         let set = DirSet {
             name: folder
@@ -723,8 +730,9 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         let path = args.out.join(shards::shard_name(part_i, part_n, k));
         let tmp = shards::tmp_path(&path);
         if tmp.exists() {
-            std::fs::remove_file(&tmp)
-                .with_context(|| format!("{}: cannot remove stale temporary file", tmp.display()))?;
+            std::fs::remove_file(&tmp).with_context(|| {
+                format!("{}: cannot remove stale temporary file", tmp.display())
+            })?;
         }
         if let Some(entry) = shards::shard_is_complete(&path, old_manifest.as_ref(), &meta)? {
             fresh.push(entry);
@@ -791,7 +799,11 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
     } else {
         let mut text = String::from("file\treason\n");
         for s in &skipped {
-            text.push_str(&format!("{}\t{}\n", s.file, s.reason.replace(['\t', '\n'], " ")));
+            text.push_str(&format!(
+                "{}\t{}\n",
+                s.file,
+                s.reason.replace(['\t', '\n'], " ")
+            ));
         }
         std::fs::write(&report, text)
             .with_context(|| format!("{}: cannot write the skip report", report.display()))?;

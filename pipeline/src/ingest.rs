@@ -52,7 +52,9 @@ pub struct Skipped {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// The dataset folder does not exist or has no `meta.csv`.
-    #[error("{path}: no meta.csv here; is this a TAU-style dataset folder (audio/, meta.csv, evaluation_setup/)?")]
+    #[error(
+        "{path}: no meta.csv here; is this a TAU-style dataset folder (audio/, meta.csv, evaluation_setup/)?"
+    )]
     NoMeta {
         /// The dataset folder.
         path: String,
@@ -234,7 +236,8 @@ pub fn read_meta(path: &Path) -> Result<Vec<MetaRow>, IngestError> {
                 .filter(|s| !s.is_empty())
                 .cloned()
         };
-        let filename = get(Some(c_file)).ok_or_else(|| bad(format!("line {line}: empty filename")))?;
+        let filename =
+            get(Some(c_file)).ok_or_else(|| bad(format!("line {line}: empty filename")))?;
         let tau = TauFileName::parse(&filename);
         let stem = file_stem(&filename).to_string();
         let device = get(c_device)
@@ -346,7 +349,10 @@ impl Dataset {
         let usable: Vec<usize> = (0..rows.len()).filter(|&i| present[i]).collect();
         if usable.is_empty() {
             return Err(IngestError::Empty {
-                path: format!("{} (no audio file of meta.csv is present)", meta_path.display()),
+                path: format!(
+                    "{} (no audio file of meta.csv is present)",
+                    meta_path.display()
+                ),
             });
         }
 
@@ -363,28 +369,27 @@ impl Dataset {
         let mut lists = Vec::new();
         let mut sets = vec![ClipSet::Unused; rows.len()];
         let mut splits: Vec<Option<u8>> = vec![None; rows.len()];
-        let resolve = |path: &Path,
-                           skipped: &mut Vec<Skipped>|
-         -> Result<Vec<usize>, IngestError> {
-            let mut out = Vec::new();
-            for (line, entry) in read_list(path)? {
-                match by_stem.get(file_stem(&entry)) {
-                    Some(&r) => out.push(r),
-                    None if opts.on_error == OnError::Skip => skipped.push(Skipped {
-                        file: format!("{}:{line}", path.display()),
-                        reason: format!("'{entry}' is not in meta.csv"),
-                    }),
-                    None => {
-                        return Err(IngestError::UnknownClip {
-                            list: path.display().to_string(),
-                            line,
-                            clip: entry,
-                        });
+        let resolve =
+            |path: &Path, skipped: &mut Vec<Skipped>| -> Result<Vec<usize>, IngestError> {
+                let mut out = Vec::new();
+                for (line, entry) in read_list(path)? {
+                    match by_stem.get(file_stem(&entry)) {
+                        Some(&r) => out.push(r),
+                        None if opts.on_error == OnError::Skip => skipped.push(Skipped {
+                            file: format!("{}:{line}", path.display()),
+                            reason: format!("'{entry}' is not in meta.csv"),
+                        }),
+                        None => {
+                            return Err(IngestError::UnknownClip {
+                                list: path.display().to_string(),
+                                line,
+                                clip: entry,
+                            });
+                        }
                     }
                 }
-            }
-            Ok(out)
-        };
+                Ok(out)
+            };
         let train_list = find_file(std::slice::from_ref(&eval), "fold1_train.csv");
         if let Some(p) = &train_list {
             for r in resolve(p, &mut skipped)? {

@@ -62,11 +62,18 @@ fn dict_strings(batch: &RecordBatch, name: &str) -> anyhow::Result<Vec<Option<St
 
 /// Counts the rows of one shard (reads only the small columns).
 pub fn count_shard(path: &Path, counts: &mut Counts) -> anyhow::Result<()> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
     let schema = builder.schema().clone();
-    let wanted = [col::SET, col::DEVICE, col::VARIANT, col::SPLIT, col::TEACHER_LOGITS];
+    let wanted = [
+        col::SET,
+        col::DEVICE,
+        col::VARIANT,
+        col::SPLIT,
+        col::TEACHER_LOGITS,
+    ];
     let roots: Vec<usize> = wanted
         .iter()
         .map(|n| schema.index_of(n))

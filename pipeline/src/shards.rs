@@ -117,7 +117,10 @@ impl Codec {
             ("uncompressed", Compression::UNCOMPRESSED),
             ("snappy", Compression::SNAPPY),
             ("lz4", Compression::LZ4_RAW),
-            ("zstd-1", Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1"))),
+            (
+                "zstd-1",
+                Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1")),
+            ),
             (
                 "zstd-3",
                 Compression::ZSTD(ZstdLevel::try_new(3).expect("zstd level 3")),
@@ -140,7 +143,11 @@ impl Codec {
 
 /// Writer properties of a shard: codec, row group size, per-column encodings and the shard
 /// metadata as file key-value metadata (sorted by key so that the bytes are deterministic).
-pub fn writer_properties(meta: &ShardMeta, row_group_rows: usize, codec: Codec) -> WriterProperties {
+pub fn writer_properties(
+    meta: &ShardMeta,
+    row_group_rows: usize,
+    codec: Codec,
+) -> WriterProperties {
     let kv: BTreeMap<String, String> = meta.to_key_values().into_iter().collect();
     let kv: Vec<KeyValue> = kv.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
     let logmel = ColumnPath::new(vec!["logmel".into(), "list".into(), "item".into()]);
@@ -274,7 +281,10 @@ fn file_name(path: &Path) -> String {
 
 /// Opens a shard, validates its schema against the spec and checks that its metadata equals
 /// `expected` (when given). Returns the metadata and the row count.
-pub fn check_shard(path: &Path, expected: Option<&ShardMeta>) -> Result<(ShardMeta, u64), ShardError> {
+pub fn check_shard(
+    path: &Path,
+    expected: Option<&ShardMeta>,
+) -> Result<(ShardMeta, u64), ShardError> {
     let file = File::open(path).map_err(io(path))?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(pq(path))?;
@@ -304,9 +314,17 @@ pub fn describe_difference(found: &ShardMeta, expected: &ShardMeta) -> String {
         .map(|k| {
             let short = |v: Option<&String>| {
                 let v = v.map(String::as_str).unwrap_or("<none>");
-                if v.len() > 60 { format!("{}...", &v[..60]) } else { v.to_string() }
+                if v.len() > 60 {
+                    format!("{}...", &v[..60])
+                } else {
+                    v.to_string()
+                }
             };
-            format!("{k}: shard has '{}', this run '{}'", short(a.get(k)), short(b.get(k)))
+            format!(
+                "{k}: shard has '{}', this run '{}'",
+                short(a.get(k)),
+                short(b.get(k))
+            )
         })
         .collect();
     format!(
@@ -315,8 +333,10 @@ pub fn describe_difference(found: &ShardMeta, expected: &ShardMeta) -> String {
     )
 }
 
-/// Is shard `path` complete? It is when the manifest lists it with a matching checksum, or
-/// when it is present, readable, valid and has the metadata of this run.
+/// Is shard `path` complete? It must be present, readable (a valid footer) and valid, with the
+/// metadata of this run (a shard of another configuration is an error, never silently
+/// reused); when the manifest lists it, its SHA-256 must also match (this catches damage
+/// inside the file).
 pub fn shard_is_complete(
     path: &Path,
     manifest: Option<&Manifest>,
@@ -326,28 +346,27 @@ pub fn shard_is_complete(
         return Ok(None);
     }
     let name = file_name(path);
-    let sha = sha256_file(path)?;
-    if let Some(e) = manifest.and_then(|m| m.shards.iter().find(|s| s.file == name))
-        && e.sha256 == sha
-    {
-        return Ok(Some(e.clone()));
-    }
-    match check_shard(path, Some(expected)) {
-        Ok((_, rows)) => {
-            let partition = parse_shard_name(&name)
-                .map(|(i, n, _)| [i, n])
-                .unwrap_or([0, 1]);
-            Ok(Some(ShardEntry {
-                file: name,
-                rows,
-                sha256: sha,
-                partition,
-            }))
-        }
-        Err(e @ ShardError::Mismatch { .. }) => Err(e),
+    let rows = match check_shard(path, Some(expected)) {
+        Ok((_, rows)) => rows,
+        Err(e @ ShardError::Mismatch { .. }) => return Err(e),
         // Unreadable or invalid: incomplete, it will be rewritten.
-        Err(_) => Ok(None),
+        Err(_) => return Ok(None),
+    };
+    let sha256 = sha256_file(path)?;
+    if let Some(e) = manifest.and_then(|m| m.shards.iter().find(|s| s.file == name))
+        && e.sha256 != sha256
+    {
+        return Ok(None);
     }
+    let partition = parse_shard_name(&name)
+        .map(|(i, n, _)| [i, n])
+        .unwrap_or([0, 1]);
+    Ok(Some(ShardEntry {
+        file: name,
+        rows,
+        sha256,
+        partition,
+    }))
 }
 
 /// An exclusive lock on the manifest of a folder (`manifest.json.lock`, created with

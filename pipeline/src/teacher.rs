@@ -57,7 +57,11 @@ impl TeacherLogits {
     /// Loads logits from a `.npy` or Parquet file (chosen by the extension). `meta_rows` are
     /// the rows of `meta.csv` (used to key `.npy` rows). `n_classes` is the length of the
     /// label vocabulary; every logits vector must have this length.
-    pub fn load(path: &Path, meta_rows: &[MetaRow], n_classes: usize) -> Result<Self, TeacherError> {
+    pub fn load(
+        path: &Path,
+        meta_rows: &[MetaRow],
+        n_classes: usize,
+    ) -> Result<Self, TeacherError> {
         let is_npy = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
@@ -110,10 +114,9 @@ impl TeacherLogits {
             path: p.clone(),
             problem: e.to_string(),
         })?;
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.build())
-                .map_err(|e| fmt(format!("not a readable Parquet file: {e}")))?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| fmt(format!("not a readable Parquet file: {e}")))?;
         let mut index = HashMap::new();
         let mut values = Vec::new();
         let mut rows = 0usize;
@@ -130,8 +133,12 @@ impl TeacherLogits {
             let logits_col = schema
                 .index_of("logits")
                 .map_err(|_| fmt("no 'logits' column".into()))?;
-            let keys = string_values(batch.column(key_col))
-                .ok_or_else(|| fmt(format!("column '{}' is not a string column", schema.field(key_col).name())))?;
+            let keys = string_values(batch.column(key_col)).ok_or_else(|| {
+                fmt(format!(
+                    "column '{}' is not a string column",
+                    schema.field(key_col).name()
+                ))
+            })?;
             let logits = batch.column(logits_col);
             for (r, key) in keys.into_iter().enumerate() {
                 let Some(key) = key else { continue };
@@ -202,7 +209,8 @@ fn display_name(path: &Path) -> String {
 
 /// String values of a Utf8 / LargeUtf8 / Utf8View / Dictionary<Int32, Utf8> column.
 fn string_values(a: &ArrayRef) -> Option<Vec<Option<String>>> {
-    let owned = |it: &mut dyn Iterator<Item = Option<&str>>| it.map(|s| s.map(str::to_string)).collect();
+    let owned =
+        |it: &mut dyn Iterator<Item = Option<&str>>| it.map(|s| s.map(str::to_string)).collect();
     match a.data_type() {
         DataType::Utf8 => Some(owned(&mut a.as_string::<i32>().iter())),
         DataType::LargeUtf8 => Some(owned(&mut a.as_string::<i64>().iter())),
@@ -239,7 +247,12 @@ fn list_row(a: &ArrayRef, r: usize) -> Result<Option<Vec<f32>>, String> {
     let f = inner
         .as_any()
         .downcast_ref::<Float32Array>()
-        .ok_or_else(|| format!("column 'logits' holds {}, expected Float32", inner.data_type()))?;
+        .ok_or_else(|| {
+            format!(
+                "column 'logits' holds {}, expected Float32",
+                inner.data_type()
+            )
+        })?;
     Ok(Some(f.values().to_vec()))
 }
 
@@ -314,7 +327,9 @@ pub fn read_npy_f32(path: &Path) -> Result<NpyArray, TeacherError> {
         }
     };
     if value_of("fortran_order")?.starts_with("True") {
-        return Err(fmt("Fortran-order arrays are not supported; save with C order".into()));
+        return Err(fmt(
+            "Fortran-order arrays are not supported; save with C order".into(),
+        ));
     }
     let shape_text = value_of("shape")?;
     let inner = shape_text
@@ -354,7 +369,8 @@ pub fn read_npy_f32(path: &Path) -> Result<NpyArray, TeacherError> {
 /// Writes a 2-D float32 `.npy` (version 1.0, C order); used by tests and tools.
 pub fn write_npy_f32(path: &Path, rows: usize, cols: usize, data: &[f32]) -> std::io::Result<()> {
     assert_eq!(data.len(), rows * cols, "data length must be rows * cols");
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     // Pad so that magic + version + length + header + '\n' is a multiple of 64.
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
@@ -403,7 +419,12 @@ mod tests {
         let at = b2.windows(3).position(|w| w == b"<f4").unwrap();
         b2[at] = b'>';
         std::fs::write(&p, &b2).unwrap();
-        assert!(read_npy_f32(&p).unwrap_err().to_string().contains("float32"));
+        assert!(
+            read_npy_f32(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("float32")
+        );
         std::fs::write(&p, b"hello").unwrap();
         assert!(read_npy_f32(&p).unwrap_err().to_string().contains("magic"));
     }

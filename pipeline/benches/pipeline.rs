@@ -1,0 +1,143 @@
+//! Whole-pipeline benchmark: clips/s of `pipeline features` on the demo dataset, on one core
+//! and on all cores, and the shard compression measurement.
+//!
+//! `cargo bench -p pipeline --bench pipeline [-- [--scale S] [--dataset DIR] [--compression-only]]`
+//!
+//! The demo dataset is generated with `pipeline synth` at `--scale` (default 1: about 2,800
+//! clips) into a temporary folder unless `--dataset` names one. The compression table writes
+//! the first 2,048 rows of the all-core run with every candidate codec (in memory) and reads
+//! them back.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pipeline::features::{FeaturesArgs, run_features};
+use pipeline::shards::{Codec, writer_properties};
+
+fn arg_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn run(dataset: &Path, out: &Path, threads: usize) -> anyhow::Result<(f64, u64, usize)> {
+    let args = FeaturesArgs::parse_args([
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--threads",
+        &threads.to_string(),
+        "--quiet",
+    ])?;
+    let t = Instant::now();
+    let s = run_features(&args)?;
+    Ok((t.elapsed().as_secs_f64(), s.total_rows(), s.files))
+}
+
+fn read_batches(dir: &Path, max_rows: usize) -> anyhow::Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    let mut rows = 0;
+    for name in pipeline::shards::list_shard_files(dir)? {
+        let f = std::fs::File::open(dir.join(name))?;
+        for b in ParquetRecordBatchReaderBuilder::try_new(f)?.build()? {
+            let b = b?;
+            rows += b.num_rows();
+            out.push(b);
+            if rows >= max_rows {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn compression_table(dir: &Path) -> anyhow::Result<()> {
+    let first = pipeline::shards::list_shard_files(dir)?;
+    let meta = data_specs::read_shard_meta(&dir.join(&first[0]))?;
+    let batches = read_batches(dir, 2048)?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    println!("\ncompression of {rows} real demo rows (dcase2024 log-mel), one thread:");
+    println!("| codec | BYTE_STREAM_SPLIT | size MB | ratio | write ms | read ms |");
+    println!("|---|---|---|---|---|---|");
+    let mut base = 0.0;
+    for (name, codec) in Codec::candidates() {
+        let props = writer_properties(&meta, pipeline::shards::DEFAULT_ROW_GROUP_ROWS, codec);
+        let t = Instant::now();
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, meta.schema(), Some(props))?;
+        for b in &batches {
+            w.write(b)?;
+        }
+        w.close()?;
+        let write_ms = t.elapsed().as_secs_f64() * 1e3;
+        let bytes = bytes::Bytes::from(buf);
+        let size = bytes.len() as f64 / 1e6;
+        let t = Instant::now();
+        let mut n = 0;
+        for b in ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
+            n += b?.num_rows();
+        }
+        let read_ms = t.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(n, rows);
+        if base == 0.0 {
+            base = size;
+        }
+        println!(
+            "| {name} | {} | {size:.1} | {:.3} | {write_ms:.0} | {read_ms:.0} |",
+            if codec.byte_stream_split { "yes" } else { "no" },
+            size / base
+        );
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let scale: f64 = arg_value(&args, "--scale")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1.0);
+    let tmp = tempfile::tempdir()?;
+    let dataset: PathBuf = match arg_value(&args, "--dataset") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let d = tmp.path().join("demo");
+            let t = Instant::now();
+            let s = pipeline::synth::generate(&pipeline::synth::SynthArgs {
+                out: d.clone(),
+                seed: 2024,
+                scale,
+                force: false,
+                threads: None,
+            })?;
+            println!(
+                "demo dataset: {} clips (scale {scale}) generated in {:.1} s",
+                s.total_clips(),
+                t.elapsed().as_secs_f64()
+            );
+            d
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all_out = tmp.path().join("out-all");
+    let (secs, rows, files) = run(&dataset, &all_out, cores)?;
+    println!(
+        "features, {cores} threads: {files} files -> {rows} rows in {secs:.1} s: {:.1} clips/s, {:.1} rows/s",
+        files as f64 / secs,
+        rows as f64 / secs
+    );
+    if !args.iter().any(|a| a == "--compression-only") {
+        let one_out = tmp.path().join("out-1");
+        let (secs, rows, files) = run(&dataset, &one_out, 1)?;
+        println!(
+            "features, 1 thread: {files} files -> {rows} rows in {secs:.1} s: {:.1} clips/s, {:.1} rows/s",
+            files as f64 / secs,
+            rows as f64 / secs
+        );
+    }
+    compression_table(&all_out)
+}
