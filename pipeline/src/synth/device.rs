@@ -4,7 +4,7 @@
 //! seen in training; `s4`-`s6` simulated devices seen only in the test set, with characters
 //! (narrow band, strong resonance, heavy low end, harder clipping) unlike the seen ones.
 
-use super::dsp::{Biquad, FS, brown, normalize_rms, pink, soft_clip, white};
+use super::dsp::{Biquad, Osc, brown, normalize_rms, pink, soft_clip, white};
 use super::rng::Rng;
 
 /// Colour of a device's self-noise.
@@ -177,12 +177,14 @@ impl Device {
             NoiseColour::Brown => brown(rng, n),
         };
         normalize_rms(&mut noise, 10f64.powf(self.noise.0 / 20.0));
-        let mains = self.mains_dbfs.map(|db| 10f64.powf(db / 20.0)).unwrap_or(0.0);
+        let mains = self
+            .mains_dbfs
+            .map(|db| 10f64.powf(db / 20.0))
+            .unwrap_or(0.0);
+        let (mut m1, mut m3) = (Osc::new(50.0, 0.0), Osc::new(150.0, 0.0));
         for (i, v) in x.iter_mut().enumerate() {
-            let t = i as f64 / FS;
             let hum = if mains > 0.0 {
-                let w = 2.0 * std::f64::consts::PI * 50.0 * t;
-                mains * (w.sin() + 0.5 * (3.0 * w).sin())
+                mains * (m1.next_sin() + 0.5 * m3.next_sin())
             } else {
                 0.0
             };

@@ -153,19 +153,23 @@ pub fn cascade(buf: &mut [f64], filters: &mut [Biquad]) {
     }
 }
 
-/// Gaussian white noise.
+/// White noise of unit variance.
 pub fn white(rng: &mut Rng, n: usize) -> Vec<f64> {
-    (0..n).map(|_| rng.normal()).collect()
+    (0..n).map(|_| rng.noise()).collect()
 }
 
-/// Pink (1/f) noise: Paul Kellet's "refined" three-pole-economy filter on white noise, roughly
-/// unit RMS.
+/// Pink (1/f) noise, roughly unit RMS.
 pub fn pink(rng: &mut Rng, n: usize) -> Vec<f64> {
+    pink_of(&white(rng, n))
+}
+
+/// Pink filter applied to a unit-variance white signal: Paul Kellet's "refined" filter
+/// (six one-pole sections plus a direct term), scaled to roughly unit RMS.
+pub fn pink_of(w: &[f64]) -> Vec<f64> {
     let (mut b0, mut b1, mut b2, mut b3, mut b4, mut b5, mut b6) =
         (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    (0..n)
-        .map(|_| {
-            let w = rng.normal();
+    w.iter()
+        .map(|&w| {
             b0 = 0.99886 * b0 + w * 0.0555179;
             b1 = 0.99332 * b1 + w * 0.0750759;
             b2 = 0.96900 * b2 + w * 0.1538520;
@@ -179,34 +183,93 @@ pub fn pink(rng: &mut Rng, n: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Brown (1/f^2) noise: leaky integration of white noise, `y[n] = 0.997 y[n-1] + 0.0775 w[n]`
-/// (unit variance: `0.0775^2 / (1 - 0.997^2) ~ 1`).
+/// Brown (1/f^2) noise of unit variance.
 pub fn brown(rng: &mut Rng, n: usize) -> Vec<f64> {
+    brown_of(&white(rng, n))
+}
+
+/// Brown filter: leaky integration `y[n] = 0.997 y[n-1] + 0.0775 w[n]` of a unit-variance white
+/// signal (unit variance: `0.0775^2 / (1 - 0.997^2) ~ 1`).
+pub fn brown_of(w: &[f64]) -> Vec<f64> {
     let mut y = 0.0;
-    (0..n)
-        .map(|_| {
-            y = 0.997 * y + 0.0775 * rng.normal();
+    w.iter()
+        .map(|&w| {
+            y = 0.997 * y + 0.0775 * w;
             y
         })
         .collect()
 }
 
 /// A smooth random envelope: sum of a few sinusoids with random rates in `[f_lo, f_hi]` Hz and
-/// random phases, scaled to [-1, 1] (approximately).
+/// random phases, scaled to [-1, 1] (approximately). Evaluated every 32 samples and linearly
+/// interpolated (the rates are below 10 Hz).
 pub fn slow_lfo(rng: &mut Rng, n: usize, f_lo: f64, f_hi: f64) -> Vec<f64> {
     let parts: Vec<(f64, f64)> = (0..3)
         .map(|_| (rng.log_uniform(f_lo, f_hi), rng.uniform(0.0, 2.0 * PI)))
         .collect();
+    let at = |i: usize| {
+        let t = i as f64 / FS;
+        parts
+            .iter()
+            .map(|(f, p)| (2.0 * PI * f * t + p).sin())
+            .sum::<f64>()
+            / 3.0
+    };
+    smooth_curve(n, |i| at(i))
+}
+
+/// Samples a slowly varying curve `f(i)` every 32 samples and interpolates linearly.
+pub fn smooth_curve(n: usize, f: impl Fn(usize) -> f64) -> Vec<f64> {
+    const STEP: usize = 32;
+    let knots: Vec<f64> = (0..=n / STEP + 1).map(|k| f(k * STEP)).collect();
     (0..n)
         .map(|i| {
-            let t = i as f64 / FS;
-            parts
-                .iter()
-                .map(|(f, p)| (2.0 * PI * f * t + p).sin())
-                .sum::<f64>()
-                / 3.0
+            let (k, r) = (i / STEP, (i % STEP) as f64 / STEP as f64);
+            knots[k] + r * (knots[k + 1] - knots[k])
         })
         .collect()
+}
+
+/// Sinusoidal oscillator by phasor rotation: `z[n+1] = z[n] e^{i w}` (one complex multiply per
+/// sample instead of a `sin`), renormalised every 1024 samples against rounding drift.
+#[derive(Debug, Clone, Copy)]
+pub struct Osc {
+    re: f64,
+    im: f64,
+    cr: f64,
+    ci: f64,
+    count: u32,
+}
+
+impl Osc {
+    /// An oscillator at `freq` Hz starting at `phase` radians.
+    pub fn new(freq: f64, phase: f64) -> Self {
+        let w = 2.0 * PI * freq / FS;
+        Self {
+            re: phase.cos(),
+            im: phase.sin(),
+            cr: w.cos(),
+            ci: w.sin(),
+            count: 0,
+        }
+    }
+
+    /// The current `sin(phase)`, then advances one sample.
+    #[inline]
+    pub fn next_sin(&mut self) -> f64 {
+        let s = self.im;
+        let re = self.re * self.cr - self.im * self.ci;
+        self.im = self.re * self.ci + self.im * self.cr;
+        self.re = re;
+        self.count += 1;
+        if self.count == 1024 {
+            self.count = 0;
+            let m = (self.re * self.re + self.im * self.im).sqrt();
+            self.re /= m;
+            self.im /= m;
+        }
+        s
+    }
 }
 
 /// Root mean square.
@@ -304,6 +367,15 @@ mod tests {
         assert!((20.0 * g.log10() + 6.0).abs() < 0.3, "{g}");
         let g = measured_gain(Biquad::high_shelf(3000.0, 6.0), 15000.0);
         assert!((20.0 * g.log10() - 6.0).abs() < 0.3, "{g}");
+    }
+
+    #[test]
+    fn phasor_oscillator_matches_sin() {
+        let mut o = Osc::new(440.0, 0.3);
+        for i in 0..100_000 {
+            let want = (2.0 * PI * 440.0 * i as f64 / FS + 0.3).sin();
+            assert!((o.next_sin() - want).abs() < 1e-9, "sample {i}");
+        }
     }
 
     #[test]

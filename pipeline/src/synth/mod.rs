@@ -240,7 +240,8 @@ pub fn plan(seed: u64, scale: f64) -> Vec<SegmentPlan> {
         }
     }
     for seg in &mut out {
-        seg.devices.sort_by_key(|d| TAU22_DEVICES.iter().position(|x| x == d));
+        seg.devices
+            .sort_by_key(|d| TAU22_DEVICES.iter().position(|x| x == d));
     }
     out
 }
@@ -277,7 +278,10 @@ pub fn splits(seed: u64, plan: &[SegmentPlan]) -> Vec<(u32, HashSet<String>)> {
         }
         round += 1;
     }
-    let total: usize = order.iter().map(|s| s.devices.len() * CLIPS_PER_SEGMENT).sum();
+    let total: usize = order
+        .iter()
+        .map(|s| s.devices.len() * CLIPS_PER_SEGMENT)
+        .sum();
     let min_segments = per_class.iter().filter(|v| !v.is_empty()).count();
     SPLIT_PERCENTS
         .iter()
@@ -369,7 +373,10 @@ fn write_wav(path: &Path, samples: &[f64]) -> Result<(), SynthError> {
 
 /// `dir/.name.tmp` beside `path`.
 fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp"))
 }
 
@@ -515,8 +522,14 @@ pub fn generate(args: &SynthArgs) -> Result<SynthSummary, SynthError> {
         }
         t
     };
-    write_text(&out.join("evaluation_setup/fold1_train.csv"), &labelled(&train))?;
-    write_text(&out.join("evaluation_setup/fold1_evaluate.csv"), &labelled(&test))?;
+    write_text(
+        &out.join("evaluation_setup/fold1_train.csv"),
+        &labelled(&train),
+    )?;
+    write_text(
+        &out.join("evaluation_setup/fold1_evaluate.csv"),
+        &labelled(&test),
+    )?;
     let mut t = String::from("filename\n");
     for (f, _) in &test {
         t.push_str(f);
@@ -527,13 +540,14 @@ pub fn generate(args: &SynthArgs) -> Result<SynthSummary, SynthError> {
     for (p, set) in splits(args.seed, &segments) {
         let rows: Vec<(String, &str)> = train
             .iter()
-            .filter(|(f, _)| {
-                TauFileName::parse(f).is_some_and(|n| set.contains(&n.segment_id()))
-            })
+            .filter(|(f, _)| TauFileName::parse(f).is_some_and(|n| set.contains(&n.segment_id())))
             .cloned()
             .collect();
         summary.split_clips.push((p, rows.len()));
-        write_text(&out.join(format!("split_setup/split{p}.csv")), &labelled(&rows))?;
+        write_text(
+            &out.join(format!("split_setup/split{p}.csv")),
+            &labelled(&rows),
+        )?;
     }
     summary.seconds = start.elapsed().as_secs_f64();
     let readme = format!(

@@ -82,7 +82,8 @@ impl Rng {
 
     /// Uniform integer in [0, n) (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) * n as f64) as usize % n.max(1)
+        ((self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) * n as f64) as usize
+            % n.max(1)
     }
 
     /// True with probability `p`.
@@ -105,6 +106,14 @@ impl Rng {
                 return u * m;
             }
         }
+    }
+
+    /// Fast unit-variance white-noise sample: uniform on `[-sqrt 3, sqrt 3)`. Audio noise is
+    /// filtered afterwards, which makes it Gaussian-like; its spectrum is flat either way.
+    #[inline]
+    pub fn noise(&mut self) -> f64 {
+        const SQRT12: f64 = 3.464_101_615_137_754_5;
+        (self.unit() - 0.5) * SQRT12
     }
 
     /// `x * exp(sigma * N(0,1))`: a multiplicative (log-normal) perturbation.
