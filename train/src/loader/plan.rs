@@ -1,0 +1,307 @@
+//! Row selection, per-epoch variant sampling and the row-group-aware shuffle (see the module
+//! documentation of [`super`] for the scheme).
+
+use std::collections::HashMap;
+
+use data_specs::{ClipSet, SPLITS, Variant};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::shards::Inner;
+use super::{LoaderError, Result};
+
+/// Which rows an epoch draws from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Selection {
+    /// Set of the clips.
+    pub set: ClipSet,
+    /// DCASE2024 training split in percent (5, 10, 25, 50, 100): a clip is in split `P` when
+    /// its smallest split is `<= P`. `None` keeps every clip of the set (with or without split).
+    pub max_split: Option<u8>,
+    /// Device names to keep (`None`: all). Filters every row by its own `device_id`.
+    pub devices: Option<Vec<String>>,
+    /// Include replay rows (`replay` and `replay-sim`) as extra training examples.
+    pub replay: bool,
+    /// Probability of drawing one of a clip's DIR rows instead of its original (paper: 0.6).
+    pub p_dir: f64,
+}
+
+impl Selection {
+    /// Training rows of split `max_split` with the paper's DIR probability 0.6 and replay on.
+    pub fn train(max_split: Option<u8>) -> Self {
+        Self {
+            set: ClipSet::Train,
+            max_split,
+            devices: None,
+            replay: true,
+            p_dir: 0.6,
+        }
+    }
+
+    /// Test rows, originals only (evaluation).
+    pub fn test() -> Self {
+        Self {
+            set: ClipSet::Test,
+            max_split: None,
+            devices: None,
+            replay: false,
+            p_dir: 0.0,
+        }
+    }
+}
+
+/// Batching and shuffling options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoaderConfig {
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Seed of the variant draw and the shuffle.
+    pub seed: u64,
+    /// Shuffle (block shuffle, see [`super`]); off: rows in storage order.
+    pub shuffle: bool,
+    /// Drop the last partial batch of an epoch.
+    pub drop_last: bool,
+    /// Batches decoded ahead by the background thread (channel bound).
+    pub prefetch: usize,
+    /// Minimum rows per shuffle window: whole row groups (in shuffled order) are packed into a
+    /// window until it holds this many rows of the epoch; rows are permuted within a window.
+    /// Also the unit of decoding, so it bounds the decoded memory.
+    pub shuffle_window: usize,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            seed: 42,
+            shuffle: true,
+            drop_last: false,
+            prefetch: 3,
+            shuffle_window: 2048,
+        }
+    }
+}
+
+/// Where a loader stands: enough to resume at exactly the next batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderState {
+    /// Seed of the loader.
+    pub seed: u64,
+    /// Epoch in progress (or next to start).
+    pub epoch: u64,
+    /// Index of the next batch within the epoch.
+    pub batch: u64,
+}
+
+/// One clip of the selection: its original row and its DIR rows (indices into `dir_rows`).
+#[derive(Debug, Clone)]
+struct ClipGroup {
+    original: Option<u32>,
+    dir_start: u32,
+    dir_len: u32,
+}
+
+/// The selected rows grouped by clip; produces epoch plans.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    groups: Vec<ClipGroup>,
+    dir_rows: Vec<u32>,
+    /// Replay rows, always in the epoch.
+    extra_rows: Vec<u32>,
+    p_dir: f64,
+}
+
+/// An epoch's order: rows and the windows (ranges of `order`) they are decoded by.
+#[derive(Debug, Clone)]
+pub(crate) struct EpochOrder {
+    pub order: Vec<u32>,
+    pub windows: Vec<std::ops::Range<usize>>,
+}
+
+/// splitmix64 finaliser: decorrelates `(seed, epoch, stream)` into a 64-bit RNG seed.
+fn mix(seed: u64, epoch: u64, stream: u64) -> u64 {
+    let mut z = seed
+        ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Plan {
+    /// Selects and groups rows.
+    pub fn new(inner: &Inner, sel: &Selection) -> Result<Self> {
+        if !(0.0..=1.0).contains(&sel.p_dir) {
+            return Err(LoaderError::Config(format!(
+                "p_dir {} is not a probability",
+                sel.p_dir
+            )));
+        }
+        if let Some(s) = sel.max_split
+            && !SPLITS.contains(&s)
+        {
+            return Err(LoaderError::Config(format!(
+                "split {s} is not a DCASE2024 split {SPLITS:?}"
+            )));
+        }
+        let device_ok: Option<Vec<bool>> = match &sel.devices {
+            None => None,
+            Some(names) => {
+                let vocab = &inner.meta.devices;
+                let mut ok = vec![false; vocab.len()];
+                for n in names {
+                    let i = vocab.index_of(n).ok_or_else(|| {
+                        LoaderError::Config(format!(
+                            "device '{n}' is not in the shards' device vocabulary {:?}",
+                            vocab.0
+                        ))
+                    })?;
+                    ok[i] = true;
+                }
+                Some(ok)
+            }
+        };
+        // Originals only outside the training set.
+        let train = sel.set == ClipSet::Train;
+        let mut by_clip: HashMap<&str, usize> = HashMap::new();
+        let mut originals: Vec<Option<u32>> = Vec::new();
+        let mut dirs: Vec<Vec<u32>> = Vec::new();
+        let mut extra_rows = Vec::new();
+        for row in 0..inner.n_rows() as u32 {
+            let (_, device, set, split, variant) = inner.row(row);
+            if set != sel.set {
+                continue;
+            }
+            if let Some(p) = sel.max_split
+                && !split.is_some_and(|s| s <= p)
+            {
+                continue;
+            }
+            if let Some(ok) = &device_ok
+                && !ok[device as usize]
+            {
+                continue;
+            }
+            match variant {
+                Variant::Replay | Variant::ReplaySim => {
+                    if train && sel.replay {
+                        extra_rows.push(row);
+                    }
+                    continue;
+                }
+                Variant::Dir if !train || sel.p_dir == 0.0 => continue,
+                _ => {}
+            }
+            let next = originals.len();
+            let g = *by_clip.entry(inner.clip_id(row)).or_insert(next);
+            if g == next {
+                originals.push(None);
+                dirs.push(Vec::new());
+            }
+            if variant == Variant::Original {
+                if originals[g].is_some() {
+                    return Err(LoaderError::BadValue {
+                        path: "shard set".into(),
+                        column: data_specs::col::CLIP_ID.into(),
+                        problem: format!("clip '{}' has two original rows", inner.clip_id(row)),
+                    });
+                }
+                originals[g] = Some(row);
+            } else {
+                dirs[g].push(row);
+            }
+        }
+        let mut groups = Vec::with_capacity(originals.len());
+        let mut dir_rows = Vec::new();
+        for (original, d) in originals.into_iter().zip(dirs) {
+            groups.push(ClipGroup {
+                original,
+                dir_start: dir_rows.len() as u32,
+                dir_len: d.len() as u32,
+            });
+            dir_rows.extend(d);
+        }
+        Ok(Self {
+            groups,
+            dir_rows,
+            extra_rows,
+            p_dir: sel.p_dir,
+        })
+    }
+
+    /// Rows per epoch: one per clip plus the replay rows.
+    pub fn epoch_len(&self) -> usize {
+        self.groups.len() + self.extra_rows.len()
+    }
+
+    /// The rows of epoch `epoch` (variant draw), in storage order.
+    ///
+    /// For a clip with DIR rows and an original: a DIR row with probability `p_dir`, drawn
+    /// uniformly among them; the original otherwise. A clip with DIR rows but no selected
+    /// original always gets a DIR row.
+    pub fn epoch_rows(&self, seed: u64, epoch: u64) -> Vec<u32> {
+        let mut rng = StdRng::seed_from_u64(mix(seed, epoch, 1));
+        let mut rows = Vec::with_capacity(self.epoch_len());
+        for g in &self.groups {
+            let dirs = &self.dir_rows[g.dir_start as usize..(g.dir_start + g.dir_len) as usize];
+            let row = match (g.original, dirs.is_empty()) {
+                (Some(o), true) => o,
+                (original, false) => {
+                    let use_dir = original.is_none() || rng.random::<f64>() < self.p_dir;
+                    match original {
+                        Some(o) if !use_dir => o,
+                        _ => dirs[rng.random_range(0..dirs.len())],
+                    }
+                }
+                (None, true) => unreachable!("a group holds at least one row"),
+            };
+            rows.push(row);
+        }
+        rows.extend_from_slice(&self.extra_rows);
+        rows.sort_unstable();
+        rows
+    }
+
+    /// The epoch's order and decoding windows.
+    pub fn epoch_order(
+        &self,
+        inner: &Inner,
+        seed: u64,
+        epoch: u64,
+        cfg: &LoaderConfig,
+    ) -> EpochOrder {
+        let rows = self.epoch_rows(seed, epoch);
+        // Runs of rows sharing a row group (rows are sorted, so each row group is one run).
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut start = 0;
+        for i in 1..=rows.len() {
+            if i == rows.len()
+                || inner.row_group_of[rows[i] as usize] != inner.row_group_of[rows[start] as usize]
+            {
+                runs.push(start..i);
+                start = i;
+            }
+        }
+        let mut rng = StdRng::seed_from_u64(mix(seed, epoch, 2));
+        if cfg.shuffle {
+            runs.shuffle(&mut rng);
+        }
+        let mut order = Vec::with_capacity(rows.len());
+        let mut windows = Vec::new();
+        let mut w_start = 0;
+        let window = cfg.shuffle_window.max(1);
+        for (k, run) in runs.iter().enumerate() {
+            order.extend_from_slice(&rows[run.clone()]);
+            if order.len() - w_start >= window || k + 1 == runs.len() {
+                if cfg.shuffle {
+                    order[w_start..].shuffle(&mut rng);
+                }
+                windows.push(w_start..order.len());
+                w_start = order.len();
+            }
+        }
+        EpochOrder { order, windows }
+    }
+}
