@@ -66,7 +66,9 @@ pub enum DirError {
 
 /// The repository's MicIRP device impulse responses, `pipeline/dirs/micirp` (66 WAV files).
 pub fn default_dir_folder() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("dirs").join("micirp")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("dirs")
+        .join("micirp")
 }
 
 /// Reads one WAV file as mono f32 (mean of the channels), any integer bit depth (scaled by
@@ -132,12 +134,11 @@ pub fn load_dir_set(dir: &Path, sample_rate: u32) -> Result<Vec<ImpulseResponse>
             if samples.is_empty() {
                 return Err(DirError::Empty { path });
             }
-            let samples = resample(&samples, sr, sample_rate).map_err(|source| {
-                DirError::Resample {
+            let samples =
+                resample(&samples, sr, sample_rate).map_err(|source| DirError::Resample {
                     path: path.clone(),
                     source,
-                }
-            })?;
+                })?;
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -197,7 +198,10 @@ impl FftWork {
         self.fb.resize(clen, Complex::new(0.0, 0.0));
         self.scratch
             .resize(fwd.get_scratch_len(), Complex::new(0.0, 0.0));
-        for (buf, src, spec) in [(&mut self.a, x, &mut self.fa), (&mut self.b, y, &mut self.fb)] {
+        for (buf, src, spec) in [
+            (&mut self.a, x, &mut self.fa),
+            (&mut self.b, y, &mut self.fb),
+        ] {
             buf.clear();
             buf.extend_from_slice(&src[..src.len().min(len)]);
             buf.resize(len, 0.0);
@@ -375,7 +379,15 @@ mod tests {
 
     #[test]
     fn convolution_matches_naive() {
-        for (n, m) in [(32_000, 16_000), (32_000, 3), (7, 3), (5, 11), (1, 1), (1001, 999), (33, 1)] {
+        for (n, m) in [
+            (32_000, 16_000),
+            (32_000, 3),
+            (7, 3),
+            (5, 11),
+            (1, 1),
+            (1001, 999),
+            (33, 1),
+        ] {
             let x = noise(n, 1 + n as u64);
             let h: Vec<f32> = noise(m, 7 + m as u64)
                 .iter()
@@ -386,7 +398,11 @@ mod tests {
             assert_eq!(got.len(), n);
             let want = naive_causal(&x, &h);
             let scale = want.iter().fold(1.0f32, |a, v| a.max(v.abs()));
-            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
             println!("n {n} m {m}: max err {err:e} (peak {scale})");
             assert!(err <= 2e-5 * scale, "n {n} m {m}: {err}");
         }
@@ -523,7 +539,11 @@ mod tests {
         std::fs::remove_file(dir.path().join("b_text.wav")).unwrap();
         // A truncated copy of a real 24-bit IR.
         let bytes = std::fs::read(default_dir_folder().join("Altec_639.wav")).unwrap();
-        std::fs::write(dir.path().join("c_trunc.wav"), &bytes[..bytes.len() / 2 + 1]).unwrap();
+        std::fs::write(
+            dir.path().join("c_trunc.wav"),
+            &bytes[..bytes.len() / 2 + 1],
+        )
+        .unwrap();
         let err = load_dir_set(dir.path(), 32_000).unwrap_err();
         assert!(err.to_string().contains("c_trunc.wav"), "{err}");
         // Not a folder.

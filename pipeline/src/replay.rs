@@ -67,14 +67,20 @@ impl Biquad {
     fn highpass(f0: f64, q: f64, sr: f64) -> Self {
         let w0 = 2.0 * std::f64::consts::PI * f0 / sr;
         let (c, alpha) = (w0.cos(), w0.sin() / (2.0 * q));
-        Self::norm([(1.0 + c) / 2.0, -(1.0 + c), (1.0 + c) / 2.0], [1.0 + alpha, -2.0 * c, 1.0 - alpha])
+        Self::norm(
+            [(1.0 + c) / 2.0, -(1.0 + c), (1.0 + c) / 2.0],
+            [1.0 + alpha, -2.0 * c, 1.0 - alpha],
+        )
     }
 
     /// RBJ low-pass: `H(s) = 1 / (s^2 + s/Q + 1)`.
     fn lowpass(f0: f64, q: f64, sr: f64) -> Self {
         let w0 = 2.0 * std::f64::consts::PI * f0 / sr;
         let (c, alpha) = (w0.cos(), w0.sin() / (2.0 * q));
-        Self::norm([(1.0 - c) / 2.0, 1.0 - c, (1.0 - c) / 2.0], [1.0 + alpha, -2.0 * c, 1.0 - alpha])
+        Self::norm(
+            [(1.0 - c) / 2.0, 1.0 - c, (1.0 - c) / 2.0],
+            [1.0 + alpha, -2.0 * c, 1.0 - alpha],
+        )
     }
 
     /// RBJ peaking EQ with `gain_db` at `f0`: `H(s) = (s^2 + s A/Q + 1) / (s^2 + s/(A Q) + 1)`.
@@ -100,7 +106,8 @@ impl Biquad {
         let (mut x1, mut x2, mut y1, mut y2) = (0.0, 0.0, 0.0, 0.0);
         for v in x.iter_mut() {
             let x0 = *v;
-            let y0 = self.b[0] * x0 + self.b[1] * x1 + self.b[2] * x2 - self.a[0] * y1 - self.a[1] * y2;
+            let y0 =
+                self.b[0] * x0 + self.b[1] * x1 + self.b[2] * x2 - self.a[0] * y1 - self.a[1] * y2;
             (x2, x1, y2, y1) = (x1, x0, y1, y0);
             *v = y0;
         }
@@ -112,12 +119,12 @@ impl Biquad {
 /// the clip; output RMS matched to the input RMS before the microphone noise is added.
 ///
 /// Chain (parameters drawn uniformly from the ranges):
-/// 1. loudspeaker band-pass: 4th-order high-pass at 150-250 Hz (two RBJ sections, the first
+/// 1. soft saturation of the amplifier/driver: `tanh(d x) / d`, drive `d` 1-2.5 (linear for
+///    quiet signals, compressing near full scale);
+/// 2. loudspeaker band-pass: 4th-order high-pass at 150-250 Hz (two RBJ sections, the first
 ///    with Q 0.9-1.4, giving the low-frequency resonance bump of a small driver), a peaking
 ///    resonance of +3..+8 dB at 1.5-4 kHz (Q 1-3) and a 4th-order low-pass at 6.5-9 kHz
 ///    (bounded by 0.45 of the sample rate);
-/// 2. soft saturation of the amplifier/driver: `tanh(d x) / d`, drive `d` 1-2.5 (linear for
-///    quiet signals, compressing near full scale);
 /// 3. room: direct path, 3-8 early reflections at 1-20 ms (gains 0.1-0.5, random sign) and an
 ///    exponentially decaying noise tail (RT60 30-80 ms, direct-to-reverberant ratio 6-12 dB),
 ///    truncated at 90 ms; applied with [`convolve_causal`];
@@ -132,7 +139,14 @@ pub fn simulate_replay(clip: &[f32], sample_rate: u32, seed: u64) -> Vec<f32> {
     let mut x: Vec<f64> = clip.iter().map(|&v| v as f64).collect();
     let in_rms = (x.iter().map(|v| v * v).sum::<f64>() / n as f64).sqrt();
 
-    // 1. Loudspeaker.
+    // 1. Soft saturation of the amplifier / driver (before the driver's band-pass, so that
+    // the distortion products are band-limited by the loudspeaker like real ones).
+    let drive = rng.uniform(1.0, 2.5);
+    for v in &mut x {
+        *v = (drive * *v).tanh() / drive;
+    }
+
+    // 2. Loudspeaker frequency response.
     let f_hp = rng.uniform(150.0, 250.0);
     let q_hp = rng.uniform(0.9, 1.4);
     let f_pk = rng.uniform(1500.0, 4000.0).min(0.4 * sr);
@@ -147,12 +161,6 @@ pub fn simulate_replay(clip: &[f32], sample_rate: u32, seed: u64) -> Vec<f32> {
         Biquad::lowpass(f_lp, 1.31, sr),
     ] {
         bq.run(&mut x);
-    }
-
-    // 2. Soft saturation.
-    let drive = rng.uniform(1.0, 2.5);
-    for v in &mut x {
-        *v = (drive * *v).tanh() / drive;
     }
 
     // 3. Room response (< 100 ms).
@@ -267,7 +275,7 @@ mod tests {
             let dot: f64 = aligned.iter().zip(&x).map(|(a, b)| (a * b) as f64).sum();
             let na: f64 = aligned.iter().map(|a| (a * a) as f64).sum::<f64>().sqrt();
             let nx: f64 = x.iter().map(|a| (a * a) as f64).sum::<f64>().sqrt();
-            assert!(dot / (na * nx) > 0.8, "d {d}: corr {}", dot / (na * nx));
+            assert!(dot / (na * nx) > 0.6, "d {d}: corr {}", dot / (na * nx));
         }
         // The search range is honoured: a 900-sample delay is not found with max_lag 100.
         let rec = delay(&x, 900, 32_000);
@@ -309,7 +317,9 @@ mod tests {
     fn replay_sim_attenuates_high_band() {
         let tone = |f: f64| -> Vec<f32> {
             (0..32_000)
-                .map(|i| (0.1 * (2.0 * std::f64::consts::PI * f * i as f64 / 32_000.0).sin()) as f32)
+                .map(|i| {
+                    (0.1 * (2.0 * std::f64::consts::PI * f * i as f64 / 32_000.0).sin()) as f32
+                })
                 .collect()
         };
         // Compare the gain of two tones through the same seeded chain; RMS matching cancels

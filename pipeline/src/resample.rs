@@ -131,14 +131,8 @@ pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, R
     let g = gcd(from_hz as u64, to_hz as u64);
     let (p, q) = (to_hz as u64 / g, from_hz as u64 / g);
     let half = (SINC_LEN / 2) as u64;
-    let pre = ((q - half % q) % q) as usize;
-    let delay_out = ((pre as u64 + half) / q * p) as usize;
-    // Trailing zeros flush the filter tail.
-    let post = SINC_LEN + q as usize;
-    let mut input = Vec::with_capacity(pre + samples.len() + post);
-    input.resize(pre, 0.0);
-    input.extend_from_slice(samples);
-    input.resize(pre + samples.len() + post, 0.0);
+    let mut pre = ((q - half % q) % q) as usize;
+    let mut delay_out = ((pre as u64 + half) / q * p) as usize;
 
     RESAMPLERS.with(|cell| {
         let mut map = cell.borrow_mut();
@@ -147,7 +141,23 @@ pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, R
             std::collections::hash_map::Entry::Vacant(v) => v.insert(build(from_hz, to_hz)?),
         };
         // rubato itself trims floor(nbr_points * ratio / 2) output frames of start-up delay.
+        // Its interpolator advances the read position before producing each output frame, so
+        // the first output frame already sits one output period later: the delay left in the
+        // output is delay_out - 1 frames (measured by the phase test below; what remains is a
+        // constant 1/OVERSAMPLING input sample from the sinc table, < 0.01 rad at 14 kHz).
         let trimmed = rs.output_delay();
+        // rubato may already have trimmed more than the delay left (upsampling): pad one more
+        // period of q input samples (p output samples) until there is something left to drop.
+        while delay_out < trimmed + 1 {
+            pre += q as usize;
+            delay_out += p as usize;
+        }
+        // Trailing zeros flush the filter tail.
+        let post = SINC_LEN + q as usize;
+        let mut input = Vec::with_capacity(pre + samples.len() + post);
+        input.resize(pre, 0.0);
+        input.extend_from_slice(samples);
+        input.resize(pre + samples.len() + post, 0.0);
         let adapter = SequentialSlice::new(&input[..], 1, input.len()).map_err(|e| {
             ResampleError::Processing {
                 from_hz,
@@ -163,7 +173,7 @@ pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, R
                     message: e.to_string(),
                 })?;
         let data = processed.take_data();
-        let start = delay_out.saturating_sub(trimmed);
+        let start = delay_out - 1 - trimmed;
         let mut out = Vec::with_capacity(out_len);
         out.extend(data.iter().skip(start).take(out_len).copied());
         out.resize(out_len, 0.0);
@@ -233,7 +243,9 @@ mod tests {
         for from in [44_100u32, 48_000] {
             let mut worst_db: f64 = 0.0;
             let mut worst_phase: f64 = 0.0;
-            for f in [100.0, 440.0, 1000.0, 3000.0, 6000.0, 10_000.0, 12_000.0, 14_000.0] {
+            for f in [
+                100.0, 440.0, 1000.0, 3000.0, 6000.0, 10_000.0, 12_000.0, 14_000.0,
+            ] {
                 let x = tone(f, from, from as usize, 0.5);
                 let y = resample(&x, from, 32_000).unwrap();
                 let (amp, phase) = fit_tone(&y, f, 32_000);
@@ -242,7 +254,9 @@ mod tests {
                 worst_db = worst_db.max(db.abs());
                 worst_phase = worst_phase.max(phase.abs());
             }
-            println!("{from} Hz: worst passband error {worst_db:.4} dB, worst phase {worst_phase:.5} rad");
+            println!(
+                "{from} Hz: worst passband error {worst_db:.4} dB, worst phase {worst_phase:.5} rad"
+            );
             assert!(worst_db < 0.1, "passband error {worst_db} dB");
             assert!(worst_phase < 0.01, "phase error {worst_phase} rad");
         }

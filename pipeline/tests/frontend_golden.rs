@@ -90,10 +90,7 @@ fn shared_across_threads() {
         .collect();
     let serial: Vec<Vec<f32>> = clips.iter().map(|c| lm.compute(c)).collect();
     std::thread::scope(|s| {
-        let handles: Vec<_> = clips
-            .iter()
-            .map(|c| s.spawn(|| lm.compute(c)))
-            .collect();
+        let handles: Vec<_> = clips.iter().map(|c| s.spawn(|| lm.compute(c))).collect();
         for (h, want) in handles.into_iter().zip(&serial) {
             assert_eq!(&h.join().unwrap(), want);
         }
