@@ -2,3 +2,6 @@
 //!
 //! The training half of the ASC toolkit: a memory-mapped shard loader, the IRMamba student
 //! (and reference models) in burn, the KD/QAT trainer, evaluation, int8 export and inference.
+
+/// Mamba selective scan: reference tensor-op graph and fused kernel with hand-written backward.
+pub mod scan;
