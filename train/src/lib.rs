@@ -5,3 +5,10 @@
 
 /// Mamba selective scan: reference tensor-op graph and fused kernel with hand-written backward.
 pub mod scan;
+
+/// Backend selection (Flex by default; NdArray behind the `ndarray` feature).
+pub mod backend;
+/// Parameter, MAC and memory counting the DCASE way.
+pub mod complexity;
+/// The IRMamba student, the DCASE2024 baseline and the CNN teacher.
+pub mod model;
