@@ -16,7 +16,10 @@ use train::backend::{default_device, training_device};
 use train::model::{Model, ModelConfig};
 
 fn iters() -> usize {
-    std::env::var("ASC_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+    std::env::var("ASC_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
 }
 
 fn sync(t: Tensor<2>) {
@@ -65,7 +68,12 @@ fn inference_rate(cfg: &ModelConfig, b: usize) -> f64 {
 
 /// Times `f` (forward only on the inference device; forward + backward of `sum()` on the
 /// training device), in milliseconds per call.
-fn time_block<M: Module>(name: &str, block: &M, shape: [usize; 4], f: impl Fn(&M, Tensor<4>) -> Tensor<4>) {
+fn time_block<M: Module>(
+    name: &str,
+    block: &M,
+    shape: [usize; 4],
+    f: impl Fn(&M, Tensor<4>) -> Tensor<4>,
+) {
     let n = iters();
     let dev = training_device();
     let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &dev).require_grad();
@@ -91,7 +99,10 @@ fn time_block<M: Module>(name: &str, block: &M, shape: [usize; 4], f: impl Fn(&M
         fwd();
     }
     let fo = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
-    println!("  {name:<14} in {:<18} fwd {fo:>8.1} ms   fwd+bwd {fb:>8.1} ms", format!("{shape:?}"));
+    println!(
+        "  {name:<14} in {:<18} fwd {fo:>8.1} ms   fwd+bwd {fb:>8.1} ms",
+        format!("{shape:?}")
+    );
 }
 
 fn profile_blocks(cfg: &ModelConfig, b: usize) {
@@ -130,8 +141,14 @@ fn main() {
         iters()
     );
     for b in [64, 256] {
-        println!("train step  batch {b:>3}: {:>8.1} samples/s", train_step_rate(&cfg, b));
+        println!(
+            "train step  batch {b:>3}: {:>8.1} samples/s",
+            train_step_rate(&cfg, b)
+        );
     }
-    println!("inference   batch 256: {:>8.1} samples/s", inference_rate(&cfg, 256));
+    println!(
+        "inference   batch 256: {:>8.1} samples/s",
+        inference_rate(&cfg, 256)
+    );
     profile_blocks(&cfg, 64);
 }

@@ -76,7 +76,11 @@ fn numel_state(s: &burn::module::RunningState<Tensor<1>>) -> usize {
 }
 
 fn join(path: &str, leaf: &str) -> String {
-    if path.is_empty() { leaf.to_string() } else { format!("{path}.{leaf}") }
+    if path.is_empty() {
+        leaf.to_string()
+    } else {
+        format!("{path}.{leaf}")
+    }
 }
 
 impl Tally {
@@ -95,7 +99,11 @@ impl Tally {
         let macs = conv_params as u64 * positions + bn_params as u64;
         self.push(LayerRow {
             path: path.to_string(),
-            kind: if m.conv.groups > 1 { "DWConv2d+BN" } else { "Conv2d+BN" },
+            kind: if m.conv.groups > 1 {
+                "DWConv2d+BN"
+            } else {
+                "Conv2d+BN"
+            },
             out_shape: out.to_vec(),
             params: conv_params + bn_params,
             float_params: 0,
@@ -155,7 +163,14 @@ impl Tally {
 
     /// The selective scan over `tokens` tokens, `d_inner` channels, state size `d_state`, with
     /// its own parameters (`A_log`, `D`) counted here and kept in float32.
-    pub fn scan(&mut self, path: &str, params: usize, d_inner: usize, d_state: usize, tokens: usize) {
+    pub fn scan(
+        &mut self,
+        path: &str,
+        params: usize,
+        d_inner: usize,
+        d_state: usize,
+        tokens: usize,
+    ) {
         self.push(LayerRow {
             path: path.to_string(),
             kind: "SelectiveScan",
@@ -255,7 +270,10 @@ impl ComplexityReport {
 }
 
 fn fmt_shape(s: &[usize]) -> String {
-    s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+    s.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
 }
 
 fn thousands(n: u64) -> String {
@@ -272,14 +290,21 @@ fn thousands(n: u64) -> String {
 
 impl fmt::Display for ComplexityReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pw = self.rows.iter().map(|r| r.path.len()).max().unwrap_or(4).max(5);
-        let kw = self.rows.iter().map(|r| r.kind.len()).max().unwrap_or(4).max(4);
-        writeln!(
-            f,
-            "model {}  input {}",
-            self.model,
-            fmt_shape(&self.input)
-        )?;
+        let pw = self
+            .rows
+            .iter()
+            .map(|r| r.path.len())
+            .max()
+            .unwrap_or(4)
+            .max(5);
+        let kw = self
+            .rows
+            .iter()
+            .map(|r| r.kind.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        writeln!(f, "model {}  input {}", self.model, fmt_shape(&self.input))?;
         writeln!(
             f,
             "{:<pw$}  {:<kw$}  {:>12}  {:>9}  {:>12}  {:>11}",
@@ -325,7 +350,11 @@ impl fmt::Display for ComplexityReport {
             thousands(self.int8_bytes() as u64),
             thousands(MAX_PARAM_BYTES as u64),
             thousands(self.mixed_bytes() as u64),
-            if self.within_limits() { "within DCASE limits" } else { "EXCEEDS DCASE limits" }
+            if self.within_limits() {
+                "within DCASE limits"
+            } else {
+                "EXCEEDS DCASE limits"
+            }
         )
     }
 }
@@ -334,7 +363,12 @@ impl fmt::Display for ComplexityReport {
 ///
 /// The model is initialised on the default (CPU) device and walked layer by layer; counts come
 /// from its parameter shapes.
-pub fn summary(cfg: &ModelConfig, n_classes: usize, n_mels: usize, n_frames: usize) -> ComplexityReport {
+pub fn summary(
+    cfg: &ModelConfig,
+    n_classes: usize,
+    n_mels: usize,
+    n_frames: usize,
+) -> ComplexityReport {
     let device = crate::backend::default_device();
     let model = cfg.init(n_classes, &device);
     let mut tally = Tally::default();

@@ -41,7 +41,10 @@ impl BaselineBlock {
         let use_shortcut = c_in == c_out;
         Self {
             expand: ConvBnConfig::new(c_in, h, 1).init(device),
-            depthwise: ConvBnConfig::new(h, h, 3).with_stride(stride).depthwise().init(device),
+            depthwise: ConvBnConfig::new(h, h, 3)
+                .with_stride(stride)
+                .depthwise()
+                .init(device),
             project: ConvBnConfig::new(h, c_out, 1)
                 .with_activation(Activation::Identity)
                 .init(device),
@@ -93,9 +96,11 @@ impl BaselineConfig {
     pub fn channels_per_stage(&self) -> Vec<usize> {
         let base = make_divisible(self.base_channels as f64, 8);
         std::iter::once(base)
-            .chain((0..self.n_blocks.len()).map(|s| {
-                make_divisible(base as f64 * self.channels_multiplier.powi(s as i32), 8)
-            }))
+            .chain(
+                (0..self.n_blocks.len()).map(|s| {
+                    make_divisible(base as f64 * self.channels_multiplier.powi(s as i32), 8)
+                }),
+            )
             .collect()
     }
 
@@ -106,7 +111,9 @@ impl BaselineConfig {
             ConvBnConfig::new(self.in_channels, ch[0] / 4, 3)
                 .with_stride([2, 2])
                 .init(device),
-            ConvBnConfig::new(ch[0] / 4, ch[0], 3).with_stride([2, 2]).init(device),
+            ConvBnConfig::new(ch[0] / 4, ch[0], 3)
+                .with_stride([2, 2])
+                .init(device),
         ];
         let mut blocks = Vec::new();
         let mut id = 0;
@@ -119,7 +126,13 @@ impl BaselineConfig {
                     .iter()
                     .find(|s| s.block == id)
                     .map_or([1, 1], |s| s.stride);
-                blocks.push(BaselineBlock::new(c_in, ch[stage + 1], self.expansion_rate, stride, device));
+                blocks.push(BaselineBlock::new(
+                    c_in,
+                    ch[stage + 1],
+                    self.expansion_rate,
+                    stride,
+                    device,
+                ));
                 c_in = ch[stage + 1];
             }
         }

@@ -94,7 +94,9 @@ impl CnnTeacherConfig {
             })
             .collect();
         CnnTeacher {
-            stem: ConvBnConfig::new(1, self.stem_channels, 5).with_stride([2, 2]).init(device),
+            stem: ConvBnConfig::new(1, self.stem_channels, 5)
+                .with_stride([2, 2])
+                .init(device),
             pool: MaxPool::new([2, 2]),
             stages,
             head: ClassifierHead::new(c, n_classes, device),

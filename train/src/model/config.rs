@@ -86,7 +86,10 @@ impl Default for IrMambaConfig {
 }
 
 fn stage(channels: usize, groups: &[usize]) -> PmbStageConfig {
-    PmbStageConfig { channels, groups: groups.to_vec() }
+    PmbStageConfig {
+        channels,
+        groups: groups.to_vec(),
+    }
 }
 
 impl IrMambaConfig {
@@ -142,7 +145,10 @@ impl IrMambaConfig {
     /// Checks widths, groups and strides.
     pub fn validate(&self) -> Result<(), ModelConfigError> {
         let bad = |m: String| Err(ModelConfigError::Invalid(m));
-        if self.stem_channels.contains(&0) || self.irb_channels.contains(&0) || self.final_channels == 0 {
+        if self.stem_channels.contains(&0)
+            || self.irb_channels.contains(&0)
+            || self.final_channels == 0
+        {
             return bad("channel widths must be positive".into());
         }
         if self.stem_channels[1] % self.stem_channels[0] != 0 {
@@ -151,7 +157,11 @@ impl IrMambaConfig {
                 self.stem_channels[1], self.stem_channels[0]
             ));
         }
-        if self.irb_expansion.iter().any(|t| !t.is_finite() || *t <= 0.0) {
+        if self
+            .irb_expansion
+            .iter()
+            .any(|t| !t.is_finite() || *t <= 0.0)
+        {
             return bad("irb_expansion must be positive".into());
         }
         if self.irb2_stride.contains(&0) || self.d_state == 0 || self.time_multiple == 0 {
@@ -163,7 +173,9 @@ impl IrMambaConfig {
         let mut c = self.irb_channels[1];
         for (i, s) in self.stages.iter().enumerate() {
             if s.groups.is_empty() || s.channels == 0 {
-                return bad(format!("stage {i}: needs a positive width and at least one block"));
+                return bad(format!(
+                    "stage {i}: needs a positive width and at least one block"
+                ));
             }
             for (j, &p) in s.groups.iter().enumerate() {
                 if p == 0 || c % p != 0 {
@@ -216,9 +228,18 @@ impl Default for BaselineConfig {
             expansion_rate: 2.1,
             n_blocks: vec![3, 2, 1],
             strides: vec![
-                BlockStride { block: 2, stride: [1, 1] },
-                BlockStride { block: 3, stride: [1, 2] },
-                BlockStride { block: 4, stride: [2, 1] },
+                BlockStride {
+                    block: 2,
+                    stride: [1, 1],
+                },
+                BlockStride {
+                    block: 3,
+                    stride: [1, 2],
+                },
+                BlockStride {
+                    block: 4,
+                    stride: [2, 1],
+                },
             ],
         }
     }
@@ -292,8 +313,10 @@ impl ModelConfig {
 
     /// Reads, parses and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ModelConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ModelConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ModelConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -317,9 +340,13 @@ impl ModelConfig {
             Self::IrMamba(c) => c.validate(),
             Self::Baseline(c) => {
                 if c.n_blocks.is_empty() || c.base_channels < 4 || c.in_channels == 0 {
-                    Err(ModelConfigError::Invalid("baseline needs stages and base_channels >= 4".into()))
+                    Err(ModelConfigError::Invalid(
+                        "baseline needs stages and base_channels >= 4".into(),
+                    ))
                 } else if !(c.channels_multiplier > 0.0 && c.expansion_rate > 0.0) {
-                    Err(ModelConfigError::Invalid("baseline multipliers must be positive".into()))
+                    Err(ModelConfigError::Invalid(
+                        "baseline multipliers must be positive".into(),
+                    ))
                 } else {
                     Ok(())
                 }
@@ -331,7 +358,9 @@ impl ModelConfig {
                         "teacher: channels, blocks and kernels need one entry per stage".into(),
                     ))
                 } else if c.kernels.iter().any(|k| k % 2 == 0) || c.channels.contains(&0) {
-                    Err(ModelConfigError::Invalid("teacher: odd kernels, positive widths".into()))
+                    Err(ModelConfigError::Invalid(
+                        "teacher: odd kernels, positive widths".into(),
+                    ))
                 } else {
                     Ok(())
                 }

@@ -11,7 +11,11 @@ use crate::complexity::Tally;
 pub fn make_divisible(v: f64, divisor: usize) -> usize {
     let d = divisor as f64;
     let new_v = (((v + d / 2.0) as usize) / divisor * divisor).max(divisor);
-    if (new_v as f64) < 0.9 * v { new_v + divisor } else { new_v }
+    if (new_v as f64) < 0.9 * v {
+        new_v + divisor
+    } else {
+        new_v
+    }
 }
 
 /// 1x1 expansion (BN, ReLU) -> 3x3 depthwise with stride (BN, ReLU) -> 1x1 linear projection

@@ -77,11 +77,20 @@ impl IrMambaConfig {
                         blk
                     })
                     .collect();
-                PmbStage { blocks, pool: MaxPool::new([2, 2]) }
+                PmbStage {
+                    blocks,
+                    pool: MaxPool::new([2, 2]),
+                }
             })
             .collect();
         let irb = |c_in, c_out, expansion, stride| {
-            InvertedResidualConfig { c_in, c_out, expansion, stride }.init(device)
+            InvertedResidualConfig {
+                c_in,
+                c_out,
+                expansion,
+                stride,
+            }
+            .init(device)
         };
         IrMamba {
             stem: StemConfig { c_in: 1, c1, c2 }.init(device),

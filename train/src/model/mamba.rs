@@ -109,7 +109,10 @@ impl MambaConfig {
             .init(device);
         let std = (dt_rank as f64).powf(-0.5);
         let mut dt_proj = LinearConfig::new(dt_rank, d_inner)
-            .with_initializer(Initializer::Uniform { min: -std, max: std })
+            .with_initializer(Initializer::Uniform {
+                min: -std,
+                max: std,
+            })
             .init(device);
         // dt = exp(U(ln dt_min, ln dt_max)) floored; bias = softplus^-1(dt) = dt + ln(1 - e^-dt).
         let (lo, hi) = (self.dt_min.ln(), self.dt_max.ln());
@@ -170,7 +173,13 @@ impl Mamba {
         t.linear(&Tally::child(path, "x_proj"), &self.x_proj, tokens);
         t.linear(&Tally::child(path, "dt_proj"), &self.dt_proj, tokens);
         let ssm_params = self.a_log.dims().iter().product::<usize>() + self.d.dims()[0];
-        t.scan(&Tally::child(path, "scan"), ssm_params, self.d_inner, self.d_state, tokens);
+        t.scan(
+            &Tally::child(path, "scan"),
+            ssm_params,
+            self.d_inner,
+            self.d_state,
+            tokens,
+        );
         t.linear(&Tally::child(path, "out_proj"), &self.out_proj, tokens);
     }
 }

@@ -57,7 +57,11 @@ impl ParallelMambaConfig {
         ParallelMamba {
             norm: LayerNormConfig::new(self.c_in).init(device),
             mamba: (0..n_mamba)
-                .map(|_| MambaConfig::new(d_model).with_d_state(self.d_state).init(device))
+                .map(|_| {
+                    MambaConfig::new(d_model)
+                        .with_d_state(self.d_state)
+                        .init(device)
+                })
                 .collect(),
             skip_scale: Param::from_tensor(Tensor::ones([1], device)),
             proj: LinearConfig::new(self.c_in, self.c_out).init(device),
@@ -72,16 +76,21 @@ impl ParallelMamba {
         let [batch, c, h, w] = x.dims();
         let (len, p) = (h * w, self.groups);
         let d = c / p;
-        let tokens = self.norm.forward(x.reshape([batch, c, len]).swap_dims(1, 2)); // [B, L, C]
+        let tokens = self
+            .norm
+            .forward(x.reshape([batch, c, len]).swap_dims(1, 2)); // [B, L, C]
         let skip = self.skip_scale.val().reshape([1, 1, 1]);
         let mixed = if self.mamba.len() == 1 {
             // Shared weights: the P groups are P more sequences of the batch.
-            let groups = tokens
-                .reshape([batch, len, p, d])
-                .swap_dims(1, 2)
-                .reshape([batch * p, len, d]);
+            let groups =
+                tokens
+                    .reshape([batch, len, p, d])
+                    .swap_dims(1, 2)
+                    .reshape([batch * p, len, d]);
             let y = self.mamba[0].forward(groups.clone()) + groups * skip;
-            y.reshape([batch, p, len, d]).swap_dims(1, 2).reshape([batch, len, c])
+            y.reshape([batch, p, len, d])
+                .swap_dims(1, 2)
+                .reshape([batch, len, c])
         } else {
             let outs = tokens
                 .chunk(p, 2)
@@ -123,7 +132,11 @@ impl ParallelMamba {
                 }
             }
         }
-        t.scalar(&Tally::child(path, "skip_scale"), self.skip_scale.dims()[0], vec![tokens, input[0]]);
+        t.scalar(
+            &Tally::child(path, "skip_scale"),
+            self.skip_scale.dims()[0],
+            vec![tokens, input[0]],
+        );
         let mut second = Tally::default();
         second.layer_norm(&Tally::child(path, "norm[again]"), &self.norm, tokens);
         for mut row in second.rows {

@@ -20,7 +20,15 @@ fn input(batch: usize, device: &Device) -> Tensor<4> {
 #[test]
 fn irmamba_shapes_follow_table_1() {
     let dev = device();
-    let IrMamba { stem, irb1, irb2, stages, irb3, head, .. } = IrMambaConfig::s1().init(10, &dev);
+    let IrMamba {
+        stem,
+        irb1,
+        irb2,
+        stages,
+        irb3,
+        head,
+        ..
+    } = IrMambaConfig::s1().init(10, &dev);
     let x = input(2, &dev).narrow(3, 0, 64);
     let x = stem.forward(x);
     assert_eq!(x.dims(), [2, 32, 64, 16]);
@@ -28,7 +36,11 @@ fn irmamba_shapes_follow_table_1() {
     assert_eq!(x.dims(), [2, 48, 64, 16]);
     let mut x = irb2.forward(x);
     assert_eq!(x.dims(), [2, 48, 32, 16]);
-    let expected = [([2, 48, 32, 16], [2, 48, 16, 8]), ([2, 64, 16, 8], [2, 64, 8, 4]), ([2, 72, 8, 4], [2, 72, 4, 2])];
+    let expected = [
+        ([2, 48, 32, 16], [2, 48, 16, 8]),
+        ([2, 64, 16, 8], [2, 64, 8, 4]),
+        ([2, 72, 8, 4], [2, 72, 4, 2]),
+    ];
     for (stage, (after_pmb, after_pool)) in stages.iter().zip(expected) {
         for b in &stage.blocks {
             x = b.forward(x);
@@ -66,7 +78,15 @@ fn mamba_matches_parameter_formula_and_keeps_shape() {
     // A_log = ln(n + 1); dt bias = softplus^-1(dt) with dt in [1e-3, 0.1].
     let a: Vec<f32> = m.a_log.val().into_data().try_to_vec::<f32>().unwrap();
     assert!((a[3] - 4f32.ln()).abs() < 1e-6);
-    let bias: Vec<f32> = m.dt_proj.bias.as_ref().unwrap().val().into_data().try_to_vec::<f32>().unwrap();
+    let bias: Vec<f32> = m
+        .dt_proj
+        .bias
+        .as_ref()
+        .unwrap()
+        .val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     for b in bias {
         let dt = (b.exp() + 1.0).ln();
         assert!((9.9e-4..=0.1001).contains(&dt), "dt {dt}");
@@ -79,10 +99,18 @@ fn mamba_is_causal() {
     let dev = device();
     let m = MambaConfig::new(16).init(&dev);
     let u = Tensor::<3>::random([1, 12, 16], Distribution::Normal(0.0, 1.0), &dev);
-    let v = u.clone().slice_assign([0..1, 11..12, 0..16], Tensor::ones([1, 1, 16], &dev) * 5.0);
+    let v = u
+        .clone()
+        .slice_assign([0..1, 11..12, 0..16], Tensor::ones([1, 1, 16], &dev) * 5.0);
     let (a, b) = (m.forward(u), m.forward(v));
-    let diff: f32 = (a.clone().narrow(1, 0, 11) - b.clone().narrow(1, 0, 11)).abs().max().into_scalar();
-    let last: f32 = (a.narrow(1, 11, 1) - b.narrow(1, 11, 1)).abs().max().into_scalar();
+    let diff: f32 = (a.clone().narrow(1, 0, 11) - b.clone().narrow(1, 0, 11))
+        .abs()
+        .max()
+        .into_scalar();
+    let last: f32 = (a.narrow(1, 11, 1) - b.narrow(1, 11, 1))
+        .abs()
+        .max()
+        .into_scalar();
     assert!(diff < 1e-5, "earlier outputs changed by {diff}");
     assert!(last > 1e-3, "last output unchanged");
 }
@@ -91,13 +119,30 @@ fn mamba_is_causal() {
 fn shared_and_unshared_pmb_agree_when_weights_agree() {
     // An unshared PMB whose per-group Mambas are copies of one Mamba equals the shared PMB.
     let dev = device();
-    let shared = ParallelMambaConfig { c_in: 32, c_out: 40, groups: 2, shared: true, d_state: 16 }.init(&dev);
-    let mut unshared = ParallelMambaConfig { c_in: 32, c_out: 40, groups: 2, shared: false, d_state: 16 }.init(&dev);
+    let shared = ParallelMambaConfig {
+        c_in: 32,
+        c_out: 40,
+        groups: 2,
+        shared: true,
+        d_state: 16,
+    }
+    .init(&dev);
+    let mut unshared = ParallelMambaConfig {
+        c_in: 32,
+        c_out: 40,
+        groups: 2,
+        shared: false,
+        d_state: 16,
+    }
+    .init(&dev);
     unshared.mamba = vec![shared.mamba[0].clone(), shared.mamba[0].clone()];
     unshared.norm = shared.norm.clone();
     unshared.proj = shared.proj.clone();
     let x = Tensor::<4>::random([2, 32, 4, 3], Distribution::Normal(0.0, 1.0), &dev);
-    let d: f32 = (shared.forward(x.clone()) - unshared.forward(x)).abs().max().into_scalar();
+    let d: f32 = (shared.forward(x.clone()) - unshared.forward(x))
+        .abs()
+        .max()
+        .into_scalar();
     assert!(d < 1e-4, "max difference {d}");
 }
 
@@ -117,16 +162,24 @@ fn presets_meet_the_report_budgets() {
     for (name, target) in [("s1", 107_460.0), ("s2", 121_900.0), ("s3", 126_410.0)] {
         let cfg = ModelConfig::preset(name).unwrap();
         let r = summary(&cfg, 10, 256, 65);
-        assert_eq!(r.params() + r.buffers, r.module_params, "{name}: table misses parameters");
+        assert_eq!(
+            r.params() + r.buffers,
+            r.module_params,
+            "{name}: table misses parameters"
+        );
         let rel = (r.params() as f64 - target).abs() / target;
         assert!(rel < 0.05, "{name}: {} params vs {target}", r.params());
         assert!(r.macs() <= MAX_MACS, "{name}: {} MACs", r.macs());
         assert!(r.scan_macs() > 0);
         assert!(r.within_limits());
     }
-    let ModelConfig::IrMamba(s1) = ModelConfig::preset("s1").unwrap() else { unreachable!() };
+    let ModelConfig::IrMamba(s1) = ModelConfig::preset("s1").unwrap() else {
+        unreachable!()
+    };
     assert_eq!((s1.pmbn(), s1.vssn()), (3, 6));
-    let ModelConfig::IrMamba(s2) = ModelConfig::preset("s2").unwrap() else { unreachable!() };
+    let ModelConfig::IrMamba(s2) = ModelConfig::preset("s2").unwrap() else {
+        unreachable!()
+    };
     assert_eq!((s2.pmbn(), s2.vssn()), (5, 17));
 }
 
@@ -148,18 +201,31 @@ fn config_round_trips_through_toml_and_rejects_bad_groups() {
         assert_eq!(back.name(), name);
     }
     let partial = ModelConfig::from_toml_str("kind = \"ir_mamba\"\nshared_mamba = true\n").unwrap();
-    let ModelConfig::IrMamba(c) = partial else { panic!("wrong kind") };
+    let ModelConfig::IrMamba(c) = partial else {
+        panic!("wrong kind")
+    };
     assert!(c.shared_mamba);
     assert_eq!(c.stages, IrMambaConfig::s1().stages);
     let bad = "kind = \"ir_mamba\"\nstages = [{ channels = 48, groups = [5] }]\n";
-    assert!(matches!(ModelConfig::from_toml_str(bad), Err(ModelConfigError::Invalid(_))));
-    assert!(matches!(ModelConfig::from_toml_str("kind = \"nope\""), Err(ModelConfigError::Toml { .. })));
-    assert!(matches!(ModelConfig::preset("s9"), Err(ModelConfigError::UnknownPreset(_))));
+    assert!(matches!(
+        ModelConfig::from_toml_str(bad),
+        Err(ModelConfigError::Invalid(_))
+    ));
+    assert!(matches!(
+        ModelConfig::from_toml_str("kind = \"nope\""),
+        Err(ModelConfigError::Toml { .. })
+    ));
+    assert!(matches!(
+        ModelConfig::preset("s9"),
+        Err(ModelConfigError::UnknownPreset(_))
+    ));
 }
 
 fn loss_of(model: &Model, x: Tensor<4>, y: Tensor<1, Int>) -> Tensor<1> {
     let dev = x.device();
-    CrossEntropyLossConfig::new().init(&dev).forward(model.forward(x), y)
+    CrossEntropyLossConfig::new()
+        .init(&dev)
+        .forward(model.forward(x), y)
 }
 
 #[test]
@@ -176,6 +242,9 @@ fn one_adamw_step_lowers_the_loss() {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-3, model, grads);
         let after: f32 = loss_of(&model, x, y).into_scalar();
-        assert!(after.is_finite() && after < before, "{name}: loss {before} -> {after}");
+        assert!(
+            after.is_finite() && after < before,
+            "{name}: loss {before} -> {after}"
+        );
     }
 }
