@@ -1,0 +1,32 @@
+//! Backend selection: which burn device the toolkit computes on.
+//!
+//! burn 0.22 picks the backend at run time through the [`Device`]; every model and the trainer
+//! are written once against `Tensor<D>` and run unchanged on any device.
+//!
+//! - Default: **Flex**, burn's pure-Rust CPU backend (gemm, SIMD, rayon). It builds offline
+//!   and is the fast CPU choice.
+//! - With train's `ndarray` cargo feature, the environment variable `ASC_BACKEND=ndarray`
+//!   selects burn's (deprecated, slower) NdArray backend instead.
+//! - GPU backends (`wgpu`, `cuda` cargo features of train) take the same code path; they are
+//!   not built by CI (their build scripts need drivers or downloads) and are not selected here.
+
+use burn::tensor::Device;
+
+/// Name of the environment variable that selects the CPU backend (`flex` or `ndarray`).
+pub const BACKEND_ENV: &str = "ASC_BACKEND";
+
+/// The inference device: Flex, or NdArray when built with the `ndarray` feature and
+/// `ASC_BACKEND=ndarray` is set. Any other value of `ASC_BACKEND` falls back to Flex.
+pub fn default_device() -> Device {
+    #[cfg(feature = "ndarray")]
+    if std::env::var(BACKEND_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("ndarray")) {
+        #[allow(deprecated)] // the users asked for ndarray by name; Flex stays the default
+        return Device::ndarray();
+    }
+    Device::flex()
+}
+
+/// The training device: [`default_device`] with autodiff switched on.
+pub fn training_device() -> Device {
+    default_device().autodiff()
+}
