@@ -10,7 +10,7 @@ use super::Int8Error;
 use super::format;
 use super::graph::{Activation, BufKind, Graph, ModelMeta, Op, QParams, TensorData, TensorMap};
 use super::kernels::{
-    ConvGeom, FixedMul, MambaKernel, QAddKernel, QConvKernel, conv2d_direct, layer_norm_cols, max_pool2d, pad_input, round_even,
+    ConvGeom, FixedMul, MambaKernel, QAddKernel, QConvKernel, conv2d_direct, layer_norm_cols, max_pool2d, pad_input, round_even_i32,
 };
 
 /// An op prepared for the integer executor.
@@ -377,6 +377,27 @@ impl Int8Model {
         Ok(out)
     }
 
+    /// Diagnostic: runs one clip `reps` times and returns the mean seconds spent in each op
+    /// kind (by [`super::graph::op_name`]), largest first.
+    pub fn profile(&self, logmel: &[f32], reps: usize) -> Result<Vec<(&'static str, f64)>, Int8Error> {
+        self.check_input(logmel.len())?;
+        let mut times: std::collections::BTreeMap<&'static str, f64> = Default::default();
+        self.with_workspace(|ws| {
+            for _ in 0..reps.max(1) {
+                let Slot::F(inp) = &mut ws.slots[self.graph.input] else { unreachable!() };
+                inp.copy_from_slice(logmel);
+                for (k, op) in self.kernels.iter().zip(&self.graph.ops) {
+                    let t = std::time::Instant::now();
+                    run_kernel(k, &mut ws.slots, &mut ws.xp, &mut ws.acc, &mut ws.fscratch);
+                    *times.entry(super::graph::op_name(op)).or_default() += t.elapsed().as_secs_f64();
+                }
+            }
+        });
+        let mut v: Vec<_> = times.into_iter().map(|(k, t)| (k, t / reps.max(1) as f64)).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(v)
+    }
+
     fn run(&self, ws: &mut Workspace, input: &[f32]) {
         let Workspace { slots, xp, acc, fscratch } = ws;
         let Slot::F(inp) = &mut slots[self.graph.input] else { unreachable!() };
@@ -423,7 +444,7 @@ fn run_kernel(k: &Kernel, slots: &mut [Slot], xp: &mut [i16], acc: &mut [i32], f
     match (k, &mut out) {
         (Kernel::Quantize { input, inv_scale, zp, lo, hi, .. }, Slot::Q(y)) => {
             for (o, &v) in y.iter_mut().zip(f(&slots[*input])) {
-                let r = round_even((v * inv_scale).clamp(-1e6, 1e6)) as i32;
+                let r = round_even_i32((v * inv_scale).clamp(-1e6, 1e6));
                 *o = (r + zp).clamp(*lo, *hi) as u8;
             }
         }

@@ -18,8 +18,13 @@ pub fn round_even(x: f32) -> f32 {
 /// polynomial in `r`, `2^n` built in the exponent bits); inputs clamped to `[-87, 88]`.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = round_even(x * std::f32::consts::LOG2_E);
+    // n = round(x / ln 2), read from the mantissa bits of `t` (no float->int cast, which would
+    // be a saturating scalar conversion and stop vectorization).
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let ni = t.to_bits() as i32 - MAGIC.to_bits() as i32;
+    let n = t - MAGIC;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -28,7 +33,14 @@ pub fn fast_exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    y * f32::from_bits(((ni + 127) as u32) << 23)
+}
+
+/// `round_even(x)` as an integer for `|x| < 2^22`, from the mantissa bits (vectorizable).
+#[inline(always)]
+pub fn round_even_i32(x: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 /// Natural logarithm for normal positive `x` (Cephes `logf`: mantissa in `[sqrt(1/2), sqrt 2)`,
@@ -446,7 +458,7 @@ impl MambaKernel {
     /// Scratch floats needed by [`MambaKernel::run`].
     pub fn scratch_len(&self) -> usize {
         let (di, n, r, l) = (self.di, self.n, self.r, self.l);
-        di * l + (r + 2 * n) * l + di * l + 2 * l * n + di * n
+        4 * di * l + (r + 2 * n) * l + 2 * l * n + 2 * di * n + 2 * di
     }
 
     /// Runs the mixer on `xz` `[2*di, L]` into `y` `[di, L]`.
@@ -455,9 +467,14 @@ impl MambaKernel {
         let (u, rest) = scratch.split_at_mut(di * l);
         let (xdbl, rest) = rest.split_at_mut((r + 2 * n) * l);
         let (delta, rest) = rest.split_at_mut(di * l);
+        let (u_tm, rest) = rest.split_at_mut(l * di);
+        let (delta_tm, rest) = rest.split_at_mut(l * di);
         let (bt, rest) = rest.split_at_mut(l * n);
         let (ct, rest) = rest.split_at_mut(l * n);
-        let h = &mut rest[..di * n];
+        let (h, rest) = rest.split_at_mut(n * di);
+        let (a_t, rest) = rest.split_at_mut(n * di);
+        let (du, rest) = rest.split_at_mut(di);
+        let acc = &mut rest[..di];
         let (x, z) = xz.split_at(di * l);
         // Causal depthwise conv1d (PyTorch Conv1d, padding k-1, first L outputs) + SiLU:
         // u[c, t] = silu(b[c] + sum_j w[c, j] x[c, t + j - (k - 1)]).
@@ -499,41 +516,58 @@ impl MambaKernel {
             }
             row.iter_mut().for_each(|v| *v = softplus(*v));
         }
-        // B and C to time-major [L, n] so each scan step reads contiguous lanes.
-        for s in 0..n {
-            let (br, cr) = (&xdbl[(r + s) * l..(r + s + 1) * l], &xdbl[(r + n + s) * l..(r + n + s + 1) * l]);
-            for t in 0..l {
-                bt[t * n + s] = br[t];
-                ct[t * n + s] = cr[t];
-            }
-        }
-        // Selective scan (ZOH for A, Euler for B as in Mamba's reference):
-        // h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t; y *= silu(z).
+        // Time-major copies so that each scan step runs over contiguous channels.
+        transpose(u, u_tm, di, l);
+        transpose(delta, delta_tm, di, l);
+        transpose(&xdbl[r * l..(r + n) * l], bt, n, l);
+        transpose(&xdbl[(r + n) * l..(r + 2 * n) * l], ct, n, l);
+        transpose(&self.a, a_t, di, n);
+        // Selective scan (ZOH for A, Euler for B as in Mamba's reference), vectorized over the
+        // channels: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t.
         h.fill(0.0);
         for t in 0..l {
-            let (b_t, c_t) = (&bt[t * n..(t + 1) * n], &ct[t * n..(t + 1) * n]);
-            for c in 0..di {
-                let dl = delta[c * l + t];
-                let ut = u[c * l + t];
-                let du = dl * ut;
-                let hc = &mut h[c * n..(c + 1) * n];
-                let ac = &self.a[c * n..(c + 1) * n];
-                // Four partial sums so that the lanes vectorize (f32 sums do not reassociate).
-                let mut acc4 = [0.0f32; 4];
-                let chunks = hc.chunks_exact_mut(4).zip(ac.chunks_exact(4)).zip(b_t.chunks_exact(4)).zip(c_t.chunks_exact(4));
-                for (((hs, a), b), cc) in chunks {
-                    for j in 0..4 {
-                        hs[j] = fast_exp(dl * a[j]) * hs[j] + du * b[j];
-                        acc4[j] += hs[j] * cc[j];
-                    }
-                }
-                let mut acc = (acc4[0] + acc4[1]) + (acc4[2] + acc4[3]);
-                for s in n / 4 * 4..n {
-                    hc[s] = fast_exp(dl * ac[s]) * hc[s] + du * b_t[s];
-                    acc += hc[s] * c_t[s];
-                }
-                y[c * l + t] = (acc + self.d[c] * ut) * silu(z[c * l + t]);
+            let (dt, ut) = (&delta_tm[t * di..(t + 1) * di], &u_tm[t * di..(t + 1) * di]);
+            for ((d, &a), &b) in du.iter_mut().zip(dt).zip(ut) {
+                *d = a * b;
             }
+            for ((o, &dd), &uu) in acc.iter_mut().zip(&self.d).zip(ut) {
+                *o = dd * uu;
+            }
+            for s in 0..n {
+                let (b, cc) = (bt[t * n + s], ct[t * n + s]);
+                let hs = &mut h[s * di..(s + 1) * di];
+                let a_s = &a_t[s * di..(s + 1) * di];
+                scan_step(hs, a_s, dt, du, acc, b, cc);
+            }
+            for (c, &v) in acc.iter().enumerate() {
+                y[c * l + t] = v;
+            }
+        }
+        // Gate: y *= silu(z).
+        for (o, &zz) in y.iter_mut().zip(z) {
+            *o *= silu(zz);
+        }
+    }
+}
+
+/// One state lane of one scan step over all channels:
+/// `h = exp(delta * a) * h + du * b; acc += h * c`. Kept out of line so that the slices keep
+/// their no-alias guarantee and the loop vectorizes without runtime alias checks.
+#[inline(never)]
+fn scan_step(h: &mut [f32], a: &[f32], delta: &[f32], du: &[f32], acc: &mut [f32], b: f32, c: f32) {
+    let n = h.len();
+    let (a, delta, du, acc) = (&a[..n], &delta[..n], &du[..n], &mut acc[..n]);
+    for j in 0..n {
+        h[j] = fast_exp(delta[j] * a[j]) * h[j] + du[j] * b;
+        acc[j] += h[j] * c;
+    }
+}
+
+/// `dst[j, i] = src[i, j]` for `src` `[rows, cols]`.
+pub fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+    for (i, row) in src.chunks_exact(cols).take(rows).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            dst[j * rows + i] = v;
         }
     }
 }
