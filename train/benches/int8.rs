@@ -15,7 +15,9 @@ use train::int8::engine::Reference;
 use train::int8::{ExecMode, ModelMeta, QParams};
 
 fn logmel(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|i| -4.0 + 3.0 * ((i % 23) as f32 / 23.0) + rng.random_range(-2.0f32..2.0)).collect()
+    (0..n)
+        .map(|i| -4.0 + 3.0 * ((i % 23) as f32 / 23.0) + rng.random_range(-2.0f32..2.0))
+        .collect()
 }
 
 /// Median and mean seconds per call of `f` over `n` calls after `warm` warm-up calls.
@@ -41,14 +43,21 @@ fn main() {
     let len = cfg.n_mels * cfg.n_frames;
     let mut rng = StdRng::seed_from_u64(1);
     let clips: Vec<Vec<f32>> = (0..64).map(|_| logmel(&mut rng, len)).collect();
-    let ranges = calibrate(&graph, &tensors, clips[..16].iter().map(Vec::as_slice), None).expect("calibrates");
+    let ranges = calibrate(
+        &graph,
+        &tensors,
+        clips[..16].iter().map(Vec::as_slice),
+        None,
+    )
+    .expect("calibrates");
     let meta = ModelMeta {
         name: "irmamba-shaped-random".into(),
         config: serde_json::json!({ "bench": true }),
         frontend: FrontEndConfig::dcase2024(),
         labels: Vocabulary::tau22_labels(),
     };
-    let model = quantize_model(meta, &graph, &tensors, &ranges, QParams::REDUCED).expect("quantizes");
+    let model =
+        quantize_model(meta, &graph, &tensors, &ranges, QParams::REDUCED).expect("quantizes");
     let pm = model.param_memory();
     println!(
         "network: {} ops, {} params ({} int8 weights, {} i32 biases, {} f32), {} B as stored, {} B at 8 bit (limit 128000)",
@@ -60,20 +69,47 @@ fn main() {
         pm.stored_bytes(),
         pm.dcase_8bit_bytes()
     );
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
     let n = 200;
-    let (med, mean) = pool.install(|| time(n, 20, |i| drop(model.infer(&clips[i % clips.len()]).expect("runs"))));
-    println!("int8 engine, 1 thread:           median {:.3} ms/clip, mean {:.3} ms/clip", med * 1e3, mean * 1e3);
+    let (med, mean) = pool.install(|| {
+        time(n, 20, |i| {
+            drop(model.infer(&clips[i % clips.len()]).expect("runs"))
+        })
+    });
+    println!(
+        "int8 engine, 1 thread:           median {:.3} ms/clip, mean {:.3} ms/clip",
+        med * 1e3,
+        mean * 1e3
+    );
     let mut fl = Reference::new(&graph, &tensors, false).expect("valid");
-    let (med, mean) = time(n / 2, 10, |i| drop(fl.run(&clips[i % clips.len()], ExecMode::Float, None).len()));
-    println!("plain f32 reference, 1 thread:   median {:.3} ms/clip, mean {:.3} ms/clip", med * 1e3, mean * 1e3);
+    let (med, mean) = time(n / 2, 10, |i| {
+        std::hint::black_box(fl.run(&clips[i % clips.len()], ExecMode::Float, None));
+    });
+    println!(
+        "plain f32 reference, 1 thread:   median {:.3} ms/clip, mean {:.3} ms/clip",
+        med * 1e3,
+        mean * 1e3
+    );
     let mut fq = Reference::new(model.graph(), model.tensors(), true).expect("valid");
-    let (med, mean) = time(n / 4, 5, |i| drop(fq.run(&clips[i % clips.len()], ExecMode::FakeQuant, None).len()));
-    println!("fake-quant f32 reference:        median {:.3} ms/clip, mean {:.3} ms/clip", med * 1e3, mean * 1e3);
+    let (med, mean) = time(n / 4, 5, |i| {
+        std::hint::black_box(fq.run(&clips[i % clips.len()], ExecMode::FakeQuant, None));
+    });
+    println!(
+        "fake-quant f32 reference:        median {:.3} ms/clip, mean {:.3} ms/clip",
+        med * 1e3,
+        mean * 1e3
+    );
     let batch: Vec<f32> = clips.concat();
     let threads = rayon::current_num_threads();
     let (med, _) = time(10, 2, |_| drop(model.infer_batch(&batch).expect("runs")));
-    println!("int8 infer_batch, {threads} threads:     {:.3} ms/clip ({:.0} clips/s)", med * 1e3 / clips.len() as f64, clips.len() as f64 / med);
+    println!(
+        "int8 infer_batch, {threads} threads:     {:.3} ms/clip ({:.0} clips/s)",
+        med * 1e3 / clips.len() as f64,
+        clips.len() as f64 / med
+    );
     println!("int8 time per op kind (1 clip):");
     for (op, t) in model.profile(&clips[0], 50).expect("runs") {
         println!("  {op:<16} {:.3} ms", t * 1e3);

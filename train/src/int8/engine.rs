@@ -10,23 +10,85 @@ use super::Int8Error;
 use super::format;
 use super::graph::{Activation, BufKind, Graph, ModelMeta, Op, QParams, TensorData, TensorMap};
 use super::kernels::{
-    ConvGeom, FixedMul, MambaKernel, QAddKernel, QConvKernel, conv2d_direct, layer_norm_cols, max_pool2d, pad_input, round_even_i32,
+    ConvGeom, FixedMul, MambaKernel, QAddKernel, QConvKernel, conv2d_direct, layer_norm_cols,
+    max_pool2d, pad_input, round_even_i32,
 };
 
 /// An op prepared for the integer executor.
 #[derive(Debug, Clone)]
 enum Kernel {
-    Quantize { input: usize, output: usize, inv_scale: f32, zp: i32, lo: i32, hi: i32 },
-    Dequantize { input: usize, output: usize, scale: f32, zp: i32 },
-    Conv { input: usize, output: usize, k: Box<QConvKernel> },
-    Add { a: usize, b: usize, output: usize, k: QAddKernel },
-    MaxPool { input: usize, output: usize, c: usize, h: usize, w: usize, kernel: [usize; 2], stride: [usize; 2] },
-    AvgPool { input: usize, output: usize, hw: usize, zp_in: i32, zp_out: i32, mul: FixedMul, lo: i32, hi: i32 },
-    LayerNorm { input: usize, output: usize, gamma: Vec<f32>, beta: Vec<f32>, eps: f32, c: usize },
-    Slice { input: usize, output: usize, offset: usize },
-    Concat { inputs: Vec<usize>, output: usize },
-    ScaledAdd { a: usize, b: usize, output: usize, alpha: f32 },
-    Mamba { input: usize, output: usize, k: Box<MambaKernel> },
+    Quantize {
+        input: usize,
+        output: usize,
+        inv_scale: f32,
+        zp: i32,
+        lo: i32,
+        hi: i32,
+    },
+    Dequantize {
+        input: usize,
+        output: usize,
+        scale: f32,
+        zp: i32,
+    },
+    Conv {
+        input: usize,
+        output: usize,
+        k: Box<QConvKernel>,
+    },
+    Add {
+        a: usize,
+        b: usize,
+        output: usize,
+        k: QAddKernel,
+    },
+    MaxPool {
+        input: usize,
+        output: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+    },
+    AvgPool {
+        input: usize,
+        output: usize,
+        hw: usize,
+        zp_in: i32,
+        zp_out: i32,
+        mul: FixedMul,
+        lo: i32,
+        hi: i32,
+    },
+    LayerNorm {
+        input: usize,
+        output: usize,
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+        eps: f32,
+        c: usize,
+    },
+    Slice {
+        input: usize,
+        output: usize,
+        offset: usize,
+    },
+    Concat {
+        inputs: Vec<usize>,
+        output: usize,
+    },
+    ScaledAdd {
+        a: usize,
+        b: usize,
+        output: usize,
+        alpha: f32,
+    },
+    Mamba {
+        input: usize,
+        output: usize,
+        k: Box<MambaKernel>,
+    },
 }
 
 /// One activation buffer of a workspace.
@@ -125,7 +187,18 @@ pub fn act_clamp(act: Activation, q: &QParams) -> (i32, i32) {
 }
 
 fn mamba_kernel(graph: &Graph, t: &TensorMap, op: &Op) -> MambaKernel {
-    let Op::MambaMixer { output, conv_weight, conv_bias, x_proj, dt_proj_weight, dt_proj_bias, a_log, d_skip, .. } = op else {
+    let Op::MambaMixer {
+        output,
+        conv_weight,
+        conv_bias,
+        x_proj,
+        dt_proj_weight,
+        dt_proj_bias,
+        a_log,
+        d_skip,
+        ..
+    } = op
+    else {
         unreachable!()
     };
     let ob = &graph.buffers[*output];
@@ -148,7 +221,15 @@ fn mamba_kernel(graph: &Graph, t: &TensorMap, op: &Op) -> MambaKernel {
 /// Geometry of a QConv2d or QLinear op (a linear layer is a 1x1 conv over `[Din, 1, L]`).
 fn conv_geom(graph: &Graph, t: &TensorMap, op: &Op) -> ConvGeom {
     match op {
-        Op::QConv2d { input, output, weight, groups, stride, padding, .. } => {
+        Op::QConv2d {
+            input,
+            output,
+            weight,
+            groups,
+            stride,
+            padding,
+            ..
+        } => {
             let (ib, ob) = (&graph.buffers[*input], &graph.buffers[*output]);
             let ws = &t[weight].shape;
             ConvGeom {
@@ -167,7 +248,19 @@ fn conv_geom(graph: &Graph, t: &TensorMap, op: &Op) -> ConvGeom {
         }
         Op::QLinear { input, output, .. } => {
             let (ib, ob) = (&graph.buffers[*input], &graph.buffers[*output]);
-            ConvGeom { cin: ib.rows(), cout: ob.rows(), groups: 1, h: 1, w: ib.cols(), kh: 1, kw: 1, sh: 1, sw: 1, ph: 0, pw: 0 }
+            ConvGeom {
+                cin: ib.rows(),
+                cout: ob.rows(),
+                groups: 1,
+                h: 1,
+                w: ib.cols(),
+                kh: 1,
+                kw: 1,
+                sh: 1,
+                sw: 1,
+                ph: 0,
+                pw: 0,
+            }
         }
         _ => unreachable!(),
     }
@@ -175,10 +268,22 @@ fn conv_geom(graph: &Graph, t: &TensorMap, op: &Op) -> ConvGeom {
 
 impl Int8Model {
     /// Builds a model from its parts, validating the graph (`context` names it in errors).
-    pub fn from_parts(meta: ModelMeta, graph: Graph, tensors: TensorMap, context: &str) -> Result<Self, Int8Error> {
-        graph.validate(&tensors, true).map_err(|msg| Int8Error::Invalid { context: context.to_string(), msg })?;
+    pub fn from_parts(
+        meta: ModelMeta,
+        graph: Graph,
+        tensors: TensorMap,
+        context: &str,
+    ) -> Result<Self, Int8Error> {
+        graph
+            .validate(&tensors, true)
+            .map_err(|msg| Int8Error::Invalid {
+                context: context.to_string(),
+                msg,
+            })?;
         let in_len = graph.buffers[graph.input].numel();
-        if in_len != meta.frontend.n_mels * (in_len / meta.frontend.n_mels.max(1)) || graph.buffers[graph.output].numel() != meta.labels.len() {
+        if in_len != meta.frontend.n_mels * (in_len / meta.frontend.n_mels.max(1))
+            || graph.buffers[graph.output].numel() != meta.labels.len()
+        {
             return Err(Int8Error::Invalid {
                 context: context.to_string(),
                 msg: format!(
@@ -196,19 +301,54 @@ impl Int8Model {
             let k = match op {
                 Op::Quantize { input, output } => {
                     let q = qp(&graph, *output);
-                    Kernel::Quantize { input: *input, output: *output, inv_scale: 1.0 / q.scale, zp: q.zero_point, lo: q.qmin, hi: q.qmax }
+                    Kernel::Quantize {
+                        input: *input,
+                        output: *output,
+                        inv_scale: 1.0 / q.scale,
+                        zp: q.zero_point,
+                        lo: q.qmin,
+                        hi: q.qmax,
+                    }
                 }
                 Op::Dequantize { input, output } => {
                     let q = qp(&graph, *input);
-                    Kernel::Dequantize { input: *input, output: *output, scale: q.scale, zp: q.zero_point }
+                    Kernel::Dequantize {
+                        input: *input,
+                        output: *output,
+                        scale: q.scale,
+                        zp: q.zero_point,
+                    }
                 }
-                Op::QConv2d { input, output, weight, weight_scale, bias, act, .. } | Op::QLinear { input, output, weight, weight_scale, bias, act } => {
+                Op::QConv2d {
+                    input,
+                    output,
+                    weight,
+                    weight_scale,
+                    bias,
+                    act,
+                    ..
+                }
+                | Op::QLinear {
+                    input,
+                    output,
+                    weight,
+                    weight_scale,
+                    bias,
+                    act,
+                } => {
                     let geom = conv_geom(&graph, &tensors, op);
                     let (qi, qo) = (qp(&graph, *input), qp(&graph, *output));
-                    let TensorData::I8(w) = &tensors[weight].data else { unreachable!() };
-                    let TensorData::I32(b) = &tensors[bias].data else { unreachable!() };
+                    let TensorData::I8(w) = &tensors[weight].data else {
+                        unreachable!()
+                    };
+                    let TensorData::I32(b) = &tensors[bias].data else {
+                        unreachable!()
+                    };
                     let ws = tf32(&tensors, weight_scale.as_deref().expect("validated"));
-                    let mul = ws.iter().map(|&s| FixedMul::new(qi.scale as f64 * s as f64 / qo.scale as f64)).collect();
+                    let mul = ws
+                        .iter()
+                        .map(|&s| FixedMul::new(qi.scale as f64 * s as f64 / qo.scale as f64))
+                        .collect();
                     let (lo, hi) = act_clamp(*act, &qo);
                     sz.xp = sz.xp.max(geom.padded_len());
                     sz.acc = sz.acc.max(geom.ho() * geom.wo());
@@ -222,42 +362,125 @@ impl Int8Model {
                         lo,
                         hi,
                     };
-                    Kernel::Conv { input: *input, output: *output, k: Box::new(k) }
+                    Kernel::Conv {
+                        input: *input,
+                        output: *output,
+                        k: Box::new(k),
+                    }
                 }
                 Op::QAdd { a, b, output } => {
                     let (qa, qb, qo) = (qp(&graph, *a), qp(&graph, *b), qp(&graph, *output));
-                    let k = QAddKernel::new(qa.scale, qb.scale, qo.scale, qa.zero_point, qb.zero_point, qo.zero_point, qo.qmin, qo.qmax);
-                    Kernel::Add { a: *a, b: *b, output: *output, k }
+                    let k = QAddKernel::new(
+                        qa.scale,
+                        qb.scale,
+                        qo.scale,
+                        qa.zero_point,
+                        qb.zero_point,
+                        qo.zero_point,
+                        qo.qmin,
+                        qo.qmax,
+                    );
+                    Kernel::Add {
+                        a: *a,
+                        b: *b,
+                        output: *output,
+                        k,
+                    }
                 }
-                Op::MaxPool2d { input, output, kernel, stride } => {
+                Op::MaxPool2d {
+                    input,
+                    output,
+                    kernel,
+                    stride,
+                } => {
                     let s = &graph.buffers[*input].shape;
-                    Kernel::MaxPool { input: *input, output: *output, c: s[0], h: s[1], w: s[2], kernel: *kernel, stride: *stride }
+                    Kernel::MaxPool {
+                        input: *input,
+                        output: *output,
+                        c: s[0],
+                        h: s[1],
+                        w: s[2],
+                        kernel: *kernel,
+                        stride: *stride,
+                    }
                 }
                 Op::GlobalAvgPool { input, output } => {
                     let (qi, qo) = (qp(&graph, *input), qp(&graph, *output));
                     let hw = graph.buffers[*input].cols();
                     let mul = FixedMul::new(qi.scale as f64 / (qo.scale as f64 * hw as f64));
-                    Kernel::AvgPool { input: *input, output: *output, hw, zp_in: qi.zero_point, zp_out: qo.zero_point, mul, lo: qo.qmin, hi: qo.qmax }
+                    Kernel::AvgPool {
+                        input: *input,
+                        output: *output,
+                        hw,
+                        zp_in: qi.zero_point,
+                        zp_out: qo.zero_point,
+                        mul,
+                        lo: qo.qmin,
+                        hi: qo.qmax,
+                    }
                 }
-                Op::LayerNorm { input, output, gamma, beta, eps } => {
+                Op::LayerNorm {
+                    input,
+                    output,
+                    gamma,
+                    beta,
+                    eps,
+                } => {
                     let c = graph.buffers[*input].rows();
                     sz.f = sz.f.max(2 * graph.buffers[*input].cols());
-                    Kernel::LayerNorm { input: *input, output: *output, gamma: tf32(&tensors, gamma).to_vec(), beta: tf32(&tensors, beta).to_vec(), eps: *eps, c }
+                    Kernel::LayerNorm {
+                        input: *input,
+                        output: *output,
+                        gamma: tf32(&tensors, gamma).to_vec(),
+                        beta: tf32(&tensors, beta).to_vec(),
+                        eps: *eps,
+                        c,
+                    }
                 }
-                Op::SliceRows { input, output, start } => {
-                    Kernel::Slice { input: *input, output: *output, offset: start * graph.buffers[*input].cols() }
-                }
-                Op::Concat { inputs, output } => Kernel::Concat { inputs: inputs.clone(), output: *output },
-                Op::ScaledAdd { a, b, output, alpha } => Kernel::ScaledAdd { a: *a, b: *b, output: *output, alpha: tf32(&tensors, alpha)[0] },
+                Op::SliceRows {
+                    input,
+                    output,
+                    start,
+                } => Kernel::Slice {
+                    input: *input,
+                    output: *output,
+                    offset: start * graph.buffers[*input].cols(),
+                },
+                Op::Concat { inputs, output } => Kernel::Concat {
+                    inputs: inputs.clone(),
+                    output: *output,
+                },
+                Op::ScaledAdd {
+                    a,
+                    b,
+                    output,
+                    alpha,
+                } => Kernel::ScaledAdd {
+                    a: *a,
+                    b: *b,
+                    output: *output,
+                    alpha: tf32(&tensors, alpha)[0],
+                },
                 Op::MambaMixer { input, output, .. } => {
                     let k = mamba_kernel(&graph, &tensors, op);
                     sz.f = sz.f.max(k.scratch_len());
-                    Kernel::Mamba { input: *input, output: *output, k: Box::new(k) }
+                    Kernel::Mamba {
+                        input: *input,
+                        output: *output,
+                        k: Box::new(k),
+                    }
                 }
             };
             kernels.push(k);
         }
-        Ok(Self { meta, graph, tensors, kernels, scratch: sz, pool: Mutex::new(Vec::new()) })
+        Ok(Self {
+            meta,
+            graph,
+            tensors,
+            kernels,
+            scratch: sz,
+            pool: Mutex::new(Vec::new()),
+        })
     }
 
     /// Reads an `.asc8` file (see [`format`]), refusing corrupt or inconsistent files.
@@ -326,7 +549,12 @@ impl Int8Model {
                 BufKind::Float => Slot::F(vec![0.0; b.numel()]),
             })
             .collect();
-        Workspace { slots, xp: vec![0; self.scratch.xp], acc: vec![0; self.scratch.acc], fscratch: vec![0.0; self.scratch.f] }
+        Workspace {
+            slots,
+            xp: vec![0; self.scratch.xp],
+            acc: vec![0; self.scratch.acc],
+            fscratch: vec![0.0; self.scratch.f],
+        }
     }
 
     fn with_workspace<R>(&self, f: impl FnOnce(&mut Workspace) -> R) -> R {
@@ -339,7 +567,11 @@ impl Int8Model {
 
     fn check_input(&self, got: usize) -> Result<(), Int8Error> {
         if got != self.input_len() {
-            return Err(Int8Error::InputLength { got, expected: self.input_len(), shape: self.graph.buffers[self.graph.input].shape.clone() });
+            return Err(Int8Error::InputLength {
+                got,
+                expected: self.input_len(),
+                shape: self.graph.buffers[self.graph.input].shape.clone(),
+            });
         }
         Ok(())
     }
@@ -348,11 +580,20 @@ impl Int8Model {
     pub fn infer_into(&self, logmel: &[f32], logits: &mut [f32]) -> Result<(), Int8Error> {
         self.check_input(logmel.len())?;
         if logits.len() != self.n_classes() {
-            return Err(Int8Error::Invalid { context: self.meta.name.clone(), msg: format!("{} logit slots for {} classes", logits.len(), self.n_classes()) });
+            return Err(Int8Error::Invalid {
+                context: self.meta.name.clone(),
+                msg: format!(
+                    "{} logit slots for {} classes",
+                    logits.len(),
+                    self.n_classes()
+                ),
+            });
         }
         self.with_workspace(|ws| {
             self.run(ws, logmel);
-            let Slot::F(out) = &ws.slots[self.graph.output] else { unreachable!() };
+            let Slot::F(out) = &ws.slots[self.graph.output] else {
+                unreachable!()
+            };
             logits.copy_from_slice(out);
         });
         Ok(())
@@ -369,38 +610,61 @@ impl Int8Model {
     /// and returns their logits back to back (`n * n_classes`).
     pub fn infer_batch(&self, logmels: &[f32]) -> Result<Vec<f32>, Int8Error> {
         let (il, nc) = (self.input_len(), self.n_classes());
-        if logmels.len() % il != 0 {
-            return Err(Int8Error::InputLength { got: logmels.len() % il, expected: il, shape: self.graph.buffers[self.graph.input].shape.clone() });
+        if !logmels.len().is_multiple_of(il) {
+            return Err(Int8Error::InputLength {
+                got: logmels.len() % il,
+                expected: il,
+                shape: self.graph.buffers[self.graph.input].shape.clone(),
+            });
         }
         let mut out = vec![0.0; logmels.len() / il * nc];
-        out.par_chunks_mut(nc).zip(logmels.par_chunks(il)).try_for_each(|(o, x)| self.infer_into(x, o))?;
+        out.par_chunks_mut(nc)
+            .zip(logmels.par_chunks(il))
+            .try_for_each(|(o, x)| self.infer_into(x, o))?;
         Ok(out)
     }
 
     /// Diagnostic: runs one clip `reps` times and returns the mean seconds spent in each op
     /// kind (by [`super::graph::op_name`]), largest first.
-    pub fn profile(&self, logmel: &[f32], reps: usize) -> Result<Vec<(&'static str, f64)>, Int8Error> {
+    pub fn profile(
+        &self,
+        logmel: &[f32],
+        reps: usize,
+    ) -> Result<Vec<(&'static str, f64)>, Int8Error> {
         self.check_input(logmel.len())?;
         let mut times: std::collections::BTreeMap<&'static str, f64> = Default::default();
         self.with_workspace(|ws| {
             for _ in 0..reps.max(1) {
-                let Slot::F(inp) = &mut ws.slots[self.graph.input] else { unreachable!() };
+                let Slot::F(inp) = &mut ws.slots[self.graph.input] else {
+                    unreachable!()
+                };
                 inp.copy_from_slice(logmel);
                 for (k, op) in self.kernels.iter().zip(&self.graph.ops) {
                     let t = std::time::Instant::now();
                     run_kernel(k, &mut ws.slots, &mut ws.xp, &mut ws.acc, &mut ws.fscratch);
-                    *times.entry(super::graph::op_name(op)).or_default() += t.elapsed().as_secs_f64();
+                    *times.entry(super::graph::op_name(op)).or_default() +=
+                        t.elapsed().as_secs_f64();
                 }
             }
         });
-        let mut v: Vec<_> = times.into_iter().map(|(k, t)| (k, t / reps.max(1) as f64)).collect();
+        let mut v: Vec<_> = times
+            .into_iter()
+            .map(|(k, t)| (k, t / reps.max(1) as f64))
+            .collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(v)
     }
 
     fn run(&self, ws: &mut Workspace, input: &[f32]) {
-        let Workspace { slots, xp, acc, fscratch } = ws;
-        let Slot::F(inp) = &mut slots[self.graph.input] else { unreachable!() };
+        let Workspace {
+            slots,
+            xp,
+            acc,
+            fscratch,
+        } = ws;
+        let Slot::F(inp) = &mut slots[self.graph.input] else {
+            unreachable!()
+        };
         inp.copy_from_slice(input);
         for k in &self.kernels {
             run_kernel(k, slots, xp, acc, fscratch);
@@ -442,27 +706,75 @@ fn run_kernel(k: &Kernel, slots: &mut [Slot], xp: &mut [i16], acc: &mut [i32], f
     };
     let mut out = take(slots, out_idx);
     match (k, &mut out) {
-        (Kernel::Quantize { input, inv_scale, zp, lo, hi, .. }, Slot::Q(y)) => {
+        (
+            Kernel::Quantize {
+                input,
+                inv_scale,
+                zp,
+                lo,
+                hi,
+                ..
+            },
+            Slot::Q(y),
+        ) => {
             for (o, &v) in y.iter_mut().zip(f(&slots[*input])) {
                 let r = round_even_i32((v * inv_scale).clamp(-1e6, 1e6));
                 *o = (r + zp).clamp(*lo, *hi) as u8;
             }
         }
-        (Kernel::Dequantize { input, scale, zp, .. }, Slot::F(y)) => {
+        (
+            Kernel::Dequantize {
+                input, scale, zp, ..
+            },
+            Slot::F(y),
+        ) => {
             for (o, &v) in y.iter_mut().zip(q(&slots[*input])) {
                 *o = scale * (v as i32 - zp) as f32;
             }
         }
         (Kernel::Conv { input, k, .. }, Slot::Q(y)) => k.run(q(&slots[*input]), y, xp, acc),
         (Kernel::Add { a, b, k, .. }, Slot::Q(y)) => k.run(q(&slots[*a]), q(&slots[*b]), y),
-        (Kernel::MaxPool { input, c, h, w, kernel, stride, .. }, Slot::Q(y)) => max_pool2d(q(&slots[*input]), y, *c, *h, *w, *kernel, *stride),
-        (Kernel::AvgPool { input, hw, zp_in, zp_out, mul, lo, hi, .. }, Slot::Q(y)) => {
+        (
+            Kernel::MaxPool {
+                input,
+                c,
+                h,
+                w,
+                kernel,
+                stride,
+                ..
+            },
+            Slot::Q(y),
+        ) => max_pool2d(q(&slots[*input]), y, *c, *h, *w, *kernel, *stride),
+        (
+            Kernel::AvgPool {
+                input,
+                hw,
+                zp_in,
+                zp_out,
+                mul,
+                lo,
+                hi,
+                ..
+            },
+            Slot::Q(y),
+        ) => {
             for (o, row) in y.iter_mut().zip(q(&slots[*input]).chunks_exact(*hw)) {
                 let s: i32 = row.iter().map(|&v| v as i32).sum::<i32>() - zp_in * *hw as i32;
                 *o = (mul.apply(s) + zp_out).clamp(*lo, *hi) as u8;
             }
         }
-        (Kernel::LayerNorm { input, gamma, beta, eps, c, .. }, Slot::F(y)) => {
+        (
+            Kernel::LayerNorm {
+                input,
+                gamma,
+                beta,
+                eps,
+                c,
+                ..
+            },
+            Slot::F(y),
+        ) => {
             let x = f(&slots[*input]);
             let (mean, rest) = fs.split_at_mut(x.len() / c);
             layer_norm_cols(x, y, *c, gamma, beta, *eps, mean, rest);
@@ -505,7 +817,11 @@ fn run_kernel(k: &Kernel, slots: &mut [Slot], xp: &mut [i16], acc: &mut [i32], f
 
 /// Parameter memory of a graph's layers (int8 or float graph alike).
 pub fn param_memory(graph: &Graph, t: &TensorMap) -> ParamMemory {
-    let mut m = ParamMemory { int8_weights: 0, int_biases: 0, float_params: 0 };
+    let mut m = ParamMemory {
+        int8_weights: 0,
+        int_biases: 0,
+        float_params: 0,
+    };
     let mut seen = std::collections::BTreeSet::new();
     for op in &graph.ops {
         let mut count = |name: &str, class: u8| {
@@ -528,8 +844,25 @@ pub fn param_memory(graph: &Graph, t: &TensorMap) -> ParamMemory {
                 count(beta, 2);
             }
             Op::ScaledAdd { alpha, .. } => count(alpha, 2),
-            Op::MambaMixer { conv_weight, conv_bias, x_proj, dt_proj_weight, dt_proj_bias, a_log, d_skip, .. } => {
-                for n in [conv_weight, conv_bias, x_proj, dt_proj_weight, dt_proj_bias, a_log, d_skip] {
+            Op::MambaMixer {
+                conv_weight,
+                conv_bias,
+                x_proj,
+                dt_proj_weight,
+                dt_proj_bias,
+                a_log,
+                d_skip,
+                ..
+            } => {
+                for n in [
+                    conv_weight,
+                    conv_bias,
+                    x_proj,
+                    dt_proj_weight,
+                    dt_proj_bias,
+                    a_log,
+                    d_skip,
+                ] {
                     count(n, 2);
                 }
             }
@@ -542,9 +875,17 @@ pub fn param_memory(graph: &Graph, t: &TensorMap) -> ParamMemory {
 /// A float layer of the reference executor.
 #[derive(Debug, Clone)]
 enum RefLayer {
-    Conv { geom: ConvGeom, weight: Vec<f32>, bias: Vec<f32>, act: Activation },
+    Conv {
+        geom: ConvGeom,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        act: Activation,
+    },
     Mamba(Box<MambaKernel>),
-    LayerNorm { gamma: Vec<f32>, beta: Vec<f32> },
+    LayerNorm {
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+    },
     Alpha(f32),
     None,
 }
@@ -562,11 +903,18 @@ pub struct RangeObserver {
 impl RangeObserver {
     /// An observer for `n` buffers.
     pub fn new(n: usize, averaging: Option<f32>) -> Self {
-        Self { ranges: vec![None; n], averaging }
+        Self {
+            ranges: vec![None; n],
+            averaging,
+        }
     }
 
     fn observe(&mut self, i: usize, x: &[f32]) {
-        let (lo, hi) = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let (lo, hi) = x
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
         let r = &mut self.ranges[i];
         *r = Some(match (*r, self.averaging) {
             (None, _) => (lo, hi),
@@ -596,7 +944,22 @@ impl Reference {
         let (mut xpl, mut accl, mut fl) = (0, 0, 0);
         for op in &graph.ops {
             let layer = match op {
-                Op::QConv2d { input, weight, weight_scale, bias, act, .. } | Op::QLinear { input, weight, weight_scale, bias, act, .. } => {
+                Op::QConv2d {
+                    input,
+                    weight,
+                    weight_scale,
+                    bias,
+                    act,
+                    ..
+                }
+                | Op::QLinear {
+                    input,
+                    weight,
+                    weight_scale,
+                    bias,
+                    act,
+                    ..
+                } => {
                     let geom = conv_geom(graph, t, op);
                     xpl = xpl.max(geom.padded_len());
                     accl = accl.max(geom.ho() * geom.wo());
@@ -606,22 +969,36 @@ impl Reference {
                             let ws = tf32(t, weight_scale.as_deref().expect("validated"));
                             let si = qp(graph, *input).scale;
                             let per = w.len() / ws.len();
-                            let wf = w.iter().enumerate().map(|(i, &v)| v as f32 * ws[i / per]).collect();
+                            let wf = w
+                                .iter()
+                                .enumerate()
+                                .map(|(i, &v)| v as f32 * ws[i / per])
+                                .collect();
                             let bf = b.iter().zip(ws).map(|(&v, &s)| v as f32 * si * s).collect();
                             (wf, bf)
                         }
                         _ => unreachable!("validated"),
                     };
-                    RefLayer::Conv { geom, weight, bias, act: *act }
+                    RefLayer::Conv {
+                        geom,
+                        weight,
+                        bias,
+                        act: *act,
+                    }
                 }
                 Op::MambaMixer { .. } => {
                     let k = mamba_kernel(graph, t, op);
                     fl = fl.max(k.scratch_len());
                     RefLayer::Mamba(Box::new(k))
                 }
-                Op::LayerNorm { input, gamma, beta, .. } => {
+                Op::LayerNorm {
+                    input, gamma, beta, ..
+                } => {
                     fl = fl.max(2 * graph.buffers[*input].cols());
-                    RefLayer::LayerNorm { gamma: tf32(t, gamma).to_vec(), beta: tf32(t, beta).to_vec() }
+                    RefLayer::LayerNorm {
+                        gamma: tf32(t, gamma).to_vec(),
+                        beta: tf32(t, beta).to_vec(),
+                    }
                 }
                 Op::ScaledAdd { alpha, .. } => RefLayer::Alpha(tf32(t, alpha)[0]),
                 _ => RefLayer::None,
@@ -629,20 +1006,42 @@ impl Reference {
             layers.push(layer);
         }
         let bufs = graph.buffers.iter().map(|b| vec![0.0; b.numel()]).collect();
-        Ok(Self { graph: graph.clone(), layers, bufs, xp: vec![0.0; xpl], acc: vec![0.0; accl], fs: vec![0.0; fl] })
+        Ok(Self {
+            graph: graph.clone(),
+            layers,
+            bufs,
+            xp: vec![0.0; xpl],
+            acc: vec![0.0; accl],
+            fs: vec![0.0; fl],
+        })
     }
 
     /// Runs one input; returns the output buffer. With an observer, records the range of every
     /// quantized buffer as it is written (before any fake-quant).
-    pub fn run(&mut self, input: &[f32], mode: ExecMode, mut obs: Option<&mut RangeObserver>) -> &[f32] {
+    pub fn run(
+        &mut self,
+        input: &[f32],
+        mode: ExecMode,
+        mut obs: Option<&mut RangeObserver>,
+    ) -> &[f32] {
         self.bufs[self.graph.input].copy_from_slice(input);
         for (op, layer) in self.graph.ops.iter().zip(&self.layers) {
             let o = op.output();
             let mut y = std::mem::take(&mut self.bufs[o]);
             let b = &self.bufs;
             match (op, layer) {
-                (Op::Quantize { input, .. } | Op::Dequantize { input, .. }, _) => y.copy_from_slice(&b[*input]),
-                (Op::QConv2d { input, .. } | Op::QLinear { input, .. }, RefLayer::Conv { geom, weight, bias, act }) => {
+                (Op::Quantize { input, .. } | Op::Dequantize { input, .. }, _) => {
+                    y.copy_from_slice(&b[*input])
+                }
+                (
+                    Op::QConv2d { input, .. } | Op::QLinear { input, .. },
+                    RefLayer::Conv {
+                        geom,
+                        weight,
+                        bias,
+                        act,
+                    },
+                ) => {
                     pad_input(geom, &b[*input], &mut self.xp, |v| v);
                     let hw = geom.ho() * geom.wo();
                     conv2d_direct(geom, &self.xp, weight, bias, &mut self.acc, |co, a| {
@@ -656,7 +1055,15 @@ impl Reference {
                         *d = x + z;
                     }
                 }
-                (Op::MaxPool2d { input, kernel, stride, .. }, _) => {
+                (
+                    Op::MaxPool2d {
+                        input,
+                        kernel,
+                        stride,
+                        ..
+                    },
+                    _,
+                ) => {
                     let s = &self.graph.buffers[*input].shape;
                     max_pool2d(&b[*input], &mut y, s[0], s[1], s[2], *kernel, *stride);
                 }
@@ -688,7 +1095,9 @@ impl Reference {
                         *d = x + alpha * z;
                     }
                 }
-                (Op::MambaMixer { input, .. }, RefLayer::Mamba(k)) => k.run(&b[*input], &mut y, &mut self.fs),
+                (Op::MambaMixer { input, .. }, RefLayer::Mamba(k)) => {
+                    k.run(&b[*input], &mut y, &mut self.fs)
+                }
                 _ => unreachable!("prepared layer matches its op"),
             }
             if let BufKind::Quant { q } = self.graph.buffers[o].kind {

@@ -70,7 +70,11 @@ pub fn crc32(bytes: &[u8]) -> u32 {
         for (i, e) in t.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *e = c;
         }
@@ -103,8 +107,12 @@ pub fn to_bytes(meta: &ModelMeta, graph: &Graph, tensors: &TensorMap) -> Vec<u8>
         let offset = data.len();
         match &t.data {
             TensorData::I8(v) => data.extend(v.iter().map(|&x| x as u8)),
-            TensorData::I32(v) => v.iter().for_each(|x| data.extend_from_slice(&x.to_le_bytes())),
-            TensorData::F32(v) => v.iter().for_each(|x| data.extend_from_slice(&x.to_le_bytes())),
+            TensorData::I32(v) => v
+                .iter()
+                .for_each(|x| data.extend_from_slice(&x.to_le_bytes())),
+            TensorData::F32(v) => v
+                .iter()
+                .for_each(|x| data.extend_from_slice(&x.to_le_bytes())),
         }
         let nbytes = data.len() - offset;
         data.resize(align_up(data.len()), 0);
@@ -116,7 +124,12 @@ pub fn to_bytes(meta: &ModelMeta, graph: &Graph, tensors: &TensorMap) -> Vec<u8>
             nbytes: nbytes as u64,
         });
     }
-    let header = Header { meta: meta.clone(), graph: graph.clone(), tensors: entries, data_len: data.len() as u64 };
+    let header = Header {
+        meta: meta.clone(),
+        graph: graph.clone(),
+        tensors: entries,
+        data_len: data.len() as u64,
+    };
     let json = serde_json::to_vec(&header).expect("the header serializes to JSON");
     let mut out = Vec::with_capacity(24 + json.len() + ALIGN + data.len() + 8);
     out.extend_from_slice(&MAGIC);
@@ -133,12 +146,20 @@ pub fn to_bytes(meta: &ModelMeta, graph: &Graph, tensors: &TensorMap) -> Vec<u8>
 }
 
 /// Writes a model atomically: to `<path>.tmp`, flushed to disk, then renamed over `path`.
-pub fn write(path: &Path, meta: &ModelMeta, graph: &Graph, tensors: &TensorMap) -> Result<(), Int8Error> {
+pub fn write(
+    path: &Path,
+    meta: &ModelMeta,
+    graph: &Graph,
+    tensors: &TensorMap,
+) -> Result<(), Int8Error> {
     let bytes = to_bytes(meta, graph, tensors);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let io = |source| Int8Error::Io { path: path.to_path_buf(), source };
+    let io = |source| Int8Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     {
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
@@ -154,22 +175,42 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<(ModelMeta, Graph, Tensor
     let p = || path.to_path_buf();
     let truncated = |what: String| Int8Error::Truncated { path: p(), what };
     if bytes.len() < 8 || bytes[..8] != MAGIC {
-        return Err(Int8Error::BadMagic { path: p(), found: bytes[..bytes.len().min(8)].to_vec(), expected: MAGIC.to_vec() });
+        return Err(Int8Error::BadMagic {
+            path: p(),
+            found: bytes[..bytes.len().min(8)].to_vec(),
+            expected: MAGIC.to_vec(),
+        });
     }
     if bytes.len() < 24 {
-        return Err(truncated(format!("{} bytes, shorter than the 24-byte preamble", bytes.len())));
+        return Err(truncated(format!(
+            "{} bytes, shorter than the 24-byte preamble",
+            bytes.len()
+        )));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
-        return Err(Int8Error::Version { path: p(), found: version, supported: FORMAT_VERSION });
+        return Err(Int8Error::Version {
+            path: p(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
     let hlen = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-    let hend = 24u64.checked_add(hlen).filter(|&e| e <= bytes.len() as u64).ok_or_else(|| {
-        truncated(format!("header of {hlen} bytes does not fit in {} bytes", bytes.len()))
-    })? as usize;
-    let header: Header = serde_json::from_slice(&bytes[24..hend]).map_err(|source| Int8Error::Header { path: p(), source })?;
+    let hend = 24u64
+        .checked_add(hlen)
+        .filter(|&e| e <= bytes.len() as u64)
+        .ok_or_else(|| {
+            truncated(format!(
+                "header of {hlen} bytes does not fit in {} bytes",
+                bytes.len()
+            ))
+        })? as usize;
+    let header: Header = serde_json::from_slice(&bytes[24..hend])
+        .map_err(|source| Int8Error::Header { path: p(), source })?;
     let dstart = align_up(hend);
-    let total = (dstart as u64).checked_add(header.data_len).and_then(|x| x.checked_add(8));
+    let total = (dstart as u64)
+        .checked_add(header.data_len)
+        .and_then(|x| x.checked_add(8));
     if total.is_none_or(|t| t > bytes.len() as u64) {
         return Err(truncated(format!(
             "{} bytes, the header announces {} data bytes after offset {dstart} plus an 8-byte trailer",
@@ -179,33 +220,76 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<(ModelMeta, Graph, Tensor
     }
     let dend = dstart + header.data_len as usize;
     if bytes.len() != dend + 8 {
-        return Err(Int8Error::Invalid { context: path.display().to_string(), msg: format!("{} trailing bytes after the trailer", bytes.len() - dend - 8) });
+        return Err(Int8Error::Invalid {
+            context: path.display().to_string(),
+            msg: format!(
+                "{} trailing bytes after the trailer",
+                bytes.len() - dend - 8
+            ),
+        });
     }
     let stored = u32::from_le_bytes(bytes[dend..dend + 4].try_into().expect("4 bytes"));
     let computed = crc32(&bytes[..dend]);
     if stored != computed || bytes[dend + 4..] != END_MARKER {
-        return Err(Int8Error::Checksum { path: p(), stored, computed });
+        return Err(Int8Error::Checksum {
+            path: p(),
+            stored,
+            computed,
+        });
     }
     let data = &bytes[dstart..dend];
-    let invalid = |msg: String| Int8Error::Invalid { context: path.display().to_string(), msg };
+    let invalid = |msg: String| Int8Error::Invalid {
+        context: path.display().to_string(),
+        msg,
+    };
     let mut tensors = TensorMap::new();
     for e in &header.tensors {
-        let size = dtype_size(&e.dtype).ok_or_else(|| invalid(format!("tensor '{}': unknown dtype '{}'", e.name, e.dtype)))?;
+        let size = dtype_size(&e.dtype)
+            .ok_or_else(|| invalid(format!("tensor '{}': unknown dtype '{}'", e.name, e.dtype)))?;
         let numel = e.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if numel.and_then(|n| n.checked_mul(size)) != Some(e.nbytes as usize) {
-            return Err(invalid(format!("tensor '{}': {} bytes for {} {:?}", e.name, e.nbytes, e.dtype, e.shape)));
+            return Err(invalid(format!(
+                "tensor '{}': {} bytes for {} {:?}",
+                e.name, e.nbytes, e.dtype, e.shape
+            )));
         }
-        let end = e.offset.checked_add(e.nbytes).filter(|&x| x <= data.len() as u64);
+        let end = e
+            .offset
+            .checked_add(e.nbytes)
+            .filter(|&x| x <= data.len() as u64);
         let Some(end) = end else {
-            return Err(invalid(format!("tensor '{}': bytes {}..+{} lie outside the {}-byte data section", e.name, e.offset, e.nbytes, data.len())));
+            return Err(invalid(format!(
+                "tensor '{}': bytes {}..+{} lie outside the {}-byte data section",
+                e.name,
+                e.offset,
+                e.nbytes,
+                data.len()
+            )));
         };
         let raw = &data[e.offset as usize..end as usize];
         let td = match e.dtype.as_str() {
             "i8" => TensorData::I8(raw.iter().map(|&b| b as i8).collect()),
-            "i32" => TensorData::I32(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4"))).collect()),
-            _ => TensorData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect()),
+            "i32" => TensorData::I32(
+                raw.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().expect("4")))
+                    .collect(),
+            ),
+            _ => TensorData::F32(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                    .collect(),
+            ),
         };
-        if tensors.insert(e.name.clone(), Tensor { shape: e.shape.clone(), data: td }).is_some() {
+        if tensors
+            .insert(
+                e.name.clone(),
+                Tensor {
+                    shape: e.shape.clone(),
+                    data: td,
+                },
+            )
+            .is_some()
+        {
             return Err(invalid(format!("tensor '{}' appears twice", e.name)));
         }
     }
@@ -214,6 +298,9 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<(ModelMeta, Graph, Tensor
 
 /// Reads and parses a model file.
 pub fn read(path: &Path) -> Result<(ModelMeta, Graph, TensorMap), Int8Error> {
-    let bytes = std::fs::read(path).map_err(|source| Int8Error::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Int8Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     from_bytes(path, &bytes)
 }

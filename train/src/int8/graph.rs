@@ -31,7 +31,12 @@ impl QParams {
         let max = max.max(0.0);
         let scale = ((max - min) / (qmax - qmin) as f32).max(f32::EPSILON);
         let zero_point = (qmin - (min / scale).round_ties_even() as i32).clamp(qmin, qmax);
-        Self { scale, zero_point, qmin, qmax }
+        Self {
+            scale,
+            zero_point,
+            qmin,
+            qmax,
+        }
     }
 
     /// Quantizes one value.
@@ -54,13 +59,22 @@ impl QParams {
 
     fn check(&self) -> Result<(), String> {
         if !(self.scale.is_finite() && self.scale > 0.0) {
-            return Err(format!("scale {} is not a positive finite number", self.scale));
+            return Err(format!(
+                "scale {} is not a positive finite number",
+                self.scale
+            ));
         }
         if !(0 <= self.qmin && self.qmin < self.qmax && self.qmax <= 255) {
-            return Err(format!("code range {}..={} is not inside 0..=255", self.qmin, self.qmax));
+            return Err(format!(
+                "code range {}..={} is not inside 0..=255",
+                self.qmin, self.qmax
+            ));
         }
         if !(self.qmin..=self.qmax).contains(&self.zero_point) {
-            return Err(format!("zero point {} outside {}..={}", self.zero_point, self.qmin, self.qmax));
+            return Err(format!(
+                "zero point {} outside {}..={}",
+                self.zero_point, self.qmin, self.qmax
+            ));
         }
         Ok(())
     }
@@ -371,7 +385,10 @@ pub struct Tensor {
 impl Tensor {
     /// An f32 tensor.
     pub fn f32(shape: Vec<usize>, v: Vec<f32>) -> Self {
-        Self { shape, data: TensorData::F32(v) }
+        Self {
+            shape,
+            data: TensorData::F32(v),
+        }
     }
 }
 
@@ -415,7 +432,9 @@ impl Graph {
     pub fn validate(&self, tensors: &TensorMap, quantized: bool) -> Result<(), String> {
         let nb = self.buffers.len();
         let buf = |i: usize, what: &str| -> Result<&BufferDesc, String> {
-            self.buffers.get(i).ok_or_else(|| format!("{what}: buffer index {i} out of range (have {nb})"))
+            self.buffers
+                .get(i)
+                .ok_or_else(|| format!("{what}: buffer index {i} out of range (have {nb})"))
         };
         for b in &self.buffers {
             if b.shape.is_empty() || b.numel() == 0 {
@@ -433,31 +452,41 @@ impl Graph {
         let mut written = vec![false; nb];
         written[self.input] = true;
         let tensor = |name: &str, ctx: &str| -> Result<&Tensor, String> {
-            let t = tensors.get(name).ok_or_else(|| format!("{ctx}: missing tensor '{name}'"))?;
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| format!("{ctx}: missing tensor '{name}'"))?;
             if t.shape.iter().product::<usize>() != t.data.len() {
-                return Err(format!("{ctx}: tensor '{name}' has {} elements for shape {:?}", t.data.len(), t.shape));
-            }
-            Ok(t)
-        };
-        let expect = |name: &str, ctx: &str, dtype: &str, shape: &[usize]| -> Result<&Tensor, String> {
-            let t = tensor(name, ctx)?;
-            if t.data.dtype() != dtype || t.shape != shape {
                 return Err(format!(
-                    "{ctx}: tensor '{name}' is {} {}, expected {dtype} {}",
-                    t.data.dtype(),
-                    shape_str(&t.shape),
-                    shape_str(shape)
+                    "{ctx}: tensor '{name}' has {} elements for shape {:?}",
+                    t.data.len(),
+                    t.shape
                 ));
             }
             Ok(t)
         };
+        let expect =
+            |name: &str, ctx: &str, dtype: &str, shape: &[usize]| -> Result<&Tensor, String> {
+                let t = tensor(name, ctx)?;
+                if t.data.dtype() != dtype || t.shape != shape {
+                    return Err(format!(
+                        "{ctx}: tensor '{name}' is {} {}, expected {dtype} {}",
+                        t.data.dtype(),
+                        shape_str(&t.shape),
+                        shape_str(shape)
+                    ));
+                }
+                Ok(t)
+            };
         let is_q = |b: &BufferDesc| matches!(b.kind, BufKind::Quant { .. });
         for (k, op) in self.ops.iter().enumerate() {
             let ctx = format!("op {k} ({})", op_name(op));
             for i in op.inputs() {
                 let b = buf(i, &ctx)?;
                 if !written[i] {
-                    return Err(format!("{ctx}: reads buffer '{}' before it is written", b.name));
+                    return Err(format!(
+                        "{ctx}: reads buffer '{}' before it is written",
+                        b.name
+                    ));
                 }
             }
             let o = op.output();
@@ -467,16 +496,32 @@ impl Graph {
             }
             written[o] = true;
             let ctx = format!("{ctx} -> '{}'", ob.name);
-            let (wt, bt) = if quantized { ("i8", "i32") } else { ("f32", "f32") };
+            let (wt, bt) = if quantized {
+                ("i8", "i32")
+            } else {
+                ("f32", "f32")
+            };
             match op {
                 Op::Quantize { input, .. } | Op::Dequantize { input, .. } => {
                     let ib = &self.buffers[*input];
                     let want_in_q = matches!(op, Op::Dequantize { .. });
                     if is_q(ib) != want_in_q || is_q(ob) == want_in_q || ib.numel() != ob.numel() {
-                        return Err(format!("{ctx}: kinds or sizes do not match ({:?} -> {:?})", ib.shape, ob.shape));
+                        return Err(format!(
+                            "{ctx}: kinds or sizes do not match ({:?} -> {:?})",
+                            ib.shape, ob.shape
+                        ));
                     }
                 }
-                Op::QConv2d { input, weight, weight_scale, bias, groups, stride, padding, .. } => {
+                Op::QConv2d {
+                    input,
+                    weight,
+                    weight_scale,
+                    bias,
+                    groups,
+                    stride,
+                    padding,
+                    ..
+                } => {
                     let ib = &self.buffers[*input];
                     if !is_q(ib) || !is_q(ob) || ib.shape.len() != 3 || ob.shape.len() != 3 {
                         return Err(format!("{ctx}: needs quantized [C, H, W] buffers"));
@@ -489,54 +534,96 @@ impl Graph {
                     let (ci, h, wd) = (ib.shape[0], ib.shape[1], ib.shape[2]);
                     let g = *groups;
                     if g == 0 || ci % g != 0 || co % g != 0 || cig * g != ci || co != ob.shape[0] {
-                        return Err(format!("{ctx}: weight {:?} with groups {g} does not fit {:?} -> {:?}", w.shape, ib.shape, ob.shape));
+                        return Err(format!(
+                            "{ctx}: weight {:?} with groups {g} does not fit {:?} -> {:?}",
+                            w.shape, ib.shape, ob.shape
+                        ));
                     }
-                    if stride[0] == 0 || stride[1] == 0 || h + 2 * padding[0] < kh || wd + 2 * padding[1] < kw {
+                    if stride[0] == 0
+                        || stride[1] == 0
+                        || h + 2 * padding[0] < kh
+                        || wd + 2 * padding[1] < kw
+                    {
                         return Err(format!("{ctx}: kernel/stride/padding do not fit the input"));
                     }
                     let ho = (h + 2 * padding[0] - kh) / stride[0] + 1;
                     let wo = (wd + 2 * padding[1] - kw) / stride[1] + 1;
                     if ob.shape[1] != ho || ob.shape[2] != wo {
-                        return Err(format!("{ctx}: output {:?} should be [{co}, {ho}, {wo}]", ob.shape));
+                        return Err(format!(
+                            "{ctx}: output {:?} should be [{co}, {ho}, {wo}]",
+                            ob.shape
+                        ));
                     }
                     expect(weight, &ctx, wt, &w.shape.clone())?;
                     expect(bias, &ctx, bt, &[co])?;
                     if quantized {
-                        let s = weight_scale.as_deref().ok_or_else(|| format!("{ctx}: missing weight_scale"))?;
+                        let s = weight_scale
+                            .as_deref()
+                            .ok_or_else(|| format!("{ctx}: missing weight_scale"))?;
                         expect(s, &ctx, "f32", &[co])?;
                     }
                 }
-                Op::QLinear { input, weight, weight_scale, bias, .. } => {
+                Op::QLinear {
+                    input,
+                    weight,
+                    weight_scale,
+                    bias,
+                    ..
+                } => {
                     let ib = &self.buffers[*input];
                     if !is_q(ib) || !is_q(ob) || ib.cols() != ob.cols() {
-                        return Err(format!("{ctx}: needs quantized [D, L] buffers with equal L"));
+                        return Err(format!(
+                            "{ctx}: needs quantized [D, L] buffers with equal L"
+                        ));
                     }
                     let (dout, din) = (ob.rows(), ib.rows());
                     expect(weight, &ctx, wt, &[dout, din])?;
                     expect(bias, &ctx, bt, &[dout])?;
                     if quantized {
-                        let s = weight_scale.as_deref().ok_or_else(|| format!("{ctx}: missing weight_scale"))?;
+                        let s = weight_scale
+                            .as_deref()
+                            .ok_or_else(|| format!("{ctx}: missing weight_scale"))?;
                         expect(s, &ctx, "f32", &[dout])?;
                     }
                 }
                 Op::QAdd { a, b, .. } => {
                     let (ab, bb) = (&self.buffers[*a], &self.buffers[*b]);
-                    if !is_q(ab) || !is_q(bb) || !is_q(ob) || ab.numel() != ob.numel() || bb.numel() != ob.numel() {
+                    if !is_q(ab)
+                        || !is_q(bb)
+                        || !is_q(ob)
+                        || ab.numel() != ob.numel()
+                        || bb.numel() != ob.numel()
+                    {
                         return Err(format!("{ctx}: needs three quantized buffers of one size"));
                     }
                 }
-                Op::MaxPool2d { input, kernel, stride, .. } => {
+                Op::MaxPool2d {
+                    input,
+                    kernel,
+                    stride,
+                    ..
+                } => {
                     let ib = &self.buffers[*input];
-                    if ib.kind != ob.kind || !is_q(ib) || ib.shape.len() != 3 || ob.shape.len() != 3 {
-                        return Err(format!("{ctx}: needs quantized [C, H, W] buffers with equal qparams"));
+                    if ib.kind != ob.kind || !is_q(ib) || ib.shape.len() != 3 || ob.shape.len() != 3
+                    {
+                        return Err(format!(
+                            "{ctx}: needs quantized [C, H, W] buffers with equal qparams"
+                        ));
                     }
-                    if kernel.contains(&0) || stride.contains(&0) || ib.shape[1] < kernel[0] || ib.shape[2] < kernel[1] {
+                    if kernel.contains(&0)
+                        || stride.contains(&0)
+                        || ib.shape[1] < kernel[0]
+                        || ib.shape[2] < kernel[1]
+                    {
                         return Err(format!("{ctx}: bad kernel/stride"));
                     }
                     let ho = (ib.shape[1] - kernel[0]) / stride[0] + 1;
                     let wo = (ib.shape[2] - kernel[1]) / stride[1] + 1;
                     if ob.shape != [ib.shape[0], ho, wo] {
-                        return Err(format!("{ctx}: output {:?} should be [{}, {ho}, {wo}]", ob.shape, ib.shape[0]));
+                        return Err(format!(
+                            "{ctx}: output {:?} should be [{}, {ho}, {wo}]",
+                            ob.shape, ib.shape[0]
+                        ));
                     }
                 }
                 Op::GlobalAvgPool { input, .. } => {
@@ -545,18 +632,38 @@ impl Graph {
                         return Err(format!("{ctx}: needs quantized buffers [C, ...] -> [C]"));
                     }
                 }
-                Op::LayerNorm { input, gamma, beta, eps, .. } => {
+                Op::LayerNorm {
+                    input,
+                    gamma,
+                    beta,
+                    eps,
+                    ..
+                } => {
                     let ib = &self.buffers[*input];
-                    if is_q(ib) || is_q(ob) || ib.rows() != ob.rows() || ib.cols() != ob.cols() || !(*eps >= 0.0) {
-                        return Err(format!("{ctx}: needs float [C, L] buffers of one size and eps >= 0"));
+                    if is_q(ib)
+                        || is_q(ob)
+                        || ib.rows() != ob.rows()
+                        || ib.cols() != ob.cols()
+                        || eps.is_nan()
+                        || *eps < 0.0
+                    {
+                        return Err(format!(
+                            "{ctx}: needs float [C, L] buffers of one size and eps >= 0"
+                        ));
                     }
                     expect(gamma, &ctx, "f32", &[ib.rows()])?;
                     expect(beta, &ctx, "f32", &[ib.rows()])?;
                 }
                 Op::SliceRows { input, start, .. } => {
                     let ib = &self.buffers[*input];
-                    if ib.kind != ob.kind || ib.cols() != ob.cols() || start + ob.rows() > ib.rows() {
-                        return Err(format!("{ctx}: rows {start}..{} of {:?} do not fit {:?}", start + ob.rows(), ib.shape, ob.shape));
+                    if ib.kind != ob.kind || ib.cols() != ob.cols() || start + ob.rows() > ib.rows()
+                    {
+                        return Err(format!(
+                            "{ctx}: rows {start}..{} of {:?} do not fit {:?}",
+                            start + ob.rows(),
+                            ib.shape,
+                            ob.shape
+                        ));
                     }
                 }
                 Op::Concat { inputs, .. } => {
@@ -564,22 +671,43 @@ impl Graph {
                     for &i in inputs {
                         let ib = &self.buffers[i];
                         if ib.kind != ob.kind || ib.cols() != ob.cols() {
-                            return Err(format!("{ctx}: input '{}' differs in kind, qparams or length", ib.name));
+                            return Err(format!(
+                                "{ctx}: input '{}' differs in kind, qparams or length",
+                                ib.name
+                            ));
                         }
                         rows += ib.rows();
                     }
                     if rows != ob.rows() {
-                        return Err(format!("{ctx}: {rows} input rows for {} output rows", ob.rows()));
+                        return Err(format!(
+                            "{ctx}: {rows} input rows for {} output rows",
+                            ob.rows()
+                        ));
                     }
                 }
                 Op::ScaledAdd { a, b, alpha, .. } => {
                     let (ab, bb) = (&self.buffers[*a], &self.buffers[*b]);
-                    if is_q(ab) || is_q(bb) || is_q(ob) || ab.numel() != ob.numel() || bb.numel() != ob.numel() {
+                    if is_q(ab)
+                        || is_q(bb)
+                        || is_q(ob)
+                        || ab.numel() != ob.numel()
+                        || bb.numel() != ob.numel()
+                    {
                         return Err(format!("{ctx}: needs three float buffers of one size"));
                     }
                     expect(alpha, &ctx, "f32", &[1])?;
                 }
-                Op::MambaMixer { input, conv_weight, conv_bias, x_proj, dt_proj_weight, dt_proj_bias, a_log, d_skip, .. } => {
+                Op::MambaMixer {
+                    input,
+                    conv_weight,
+                    conv_bias,
+                    x_proj,
+                    dt_proj_weight,
+                    dt_proj_bias,
+                    a_log,
+                    d_skip,
+                    ..
+                } => {
                     let ib = &self.buffers[*input];
                     let di = ob.rows();
                     if is_q(ib) || is_q(ob) || ib.rows() != 2 * di || ib.cols() != ob.cols() {

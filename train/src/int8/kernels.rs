@@ -31,7 +31,7 @@ pub fn fast_exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 5.000_000_1e-1_f64 as f32;
     let y = p * r * r + r + 1.0;
     y * f32::from_bits(((ni + 127) as u32) << 23)
 }
@@ -63,7 +63,7 @@ pub fn fast_ln(x: f32) -> f32 {
     p = p * m - 1.666_805_8e-1;
     p = p * m + 2.000_071_4e-1;
     p = p * m - 2.499_999_4e-1;
-    p = p * m + 3.333_333_1e-1;
+    p = p * m + 3.333_333_1e-1_f64 as f32;
     let mut y = p * m * z;
     y += -2.121_944_4e-4 * ef;
     y += -0.5 * z;
@@ -97,7 +97,7 @@ pub struct FixedMul {
 impl FixedMul {
     /// Represents `real` (>= 0, < 2^30).
     pub fn new(real: f64) -> Self {
-        if !(real > 0.0) || !real.is_finite() {
+        if real.is_nan() || real <= 0.0 || !real.is_finite() {
             return Self { m: 0, shift: 1 };
         }
         let e = real.log2().floor() as i32;
@@ -115,7 +115,10 @@ impl FixedMul {
             shift = 1;
             m = ((real * 2.0).round() as i64).min(1 << 31);
         }
-        Self { m, shift: shift as u32 }
+        Self {
+            m,
+            shift: shift as u32,
+        }
     }
 
     /// `round(acc * real)`.
@@ -240,9 +243,9 @@ pub fn conv2d_direct<T: ConvElem>(
     let plane = hp * wp;
     let acc = &mut acc[..ho * wo];
     let pointwise = g.is_pointwise();
-    for co in 0..g.cout {
+    for (co, &b) in bias.iter().enumerate().take(g.cout) {
         let gi = co / cog;
-        acc.fill(bias[co]);
+        acc.fill(b);
         for cl in 0..cig {
             let ci = gi * cig + cl;
             let xc = &xp[ci * plane..(ci + 1) * plane];
@@ -274,7 +277,12 @@ pub fn conv2d_direct<T: ConvElem>(
 }
 
 /// Copies `x` `[C, H, W]` into the padded `xp` `[C, H+2ph, W+2pw]` through `f`, zero borders.
-pub fn pad_input<S: Copy, T: Copy + Default>(g: &ConvGeom, x: &[S], xp: &mut [T], f: impl Fn(S) -> T) {
+pub fn pad_input<S: Copy, T: Copy + Default>(
+    g: &ConvGeom,
+    x: &[S],
+    xp: &mut [T],
+    f: impl Fn(S) -> T,
+) {
     let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
     let xp = &mut xp[..g.cin * hp * wp];
     if g.ph == 0 && g.pw == 0 {
@@ -356,26 +364,47 @@ pub struct QAddKernel {
 
 impl QAddKernel {
     /// Prepares the multipliers for scales `sa`, `sb` -> `so`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(sa: f32, sb: f32, so: f32, za: i32, zb: i32, zo: i32, lo: i32, hi: i32) -> Self {
         let (ra, rb) = (sa as f64 / so as f64, sb as f64 / so as f64);
         let e = ra.max(rb).log2().ceil() as i32;
         let shift = (30 - e).clamp(1, 40) as u32;
         let s = 2f64.powi(shift as i32);
-        Self { za, zb, zo, ma: (ra * s).round() as i64, mb: (rb * s).round() as i64, shift, lo, hi }
+        Self {
+            za,
+            zb,
+            zo,
+            ma: (ra * s).round() as i64,
+            mb: (rb * s).round() as i64,
+            shift,
+            lo,
+            hi,
+        }
     }
 
     /// Runs the add.
     pub fn run(&self, a: &[u8], b: &[u8], y: &mut [u8]) {
         let round = 1i64 << (self.shift - 1);
         for ((o, &qa), &qb) in y.iter_mut().zip(a).zip(b) {
-            let v = ((qa as i64 - self.za as i64) * self.ma + (qb as i64 - self.zb as i64) * self.mb + round) >> self.shift;
+            let v = ((qa as i64 - self.za as i64) * self.ma
+                + (qb as i64 - self.zb as i64) * self.mb
+                + round)
+                >> self.shift;
             *o = (v as i32 + self.zo).clamp(self.lo, self.hi) as u8;
         }
     }
 }
 
 /// Max pooling on `[C, H, W]` without padding (exact on codes of one scale).
-pub fn max_pool2d<T: Copy + PartialOrd>(x: &[T], y: &mut [T], c: usize, h: usize, w: usize, k: [usize; 2], s: [usize; 2]) {
+pub fn max_pool2d<T: Copy + PartialOrd>(
+    x: &[T],
+    y: &mut [T],
+    c: usize,
+    h: usize,
+    w: usize,
+    k: [usize; 2],
+    s: [usize; 2],
+) {
     let (ho, wo) = ((h - k[0]) / s[0] + 1, (w - k[1]) / s[1] + 1);
     for ch in 0..c {
         let xc = &x[ch * h * w..(ch + 1) * h * w];
@@ -398,7 +427,17 @@ pub fn max_pool2d<T: Copy + PartialOrd>(x: &[T], y: &mut [T], c: usize, h: usize
 
 /// Float LayerNorm over the rows (channels) of `x` `[C, L]` at every column, vectorized over
 /// the columns: `y = (x - mean) / sqrt(var + eps) * gamma + beta`, biased variance.
-pub fn layer_norm_cols(x: &[f32], y: &mut [f32], c: usize, gamma: &[f32], beta: &[f32], eps: f32, mean: &mut [f32], rstd: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_cols(
+    x: &[f32],
+    y: &mut [f32],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    mean: &mut [f32],
+    rstd: &mut [f32],
+) {
     let l = x.len() / c;
     let (mean, rstd) = (&mut mean[..l], &mut rstd[..l]);
     mean.fill(0.0);
@@ -416,7 +455,8 @@ pub fn layer_norm_cols(x: &[f32], y: &mut [f32], c: usize, gamma: &[f32], beta: 
             *s += d * d;
         }
     }
-    rstd.iter_mut().for_each(|s| *s = 1.0 / (*s * inv_c + eps).sqrt());
+    rstd.iter_mut()
+        .for_each(|s| *s = 1.0 / (*s * inv_c + eps).sqrt());
     for (ch, (yr, xr)) in y.chunks_exact_mut(l).zip(x.chunks_exact(l)).enumerate() {
         let (g, b) = (gamma[ch], beta[ch]);
         for (((o, &v), &m), &r) in yr.iter_mut().zip(xr).zip(mean.iter()).zip(rstd.iter()) {

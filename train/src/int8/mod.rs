@@ -37,7 +37,9 @@ pub mod kernels;
 mod tests;
 
 pub use engine::{ExecMode, Int8Model, ParamMemory};
-pub use graph::{Activation, BufKind, BufferDesc, Graph, ModelMeta, Op, QParams, Tensor, TensorData};
+pub use graph::{
+    Activation, BufKind, BufferDesc, Graph, ModelMeta, Op, QParams, Tensor, TensorData,
+};
 
 use std::path::PathBuf;
 
@@ -53,7 +55,9 @@ pub enum Int8Error {
         source: std::io::Error,
     },
     /// The file does not start with the `.asc8` magic bytes.
-    #[error("{path}: not an int8 ASC model file (magic bytes {found:02x?}, expected {expected:02x?})")]
+    #[error(
+        "{path}: not an int8 ASC model file (magic bytes {found:02x?}, expected {expected:02x?})"
+    )]
     BadMagic {
         /// The file.
         path: PathBuf,
@@ -63,7 +67,9 @@ pub enum Int8Error {
         expected: Vec<u8>,
     },
     /// The file was written in another format version.
-    #[error("{path}: format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "{path}: format version {found} is not supported (this build reads version {supported})"
+    )]
     Version {
         /// The file.
         path: PathBuf,
@@ -81,7 +87,9 @@ pub enum Int8Error {
         what: String,
     },
     /// The trailing CRC-32 does not match the content.
-    #[error("{path}: checksum mismatch (stored CRC-32 {stored:08x}, computed {computed:08x}): the file is corrupt")]
+    #[error(
+        "{path}: checksum mismatch (stored CRC-32 {stored:08x}, computed {computed:08x}): the file is corrupt"
+    )]
     Checksum {
         /// The file.
         path: PathBuf,
