@@ -350,9 +350,7 @@ impl Int8Model {
                         .map(|&s| FixedMul::new(qi.scale as f64 * s as f64 / qo.scale as f64))
                         .collect();
                     let (lo, hi) = act_clamp(*act, &qo);
-                    sz.xp = sz.xp.max(geom.padded_len());
-                    sz.acc = sz.acc.max(geom.ho() * geom.wo());
-                    let k = QConvKernel {
+                    let mut k = QConvKernel {
                         geom,
                         weight: w.iter().map(|&v| v as i16).collect(),
                         bias: b.clone(),
@@ -361,7 +359,11 @@ impl Int8Model {
                         zp_out: qo.zero_point,
                         lo,
                         hi,
+                        pairs: Vec::new(),
                     };
+                    k.prepare();
+                    sz.xp = sz.xp.max(k.xp_len());
+                    sz.acc = sz.acc.max(k.acc_len());
                     Kernel::Conv {
                         input: *input,
                         output: *output,

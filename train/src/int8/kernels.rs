@@ -322,12 +322,48 @@ pub struct QConvKernel {
     pub lo: i32,
     /// Output clamp (qmax, or `quantize(6)` under ReLU6).
     pub hi: i32,
+    /// Pointwise layers on x86-64: weight pairs `(w[co][2k], w[co][2k+1])` packed into one i32
+    /// and splatted to 4 lanes, `[Cout][ceil(Cin/2)]`, for the `pmaddwd` GEMM; empty otherwise.
+    pub pairs: Vec<[i32; 4]>,
 }
 
 impl QConvKernel {
+    /// Packs the weight pairs of a pointwise layer (groups 1) for the SSE2 GEMM; a no-op for
+    /// other layers and other targets.
+    pub fn prepare(&mut self) {
+        let g = &self.geom;
+        if !(cfg!(target_arch = "x86_64") && g.is_pointwise() && g.groups == 1) {
+            return;
+        }
+        let cin2 = g.cin.div_ceil(2);
+        self.pairs = (0..g.cout)
+            .flat_map(|co| (0..cin2).map(move |k| (co, k)))
+            .map(|(co, k)| {
+                let w0 = self.weight[co * g.cin + 2 * k];
+                let w1 = if 2 * k + 1 < g.cin { self.weight[co * g.cin + 2 * k + 1] } else { 0 };
+                [((w1 as u16 as u32) << 16 | w0 as u16 as u32) as i32; 4]
+            })
+            .collect();
+    }
+
+    /// i16 scratch needed by [`QConvKernel::run`].
+    pub fn xp_len(&self) -> usize {
+        let g = &self.geom;
+        g.padded_len().max(g.cin.div_ceil(2) * 2 * g.h * g.w)
+    }
+
+    /// i32 scratch needed by [`QConvKernel::run`].
+    pub fn acc_len(&self) -> usize {
+        4 * self.geom.ho() * self.geom.wo()
+    }
+
     /// Runs the layer: `y = clamp(zp_out + M_c * (bias_c + sum w * (x - zp_in)), lo, hi)`.
     pub fn run(&self, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
         let zp = self.zp_in as i16;
+        #[cfg(target_arch = "x86_64")]
+        if !self.pairs.is_empty() {
+            return self.run_pointwise(x, y, xp, acc);
+        }
         pad_input(&self.geom, x, xp, |q: u8| q as i16 - zp);
         let hw = self.geom.ho() * self.geom.wo();
         conv2d_direct(&self.geom, xp, &self.weight, &self.bias, acc, |co, a| {
@@ -337,6 +373,103 @@ impl QConvKernel {
                 *o = (m.apply(v) + zo).clamp(lo, hi) as u8;
             }
         });
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl QConvKernel {
+    /// Pointwise layer as a GEMM over channel pairs: the input is packed as
+    /// `xp[k][p] = (x[2k][p] - zp, x[2k+1][p] - zp)` so that one SSE2 `pmaddwd` does 8
+    /// multiply-adds (4 positions x 2 channels) into i32; register tiles of 4 output channels
+    /// x 8 positions.
+    fn run_pointwise(&self, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
+        let g = &self.geom;
+        let (cin, p) = (g.cin, g.h * g.w);
+        let cin2 = cin.div_ceil(2);
+        let zp = self.zp_in as i16;
+        let xp = &mut xp[..cin2 * 2 * p];
+        for k in 0..cin2 {
+            let dst = &mut xp[k * 2 * p..(k + 1) * 2 * p];
+            let r0 = &x[2 * k * p..(2 * k + 1) * p];
+            if 2 * k + 1 < cin {
+                let r1 = &x[(2 * k + 1) * p..(2 * k + 2) * p];
+                for ((d, &a), &b) in dst.chunks_exact_mut(2).zip(r0).zip(r1) {
+                    d[0] = a as i16 - zp;
+                    d[1] = b as i16 - zp;
+                }
+            } else {
+                for (d, &a) in dst.chunks_exact_mut(2).zip(r0) {
+                    d[0] = a as i16 - zp;
+                    d[1] = 0;
+                }
+            }
+        }
+        let mut co = 0;
+        while co < g.cout {
+            let nc = if co + 4 <= g.cout { 4 } else { 1 };
+            let acc = &mut acc[..nc * p];
+            if nc == 4 {
+                gemm_tile::<4>(xp, &self.pairs[co * cin2..(co + 4) * cin2], &self.bias[co..co + 4], cin2, p, acc);
+            } else {
+                gemm_tile::<1>(xp, &self.pairs[co * cin2..(co + 1) * cin2], &self.bias[co..co + 1], cin2, p, acc);
+            }
+            for (j, a) in acc.chunks_exact(p).enumerate() {
+                let m = self.mul[co + j];
+                let (zo, lo, hi) = (self.zp_out, self.lo, self.hi);
+                for (o, &v) in y[(co + j) * p..(co + j + 1) * p].iter_mut().zip(a) {
+                    *o = (m.apply(v) + zo).clamp(lo, hi) as u8;
+                }
+            }
+            co += nc;
+        }
+    }
+}
+
+/// `acc[j][p] = bias[j] + sum_k pmaddwd(xp[k][p], pairs[j][k])` for `NC` output channels.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn gemm_tile<const NC: usize>(xp: &[i16], pairs: &[[i32; 4]], bias: &[i32], cin2: usize, p: usize, acc: &mut [i32]) {
+    use std::arch::x86_64::{__m128i, _mm_add_epi32, _mm_loadu_si128, _mm_madd_epi16, _mm_set1_epi32, _mm_storeu_si128};
+    assert!(xp.len() >= cin2 * 2 * p && pairs.len() >= NC * cin2 && bias.len() >= NC && acc.len() >= NC * p);
+    let mut p0 = 0;
+    while p0 + 8 <= p {
+        // SAFETY: SSE2 is part of the x86-64 baseline. Every load reads 8 i16 at
+        // `(k * p + p0) * 2 (+ 8)` with `p0 + 8 <= p` and `k < cin2`, inside `xp` (asserted
+        // length `cin2 * 2 * p`); weight loads read one `[i32; 4]` of `pairs` (length asserted);
+        // stores write 4 i32 at `j * p + p0 (+ 4)` inside `acc` (length `NC * p`).
+        unsafe {
+            let mut a: [[__m128i; 2]; NC] = [[_mm_set1_epi32(0); 2]; NC];
+            for (j, aj) in a.iter_mut().enumerate() {
+                *aj = [_mm_set1_epi32(bias[j]); 2];
+            }
+            for k in 0..cin2 {
+                let xb = xp.as_ptr().add((k * p + p0) * 2);
+                let x0 = _mm_loadu_si128(xb as *const __m128i);
+                let x1 = _mm_loadu_si128(xb.add(8) as *const __m128i);
+                for (j, aj) in a.iter_mut().enumerate() {
+                    let w = _mm_loadu_si128(pairs.as_ptr().add(j * cin2 + k) as *const __m128i);
+                    aj[0] = _mm_add_epi32(aj[0], _mm_madd_epi16(x0, w));
+                    aj[1] = _mm_add_epi32(aj[1], _mm_madd_epi16(x1, w));
+                }
+            }
+            for (j, aj) in a.iter().enumerate() {
+                let dst = acc.as_mut_ptr().add(j * p + p0);
+                _mm_storeu_si128(dst as *mut __m128i, aj[0]);
+                _mm_storeu_si128(dst.add(4) as *mut __m128i, aj[1]);
+            }
+        }
+        p0 += 8;
+    }
+    for pp in p0..p {
+        for j in 0..NC {
+            let mut s = bias[j];
+            for k in 0..cin2 {
+                let w = pairs[j * cin2 + k][0];
+                let (w0, w1) = (w as i16 as i32, (w >> 16) as i16 as i32);
+                s += xp[(k * p + pp) * 2] as i32 * w0 + xp[(k * p + pp) * 2 + 1] as i32 * w1;
+            }
+            acc[j * p + pp] = s;
+        }
     }
 }
 
