@@ -164,9 +164,19 @@ impl ConvGeom {
     pub fn wo(&self) -> usize {
         (self.w + 2 * self.pw - self.kw) / self.sw + 1
     }
-    /// Size of the padded input `Cin * (H + 2ph) * (W + 2pw)`.
+    /// Columns of a padded row in one stride phase: `ceil((W + 2pw) / sw)`.
+    pub fn phase_len(&self) -> usize {
+        (self.w + 2 * self.pw).div_ceil(self.sw)
+    }
+    /// Length of one padded input row: `sw` phases of [`ConvGeom::phase_len`] columns. Padded
+    /// column `c` is stored at `(c % sw) * phase_len + c / sw`, so that the taps of a strided
+    /// convolution read contiguous columns.
+    pub fn row_len(&self) -> usize {
+        self.sw * self.phase_len()
+    }
+    /// Size of the padded input `Cin * (H + 2ph) * row_len`.
     pub fn padded_len(&self) -> usize {
-        self.cin * (self.h + 2 * self.ph) * (self.w + 2 * self.pw)
+        self.cin * (self.h + 2 * self.ph) * self.row_len()
     }
     /// A pointwise layer (1x1, stride 1, no padding): one contiguous plane per channel.
     pub fn is_pointwise(&self) -> bool {
@@ -181,8 +191,6 @@ pub trait ConvElem: Copy + Default + Send + Sync {
     type Acc: Copy + Default;
     /// `acc += w * x` over a row.
     fn axpy(acc: &mut [Self::Acc], w: Self, x: &[Self]);
-    /// `acc[i] += w * x[i * stride]`.
-    fn axpy_strided(acc: &mut [Self::Acc], w: Self, x: &[Self], stride: usize);
     /// True for a zero weight (its taps are skipped).
     fn is_zero(self) -> bool;
 }
@@ -196,12 +204,6 @@ impl ConvElem for i16 {
             *a += w.wrapping_mul(v) as i32;
         }
     }
-    #[inline(always)]
-    fn axpy_strided(acc: &mut [i32], w: i16, x: &[i16], stride: usize) {
-        for (a, v) in acc.iter_mut().zip(x.iter().step_by(stride)) {
-            *a += w.wrapping_mul(*v) as i32;
-        }
-    }
     fn is_zero(self) -> bool {
         self == 0
     }
@@ -213,12 +215,6 @@ impl ConvElem for f32 {
     fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
         for (a, &v) in acc.iter_mut().zip(x) {
             *a += w * v;
-        }
-    }
-    #[inline(always)]
-    fn axpy_strided(acc: &mut [f32], w: f32, x: &[f32], stride: usize) {
-        for (a, v) in acc.iter_mut().zip(x.iter().step_by(stride)) {
-            *a += w * *v;
         }
     }
     fn is_zero(self) -> bool {
@@ -237,10 +233,10 @@ pub fn conv2d_direct<T: ConvElem>(
     acc: &mut [T::Acc],
     mut emit: impl FnMut(usize, &[T::Acc]),
 ) {
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let (hp, rl, pl) = (g.h + 2 * g.ph, g.row_len(), g.phase_len());
     let (ho, wo) = (g.ho(), g.wo());
     let (cig, cog) = (g.cin / g.groups, g.cout / g.groups);
-    let plane = hp * wp;
+    let plane = hp * rl;
     let acc = &mut acc[..ho * wo];
     let pointwise = g.is_pointwise();
     for (co, &b) in bias.iter().enumerate().take(g.cout) {
@@ -260,14 +256,10 @@ pub fn conv2d_direct<T: ConvElem>(
                     if wv.is_zero() {
                         continue;
                     }
+                    let col = (kx % g.sw) * pl + kx / g.sw;
                     for oy in 0..ho {
-                        let row = &xc[(oy * g.sh + ky) * wp + kx..];
-                        let arow = &mut acc[oy * wo..(oy + 1) * wo];
-                        if g.sw == 1 {
-                            T::axpy(arow, wv, &row[..wo]);
-                        } else {
-                            T::axpy_strided(arow, wv, &row[..(wo - 1) * g.sw + 1], g.sw);
-                        }
+                        let row = &xc[(oy * g.sh + ky) * rl + col..][..wo];
+                        T::axpy(&mut acc[oy * wo..(oy + 1) * wo], wv, row);
                     }
                 }
             }
@@ -283,8 +275,23 @@ pub fn pad_input<S: Copy, T: Copy + Default>(
     xp: &mut [T],
     f: impl Fn(S) -> T,
 ) {
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
-    let xp = &mut xp[..g.cin * hp * wp];
+    let (hp, rl) = (g.h + 2 * g.ph, g.row_len());
+    let xp = &mut xp[..g.padded_len()];
+    if g.sw > 1 {
+        xp.fill(T::default());
+        let pl = g.phase_len();
+        for c in 0..g.cin {
+            for y in 0..g.h {
+                let src = &x[(c * g.h + y) * g.w..][..g.w];
+                let dst = &mut xp[(c * hp + y + g.ph) * rl..][..rl];
+                for (i, &s) in src.iter().enumerate() {
+                    let pc = i + g.pw;
+                    dst[(pc % g.sw) * pl + pc / g.sw] = f(s);
+                }
+            }
+        }
+        return;
+    }
     if g.ph == 0 && g.pw == 0 {
         for (d, &s) in xp.iter_mut().zip(x) {
             *d = f(s);
@@ -295,7 +302,7 @@ pub fn pad_input<S: Copy, T: Copy + Default>(
     for c in 0..g.cin {
         for y in 0..g.h {
             let src = &x[(c * g.h + y) * g.w..][..g.w];
-            let dst = &mut xp[(c * hp + y + g.ph) * wp + g.pw..][..g.w];
+            let dst = &mut xp[(c * hp + y + g.ph) * rl + g.pw..][..g.w];
             for (d, &s) in dst.iter_mut().zip(src) {
                 *d = f(s);
             }
@@ -340,7 +347,11 @@ impl QConvKernel {
             .flat_map(|co| (0..cin2).map(move |k| (co, k)))
             .map(|(co, k)| {
                 let w0 = self.weight[co * g.cin + 2 * k];
-                let w1 = if 2 * k + 1 < g.cin { self.weight[co * g.cin + 2 * k + 1] } else { 0 };
+                let w1 = if 2 * k + 1 < g.cin {
+                    self.weight[co * g.cin + 2 * k + 1]
+                } else {
+                    0
+                };
                 [((w1 as u16 as u32) << 16 | w0 as u16 as u32) as i32; 4]
             })
             .collect();
@@ -409,9 +420,23 @@ impl QConvKernel {
             let nc = if co + 4 <= g.cout { 4 } else { 1 };
             let acc = &mut acc[..nc * p];
             if nc == 4 {
-                gemm_tile::<4>(xp, &self.pairs[co * cin2..(co + 4) * cin2], &self.bias[co..co + 4], cin2, p, acc);
+                gemm_tile::<4>(
+                    xp,
+                    &self.pairs[co * cin2..(co + 4) * cin2],
+                    &self.bias[co..co + 4],
+                    cin2,
+                    p,
+                    acc,
+                );
             } else {
-                gemm_tile::<1>(xp, &self.pairs[co * cin2..(co + 1) * cin2], &self.bias[co..co + 1], cin2, p, acc);
+                gemm_tile::<1>(
+                    xp,
+                    &self.pairs[co * cin2..(co + 1) * cin2],
+                    &self.bias[co..co + 1],
+                    cin2,
+                    p,
+                    acc,
+                );
             }
             for (j, a) in acc.chunks_exact(p).enumerate() {
                 let m = self.mul[co + j];
@@ -428,9 +453,23 @@ impl QConvKernel {
 /// `acc[j][p] = bias[j] + sum_k pmaddwd(xp[k][p], pairs[j][k])` for `NC` output channels.
 #[cfg(target_arch = "x86_64")]
 #[inline(never)]
-fn gemm_tile<const NC: usize>(xp: &[i16], pairs: &[[i32; 4]], bias: &[i32], cin2: usize, p: usize, acc: &mut [i32]) {
-    use std::arch::x86_64::{__m128i, _mm_add_epi32, _mm_loadu_si128, _mm_madd_epi16, _mm_set1_epi32, _mm_storeu_si128};
-    assert!(xp.len() >= cin2 * 2 * p && pairs.len() >= NC * cin2 && bias.len() >= NC && acc.len() >= NC * p);
+fn gemm_tile<const NC: usize>(
+    xp: &[i16],
+    pairs: &[[i32; 4]],
+    bias: &[i32],
+    cin2: usize,
+    p: usize,
+    acc: &mut [i32],
+) {
+    use std::arch::x86_64::{
+        __m128i, _mm_add_epi32, _mm_loadu_si128, _mm_madd_epi16, _mm_set1_epi32, _mm_storeu_si128,
+    };
+    assert!(
+        xp.len() >= cin2 * 2 * p
+            && pairs.len() >= NC * cin2
+            && bias.len() >= NC
+            && acc.len() >= NC * p
+    );
     let mut p0 = 0;
     while p0 + 8 <= p {
         // SAFETY: SSE2 is part of the x86-64 baseline. Every load reads 8 i16 at
