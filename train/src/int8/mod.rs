@@ -26,6 +26,33 @@
 //! (`y + skip_scale * chunk`), and the Mamba mixer between `in_proj` and `out_proj` (causal
 //! depthwise conv1d, SiLU, `x_proj`, `dt_proj` + softplus, selective scan, `D` skip, gating
 //! `y * silu(z)`). Explicit `Quantize`/`Dequantize` ops mark each crossing.
+//!
+//! ## Kernels
+//! Requantization is integer: i32 accumulators times a per-channel fixed-point multiplier
+//! `m / 2^shift` (gemmlowp), rounding half up. Pointwise convolutions and linear layers run as
+//! a GEMM over channel pairs with SSE2 `pmaddwd` (x86-64 baseline; a portable loop elsewhere);
+//! other convolutions are direct, over a padded input stored in stride phases so every tap is
+//! a contiguous row that the compiler vectorizes. The selective scan vectorizes over channels
+//! with a branch-free `exp`. Workspaces are allocated once and pooled (`infer` allocates only
+//! its returned logits; `infer_into` nothing).
+//!
+//! ## What the exporter provides
+//! 1. The BN-folded float weights (`w * gamma / sqrt(var + eps)`, `beta + (b - mean) * gamma /
+//!    sqrt(var + eps)`), assembled with [`builder::GraphBuilder`] in the student's layer order
+//!    (`conv2d`, `add`, `max_pool`, `pvm` with [`builder::PvmParams`], `avg_pool`, ...).
+//! 2. The QAT observers' `(min, max)` for every quantized buffer, keyed by buffer name up to
+//!    [`builder::CHUNK_SEP`] (chunks of one PVM share an observer): the network input, every
+//!    conv output (after its fused ReLU/ReLU6), every residual add, per PVM `<pvm>.mamba.in_proj.in`
+//!    (LayerNorm output), `.in_proj.out`, `.out_proj.in` (gated mixer output),
+//!    `.out_proj.out`, `<pvm>.proj.in` (second LayerNorm output), `<pvm>.proj.out`, the head
+//!    conv and the average pool. Max-pool outputs inherit their input's qparams.
+//! 3. [`builder::quantize_model`] then applies the QAT conventions: weights symmetric per
+//!    output channel, `scale = max|w| / 127.5`, codes `-128..=127`; activations affine with
+//!    PyTorch's `MinMaxObserver` formula over `0..=127` (fbgemm's reduced range, which keeps
+//!    its `u8 x i8` pair sums from saturating; this engine widens to i16 and accepts any range
+//!    inside `0..=255`, but the file must match what QAT simulated); biases
+//!    `round(b / (s_in s_w))`. QAT must fake-quantize at exactly these points and keep
+//!    LayerNorm, the PVM skip and the Mamba mixer (`conv1d`, `x_proj`, `dt_proj`, scan) in f32.
 
 pub mod builder;
 pub mod engine;
