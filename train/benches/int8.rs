@@ -37,6 +37,25 @@ fn time(n: usize, warm: usize, mut f: impl FnMut(usize)) -> (f64, f64) {
     (t[n / 2], mean)
 }
 
+/// Integer multiply-adds of the convolutions and linear layers, and state updates of the scans.
+fn work(g: &train::int8::Graph, t: &train::int8::graph::TensorMap) -> (usize, usize) {
+    use train::int8::Op;
+    let (mut macs, mut scan) = (0, 0);
+    for op in &g.ops {
+        match op {
+            Op::QConv2d { output, weight, .. } | Op::QLinear { output, weight, .. } => {
+                let per_out: usize = t[weight].shape[1..].iter().product();
+                macs += g.buffers[*output].numel() * per_out;
+            }
+            Op::MambaMixer { output, a_log, .. } => {
+                scan += g.buffers[*output].numel() * t[a_log].shape[1]
+            }
+            _ => {}
+        }
+    }
+    (macs, scan)
+}
+
 fn main() {
     let cfg = RandomNetConfig::irmamba();
     let (graph, tensors) = random_irmamba(&cfg, 42);
@@ -68,6 +87,12 @@ fn main() {
         pm.float_params,
         pm.stored_bytes(),
         pm.dcase_8bit_bytes()
+    );
+    let (int_macs, scan_updates) = work(model.graph(), model.tensors());
+    println!(
+        "work per clip: {:.2} M integer MACs (convolutions and linear layers), {:.2} M selective-scan state updates (one exp each)",
+        int_macs as f64 / 1e6,
+        scan_updates as f64 / 1e6
     );
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)

@@ -281,7 +281,8 @@ impl Int8Model {
                 msg,
             })?;
         let in_len = graph.buffers[graph.input].numel();
-        if in_len != meta.frontend.n_mels * (in_len / meta.frontend.n_mels.max(1))
+        if meta.frontend.n_mels == 0
+            || !in_len.is_multiple_of(meta.frontend.n_mels)
             || graph.buffers[graph.output].numel() != meta.labels.len()
         {
             return Err(Int8Error::Invalid {
