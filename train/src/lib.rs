@@ -24,3 +24,6 @@ pub mod metrics;
 pub mod plots;
 pub mod report;
 pub mod schedule;
+
+/// True int8 inference engine and the versioned int8 model file.
+pub mod int8;

@@ -1,0 +1,142 @@
+//! Per-clip inference time of the int8 engine on one core for a network with IRMamba's shapes
+//! (Table 1: 256 x 64 input, channels 8, 32, 48, 48, 64, 72, 128, 10; PVM with P = 4, d_state 16,
+//! expand 2; random weights), next to the same network in plain f32 and in fake-quant f32
+//! (the reference executor), plus the batch throughput on all cores.
+//!
+//! Run: `cargo bench -p train --bench int8`.
+
+use std::time::Instant;
+
+use data_specs::{FrontEndConfig, Vocabulary};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use train::int8::builder::{RandomNetConfig, calibrate, quantize_model, random_irmamba};
+use train::int8::engine::Reference;
+use train::int8::{ExecMode, ModelMeta, QParams};
+
+fn logmel(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| -4.0 + 3.0 * ((i % 23) as f32 / 23.0) + rng.random_range(-2.0f32..2.0))
+        .collect()
+}
+
+/// Median and mean seconds per call of `f` over `n` calls after `warm` warm-up calls.
+fn time(n: usize, warm: usize, mut f: impl FnMut(usize)) -> (f64, f64) {
+    for i in 0..warm {
+        f(i);
+    }
+    let mut t: Vec<f64> = (0..n)
+        .map(|i| {
+            let s = Instant::now();
+            f(i);
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    let mean = t.iter().sum::<f64>() / n as f64;
+    t.sort_by(f64::total_cmp);
+    (t[n / 2], mean)
+}
+
+/// Integer multiply-adds of the convolutions and linear layers, and state updates of the scans.
+fn work(g: &train::int8::Graph, t: &train::int8::graph::TensorMap) -> (usize, usize) {
+    use train::int8::Op;
+    let (mut macs, mut scan) = (0, 0);
+    for op in &g.ops {
+        match op {
+            Op::QConv2d { output, weight, .. } | Op::QLinear { output, weight, .. } => {
+                let per_out: usize = t[weight].shape[1..].iter().product();
+                macs += g.buffers[*output].numel() * per_out;
+            }
+            Op::MambaMixer { output, a_log, .. } => {
+                scan += g.buffers[*output].numel() * t[a_log].shape[1]
+            }
+            _ => {}
+        }
+    }
+    (macs, scan)
+}
+
+fn main() {
+    let cfg = RandomNetConfig::irmamba();
+    let (graph, tensors) = random_irmamba(&cfg, 42);
+    let len = cfg.n_mels * cfg.n_frames;
+    let mut rng = StdRng::seed_from_u64(1);
+    let clips: Vec<Vec<f32>> = (0..64).map(|_| logmel(&mut rng, len)).collect();
+    let ranges = calibrate(
+        &graph,
+        &tensors,
+        clips[..16].iter().map(Vec::as_slice),
+        None,
+    )
+    .expect("calibrates");
+    let meta = ModelMeta {
+        name: "irmamba-shaped-random".into(),
+        config: serde_json::json!({ "bench": true }),
+        frontend: FrontEndConfig::dcase2024(),
+        labels: Vocabulary::tau22_labels(),
+    };
+    let model =
+        quantize_model(meta, &graph, &tensors, &ranges, QParams::REDUCED).expect("quantizes");
+    let pm = model.param_memory();
+    println!(
+        "network: {} ops, {} params ({} int8 weights, {} i32 biases, {} f32), {} B as stored, {} B at 8 bit (limit 128000)",
+        model.graph().ops.len(),
+        pm.params(),
+        pm.int8_weights,
+        pm.int_biases,
+        pm.float_params,
+        pm.stored_bytes(),
+        pm.dcase_8bit_bytes()
+    );
+    let (int_macs, scan_updates) = work(model.graph(), model.tensors());
+    println!(
+        "work per clip: {:.2} M integer MACs (convolutions and linear layers), {:.2} M selective-scan state updates (one exp each)",
+        int_macs as f64 / 1e6,
+        scan_updates as f64 / 1e6
+    );
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    let n = 200;
+    let (med, mean) = pool.install(|| {
+        time(n, 20, |i| {
+            drop(model.infer(&clips[i % clips.len()]).expect("runs"))
+        })
+    });
+    println!(
+        "int8 engine, 1 thread:           median {:.3} ms/clip, mean {:.3} ms/clip",
+        med * 1e3,
+        mean * 1e3
+    );
+    let mut fl = Reference::new(&graph, &tensors, false).expect("valid");
+    let (med, mean) = time(n / 2, 10, |i| {
+        std::hint::black_box(fl.run(&clips[i % clips.len()], ExecMode::Float, None));
+    });
+    println!(
+        "plain f32 reference, 1 thread:   median {:.3} ms/clip, mean {:.3} ms/clip",
+        med * 1e3,
+        mean * 1e3
+    );
+    let mut fq = Reference::new(model.graph(), model.tensors(), true).expect("valid");
+    let (med, mean) = time(n / 4, 5, |i| {
+        std::hint::black_box(fq.run(&clips[i % clips.len()], ExecMode::FakeQuant, None));
+    });
+    println!(
+        "fake-quant f32 reference:        median {:.3} ms/clip, mean {:.3} ms/clip",
+        med * 1e3,
+        mean * 1e3
+    );
+    let batch: Vec<f32> = clips.concat();
+    let threads = rayon::current_num_threads();
+    let (med, _) = time(10, 2, |_| drop(model.infer_batch(&batch).expect("runs")));
+    println!(
+        "int8 infer_batch, {threads} threads:     {:.3} ms/clip ({:.0} clips/s)",
+        med * 1e3 / clips.len() as f64,
+        clips.len() as f64 / med
+    );
+    println!("int8 time per op kind (1 clip):");
+    for (op, t) in model.profile(&clips[0], 50).expect("runs") {
+        println!("  {op:<16} {:.3} ms", t * 1e3);
+    }
+}

@@ -1,0 +1,785 @@
+//! Kernels: integer convolution / linear / add / pooling with fixed-point requantization,
+//! float LayerNorm and the Mamba mixer, float convolution for the reference path, and
+//! branch-free `exp`/`ln` that the compiler vectorizes.
+//!
+//! Hot loops run over contiguous slices (a row of output positions, or the `d_state` lanes of
+//! the scan) with no bounds checks inside, so they auto-vectorize at the baseline target
+//! (x86-64 SSE2) without `-C target-cpu`.
+
+/// Rounds to the nearest integer, ties to even, for `|x| < 2^22` (the 1.5 * 2^23 trick), the
+/// rounding of PyTorch's `nearbyint`. Larger magnitudes must be clamped by the caller.
+#[inline(always)]
+pub fn round_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
+}
+
+/// `exp(x)` with a relative error below 2e-7 (Cephes `expf`: `x = n ln2 + r`, degree-6
+/// polynomial in `r`, `2^n` built in the exponent bits); inputs clamped to `[-87, 88]`.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    // n = round(x / ln 2), read from the mantissa bits of `t` (no float->int cast, which would
+    // be a saturating scalar conversion and stop vectorization).
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let ni = t.to_bits() as i32 - MAGIC.to_bits() as i32;
+    let n = t - MAGIC;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1_f64 as f32;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((ni + 127) as u32) << 23)
+}
+
+/// `round_even(x)` as an integer for `|x| < 2^22`, from the mantissa bits (vectorizable).
+#[inline(always)]
+pub fn round_even_i32(x: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
+/// Natural logarithm for normal positive `x` (Cephes `logf`: mantissa in `[sqrt(1/2), sqrt 2)`,
+/// degree-8 polynomial), relative error below 3e-7.
+#[inline(always)]
+pub fn fast_ln(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - 126;
+    let m0 = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000); // [0.5, 1)
+    let small = m0 < std::f32::consts::FRAC_1_SQRT_2;
+    e -= small as i32;
+    let m = if small { m0 + m0 - 1.0 } else { m0 - 1.0 };
+    let ef = e as f32;
+    let z = m * m;
+    let mut p = 7.037_683_6e-2f32;
+    p = p * m - 1.151_461e-1;
+    p = p * m + 1.167_699_9e-1;
+    p = p * m - 1.242_014_1e-1;
+    p = p * m + 1.424_932_3e-1;
+    p = p * m - 1.666_805_8e-1;
+    p = p * m + 2.000_071_4e-1;
+    p = p * m - 2.499_999_4e-1;
+    p = p * m + 3.333_333_1e-1_f64 as f32;
+    let mut y = p * m * z;
+    y += -2.121_944_4e-4 * ef;
+    y += -0.5 * z;
+    m + y + 0.693_359_4 * ef
+}
+
+/// `softplus(x) = ln(1 + e^x) = max(x, 0) + ln(1 + e^{-|x|})` (PyTorch returns `x` above 20;
+/// this form is accurate there too).
+#[inline(always)]
+pub fn softplus(x: f32) -> f32 {
+    x.max(0.0) + fast_ln(1.0 + fast_exp(-x.abs()))
+}
+
+/// `silu(x) = x * sigmoid(x)`.
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + fast_exp(-x))
+}
+
+/// A positive real multiplier as a fixed-point `m / 2^shift`, `m` in `[2^30, 2^31)` (gemmlowp's
+/// `QuantizeMultiplier`, kept in i64): `apply(acc) = (acc * m + 2^(shift-1)) >> shift`, i.e.
+/// `acc * real` rounded half up, exact integer arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FixedMul {
+    /// Mantissa.
+    pub m: i64,
+    /// Right shift, `1..=62`.
+    pub shift: u32,
+}
+
+impl FixedMul {
+    /// Represents `real` (>= 0, < 2^30).
+    pub fn new(real: f64) -> Self {
+        if real.is_nan() || real <= 0.0 || !real.is_finite() {
+            return Self { m: 0, shift: 1 };
+        }
+        let e = real.log2().floor() as i32;
+        let mut shift = 30 - e;
+        let mut m = (real * 2f64.powi(shift)).round() as i64;
+        if m >= 1 << 31 {
+            m /= 2;
+            shift -= 1;
+        }
+        if shift > 62 {
+            m = (real * 2f64.powi(62)).round() as i64;
+            shift = 62;
+        }
+        if shift < 1 {
+            shift = 1;
+            m = ((real * 2.0).round() as i64).min(1 << 31);
+        }
+        Self {
+            m,
+            shift: shift as u32,
+        }
+    }
+
+    /// `round(acc * real)`.
+    #[inline(always)]
+    pub fn apply(&self, acc: i32) -> i32 {
+        ((acc as i64 * self.m + (1i64 << (self.shift - 1))) >> self.shift) as i32
+    }
+}
+
+/// Geometry of a 2-D convolution on `[Cin, H, W] -> [Cout, Ho, Wo]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Groups.
+    pub groups: usize,
+    /// Input height, width.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Strides.
+    pub sh: usize,
+    /// Horizontal stride.
+    pub sw: usize,
+    /// Zero padding.
+    pub ph: usize,
+    /// Horizontal padding.
+    pub pw: usize,
+}
+
+impl ConvGeom {
+    /// Output height.
+    pub fn ho(&self) -> usize {
+        (self.h + 2 * self.ph - self.kh) / self.sh + 1
+    }
+    /// Output width.
+    pub fn wo(&self) -> usize {
+        (self.w + 2 * self.pw - self.kw) / self.sw + 1
+    }
+    /// Columns of a padded row in one stride phase: `ceil((W + 2pw) / sw)`.
+    pub fn phase_len(&self) -> usize {
+        (self.w + 2 * self.pw).div_ceil(self.sw)
+    }
+    /// Length of one padded input row: `sw` phases of [`ConvGeom::phase_len`] columns. Padded
+    /// column `c` is stored at `(c % sw) * phase_len + c / sw`, so that the taps of a strided
+    /// convolution read contiguous columns.
+    pub fn row_len(&self) -> usize {
+        self.sw * self.phase_len()
+    }
+    /// Size of the padded input `Cin * (H + 2ph) * row_len`.
+    pub fn padded_len(&self) -> usize {
+        self.cin * (self.h + 2 * self.ph) * self.row_len()
+    }
+    /// A pointwise layer (1x1, stride 1, no padding): one contiguous plane per channel.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+}
+
+/// Element type of the direct convolution: `i16` codes (input minus zero point, so that padding
+/// is 0) times `i16` weights accumulated in `i32`, or `f32` throughout.
+pub trait ConvElem: Copy + Default + Send + Sync {
+    /// Accumulator type.
+    type Acc: Copy + Default;
+    /// `acc += w * x` over a row.
+    fn axpy(acc: &mut [Self::Acc], w: Self, x: &[Self]);
+    /// True for a zero weight (its taps are skipped).
+    fn is_zero(self) -> bool;
+}
+
+impl ConvElem for i16 {
+    type Acc = i32;
+    #[inline(always)]
+    fn axpy(acc: &mut [i32], w: i16, x: &[i16]) {
+        // |w| <= 128 and |x| <= 255, so the product fits in i16.
+        for (a, &v) in acc.iter_mut().zip(x) {
+            *a += w.wrapping_mul(v) as i32;
+        }
+    }
+    fn is_zero(self) -> bool {
+        self == 0
+    }
+}
+
+impl ConvElem for f32 {
+    type Acc = f32;
+    #[inline(always)]
+    fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
+        for (a, &v) in acc.iter_mut().zip(x) {
+            *a += w * v;
+        }
+    }
+    fn is_zero(self) -> bool {
+        self == 0.0
+    }
+}
+
+/// Direct convolution over an already padded input `xp` `[Cin, H+2ph, W+2pw]`; for every
+/// output channel `co` the accumulator plane `acc` `[Ho*Wo]` is initialised to `bias[co]`,
+/// filled, and handed to `emit(co, acc)`. Weights `[Cout, Cin/groups, kh, kw]`.
+pub fn conv2d_direct<T: ConvElem>(
+    g: &ConvGeom,
+    xp: &[T],
+    weight: &[T],
+    bias: &[T::Acc],
+    acc: &mut [T::Acc],
+    mut emit: impl FnMut(usize, &[T::Acc]),
+) {
+    let (hp, rl, pl) = (g.h + 2 * g.ph, g.row_len(), g.phase_len());
+    let (ho, wo) = (g.ho(), g.wo());
+    let (cig, cog) = (g.cin / g.groups, g.cout / g.groups);
+    let plane = hp * rl;
+    let acc = &mut acc[..ho * wo];
+    let pointwise = g.is_pointwise();
+    for (co, &b) in bias.iter().enumerate().take(g.cout) {
+        let gi = co / cog;
+        acc.fill(b);
+        for cl in 0..cig {
+            let ci = gi * cig + cl;
+            let xc = &xp[ci * plane..(ci + 1) * plane];
+            let wbase = (co * cig + cl) * g.kh * g.kw;
+            if pointwise {
+                T::axpy(acc, weight[wbase], xc);
+                continue;
+            }
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let wv = weight[wbase + ky * g.kw + kx];
+                    if wv.is_zero() {
+                        continue;
+                    }
+                    let col = (kx % g.sw) * pl + kx / g.sw;
+                    for oy in 0..ho {
+                        let row = &xc[(oy * g.sh + ky) * rl + col..][..wo];
+                        T::axpy(&mut acc[oy * wo..(oy + 1) * wo], wv, row);
+                    }
+                }
+            }
+        }
+        emit(co, acc);
+    }
+}
+
+/// Copies `x` `[C, H, W]` into the padded `xp` `[C, H+2ph, W+2pw]` through `f`, zero borders.
+pub fn pad_input<S: Copy, T: Copy + Default>(
+    g: &ConvGeom,
+    x: &[S],
+    xp: &mut [T],
+    f: impl Fn(S) -> T,
+) {
+    let (hp, rl) = (g.h + 2 * g.ph, g.row_len());
+    let xp = &mut xp[..g.padded_len()];
+    if g.sw > 1 {
+        xp.fill(T::default());
+        let pl = g.phase_len();
+        for c in 0..g.cin {
+            for y in 0..g.h {
+                let src = &x[(c * g.h + y) * g.w..][..g.w];
+                let dst = &mut xp[(c * hp + y + g.ph) * rl..][..rl];
+                for (i, &s) in src.iter().enumerate() {
+                    let pc = i + g.pw;
+                    dst[(pc % g.sw) * pl + pc / g.sw] = f(s);
+                }
+            }
+        }
+        return;
+    }
+    if g.ph == 0 && g.pw == 0 {
+        for (d, &s) in xp.iter_mut().zip(x) {
+            *d = f(s);
+        }
+        return;
+    }
+    xp.fill(T::default());
+    for c in 0..g.cin {
+        for y in 0..g.h {
+            let src = &x[(c * g.h + y) * g.w..][..g.w];
+            let dst = &mut xp[(c * hp + y + g.ph) * rl + g.pw..][..g.w];
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = f(s);
+            }
+        }
+    }
+}
+
+/// A quantized convolution (or linear layer as a 1x1 convolution over `[Din, 1, L]`), prepared.
+#[derive(Debug, Clone)]
+pub struct QConvKernel {
+    /// Geometry.
+    pub geom: ConvGeom,
+    /// Weights widened to i16, `[Cout, Cin/groups, kh, kw]`.
+    pub weight: Vec<i16>,
+    /// i32 bias at scale `s_in * s_w[c]`.
+    pub bias: Vec<i32>,
+    /// Per-channel requantization `s_in * s_w[c] / s_out`.
+    pub mul: Vec<FixedMul>,
+    /// Input zero point.
+    pub zp_in: i32,
+    /// Output zero point.
+    pub zp_out: i32,
+    /// Output clamp (qmin, or the zero point under ReLU).
+    pub lo: i32,
+    /// Output clamp (qmax, or `quantize(6)` under ReLU6).
+    pub hi: i32,
+    /// Pointwise layers on x86-64: weight pairs `(w[co][2k], w[co][2k+1])` packed into one i32
+    /// and splatted to 4 lanes, `[Cout][ceil(Cin/2)]`, for the `pmaddwd` GEMM; empty otherwise.
+    pub pairs: Vec<[i32; 4]>,
+}
+
+impl QConvKernel {
+    /// Packs the weight pairs of a pointwise layer (groups 1) for the SSE2 GEMM; a no-op for
+    /// other layers and other targets.
+    pub fn prepare(&mut self) {
+        let g = &self.geom;
+        if !(cfg!(target_arch = "x86_64") && g.is_pointwise() && g.groups == 1) {
+            return;
+        }
+        let cin2 = g.cin.div_ceil(2);
+        self.pairs = (0..g.cout)
+            .flat_map(|co| (0..cin2).map(move |k| (co, k)))
+            .map(|(co, k)| {
+                let w0 = self.weight[co * g.cin + 2 * k];
+                let w1 = if 2 * k + 1 < g.cin {
+                    self.weight[co * g.cin + 2 * k + 1]
+                } else {
+                    0
+                };
+                [((w1 as u16 as u32) << 16 | w0 as u16 as u32) as i32; 4]
+            })
+            .collect();
+    }
+
+    /// i16 scratch needed by [`QConvKernel::run`].
+    pub fn xp_len(&self) -> usize {
+        let g = &self.geom;
+        g.padded_len().max(g.cin.div_ceil(2) * 2 * g.h * g.w)
+    }
+
+    /// i32 scratch needed by [`QConvKernel::run`].
+    pub fn acc_len(&self) -> usize {
+        4 * self.geom.ho() * self.geom.wo()
+    }
+
+    /// Runs the layer: `y = clamp(zp_out + M_c * (bias_c + sum w * (x - zp_in)), lo, hi)`.
+    pub fn run(&self, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
+        let zp = self.zp_in as i16;
+        #[cfg(target_arch = "x86_64")]
+        if !self.pairs.is_empty() {
+            return self.run_pointwise(x, y, xp, acc);
+        }
+        pad_input(&self.geom, x, xp, |q: u8| q as i16 - zp);
+        let hw = self.geom.ho() * self.geom.wo();
+        conv2d_direct(&self.geom, xp, &self.weight, &self.bias, acc, |co, a| {
+            let m = self.mul[co];
+            let (zo, lo, hi) = (self.zp_out, self.lo, self.hi);
+            for (o, &v) in y[co * hw..(co + 1) * hw].iter_mut().zip(a) {
+                *o = (m.apply(v) + zo).clamp(lo, hi) as u8;
+            }
+        });
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl QConvKernel {
+    /// Pointwise layer as a GEMM over channel pairs: the input is packed as
+    /// `xp[k][p] = (x[2k][p] - zp, x[2k+1][p] - zp)` so that one SSE2 `pmaddwd` does 8
+    /// multiply-adds (4 positions x 2 channels) into i32; register tiles of 4 output channels
+    /// x 8 positions.
+    fn run_pointwise(&self, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
+        let g = &self.geom;
+        let (cin, p) = (g.cin, g.h * g.w);
+        let cin2 = cin.div_ceil(2);
+        let zp = self.zp_in as i16;
+        let xp = &mut xp[..cin2 * 2 * p];
+        for k in 0..cin2 {
+            let dst = &mut xp[k * 2 * p..(k + 1) * 2 * p];
+            let r0 = &x[2 * k * p..(2 * k + 1) * p];
+            if 2 * k + 1 < cin {
+                let r1 = &x[(2 * k + 1) * p..(2 * k + 2) * p];
+                for ((d, &a), &b) in dst.chunks_exact_mut(2).zip(r0).zip(r1) {
+                    d[0] = a as i16 - zp;
+                    d[1] = b as i16 - zp;
+                }
+            } else {
+                for (d, &a) in dst.chunks_exact_mut(2).zip(r0) {
+                    d[0] = a as i16 - zp;
+                    d[1] = 0;
+                }
+            }
+        }
+        let mut co = 0;
+        while co < g.cout {
+            let nc = if co + 4 <= g.cout { 4 } else { 1 };
+            let acc = &mut acc[..nc * p];
+            if nc == 4 {
+                gemm_tile::<4>(
+                    xp,
+                    &self.pairs[co * cin2..(co + 4) * cin2],
+                    &self.bias[co..co + 4],
+                    cin2,
+                    p,
+                    acc,
+                );
+            } else {
+                gemm_tile::<1>(
+                    xp,
+                    &self.pairs[co * cin2..(co + 1) * cin2],
+                    &self.bias[co..co + 1],
+                    cin2,
+                    p,
+                    acc,
+                );
+            }
+            for (j, a) in acc.chunks_exact(p).enumerate() {
+                let m = self.mul[co + j];
+                let (zo, lo, hi) = (self.zp_out, self.lo, self.hi);
+                for (o, &v) in y[(co + j) * p..(co + j + 1) * p].iter_mut().zip(a) {
+                    *o = (m.apply(v) + zo).clamp(lo, hi) as u8;
+                }
+            }
+            co += nc;
+        }
+    }
+}
+
+/// `acc[j][p] = bias[j] + sum_k pmaddwd(xp[k][p], pairs[j][k])` for `NC` output channels.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn gemm_tile<const NC: usize>(
+    xp: &[i16],
+    pairs: &[[i32; 4]],
+    bias: &[i32],
+    cin2: usize,
+    p: usize,
+    acc: &mut [i32],
+) {
+    use std::arch::x86_64::{
+        __m128i, _mm_add_epi32, _mm_loadu_si128, _mm_madd_epi16, _mm_set1_epi32, _mm_storeu_si128,
+    };
+    assert!(
+        xp.len() >= cin2 * 2 * p
+            && pairs.len() >= NC * cin2
+            && bias.len() >= NC
+            && acc.len() >= NC * p
+    );
+    let mut p0 = 0;
+    while p0 + 8 <= p {
+        // SAFETY: SSE2 is part of the x86-64 baseline. Every load reads 8 i16 at
+        // `(k * p + p0) * 2 (+ 8)` with `p0 + 8 <= p` and `k < cin2`, inside `xp` (asserted
+        // length `cin2 * 2 * p`); weight loads read one `[i32; 4]` of `pairs` (length asserted);
+        // stores write 4 i32 at `j * p + p0 (+ 4)` inside `acc` (length `NC * p`).
+        unsafe {
+            let mut a: [[__m128i; 2]; NC] = [[_mm_set1_epi32(0); 2]; NC];
+            for (j, aj) in a.iter_mut().enumerate() {
+                *aj = [_mm_set1_epi32(bias[j]); 2];
+            }
+            for k in 0..cin2 {
+                let xb = xp.as_ptr().add((k * p + p0) * 2);
+                let x0 = _mm_loadu_si128(xb as *const __m128i);
+                let x1 = _mm_loadu_si128(xb.add(8) as *const __m128i);
+                for (j, aj) in a.iter_mut().enumerate() {
+                    let w = _mm_loadu_si128(pairs.as_ptr().add(j * cin2 + k) as *const __m128i);
+                    aj[0] = _mm_add_epi32(aj[0], _mm_madd_epi16(x0, w));
+                    aj[1] = _mm_add_epi32(aj[1], _mm_madd_epi16(x1, w));
+                }
+            }
+            for (j, aj) in a.iter().enumerate() {
+                let dst = acc.as_mut_ptr().add(j * p + p0);
+                _mm_storeu_si128(dst as *mut __m128i, aj[0]);
+                _mm_storeu_si128(dst.add(4) as *mut __m128i, aj[1]);
+            }
+        }
+        p0 += 8;
+    }
+    for pp in p0..p {
+        for j in 0..NC {
+            let mut s = bias[j];
+            for k in 0..cin2 {
+                let w = pairs[j * cin2 + k][0];
+                let (w0, w1) = (w as i16 as i32, (w >> 16) as i16 as i32);
+                s += xp[(k * p + pp) * 2] as i32 * w0 + xp[(k * p + pp) * 2 + 1] as i32 * w1;
+            }
+            acc[j * p + pp] = s;
+        }
+    }
+}
+
+/// Quantized add of two tensors with their own scales:
+/// `y = zp_o + round(((a - za) * Ma + (b - zb) * Mb) / 2^shift)`, `Ma = s_a / s_o * 2^shift`.
+#[derive(Debug, Clone, Copy)]
+pub struct QAddKernel {
+    /// Zero points of a, b, output.
+    pub za: i32,
+    /// Zero point of b.
+    pub zb: i32,
+    /// Zero point of the output.
+    pub zo: i32,
+    /// Fixed-point multiplier of a.
+    pub ma: i64,
+    /// Fixed-point multiplier of b.
+    pub mb: i64,
+    /// Common shift.
+    pub shift: u32,
+    /// Output clamp.
+    pub lo: i32,
+    /// Output clamp.
+    pub hi: i32,
+}
+
+impl QAddKernel {
+    /// Prepares the multipliers for scales `sa`, `sb` -> `so`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(sa: f32, sb: f32, so: f32, za: i32, zb: i32, zo: i32, lo: i32, hi: i32) -> Self {
+        let (ra, rb) = (sa as f64 / so as f64, sb as f64 / so as f64);
+        let e = ra.max(rb).log2().ceil() as i32;
+        let shift = (30 - e).clamp(1, 40) as u32;
+        let s = 2f64.powi(shift as i32);
+        Self {
+            za,
+            zb,
+            zo,
+            ma: (ra * s).round() as i64,
+            mb: (rb * s).round() as i64,
+            shift,
+            lo,
+            hi,
+        }
+    }
+
+    /// Runs the add.
+    pub fn run(&self, a: &[u8], b: &[u8], y: &mut [u8]) {
+        let round = 1i64 << (self.shift - 1);
+        for ((o, &qa), &qb) in y.iter_mut().zip(a).zip(b) {
+            let v = ((qa as i64 - self.za as i64) * self.ma
+                + (qb as i64 - self.zb as i64) * self.mb
+                + round)
+                >> self.shift;
+            *o = (v as i32 + self.zo).clamp(self.lo, self.hi) as u8;
+        }
+    }
+}
+
+/// Max pooling on `[C, H, W]` without padding (exact on codes of one scale).
+pub fn max_pool2d<T: Copy + PartialOrd>(
+    x: &[T],
+    y: &mut [T],
+    c: usize,
+    h: usize,
+    w: usize,
+    k: [usize; 2],
+    s: [usize; 2],
+) {
+    let (ho, wo) = ((h - k[0]) / s[0] + 1, (w - k[1]) / s[1] + 1);
+    for ch in 0..c {
+        let xc = &x[ch * h * w..(ch + 1) * h * w];
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut m = xc[oy * s[0] * w + ox * s[1]];
+                for ky in 0..k[0] {
+                    for kx in 0..k[1] {
+                        let v = xc[(oy * s[0] + ky) * w + ox * s[1] + kx];
+                        if v > m {
+                            m = v;
+                        }
+                    }
+                }
+                y[(ch * ho + oy) * wo + ox] = m;
+            }
+        }
+    }
+}
+
+/// Float LayerNorm over the rows (channels) of `x` `[C, L]` at every column, vectorized over
+/// the columns: `y = (x - mean) / sqrt(var + eps) * gamma + beta`, biased variance.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_cols(
+    x: &[f32],
+    y: &mut [f32],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    mean: &mut [f32],
+    rstd: &mut [f32],
+) {
+    let l = x.len() / c;
+    let (mean, rstd) = (&mut mean[..l], &mut rstd[..l]);
+    mean.fill(0.0);
+    for row in x.chunks_exact(l) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v;
+        }
+    }
+    let inv_c = 1.0 / c as f32;
+    mean.iter_mut().for_each(|m| *m *= inv_c);
+    rstd.fill(0.0);
+    for row in x.chunks_exact(l) {
+        for ((s, &v), &m) in rstd.iter_mut().zip(row).zip(mean.iter()) {
+            let d = v - m;
+            *s += d * d;
+        }
+    }
+    rstd.iter_mut()
+        .for_each(|s| *s = 1.0 / (*s * inv_c + eps).sqrt());
+    for (ch, (yr, xr)) in y.chunks_exact_mut(l).zip(x.chunks_exact(l)).enumerate() {
+        let (g, b) = (gamma[ch], beta[ch]);
+        for (((o, &v), &m), &r) in yr.iter_mut().zip(xr).zip(mean.iter()).zip(rstd.iter()) {
+            *o = (v - m) * r * g + b;
+        }
+    }
+}
+
+/// The float Mamba mixer, prepared (see [`super::graph::Op::MambaMixer`]).
+#[derive(Debug, Clone)]
+pub struct MambaKernel {
+    /// `d_inner`.
+    pub di: usize,
+    /// `d_state`.
+    pub n: usize,
+    /// `dt_rank`.
+    pub r: usize,
+    /// `d_conv`.
+    pub k: usize,
+    /// Sequence length.
+    pub l: usize,
+    /// Conv1d weight `[di, k]`.
+    pub conv_w: Vec<f32>,
+    /// Conv1d bias `[di]`.
+    pub conv_b: Vec<f32>,
+    /// `x_proj` `[r + 2n, di]`.
+    pub x_proj: Vec<f32>,
+    /// `dt_proj` weight `[di, r]`.
+    pub dt_w: Vec<f32>,
+    /// `dt_proj` bias `[di]`.
+    pub dt_b: Vec<f32>,
+    /// `A = -exp(A_log)` `[di, n]`.
+    pub a: Vec<f32>,
+    /// `D` `[di]`.
+    pub d: Vec<f32>,
+}
+
+impl MambaKernel {
+    /// Scratch floats needed by [`MambaKernel::run`].
+    pub fn scratch_len(&self) -> usize {
+        let (di, n, r, l) = (self.di, self.n, self.r, self.l);
+        4 * di * l + (r + 2 * n) * l + 2 * l * n + 2 * di * n + 2 * di
+    }
+
+    /// Runs the mixer on `xz` `[2*di, L]` into `y` `[di, L]`.
+    pub fn run(&self, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+        let (di, n, r, k, l) = (self.di, self.n, self.r, self.k, self.l);
+        let (u, rest) = scratch.split_at_mut(di * l);
+        let (xdbl, rest) = rest.split_at_mut((r + 2 * n) * l);
+        let (delta, rest) = rest.split_at_mut(di * l);
+        let (u_tm, rest) = rest.split_at_mut(l * di);
+        let (delta_tm, rest) = rest.split_at_mut(l * di);
+        let (bt, rest) = rest.split_at_mut(l * n);
+        let (ct, rest) = rest.split_at_mut(l * n);
+        let (h, rest) = rest.split_at_mut(n * di);
+        let (a_t, rest) = rest.split_at_mut(n * di);
+        let (du, rest) = rest.split_at_mut(di);
+        let acc = &mut rest[..di];
+        let (x, z) = xz.split_at(di * l);
+        // Causal depthwise conv1d (PyTorch Conv1d, padding k-1, first L outputs) + SiLU:
+        // u[c, t] = silu(b[c] + sum_j w[c, j] x[c, t + j - (k - 1)]).
+        for c in 0..di {
+            let (xr, ur) = (&x[c * l..(c + 1) * l], &mut u[c * l..(c + 1) * l]);
+            ur.fill(self.conv_b[c]);
+            for j in 0..k {
+                let wv = self.conv_w[c * k + j];
+                let sh = k - 1 - j; // u[t] += w * x[t - sh]
+                if sh >= l {
+                    continue;
+                }
+                for (o, &v) in ur[sh..].iter_mut().zip(&xr[..l - sh]) {
+                    *o += wv * v;
+                }
+            }
+            ur.iter_mut().for_each(|v| *v = silu(*v));
+        }
+        // x_dbl = x_proj u: [r + 2n, L].
+        for o in 0..r + 2 * n {
+            let row = &mut xdbl[o * l..(o + 1) * l];
+            row.fill(0.0);
+            for c in 0..di {
+                let wv = self.x_proj[o * di + c];
+                for (a, &v) in row.iter_mut().zip(&u[c * l..(c + 1) * l]) {
+                    *a += wv * v;
+                }
+            }
+        }
+        // delta = softplus(dt_proj dt + b): [di, L].
+        for c in 0..di {
+            let row = &mut delta[c * l..(c + 1) * l];
+            row.fill(self.dt_b[c]);
+            for j in 0..r {
+                let wv = self.dt_w[c * r + j];
+                for (a, &v) in row.iter_mut().zip(&xdbl[j * l..(j + 1) * l]) {
+                    *a += wv * v;
+                }
+            }
+            row.iter_mut().for_each(|v| *v = softplus(*v));
+        }
+        // Time-major copies so that each scan step runs over contiguous channels.
+        transpose(u, u_tm, di, l);
+        transpose(delta, delta_tm, di, l);
+        transpose(&xdbl[r * l..(r + n) * l], bt, n, l);
+        transpose(&xdbl[(r + n) * l..(r + 2 * n) * l], ct, n, l);
+        transpose(&self.a, a_t, di, n);
+        // Selective scan (ZOH for A, Euler for B as in Mamba's reference), vectorized over the
+        // channels: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t.
+        h.fill(0.0);
+        for t in 0..l {
+            let (dt, ut) = (&delta_tm[t * di..(t + 1) * di], &u_tm[t * di..(t + 1) * di]);
+            for ((d, &a), &b) in du.iter_mut().zip(dt).zip(ut) {
+                *d = a * b;
+            }
+            for ((o, &dd), &uu) in acc.iter_mut().zip(&self.d).zip(ut) {
+                *o = dd * uu;
+            }
+            for s in 0..n {
+                let (b, cc) = (bt[t * n + s], ct[t * n + s]);
+                let hs = &mut h[s * di..(s + 1) * di];
+                let a_s = &a_t[s * di..(s + 1) * di];
+                scan_step(hs, a_s, dt, du, acc, b, cc);
+            }
+            for (c, &v) in acc.iter().enumerate() {
+                y[c * l + t] = v;
+            }
+        }
+        // Gate: y *= silu(z).
+        for (o, &zz) in y.iter_mut().zip(z) {
+            *o *= silu(zz);
+        }
+    }
+}
+
+/// One state lane of one scan step over all channels:
+/// `h = exp(delta * a) * h + du * b; acc += h * c`. Kept out of line so that the slices keep
+/// their no-alias guarantee and the loop vectorizes without runtime alias checks.
+#[inline(never)]
+fn scan_step(h: &mut [f32], a: &[f32], delta: &[f32], du: &[f32], acc: &mut [f32], b: f32, c: f32) {
+    let n = h.len();
+    let (a, delta, du, acc) = (&a[..n], &delta[..n], &du[..n], &mut acc[..n]);
+    for j in 0..n {
+        h[j] = fast_exp(delta[j] * a[j]) * h[j] + du[j] * b;
+        acc[j] += h[j] * c;
+    }
+}
+
+/// `dst[j, i] = src[i, j]` for `src` `[rows, cols]`.
+pub fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+    for (i, row) in src.chunks_exact(cols).take(rows).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            dst[j * rows + i] = v;
+        }
+    }
+}

@@ -1,0 +1,645 @@
+//! Tests of the int8 engine against independent references: naive loops, closed forms, the
+//! float fake-quant simulation, and corrupted files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use data_specs::{FrontEndConfig, Vocabulary};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::builder::{GraphBuilder, RandomNetConfig, calibrate, quantize_model, random_irmamba};
+use super::engine::{ExecMode, Reference};
+use super::format::{self, FORMAT_VERSION};
+use super::graph::{Activation, BufKind, Graph, ModelMeta, TensorMap};
+use super::kernels::{
+    ConvGeom, FixedMul, MambaKernel, conv2d_direct, fast_exp, fast_ln, layer_norm_cols, pad_input,
+    silu, softplus,
+};
+use super::{Int8Error, Int8Model, QParams};
+
+fn meta(n_mels: usize, n_classes: usize) -> ModelMeta {
+    let frontend = FrontEndConfig {
+        n_mels,
+        ..FrontEndConfig::dcase2024()
+    };
+    let labels = Vocabulary((0..n_classes).map(|i| format!("class{i}")).collect());
+    ModelMeta {
+        name: "test".into(),
+        config: serde_json::json!({"kind": "test"}),
+        frontend,
+        labels,
+    }
+}
+
+fn randv(rng: &mut StdRng, n: usize, a: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-a..=a)).collect()
+}
+
+#[test]
+fn crc32_matches_the_check_value() {
+    // The standard CRC-32 check value of "123456789".
+    assert_eq!(format::crc32(b"123456789"), 0xCBF4_3926);
+    assert_eq!(format::crc32(b""), 0);
+}
+
+#[test]
+fn fast_math_matches_std() {
+    let mut x = -30.0f32;
+    while x < 30.0 {
+        let e = fast_exp(x);
+        assert!(
+            ((e - x.exp()) / x.exp()).abs() < 1e-6,
+            "exp({x}) = {e}, std {}",
+            x.exp()
+        );
+        let sp = softplus(x);
+        let sp_ref = (x as f64).exp().ln_1p() as f32;
+        assert!(
+            (sp - sp_ref).abs() < 1e-6 * sp_ref.max(1.0),
+            "softplus({x}) = {sp}, ref {sp_ref}"
+        );
+        let si = silu(x);
+        let si_ref = x / (1.0 + (-x).exp());
+        assert!(
+            (si - si_ref).abs() < 2e-6 * si_ref.abs().max(1.0),
+            "silu({x}) = {si}, ref {si_ref}"
+        );
+        x += 0.0137;
+    }
+    for &v in &[1e-30f32, 1e-5, 0.3, 0.7, 1.0, 1.5, 2.0, 123.4, 3e30] {
+        assert!(
+            (fast_ln(v) - v.ln()).abs() < 1e-6 * v.ln().abs().max(1.0),
+            "ln({v})"
+        );
+    }
+}
+
+#[test]
+fn fixed_point_multiplier_rounds_like_f64() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut exact = 0;
+    let n = 20_000;
+    for _ in 0..n {
+        let real = 10f64.powf(rng.random_range(-6.0..1.0));
+        let acc: i32 = rng.random_range(-(1 << 22)..(1 << 22));
+        let m = FixedMul::new(real);
+        let want = (acc as f64 * real + 0.5).floor() as i64;
+        let got = m.apply(acc) as i64;
+        assert!((got - want).abs() <= 1, "{acc} * {real}: {got} vs {want}");
+        exact += (got == want) as usize;
+    }
+    assert!(exact as f64 / n as f64 > 0.99, "only {exact}/{n} exact");
+}
+
+/// Naive convolution: seven nested loops over PyTorch's definition.
+fn naive_conv(x: &[f32], w: &[f32], b: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (ho, wo) = (g.ho(), g.wo());
+    let (cig, cog) = (g.cin / g.groups, g.cout / g.groups);
+    let mut y = vec![0.0; g.cout * ho * wo];
+    for co in 0..g.cout {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut s = b[co];
+                for cl in 0..cig {
+                    let ci = co / cog * cig + cl;
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+                            let ix = (ox * g.sw + kx) as isize - g.pw as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                                s += w[((co * cig + cl) * g.kh + ky) * g.kw + kx]
+                                    * x[(ci * g.h + iy as usize) * g.w + ix as usize];
+                            }
+                        }
+                    }
+                }
+                y[(co * ho + oy) * wo + ox] = s;
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn direct_convolution_matches_naive_loops() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let geoms = [
+        ConvGeom {
+            cin: 3,
+            cout: 5,
+            groups: 1,
+            h: 9,
+            w: 7,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            ph: 1,
+            pw: 1,
+        },
+        ConvGeom {
+            cin: 6,
+            cout: 6,
+            groups: 6,
+            h: 10,
+            w: 8,
+            kh: 3,
+            kw: 3,
+            sh: 2,
+            sw: 2,
+            ph: 1,
+            pw: 1,
+        },
+        ConvGeom {
+            cin: 4,
+            cout: 8,
+            groups: 2,
+            h: 8,
+            w: 6,
+            kh: 3,
+            kw: 2,
+            sh: 2,
+            sw: 1,
+            ph: 0,
+            pw: 1,
+        },
+        ConvGeom {
+            cin: 5,
+            cout: 7,
+            groups: 1,
+            h: 4,
+            w: 6,
+            kh: 1,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            ph: 0,
+            pw: 0,
+        },
+    ];
+    for g in geoms {
+        let x = randv(&mut rng, g.cin * g.h * g.w, 1.0);
+        let w = randv(&mut rng, g.cout * g.cin / g.groups * g.kh * g.kw, 1.0);
+        let b = randv(&mut rng, g.cout, 1.0);
+        let mut xp = vec![0.0; g.padded_len()];
+        pad_input(&g, &x, &mut xp, |v| v);
+        let hw = g.ho() * g.wo();
+        let mut acc = vec![0.0; hw];
+        let mut y = vec![0.0; g.cout * hw];
+        conv2d_direct(&g, &xp, &w, &b, &mut acc, |co, a| {
+            y[co * hw..(co + 1) * hw].copy_from_slice(a)
+        });
+        let want = naive_conv(&x, &w, &b, &g);
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{g:?}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn layer_norm_matches_naive_per_token() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (c, l) = (6, 11);
+    let x = randv(&mut rng, c * l, 3.0);
+    let (gamma, beta) = (randv(&mut rng, c, 1.0), randv(&mut rng, c, 1.0));
+    let mut y = vec![0.0; c * l];
+    let (mut m, mut r) = (vec![0.0; l], vec![0.0; l]);
+    layer_norm_cols(&x, &mut y, c, &gamma, &beta, 1e-5, &mut m, &mut r);
+    for t in 0..l {
+        let tok: Vec<f64> = (0..c).map(|ch| x[ch * l + t] as f64).collect();
+        let mean = tok.iter().sum::<f64>() / c as f64;
+        let var = tok.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
+        for ch in 0..c {
+            let want = (tok[ch] - mean) / (var + 1e-5).sqrt() * gamma[ch] as f64 + beta[ch] as f64;
+            assert!((y[ch * l + t] as f64 - want).abs() < 1e-5);
+        }
+    }
+}
+
+/// Mamba's reference `selective_scan_ref` on PyTorch's token-major layout, in f64 with std exp.
+#[test]
+#[allow(clippy::needless_range_loop)]
+fn mamba_mixer_matches_a_token_major_f64_reference() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let (di, n, r, k, l) = (6, 5, 2, 4, 13);
+    let mk = MambaKernel {
+        di,
+        n,
+        r,
+        k,
+        l,
+        conv_w: randv(&mut rng, di * k, 0.7),
+        conv_b: randv(&mut rng, di, 0.2),
+        x_proj: randv(&mut rng, (r + 2 * n) * di, 0.6),
+        dt_w: randv(&mut rng, di * r, 0.6),
+        dt_b: randv(&mut rng, di, 1.0),
+        a: (0..di * n)
+            .map(|i| -((i % n + 1) as f32) * rng.random_range(0.5f32..1.5))
+            .collect(),
+        d: randv(&mut rng, di, 1.0),
+    };
+    let xz = randv(&mut rng, 2 * di * l, 1.5);
+    let mut y = vec![0.0; di * l];
+    let mut scratch = vec![0.0; mk.scratch_len()];
+    mk.run(&xz, &mut y, &mut scratch);
+    // Token-major reference.
+    let x = |t: usize, c: usize| xz[c * l + t] as f64;
+    let z = |t: usize, c: usize| xz[(di + c) * l + t] as f64;
+    let silu64 = |v: f64| v / (1.0 + (-v).exp());
+    let mut u = vec![vec![0.0f64; di]; l];
+    for t in 0..l {
+        for c in 0..di {
+            let mut s = mk.conv_b[c] as f64;
+            for j in 0..k {
+                let src = t as isize + j as isize - (k as isize - 1);
+                if src >= 0 {
+                    s += mk.conv_w[c * k + j] as f64 * x(src as usize, c);
+                }
+            }
+            u[t][c] = silu64(s);
+        }
+    }
+    let mut h = vec![vec![0.0f64; n]; di];
+    for t in 0..l {
+        let dbl: Vec<f64> = (0..r + 2 * n)
+            .map(|o| {
+                (0..di)
+                    .map(|c| mk.x_proj[o * di + c] as f64 * u[t][c])
+                    .sum()
+            })
+            .collect();
+        for c in 0..di {
+            let dt: f64 = (0..r)
+                .map(|j| mk.dt_w[c * r + j] as f64 * dbl[j])
+                .sum::<f64>()
+                + mk.dt_b[c] as f64;
+            let delta = dt.exp().ln_1p();
+            let mut yt = 0.0;
+            for s in 0..n {
+                h[c][s] =
+                    (delta * mk.a[c * n + s] as f64).exp() * h[c][s] + delta * dbl[r + s] * u[t][c];
+                yt += h[c][s] * dbl[r + n + s];
+            }
+            let want = (yt + mk.d[c] as f64 * u[t][c]) * silu64(z(t, c));
+            let got = y[c * l + t] as f64;
+            assert!(
+                (got - want).abs() < 1e-4 * want.abs().max(1.0),
+                "t {t} c {c}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+/// Builds `input -> quantize -> body -> dequantize`, calibrates on `inputs`, and checks that
+/// the int8 engine's output is within one output step of the fake-quant float reference.
+fn check_op(
+    name: &str,
+    shape: [usize; 3],
+    body: impl FnOnce(&mut GraphBuilder, usize) -> usize,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut b, input) = GraphBuilder::with_input(shape.to_vec());
+    let x = b.quantize("x", input);
+    let out_q = body(&mut b, x);
+    let out = b.dequantize("out", out_q);
+    let (graph, tensors): (Graph, TensorMap) = b.finish(input, out);
+    let n_out = graph.buffers[out].numel();
+    let inputs: Vec<Vec<f32>> = (0..8)
+        .map(|_| randv(&mut rng, shape.iter().product(), 2.0))
+        .collect();
+    let ranges =
+        calibrate(&graph, &tensors, inputs.iter().map(Vec::as_slice), None).expect("calibrates");
+    let mut m = meta(shape[1], n_out);
+    m.frontend.n_mels = shape.iter().product::<usize>() / shape[2];
+    let model = quantize_model(m, &graph, &tensors, &ranges, QParams::REDUCED)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let BufKind::Quant { q } = model.graph().buffers[out_q].kind else {
+        panic!()
+    };
+    let mut reference = Reference::new(model.graph(), model.tensors(), true).expect("valid");
+    let (mut worst, mut off, mut total) = (0.0f32, 0, 0);
+    for x in &inputs {
+        let got = model.infer(x).expect("runs");
+        let want = reference.run(x, ExecMode::FakeQuant, None);
+        for (a, b) in got.iter().zip(want) {
+            let steps = (a - b).abs() / q.scale;
+            worst = worst.max(steps);
+            off += (steps > 0.5) as usize;
+            total += 1;
+        }
+    }
+    eprintln!("{name}: {off}/{total} outputs one step off, worst {worst:.3} steps");
+    assert!(
+        worst <= 1.0 + 1e-3,
+        "{name}: int8 differs from fake-quant by {worst} steps"
+    );
+    // Off-by-one only at rounding ties (half up vs half even) and multiplier rounding: rare.
+    assert!(
+        off * 100 <= total,
+        "{name}: {off}/{total} outputs off by one step"
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_body(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    groups: usize,
+    stride: [usize; 2],
+    pad: usize,
+    act: Activation,
+    seed: u64,
+) -> impl FnOnce(&mut GraphBuilder, usize) -> usize {
+    move |b: &mut GraphBuilder, x: usize| {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let w = randv(&mut rng, cout * cin / groups * k * k, 0.5);
+        let bias = randv(&mut rng, cout, 0.5);
+        b.conv2d(
+            "conv",
+            x,
+            w,
+            [cout, cin / groups, k, k],
+            bias,
+            groups,
+            stride,
+            [pad, pad],
+            act,
+        )
+    }
+}
+
+#[test]
+fn int8_convolutions_match_fake_quant_within_one_step() {
+    check_op(
+        "conv3x3",
+        [3, 12, 10],
+        conv_body(3, 6, 3, 1, [1, 1], 1, Activation::None, 10),
+        11,
+    );
+    check_op(
+        "conv3x3 stride 2 relu",
+        [1, 16, 8],
+        conv_body(1, 8, 3, 1, [2, 2], 1, Activation::Relu, 12),
+        13,
+    );
+    check_op(
+        "depthwise stride 2,1 relu6",
+        [8, 12, 6],
+        conv_body(8, 8, 3, 8, [2, 1], 1, Activation::Relu6, 14),
+        15,
+    );
+    check_op(
+        "pointwise",
+        [16, 6, 5],
+        conv_body(16, 24, 1, 1, [1, 1], 0, Activation::None, 16),
+        17,
+    );
+    check_op(
+        "grouped",
+        [4, 6, 6],
+        conv_body(4, 8, 3, 2, [1, 1], 1, Activation::Relu, 18),
+        19,
+    );
+}
+
+#[test]
+fn int8_linear_add_and_pools_match_fake_quant_within_one_step() {
+    check_op(
+        "linear",
+        [12, 5, 7],
+        |b, x| {
+            let mut rng = StdRng::seed_from_u64(20);
+            let w = randv(&mut rng, 20 * 12, 0.4);
+            let bias = randv(&mut rng, 20, 0.3);
+            b.linear(
+                "lin",
+                "lin",
+                x,
+                &w,
+                Some(&bias),
+                vec![20, 35],
+                Activation::None,
+            )
+        },
+        21,
+    );
+    check_op(
+        "add",
+        [4, 6, 6],
+        |b, x| {
+            let mut rng = StdRng::seed_from_u64(22);
+            let w = randv(&mut rng, 4 * 4, 0.8);
+            let c = b.conv2d(
+                "pw",
+                x,
+                w,
+                [4, 4, 1, 1],
+                vec![0.3; 4],
+                1,
+                [1, 1],
+                [0, 0],
+                Activation::Relu,
+            );
+            b.add("add", x, c)
+        },
+        23,
+    );
+    check_op(
+        "max pool",
+        [5, 8, 6],
+        |b, x| b.max_pool("mp", x, [2, 2], [2, 2]),
+        24,
+    );
+    check_op(
+        "avg pool",
+        [7, 6, 4],
+        |b, x| {
+            let mut rng = StdRng::seed_from_u64(25);
+            let w = randv(&mut rng, 7 * 7, 0.8);
+            let c = b.conv2d(
+                "pw",
+                x,
+                w,
+                [7, 7, 1, 1],
+                vec![0.1; 7],
+                1,
+                [1, 1],
+                [0, 0],
+                Activation::None,
+            );
+            b.avg_pool("gap", c)
+        },
+        26,
+    );
+}
+
+fn logmel_like(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| -4.0 + 3.0 * ((i % 17) as f32 / 17.0) + rng.random_range(-2.0f32..2.0))
+        .collect()
+}
+
+fn small_model() -> (Int8Model, Graph, TensorMap) {
+    let cfg = RandomNetConfig::small();
+    let (graph, tensors) = random_irmamba(&cfg, 7);
+    let mut rng = StdRng::seed_from_u64(8);
+    let cal: Vec<Vec<f32>> = (0..64)
+        .map(|_| logmel_like(&mut rng, cfg.n_mels * cfg.n_frames))
+        .collect();
+    let ranges =
+        calibrate(&graph, &tensors, cal.iter().map(Vec::as_slice), None).expect("calibrates");
+    let model = quantize_model(
+        meta(cfg.n_mels, cfg.n_classes),
+        &graph,
+        &tensors,
+        &ranges,
+        QParams::REDUCED,
+    )
+    .expect("quantizes");
+    (model, graph, tensors)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x > v[b] { i } else { b })
+}
+
+#[test]
+fn end_to_end_int8_matches_fake_quant_simulation() {
+    let (model, graph, tensors) = small_model();
+    let cfg = RandomNetConfig::small();
+    let mut fq = Reference::new(model.graph(), model.tensors(), true).expect("valid");
+    let mut fl = Reference::new(&graph, &tensors, false).expect("valid");
+    let mut rng = StdRng::seed_from_u64(9);
+    let n = 200;
+    let (mut agree_fq, mut agree_float, mut max_diff, mut max_logit) = (0, 0, 0.0f32, 0.0f32);
+    let mut batch = Vec::new();
+    let mut singles = Vec::new();
+    for _ in 0..n {
+        let x = logmel_like(&mut rng, cfg.n_mels * cfg.n_frames);
+        let got = model.infer(&x).expect("runs");
+        let want = fq.run(&x, ExecMode::FakeQuant, None).to_vec();
+        let float = fl.run(&x, ExecMode::Float, None).to_vec();
+        agree_fq += (argmax(&got) == argmax(&want)) as usize;
+        agree_float += (argmax(&got) == argmax(&float)) as usize;
+        for (a, b) in got.iter().zip(&want) {
+            max_diff = max_diff.max((a - b).abs());
+            max_logit = max_logit.max(b.abs());
+        }
+        batch.extend_from_slice(&x);
+        singles.extend(got);
+    }
+    eprintln!(
+        "int8 vs fake-quant: argmax agreement {agree_fq}/{n}, max |logit diff| {max_diff:.5} (max |logit| {max_logit:.3}); int8 vs float: argmax agreement {agree_float}/{n}"
+    );
+    assert!(
+        agree_fq as f64 >= 0.99 * n as f64,
+        "argmax agreement {agree_fq}/{n}"
+    );
+    assert!(
+        max_diff <= 0.05 * max_logit.max(1.0),
+        "max logit diff {max_diff}"
+    );
+    // The batch path gives the same logits as single clips.
+    assert_eq!(model.infer_batch(&batch).expect("runs"), singles);
+}
+
+#[test]
+fn save_load_round_trip_and_corruption_is_refused() {
+    let (model, _, _) = small_model();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("model.asc8");
+    model.save(&path).expect("saves");
+    assert!(!dir.path().join("model.asc8.tmp").exists());
+    let loaded = Int8Model::load(&path).expect("loads");
+    assert_eq!(loaded.graph(), model.graph());
+    assert_eq!(loaded.tensors(), model.tensors());
+    assert_eq!(loaded.meta(), model.meta());
+    let x = vec![-3.0; model.input_len()];
+    assert_eq!(loaded.infer(&x).unwrap(), model.infer(&x).unwrap());
+
+    let bytes = std::fs::read(&path).unwrap();
+    let bad = |b: &[u8]| {
+        format::from_bytes(Path::new("bad.asc8"), b)
+            .map(|_| ())
+            .unwrap_err()
+    };
+    let mut m = bytes.clone();
+    m[0] = b'X';
+    assert!(matches!(bad(&m), Int8Error::BadMagic { .. }));
+    let mut v = bytes.clone();
+    v[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+    assert!(matches!(bad(&v), Int8Error::Version { found, .. } if found == FORMAT_VERSION + 1));
+    let e = bad(&bytes[..bytes.len() - 100]);
+    assert!(matches!(e, Int8Error::Truncated { .. }), "{e}");
+    assert!(e.to_string().contains("bad.asc8"), "{e}");
+    let mut c = bytes.clone();
+    let mid = bytes.len() - 200;
+    c[mid] ^= 0x5a;
+    assert!(matches!(bad(&c), Int8Error::Checksum { .. }));
+    // A file whose tensor disagrees with its op is refused by the loader, naming the file.
+    let mut tensors = model.tensors().clone();
+    let key = tensors
+        .keys()
+        .find(|k| k.ends_with("head.bias"))
+        .cloned()
+        .unwrap();
+    tensors.get_mut(&key).unwrap().shape = vec![1, 10];
+    format::write(&path, model.meta(), model.graph(), &tensors).unwrap();
+    let e = Int8Model::load(&path).unwrap_err();
+    assert!(
+        matches!(e, Int8Error::Invalid { .. })
+            && e.to_string().contains("model.asc8")
+            && e.to_string().contains("head.bias"),
+        "{e}"
+    );
+    // Wrong input length is an error, not a panic.
+    assert!(matches!(
+        model.infer(&[0.0; 3]),
+        Err(Int8Error::InputLength { .. })
+    ));
+}
+
+#[test]
+fn quantize_model_requires_every_range() {
+    let (graph, tensors) = random_irmamba(&RandomNetConfig::small(), 1);
+    let e = quantize_model(
+        meta(32, 10),
+        &graph,
+        &tensors,
+        &BTreeMap::new(),
+        QParams::REDUCED,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("no activation range"), "{e}");
+}
+
+#[test]
+fn irmamba_shaped_network_fits_the_parameter_budget() {
+    let cfg = RandomNetConfig::irmamba();
+    let (graph, tensors) = random_irmamba(&cfg, 3);
+    let mut ranges = BTreeMap::new();
+    for b in &graph.buffers {
+        ranges.insert(
+            super::builder::range_key(&b.name).to_string(),
+            (-4.0f32, 4.0f32),
+        );
+    }
+    let model = quantize_model(meta(256, 10), &graph, &tensors, &ranges, QParams::REDUCED)
+        .expect("quantizes");
+    let pm = model.param_memory();
+    eprintln!(
+        "IRMamba-shaped random net: {pm:?}, params {}, stored {} B, 8-bit {} B",
+        pm.params(),
+        pm.stored_bytes(),
+        pm.dcase_8bit_bytes()
+    );
+    assert!(pm.dcase_8bit_bytes() < 128_000);
+    let out = model.infer(&vec![-2.0; 256 * 64]).expect("runs");
+    assert_eq!(out.len(), 10);
+    assert!(out.iter().all(|v| v.is_finite()));
+}
