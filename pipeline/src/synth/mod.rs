@@ -328,12 +328,12 @@ pub fn render_segment(seed: u64, seg: &SegmentPlan) -> Vec<(String, Vec<f64>)> {
     let label = TAU22_LABELS[seg.scene];
     // Hierarchy: archetype -> city -> location -> segment.
     let mut rc = Rng::derive(seed, &format!("city/{label}/{}", seg.city));
-    let city = Profile::archetype(label).perturb(&mut rc, 1.0, 0.25);
+    let city = Profile::archetype(label).perturb(&mut rc, 0.5, 0.12);
     let mut rl = Rng::derive(seed, &format!("location/{}", seg.location));
-    let loc = city.perturb(&mut rl, 0.9, 0.25);
+    let loc = city.perturb(&mut rl, 0.4, 0.12);
     let voice = LocationVoice::draw(&mut rl);
     let mut rs = Rng::derive(seed, &format!("segment/{}", seg.segment));
-    let prof = loc.perturb(&mut rs, 0.5, 0.1);
+    let prof = loc.perturb(&mut rs, 0.3, 0.05);
     let n = CLIPS_PER_SEGMENT * CLIP_SAMPLES + PREROLL;
     let sound = scene::render(&mut rs, &prof, &voice, n);
     let mut out = Vec::new();

@@ -408,7 +408,7 @@ impl Profile {
             }
         };
         let fr = |rng: &mut Rng, v: f64, s: f64| rng.jitter(v, s * k);
-        p.level_dbfs += 2.5 * k * rng.normal();
+        p.level_dbfs += 2.0 * k * rng.normal();
         for w in p.bg_mix.iter_mut() {
             *w = rng.jitter(*w, 0.5 * k);
         }
