@@ -58,7 +58,12 @@ fn synth_writes_the_tau22_layout() {
         let r = hound::WavReader::open(out.join(name)).unwrap();
         let s = r.spec();
         assert_eq!(
-            (s.channels, s.sample_rate, s.bits_per_sample, s.sample_format),
+            (
+                s.channels,
+                s.sample_rate,
+                s.bits_per_sample,
+                s.sample_format
+            ),
             (1, 44_100, 24, hound::SampleFormat::Int),
             "{name}"
         );
@@ -140,7 +145,9 @@ fn synth_writes_the_tau22_layout() {
             assert!(n > 0, "no training clip of {d}");
         }
     }
-    assert!(count(&train_set, "a") * 2 > train_set.len());
+    for d in ["b", "c", "s1", "s2", "s3"] {
+        assert!(count(&train_set, "a") > count(&train_set, d), "device {d}");
+    }
 
     // Splits: nested, split100 = training list, whole segments, all labels in split5.
     let (h, split_test) = read_tsv(&out.join("split_setup/test.csv"));
@@ -154,7 +161,10 @@ fn synth_writes_the_tau22_layout() {
         let set: BTreeSet<String> = rows.iter().map(|r| r[0].clone()).collect();
         assert!(set.is_subset(&train_set), "split{p} outside training");
         if let Some(prev) = &prev {
-            assert!(prev.is_subset(&set), "split{p} does not contain the smaller split");
+            assert!(
+                prev.is_subset(&set),
+                "split{p} does not contain the smaller split"
+            );
         }
         let segs: BTreeSet<String> = set.iter().map(segment_of).collect();
         let whole: BTreeSet<String> = train_set
@@ -179,13 +189,21 @@ fn synth_writes_the_tau22_layout() {
 #[test]
 fn synth_is_deterministic_and_refuses_foreign_folders() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
     generate(&args(&a, 11)).unwrap();
     let mut one_thread = args(&b, 11);
     one_thread.threads = Some(1);
     generate(&one_thread).unwrap();
     generate(&args(&c, 12)).unwrap();
-    let lists = ["meta.csv", "split_setup/split10.csv", "evaluation_setup/fold1_test.csv"];
+    let lists = [
+        "meta.csv",
+        "split_setup/split10.csv",
+        "evaluation_setup/fold1_test.csv",
+    ];
     for l in lists {
         assert_eq!(
             std::fs::read(a.join(l)).unwrap(),
@@ -220,9 +238,11 @@ fn synth_is_deterministic_and_refuses_foreign_folders() {
     std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
     let err = generate(&args(&foreign, 1)).unwrap_err().to_string();
     assert!(err.contains("not empty"), "{err}");
-    assert!(generate(&SynthArgs {
-        scale: -1.0,
-        ..args(&dir.path().join("neg"), 1)
-    })
-    .is_err());
+    assert!(
+        generate(&SynthArgs {
+            scale: -1.0,
+            ..args(&dir.path().join("neg"), 1)
+        })
+        .is_err()
+    );
 }

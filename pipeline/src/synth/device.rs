@@ -64,7 +64,7 @@ pub const DEVICES: [Device; 9] = [
     },
     Device {
         name: "b",
-        highpass: (200.0, 2),
+        highpass: (150.0, 1),
         lowpass: (10_500.0, 2),
         eq: &[Eq::Peak(2800.0, 1.0, 4.0), Eq::LowShelf(400.0, -2.0)],
         noise: (-72.0, NoiseColour::Pink),
@@ -74,8 +74,8 @@ pub const DEVICES: [Device; 9] = [
     },
     Device {
         name: "c",
-        highpass: (260.0, 2),
-        lowpass: (8_500.0, 3),
+        highpass: (220.0, 1),
+        lowpass: (9_000.0, 2),
         eq: &[Eq::Peak(1100.0, 0.8, -3.0), Eq::Peak(4500.0, 2.0, 3.0)],
         noise: (-68.0, NoiseColour::White),
         mains_dbfs: None,
@@ -94,7 +94,7 @@ pub const DEVICES: [Device; 9] = [
     },
     Device {
         name: "s2",
-        highpass: (320.0, 2),
+        highpass: (250.0, 1),
         lowpass: (7_200.0, 2),
         eq: &[Eq::Peak(1800.0, 1.2, 6.0)],
         noise: (-70.0, NoiseColour::White),

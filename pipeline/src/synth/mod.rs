@@ -260,6 +260,11 @@ pub fn splits(seed: u64, plan: &[SegmentPlan]) -> Vec<(u32, HashSet<String>)> {
     }
     for v in per_class.iter_mut() {
         rng.shuffle(v);
+        // Lead with a reference-only segment, so the smallest split stays near 5 % at small
+        // scales (where it must hold one segment per class).
+        if let Some(i) = v.iter().position(|s| s.devices.len() == 1) {
+            v.swap(0, i);
+        }
     }
     let mut order: Vec<&SegmentPlan> = Vec::new();
     let mut round = 0;
@@ -328,9 +333,9 @@ pub fn render_segment(seed: u64, seg: &SegmentPlan) -> Vec<(String, Vec<f64>)> {
     let label = TAU22_LABELS[seg.scene];
     // Hierarchy: archetype -> city -> location -> segment.
     let mut rc = Rng::derive(seed, &format!("city/{label}/{}", seg.city));
-    let city = Profile::archetype(label).perturb(&mut rc, 0.5, 0.12);
+    let city = Profile::archetype(label).perturb(&mut rc, 0.4, 0.12);
     let mut rl = Rng::derive(seed, &format!("location/{}", seg.location));
-    let loc = city.perturb(&mut rl, 0.4, 0.12);
+    let loc = city.perturb(&mut rl, 0.35, 0.12);
     let voice = LocationVoice::draw(&mut rl);
     let mut rs = Rng::derive(seed, &format!("segment/{}", seg.segment));
     let prof = loc.perturb(&mut rs, 0.3, 0.05);
