@@ -46,7 +46,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ingest::{
-    Dataset, IngestError, IngestOptions, MetaRow, OnError, Skipped, clip_id, cut_clips, decode_wav,
+    Clips, Dataset, IngestError, IngestOptions, MetaRow, OnError, Skipped, clip_id, cut_clips,
+    decode_wav,
 };
 use crate::logmel::LogMel;
 use crate::shards::{self, Codec, ShardWriter};
@@ -330,10 +331,7 @@ fn progress(len: u64, what: &str, quiet: bool) -> ProgressBar {
 }
 
 /// Decodes a file, resamples it to the front end's rate and cuts it into 1 s clips.
-fn load_clips(
-    path: &Path,
-    cfg: &FrontEndConfig,
-) -> Result<(Vec<f32>, Vec<(Option<usize>, Vec<f32>)>), IngestError> {
+fn load_clips(path: &Path, cfg: &FrontEndConfig) -> Result<(Vec<f32>, Clips), IngestError> {
     let audio = decode_wav(path)?;
     let wave = if audio.sample_rate == cfg.sample_rate {
         audio.samples
@@ -406,7 +404,7 @@ impl Ctx<'_> {
         let (wave, clips) = load_clips(&self.ds.audio_path(r), &self.cfg)?;
         let is_train = self.ds.sets[r] == ClipSet::Train;
         // Real replay: align the whole recording, then cut it like the original.
-        let replay: Option<(String, Vec<(Option<usize>, Vec<f32>)>)> = match &self.replay_dir {
+        let replay: Option<(String, Clips)> = match &self.replay_dir {
             Some(dir) => {
                 let path = dir.join(&row.filename);
                 if path.is_file() {
@@ -504,6 +502,9 @@ struct ThresholdCache {
     threshold: f32,
 }
 
+/// Result of the energy pass: `(mean, clips)` when any clip was read, and the failed rows.
+type EnergyPass = (Option<(f64, u64)>, Vec<(usize, IngestError)>);
+
 /// Mean clip energy over every 1 s clip of the training files (row order, f64 sum), with the
 /// files that failed.
 fn mean_training_energy(
@@ -511,7 +512,7 @@ fn mean_training_energy(
     cfg: &FrontEndConfig,
     chunk: usize,
     quiet: bool,
-) -> (Option<(f64, u64)>, Vec<(usize, IngestError)>) {
+) -> EnergyPass {
     let train: Vec<usize> = ds
         .usable
         .iter()

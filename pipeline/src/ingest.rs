@@ -528,10 +528,14 @@ pub fn decode_wav(path: &Path) -> Result<Audio, IngestError> {
     })
 }
 
+/// The 1 s clips of a recording: `(clip index, samples)`; the index is `None` for a recording
+/// that gives a single clip (see [`cut_clips`]).
+pub type Clips = Vec<(Option<usize>, Vec<f32>)>;
+
 /// Cuts a resampled recording into 1 s clips of `clip_samples` samples (see the module
 /// documentation): returns `(clip index, clip)` pairs; a single clip has index `None`.
 /// Fails (returns an empty list) when the recording is shorter than half a clip.
-pub fn cut_clips(samples: &[f32], clip_samples: usize) -> Vec<(Option<usize>, Vec<f32>)> {
+pub fn cut_clips(samples: &[f32], clip_samples: usize) -> Clips {
     let half = clip_samples / 2;
     if samples.len() < half {
         return Vec::new();
@@ -571,14 +575,14 @@ mod tests {
     fn cuts_long_recordings_with_the_half_second_rule() {
         let n = 100;
         // 0.4 s: nothing; 1.2 s: one clip, padded/trimmed; 10 s: ten; 10.5 s: eleven; 10.49: ten.
-        assert!(cut_clips(&vec![1.0; 40], n).is_empty());
-        let one = cut_clips(&vec![1.0; 120], n);
+        assert!(cut_clips(&[1.0; 40], n).is_empty());
+        let one = cut_clips(&[1.0; 120], n);
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].0, None);
         assert_eq!(one[0].1.len(), n);
-        let short = cut_clips(&vec![1.0; 60], n);
+        let short = cut_clips(&[1.0; 60], n);
         assert_eq!(short[0].1.iter().filter(|&&x| x == 0.0).count(), 40);
-        assert_eq!(cut_clips(&vec![1.0; 1000], n).len(), 10);
+        assert_eq!(cut_clips(&[1.0; 1000], n).len(), 10);
         let ten_half: Vec<f32> = (0..1050).map(|i| i as f32).collect();
         let c = cut_clips(&ten_half, n);
         assert_eq!(c.len(), 11);
@@ -587,7 +591,7 @@ mod tests {
         assert_eq!(c[10].1[49], 1049.0);
         assert_eq!(c[10].1[50], 0.0);
         assert_eq!(c[3].1[0], 300.0);
-        assert_eq!(cut_clips(&vec![1.0; 1049], n).len(), 10);
+        assert_eq!(cut_clips(&[1.0; 1049], n).len(), 10);
     }
 
     #[test]
