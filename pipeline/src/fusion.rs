@@ -421,7 +421,11 @@ mod tests {
             let (gm, _) = p.grad_hess(&tm);
             for i in 0..theta.len() {
                 let fdh = (gp[i] - gm[i]) / (2.0 * eps);
-                assert!((fdh - h[i][j]).abs() < 1e-5, "hess {i},{j}: {fdh} vs {}", h[i][j]);
+                assert!(
+                    (fdh - h[i][j]).abs() < 1e-5,
+                    "hess {i},{j}: {fdh} vs {}",
+                    h[i][j]
+                );
             }
         }
     }
