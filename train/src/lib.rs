@@ -25,5 +25,22 @@ pub mod plots;
 pub mod report;
 pub mod schedule;
 
+// The trainer, evaluation and prediction.
+/// Batched inference and evaluation on the original rows of a set.
+pub mod evaluate;
+/// `train predict`: logits as the Parquet table the pipeline reads as teacher logits.
+pub mod predict;
+/// Hook of the QAT phase (not implemented yet).
+pub mod qat_hook;
+/// The KD trainer: epochs, checkpoints, resume, the run folder.
+pub mod trainer;
+
 /// True int8 inference engine and the versioned int8 model file.
 pub mod int8;
+
+/// Quantization-aware training: fake quantization, observers, conv+BN folding, QAT loop.
+pub mod qat;
+/// Export of a QAT student to the int8 model file (`.asc8`).
+pub mod export;
+/// `train infer`: WAV files -> the pipeline's front end -> the int8 engine.
+pub mod infer;

@@ -1,6 +1,344 @@
-//! `train`: command-line entry point (being written).
+//! `train`: the command line of the trainer.
+//!
+//! ```text
+//! train --shards data/ [--model s1] [--split 100] ...     train a student (KD when the shards
+//!                                                           carry teacher logits), leave runs/<name>/
+//! train summary --model s1                                the DCASE complexity table
+//! train eval --shards data/ --model runs/<name>           evaluate a run on the test set
+//! train predict --shards data/ --model runs/<name> --out logits.parquet [--set train|test|all]
+//! ```
+//!
+//! Progress goes to stderr, results to stdout. Exit codes: 0 success, 1 runtime error (bad
+//! file, diverged training, ...), 2 bad command line (clap).
 
-fn main() {
-    eprintln!("train: not yet implemented");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use data_specs::FrontEndConfig;
+use train::augment::Augment;
+use train::loader::ShardSet;
+use train::loss::{KdConfig, KlReduction};
+use train::metrics::EvalReport;
+use train::model::ModelConfig;
+use train::predict::{PredictSet, predict_logits, write_logits_parquet};
+use train::trainer::{self, TrainConfig, TrainOptions};
+
+/// Low-complexity acoustic scene classification: train the IRMamba student with knowledge
+/// distillation from teacher logits (DCASE2024 Task 1 recipe), evaluate it, export logits.
+///
+/// Without a subcommand, `train` trains. Example: `train --shards data/` trains the s1 student
+/// on the shards written by `pipeline features` and leaves runs/s1-split100-s42/ with
+/// config.toml, metrics.jsonl, checkpoints/{last,best}/, model.bpk, report.md and PNG plots.
+#[derive(Parser, Debug)]
+#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the DCASE complexity table of a model (parameters, MACs, memory) for the default
+    /// 256 x 65 log-mel input.
+    Summary {
+        /// Model preset (s1, s2, s3, baseline, teacher) or a model TOML file.
+        #[arg(long, default_value = "s1")]
+        model: String,
+        /// Number of classes.
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+    },
+    /// Evaluate a finished run's final model (runs/<name>/model.bpk) on the test set.
+    Eval {
+        /// Shard folder or manifest.json.
+        #[arg(long)]
+        shards: PathBuf,
+        /// Run folder (runs/<name>).
+        #[arg(long)]
+        model: PathBuf,
+        /// Batch size of inference.
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+    },
+    /// Write a run's logits for the ORIGINAL rows of a set as a Parquet table
+    /// (clip_id: utf8, logits: fixed_size_list<float32>[n_classes]): the format
+    /// `pipeline features --teacher-logits` reads.
+    Predict {
+        /// Shard folder or manifest.json.
+        #[arg(long)]
+        shards: PathBuf,
+        /// Run folder (runs/<name>).
+        #[arg(long)]
+        model: PathBuf,
+        /// Output Parquet file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Which rows.
+        #[arg(long, value_enum, default_value = "all")]
+        set: PredictSet,
+        /// Batch size of inference.
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+    },
+}
+
+/// On/off switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// Options of training (the default command).
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Shard folder (or its manifest.json) written by `pipeline features`.
+    #[arg(long, required_unless_present = "resume")]
+    shards: Option<PathBuf>,
+    /// Model: preset s1 | s2 | s3 (IRMamba students), baseline (DCASE2024), teacher (CNN), or
+    /// a model TOML file.
+    #[arg(long, default_value = "s1")]
+    model: String,
+    /// DCASE2024 training split in percent: 5, 10, 25, 50 or 100.
+    #[arg(long, default_value_t = 100)]
+    split: u8,
+    /// Epochs [default: 150 on the real dataset (>= 50,000 training rows), 12 on smaller
+    /// (demo) shard sets].
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Examples per update.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Peak learning rate (AdamW), reached after the warm-up, then cosine decay to 0.
+    #[arg(long, default_value_t = 0.005)]
+    lr: f64,
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    /// Linear warm-up updates; capped at 10 % of all updates on short runs
+    /// (W = min(requested, max(1, round(0.1 * total)))).
+    #[arg(long, default_value_t = 2000)]
+    warmup_steps: u64,
+    /// Run seed (model init, loader shuffle and DIR draw, augmentations).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Probability of replacing a clip by one of its DIR (device impulse response) variants.
+    #[arg(long, default_value_t = 0.6)]
+    p_dir: f64,
+    /// Use the replay rows (real or simulated playback/re-recording) as extra examples.
+    #[arg(long, value_enum, default_value = "on")]
+    replay: OnOff,
+    /// Switch off the circular time roll.
+    #[arg(long)]
+    no_time_roll: bool,
+    /// Switch off frequency masking.
+    #[arg(long)]
+    no_freq_mask: bool,
+    /// Switch off Freq-MixStyle.
+    #[arg(long)]
+    no_fms: bool,
+    /// Weight of the label cross-entropy in the KD loss (the KL gets 1 - lambda).
+    #[arg(long, default_value_t = 0.02)]
+    kd_lambda: f64,
+    /// KD softmax temperature.
+    #[arg(long, default_value_t = 2.0)]
+    kd_tau: f64,
+    /// Plain cross-entropy even when the shards carry teacher logits.
+    #[arg(long)]
+    no_kd: bool,
+    /// Folder of the run folders.
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    /// Run name [default: <model>-split<P>-s<seed>]; an existing run folder is never overwritten.
+    #[arg(long)]
+    name: Option<String>,
+    /// Continue the run folder runs/<name> from its last checkpoint (its config.toml is used;
+    /// the other training options are ignored, except --threads).
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// Quantization-aware training epochs after the float epochs (not available yet: must be 0).
+    #[arg(long, default_value_t = 0)]
+    qat_epochs: u64,
+    /// Compute threads (rayon pool: burn Flex kernels and the selective scan) [default: all
+    /// cores]. The loader adds one prefetch thread.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bars (per-epoch lines only).
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Summary { model, classes }) => {
+            let cfg = ModelConfig::from_name_or_file(&model)?;
+            let fe = FrontEndConfig::dcase2024();
+            let report = train::complexity::summary(&cfg, classes, fe.n_mels, fe.n_frames());
+            println!("{report}");
+            Ok(())
+        }
+        Some(Command::Eval {
+            shards,
+            model,
+            batch_size,
+        }) => {
+            let set = ShardSet::open(&shards, None)?;
+            let device = train::backend::default_device();
+            let (cfg, m, path) =
+                trainer::load_run_model(&model, set.meta().n_classes(), &device)?;
+            eprintln!("evaluating {} on the test set of {}", path.display(), shards.display());
+            let test = train::evaluate::EvalSet::new(
+                &set,
+                data_specs::ClipSet::Test,
+                batch_size,
+            )?;
+            if test.is_empty() {
+                bail!("{}: the shards hold no test rows", shards.display());
+            }
+            let seen = trainer::seen_devices(&set, cfg.split);
+            let report = test.evaluate(&m, &set, seen, &device)?;
+            println!("{report}");
+            Ok(())
+        }
+        Some(Command::Predict {
+            shards,
+            model,
+            out,
+            set: which,
+            batch_size,
+        }) => {
+            let set = ShardSet::open(&shards, None)?;
+            let device = train::backend::default_device();
+            let n_classes = set.meta().n_classes();
+            let (_, m, path) = trainer::load_run_model(&model, n_classes, &device)?;
+            eprintln!("predicting with {} on {:?} rows", path.display(), which);
+            let (ids, logits) =
+                predict_logits(&m, &set, which.clip_sets(), batch_size, &device)?;
+            write_logits_parquet(&out, &ids, &logits, n_classes)?;
+            println!("wrote logits of {} clips to {}", ids.len(), out.display());
+            Ok(())
+        }
+        None => train_command(cli.train),
+    }
+}
+
+fn train_command(a: TrainArgs) -> anyhow::Result<()> {
+    if let Some(n) = a.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("setting up the rayon thread pool")?;
+    }
+    let (runs_root, name, resume) = match &a.resume {
+        Some(dir) => {
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .with_context(|| format!("--resume {}: not a run folder", dir.display()))?;
+            let root = dir.parent().map(PathBuf::from).unwrap_or_default();
+            (root, name, true)
+        }
+        None => (a.runs.clone(), String::new(), false),
+    };
+    let config = if resume {
+        TrainConfig::load(&runs_root.join(&name))?
+    } else {
+        let shards = a.shards.clone().context("--shards is required")?;
+        let model = ModelConfig::from_name_or_file(&a.model)?;
+        let epochs = match a.epochs {
+            Some(e) => e,
+            None => {
+                let set = ShardSet::open(&shards, None)?;
+                let rows = trainer::count_train_rows(&set);
+                let e = trainer::default_epochs(rows);
+                eprintln!(
+                    "epochs: {e} ({rows} training rows: {})",
+                    if rows >= trainer::REAL_DATASET_MIN_ROWS {
+                        "the real dataset, the paper's 150"
+                    } else {
+                        "a demo-sized set, the demo default"
+                    }
+                );
+                e
+            }
+        };
+        let mut augment = Augment::default();
+        augment.time_roll.enabled = !a.no_time_roll;
+        augment.freq_mask.enabled = !a.no_freq_mask;
+        augment.freq_mixstyle.enabled = !a.no_fms;
+        let model_tag = std::path::Path::new(&a.model)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| a.model.clone());
+        TrainConfig {
+            name: a
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{model_tag}-split{}-s{}", a.split, a.seed)),
+            shards,
+            model_spec: a.model.clone(),
+            split: a.split,
+            epochs,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            warmup_steps: a.warmup_steps,
+            seed: a.seed,
+            p_dir: a.p_dir,
+            replay: a.replay == OnOff::On,
+            use_kd: !a.no_kd,
+            qat_epochs: a.qat_epochs,
+            kd: KdConfig {
+                lambda: a.kd_lambda,
+                tau: a.kd_tau,
+                kl_reduction: KlReduction::BatchMean,
+            },
+            augment,
+            model,
+        }
+    };
+    let outcome = trainer::train(TrainOptions {
+        config: config.clone(),
+        runs_root: if resume { runs_root } else { a.runs.clone() },
+        resume,
+        progress: !a.quiet,
+        stop_after: None,
+    })?;
+    let Some(eval) = &outcome.final_eval else {
+        bail!("the run stopped before its last epoch");
+    };
+    print_summary(&config.name, eval, &outcome);
+    Ok(())
+}
+
+fn print_summary(name: &str, eval: &EvalReport, o: &trainer::TrainOutcome) {
+    println!("run {name}: {}", o.run_dir.display());
+    println!("{eval}");
+    if let Some((e, acc)) = o.best {
+        println!(
+            "best epoch by test macro accuracy (test-set selection): {} ({:.2} %)",
+            e + 1,
+            100.0 * acc
+        );
+    }
+    let train_s: f64 = o.metrics.iter().map(|m| m.seconds).sum();
+    println!(
+        "wall time {:.1} s (all epochs {:.1} s), {:.1} training samples/s",
+        o.seconds, train_s, o.samples_per_s
+    );
 }

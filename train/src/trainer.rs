@@ -1,0 +1,724 @@
+//! The knowledge-distillation trainer: one loop that turns a shard folder into a finished run
+//! folder.
+//!
+//! ```text
+//! ShardSet::open -> Loader (Selection: train set, split P, p_dir, replay)     per epoch e:
+//!   for each batch (step s):  augment (rng = epoch_rng(seed, s, AUGMENT_STREAM))
+//!                             -> forward -> kd_loss (teacher logits + mask) | cross_entropy
+//!                             -> backward -> AdamW step with lr = LrSchedule::lr_at(s)
+//!   evaluate on the test set (originals, model.valid())  -> EvalReport
+//!   metrics.jsonl += EpochMetrics;  checkpoints/last  (+ checkpoints/best when the test macro
+//!   accuracy improved)
+//! end: model.bpk (the LAST epoch's model), report.md, loss/accuracy/confusion PNGs
+//! ```
+//!
+//! # Model selection
+//! TAU22 has no validation split, so `checkpoints/best` is chosen by the **test** macro accuracy:
+//! that is test-set model selection and its figure is optimistic. The final report and
+//! `model.bpk` therefore use the model of the last epoch; the best epoch is shown separately.
+//!
+//! # Reproducibility and resume
+//! Every random draw is derived from the run seed: the model initialisation seeds the device with
+//! `derive_seed(seed, 0, INIT_STREAM)`; the loader's variant draw and shuffle depend only on
+//! `(seed, epoch)`; the augmentation generator of update `s` is `epoch_rng(seed, s,
+//! AUGMENT_STREAM)` and the device is re-seeded with `derive_seed(seed, s, DEVICE_STREAM)` before
+//! each update. A checkpoint is written at the end of every epoch (model, AdamW moments, step,
+//! loader state, best metric), so `--resume` continues at the next epoch with exactly the
+//! generators an uninterrupted run would use.
+//!
+//! # Threads
+//! The rayon global pool (size `--threads`, default all cores) runs burn Flex's gemm/conv kernels
+//! and the fused selective scan; the loader decodes the next batches on its own prefetch thread,
+//! so Parquet decoding overlaps the compute.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Device};
+use data_specs::{ClipSet, Variant};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::augment::Augment;
+use crate::checkpoint::{self, CheckpointError, TrainState};
+use crate::complexity;
+use crate::evaluate::EvalSet;
+use crate::loader::{LoaderConfig, LoaderError, LoaderState, Selection, ShardSet};
+use crate::loss::{self, KdConfig};
+use crate::metrics::{EvalReport, MetricsError};
+use crate::model::{Model, ModelConfig, ModelConfigError};
+use crate::report::{EpochMetrics, ReportError, RunDir, RunSummary};
+use crate::schedule::{self, LrSchedule};
+
+/// File name of the final model record (burnpack) in the run folder.
+pub const FINAL_MODEL_FILE: &str = "model.bpk";
+/// Checkpoint tag of the last epoch.
+pub const LAST: &str = "last";
+/// Checkpoint tag of the epoch with the best test macro accuracy.
+pub const BEST: &str = "best";
+/// Training rows from which the shards count as the real TAU22 development set.
+pub const REAL_DATASET_MIN_ROWS: usize = 50_000;
+/// Epochs of the paper's recipe (real dataset).
+pub const PAPER_EPOCHS: u64 = 150;
+/// Default epochs on smaller (demo) shard sets, chosen so the demo finishes in about 15 minutes
+/// on 2 cores (measured, see the README).
+pub const DEMO_EPOCHS: u64 = 12;
+/// RNG stream of the model initialisation.
+pub const INIT_STREAM: u64 = 1;
+/// RNG stream of the batch augmentations (indexed by update step).
+pub const AUGMENT_STREAM: u64 = 2;
+/// RNG stream of the device generator (indexed by update step).
+pub const DEVICE_STREAM: u64 = 3;
+
+/// Errors of training, evaluation and prediction; every variant about a file names it.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The shard loader failed.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The run folder could not be written.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// The model configuration is invalid.
+    #[error(transparent)]
+    Model(#[from] ModelConfigError),
+    /// Evaluation bookkeeping failed.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// A file operation failed.
+    #[error("{path}: {problem}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
+    /// An invalid setting (the message names it).
+    #[error("invalid setting: {0}")]
+    Config(String),
+    /// The run folder exists already and `--resume` was not given.
+    #[error(
+        "run folder {0} exists already; pick another --name, delete it, or continue it with \
+         --resume {0}"
+    )]
+    RunExists(PathBuf),
+    /// The QAT phase is not implemented yet.
+    #[error("QAT not available yet (--qat-epochs {0}); run with --qat-epochs 0")]
+    QatUnavailable(u64),
+    /// The training loss became NaN or infinite.
+    #[error("training diverged at update {step}: loss {loss}")]
+    Diverged {
+        /// Update step.
+        step: u64,
+        /// Loss value.
+        loss: f32,
+    },
+}
+
+/// Result alias of the trainer.
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Io {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    }
+}
+
+/// The resolved configuration of a run (written to `config.toml`; its hash guards `--resume`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Run name (folder under the runs root).
+    pub name: String,
+    /// Shard folder or manifest.
+    pub shards: PathBuf,
+    /// How the model was named on the command line (preset or TOML file).
+    pub model_spec: String,
+    /// DCASE2024 training split in percent (5, 10, 25, 50, 100).
+    pub split: u8,
+    /// Number of epochs.
+    pub epochs: u64,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Requested warm-up updates (capped by [`schedule::warmup_steps_for`]).
+    pub warmup_steps: u64,
+    /// Run seed.
+    pub seed: u64,
+    /// Probability of drawing a DIR variant of a clip.
+    pub p_dir: f64,
+    /// Include replay rows.
+    pub replay: bool,
+    /// Use the KD loss where the shards carry teacher logits (false: plain cross-entropy).
+    pub use_kd: bool,
+    /// QAT epochs after the float epochs (0: none).
+    pub qat_epochs: u64,
+    /// KD settings.
+    pub kd: KdConfig,
+    /// Batch augmentations.
+    pub augment: Augment,
+    /// The model architecture.
+    pub model: ModelConfig,
+}
+
+impl TrainConfig {
+    /// Checks the settings that would otherwise fail late or silently.
+    pub fn validate(&self) -> Result<()> {
+        if !data_specs::SPLITS.contains(&self.split) {
+            return Err(TrainError::Config(format!(
+                "--split {} is not one of {:?}",
+                self.split,
+                data_specs::SPLITS
+            )));
+        }
+        if self.batch_size == 0 {
+            return Err(TrainError::Config("--batch-size must be at least 1".into()));
+        }
+        if self.epochs == 0 {
+            return Err(TrainError::Config("--epochs must be at least 1".into()));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(TrainError::Config(format!("--lr {} must be > 0", self.lr)));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(TrainError::Config(format!(
+                "--weight-decay {} must be >= 0",
+                self.weight_decay
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.p_dir) {
+            return Err(TrainError::Config(format!(
+                "--p-dir {} is not a probability",
+                self.p_dir
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.kd.lambda) || !(self.kd.tau.is_finite() && self.kd.tau > 0.0)
+        {
+            return Err(TrainError::Config(format!(
+                "--kd-lambda {} must be in [0, 1] and --kd-tau {} > 0",
+                self.kd.lambda, self.kd.tau
+            )));
+        }
+        self.augment
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        self.model.validate()?;
+        Ok(())
+    }
+
+    /// Reads the `config.toml` of a run folder.
+    pub fn load(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(crate::report::CONFIG_FILE);
+        let text = fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| io_err(&path, e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The training selection of this configuration.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            set: ClipSet::Train,
+            max_split: Some(self.split),
+            devices: None,
+            replay: self.replay,
+            p_dir: self.p_dir,
+        }
+    }
+}
+
+/// Default epochs for a shard set with `train_rows` training rows: the paper's 150 on the real
+/// dataset, [`DEMO_EPOCHS`] on a smaller (demo) set.
+pub fn default_epochs(train_rows: usize) -> u64 {
+    if train_rows >= REAL_DATASET_MIN_ROWS {
+        PAPER_EPOCHS
+    } else {
+        DEMO_EPOCHS
+    }
+}
+
+/// Training rows (any variant) of a shard set.
+pub fn count_train_rows(set: &ShardSet) -> usize {
+    set.rows().filter(|r| r.set == ClipSet::Train).count()
+}
+
+/// How a run is started.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The resolved configuration (ignored on resume: the run's own `config.toml` is used).
+    pub config: TrainConfig,
+    /// Folder that holds the run folders.
+    pub runs_root: PathBuf,
+    /// Continue the run folder `runs_root/<config.name>` from its last checkpoint.
+    pub resume: bool,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+    /// Stop after this many completed epochs without finishing the run (tests of resume).
+    pub stop_after: Option<u64>,
+}
+
+/// What a finished (or stopped) run returns.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Evaluation of the last epoch's model on the test set.
+    pub final_eval: Option<EvalReport>,
+    /// `(epoch, test macro accuracy)` of `checkpoints/best`.
+    pub best: Option<(u64, f64)>,
+    /// Every epoch's metrics.
+    pub metrics: Vec<EpochMetrics>,
+    /// Wall-clock seconds of this invocation.
+    pub seconds: f64,
+    /// Training examples per second over this invocation's epochs.
+    pub samples_per_s: f64,
+    /// True when the run completed all epochs.
+    pub finished: bool,
+}
+
+/// Rows of one epoch counted by device and variant (for the starting message).
+fn describe_rows(set: &ShardSet, rows: &[u32]) -> (BTreeMap<String, usize>, BTreeMap<String, usize>, usize) {
+    let mut by_device = BTreeMap::new();
+    let mut by_variant = BTreeMap::new();
+    let mut with_teacher = 0;
+    for &r in rows {
+        let info = set.row_info(r);
+        *by_device.entry(info.device.to_string()).or_insert(0) += 1;
+        *by_variant
+            .entry(format!("{:?}", info.variant).to_lowercase())
+            .or_insert(0) += 1;
+        with_teacher += usize::from(info.has_teacher);
+    }
+    (by_device, by_variant, with_teacher)
+}
+
+fn fmt_counts(m: &BTreeMap<String, usize>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The devices of the training originals of split `split` (the "seen" group of the evaluation).
+pub fn seen_devices(set: &ShardSet, split: u8) -> BTreeSet<String> {
+    set.rows()
+        .filter(|r| {
+            r.set == ClipSet::Train
+                && r.variant == Variant::Original
+                && r.split.is_some_and(|s| s <= split)
+        })
+        .map(|r| r.device.to_string())
+        .collect()
+}
+
+/// Writes the inference copy of `model` as a burnpack record to `path` (temp name + rename).
+pub fn save_model_file(model: &Model, path: &Path) -> Result<()> {
+    let bytes = model
+        .valid()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| io_err(path, e))?;
+    let tmp = path.with_extension("bpk.tmp");
+    fs::write(&tmp, &bytes[..]).map_err(|e| io_err(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+/// Loads a model record written by [`save_model_file`] (or a checkpoint's `model.bpk`) into a
+/// fresh model of architecture `cfg` on `device`.
+pub fn load_model_file(
+    cfg: &ModelConfig,
+    n_classes: usize,
+    path: &Path,
+    device: &Device,
+) -> Result<Model> {
+    let bytes = fs::read(path).map_err(|e| io_err(path, e))?;
+    let record =
+        ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| io_err(path, e))?;
+    let model = cfg.init(n_classes, device);
+    model.try_load_record(record).map_err(|e| io_err(path, e))
+}
+
+/// The model of a finished run (`<run>/model.bpk`; when the run has not finished, the model of
+/// its last checkpoint, verified first), its configuration and the path it came from.
+pub fn load_run_model(run_dir: &Path, n_classes: usize, device: &Device) -> Result<(TrainConfig, Model, PathBuf)> {
+    let cfg = TrainConfig::load(run_dir)?;
+    let final_path = run_dir.join(FINAL_MODEL_FILE);
+    let path = if final_path.exists() {
+        final_path
+    } else {
+        let dir = run_dir.join("checkpoints").join(LAST);
+        checkpoint::verify_checkpoint(&dir)?;
+        eprintln!(
+            "note: {} has no {FINAL_MODEL_FILE} (run not finished); using checkpoints/{LAST}",
+            run_dir.display()
+        );
+        dir.join(checkpoint::MODEL_FILE)
+    };
+    let model = load_model_file(&cfg.model, n_classes, &path, device)?;
+    Ok((cfg, model.valid(), path))
+}
+
+/// The optimizer of the recipe: AdamW with decoupled weight decay (eps 1e-8 as in PyTorch's
+/// AdamW, which the paper used; burn's default would be 1e-5).
+fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .init()
+}
+
+/// Host-side argmax accuracy of `logits` `[B, C]` against `labels`.
+fn count_correct(logits: &[f32], labels: &[i64], n_classes: usize) -> usize {
+    logits
+        .chunks_exact(n_classes)
+        .zip(labels)
+        .filter(|&(row, &y)| {
+            let mut best = 0;
+            for (k, v) in row.iter().enumerate() {
+                if *v > row[best] {
+                    best = k;
+                }
+            }
+            best as i64 == y
+        })
+        .count()
+}
+
+/// Train (or resume) a run; see the module docs for the loop.
+pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
+    let t_start = Instant::now();
+    let run_path = opts.runs_root.join(&opts.config.name);
+    let cfg = if opts.resume {
+        TrainConfig::load(&run_path)?
+    } else {
+        if run_path.exists() {
+            return Err(TrainError::RunExists(run_path));
+        }
+        opts.config.clone()
+    };
+    cfg.validate()?;
+    // Fail before training rather than after it while the QAT phase is not implemented.
+    if cfg.qat_epochs > 0 {
+        crate::qat_hook::run_qat_phase(cfg.qat_epochs)?;
+    }
+    let set = ShardSet::open(&cfg.shards, None)?;
+    let meta = set.meta().clone();
+    let n_classes = meta.n_classes();
+    let (n_mels, n_frames) = (meta.frontend.n_mels, meta.frontend.n_frames());
+    let run = RunDir::create(&opts.runs_root, &cfg.name)?;
+    let config_hash = checkpoint::config_hash(&cfg);
+    if !opts.resume {
+        run.write_config(&cfg)?;
+    }
+
+    // Loaders. drop_last keeps BatchNorm away from a 1-example batch at the end of an epoch.
+    let mut loader_cfg = LoaderConfig {
+        batch_size: cfg.batch_size,
+        seed: cfg.seed,
+        shuffle: true,
+        drop_last: false,
+        ..LoaderConfig::default()
+    };
+    let probe = crate::loader::Loader::new(&set, cfg.selection(), loader_cfg.clone())?;
+    loader_cfg.drop_last = probe.epoch_len() > cfg.batch_size;
+    drop(probe);
+    let test = EvalSet::new(&set, ClipSet::Test, cfg.batch_size.max(64))?;
+    let seen = seen_devices(&set, cfg.split);
+
+    // Model, optimizer, state.
+    let device = crate::backend::training_device();
+    device.seed(checkpoint::derive_seed(cfg.seed, 0, INIT_STREAM));
+    let mut model = cfg.model.init(n_classes, &device);
+    let mut optim = optimizer(&cfg);
+    let mut state = TrainState {
+        epoch: 0,
+        step: 0,
+        seed: cfg.seed,
+        loader_state: serde_json::to_value(LoaderState {
+            seed: cfg.seed,
+            epoch: 0,
+            batch: 0,
+        })
+        .unwrap_or_default(),
+        best_metric: None,
+        best_epoch: None,
+        config_hash: config_hash.clone(),
+    };
+    let mut metrics = Vec::new();
+    if opts.resume {
+        let dir = run.checkpoint_dir(LAST);
+        let (m, o, s) = checkpoint::load_checkpoint(&dir, model, optim)?;
+        checkpoint::check_config(&dir, &s, &config_hash)?;
+        model = m;
+        optim = o;
+        state = s;
+        metrics = run.truncate_metrics(state.epoch)?;
+        eprintln!(
+            "resuming {} at epoch {} (update {}) from {}",
+            cfg.name,
+            state.epoch,
+            state.step,
+            dir.display()
+        );
+    }
+    let loader_state: LoaderState =
+        serde_json::from_value(state.loader_state.clone()).unwrap_or(LoaderState {
+            seed: cfg.seed,
+            epoch: state.epoch,
+            batch: 0,
+        });
+    let loader = crate::loader::Loader::resume(&set, cfg.selection(), loader_cfg, loader_state)?;
+    let steps_per_epoch = loader.batches_per_epoch();
+    let total_steps = cfg.epochs * steps_per_epoch;
+    let sched = LrSchedule::new(cfg.lr, cfg.warmup_steps, total_steps);
+
+    // Starting message.
+    let cx = complexity::summary(&cfg.model, n_classes, n_mels, n_frames);
+    let epoch0 = loader.epoch_order(state.epoch);
+    let (by_device, by_variant, with_teacher) = describe_rows(&set, &epoch0);
+    let use_kd = cfg.use_kd && with_teacher > 0;
+    eprintln!(
+        "model {} ({}): {} parameters, {:.2} M MACs, input {n_mels}x{n_frames}, {n_classes} classes",
+        cfg.model.name(),
+        cfg.model_spec,
+        cx.params(),
+        cx.macs() as f64 / 1e6
+    );
+    eprintln!(
+        "training rows per epoch: {} (split {} %, p_dir {}, replay {}) from {}",
+        epoch0.len(),
+        cfg.split,
+        cfg.p_dir,
+        if cfg.replay { "on" } else { "off" },
+        cfg.shards.display()
+    );
+    eprintln!("  by device:  {}", fmt_counts(&by_device));
+    eprintln!("  by variant: {}", fmt_counts(&by_variant));
+    eprintln!("test rows: {} (originals)", test.len());
+    eprintln!(
+        "loss: {}",
+        if use_kd {
+            format!(
+                "KD (lambda {}, tau {}) on the {with_teacher} rows with teacher logits ({}), \
+                 cross-entropy on the others",
+                cfg.kd.lambda,
+                cfg.kd.tau,
+                if meta.teacher.is_empty() { "unnamed teacher" } else { &meta.teacher }
+            )
+        } else if cfg.use_kd {
+            "plain cross-entropy: the shards carry no teacher logits for the selected rows".into()
+        } else {
+            "plain cross-entropy (--no-kd)".into()
+        }
+    );
+    eprintln!(
+        "epochs {} x {steps_per_epoch} updates of {} (drop_last {}), lr {} warm-up {} updates \
+         (requested {}, capped at {:.0} % of {total_steps} updates) then cosine to 0",
+        cfg.epochs,
+        cfg.batch_size,
+        loader.config().drop_last,
+        cfg.lr,
+        sched.warmup_steps,
+        cfg.warmup_steps,
+        100.0 * schedule::DEFAULT_MAX_WARMUP_FRACTION,
+    );
+    eprintln!(
+        "threads: {} rayon (burn Flex kernels, selective scan) + 1 loader prefetch thread",
+        rayon::current_num_threads()
+    );
+    eprintln!("run folder: {}", run.path().display());
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Config(
+            "the training selection is empty (check --split and the shards)".into(),
+        ));
+    }
+
+    let mut train_samples = 0u64;
+    let mut train_seconds = 0.0f64;
+    let mut last_eval: Option<EvalReport> = None;
+    let mut epochs_this_call = 0u64;
+    while state.epoch < cfg.epochs {
+        if opts.stop_after.is_some_and(|k| epochs_this_call >= k) {
+            break;
+        }
+        let epoch = state.epoch;
+        let t_epoch = Instant::now();
+        let bar = if opts.progress {
+            let b = ProgressBar::new(steps_per_epoch);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let (mut loss_sum, mut n_seen, mut n_correct, mut lr) = (0.0f64, 0u64, 0u64, 0.0);
+        for batch in loader.epoch(epoch) {
+            let batch = batch?;
+            let step = state.step;
+            lr = sched.lr_at(step);
+            device.seed(checkpoint::derive_seed(cfg.seed, step, DEVICE_STREAM));
+            let mut rng = checkpoint::epoch_rng(cfg.seed, step, AUGMENT_STREAM);
+            let tb = batch.to_tensors(&device);
+            let x = cfg.augment.apply(tb.logmel, &mut rng);
+            let logits = model.forward(x);
+            let loss = if use_kd {
+                loss::kd_loss_parts(
+                    logits.clone(),
+                    tb.labels,
+                    tb.teacher_logits,
+                    tb.teacher_mask,
+                    &cfg.kd,
+                )
+                .total
+            } else {
+                loss::cross_entropy(logits.clone(), tb.labels)
+            };
+            let loss_value: f32 = loss.clone().into_scalar();
+            if !loss_value.is_finite() {
+                return Err(TrainError::Diverged {
+                    step,
+                    loss: loss_value,
+                });
+            }
+            let host_logits = logits
+                .detach()
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| TrainError::Config(format!("reading the logits: {e:?}")))?;
+            n_correct += count_correct(&host_logits, batch.labels(), n_classes) as u64;
+            let b = batch.len() as u64;
+            loss_sum += loss_value as f64 * b as f64;
+            n_seen += b;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            state.step += 1;
+            let secs = t_epoch.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} samples/s",
+                loss_sum / n_seen as f64,
+                lr,
+                n_seen as f64 / secs
+            ));
+            bar.inc(1);
+        }
+        let train_secs = t_epoch.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        train_samples += n_seen;
+        train_seconds += train_secs;
+
+        // Evaluation on the test set with the inference copy.
+        let eval = test.evaluate(&model.valid(), &set, seen.clone(), &crate::backend::default_device())?;
+        state.epoch += 1;
+        state.loader_state = serde_json::to_value(LoaderState {
+            seed: cfg.seed,
+            epoch: state.epoch,
+            batch: 0,
+        })
+        .unwrap_or_default();
+        let improved = eval.n_examples > 0
+            && state.best_metric.is_none_or(|b| eval.macro_accuracy > b);
+        if improved {
+            state.best_metric = Some(eval.macro_accuracy);
+            state.best_epoch = Some(epoch);
+        }
+        let m = EpochMetrics {
+            epoch,
+            step: state.step,
+            lr,
+            train_loss: loss_sum / n_seen.max(1) as f64,
+            train_acc: n_correct as f64 / n_seen.max(1) as f64,
+            test_macro_acc: (eval.n_examples > 0).then_some(eval.macro_accuracy),
+            test_log_loss: (eval.n_examples > 0).then_some(eval.log_loss),
+            seconds: t_epoch.elapsed().as_secs_f64(),
+            samples_per_s: n_seen as f64 / train_secs.max(1e-9),
+        };
+        run.append_metrics(&m)?;
+        checkpoint::save_checkpoint(&run.checkpoint_dir(LAST), &model, &optim, &state)?;
+        if improved {
+            checkpoint::save_checkpoint(&run.checkpoint_dir(BEST), &model, &optim, &state)?;
+        }
+        eprintln!(
+            "epoch {:>3}/{}: loss {:.4} train acc {:5.1} % | test macro acc {:5.2} % log-loss {:.4} | \
+             {:.0} samples/s, {:.0} s{}",
+            epoch + 1,
+            cfg.epochs,
+            m.train_loss,
+            100.0 * m.train_acc,
+            100.0 * eval.macro_accuracy,
+            eval.log_loss,
+            m.samples_per_s,
+            m.seconds,
+            if improved { " (best)" } else { "" }
+        );
+        metrics.push(m);
+        last_eval = Some(eval);
+        epochs_this_call += 1;
+    }
+
+    let finished = state.epoch >= cfg.epochs;
+    let best = state.best_epoch.zip(state.best_metric);
+    let samples_per_s = train_samples as f64 / train_seconds.max(1e-9);
+    if !finished {
+        return Ok(TrainOutcome {
+            run_dir: run.path().to_path_buf(),
+            final_eval: last_eval,
+            best,
+            metrics,
+            seconds: t_start.elapsed().as_secs_f64(),
+            samples_per_s,
+            finished,
+        });
+    }
+    crate::qat_hook::run_qat_phase(cfg.qat_epochs)?;
+
+    // Final model: the last epoch's.
+    save_model_file(&model, &run.path().join(FINAL_MODEL_FILE))?;
+    let final_eval = match last_eval {
+        Some(e) => e,
+        // Resumed a finished run: evaluate the loaded model.
+        None => test.evaluate(&model.valid(), &set, seen, &crate::backend::default_device())?,
+    };
+    let total_seconds: f64 = metrics.iter().map(|m| m.seconds).sum();
+    let mut complexity_text = cx.to_string();
+    if let Some((e, acc)) = best {
+        complexity_text.push_str(&format!(
+            "\n\nBest epoch by TEST macro accuracy (test-set model selection, optimistic; the \
+             tables report the last epoch): epoch {} with {:.2} %.",
+            e + 1,
+            100.0 * acc
+        ));
+    }
+    let summary = RunSummary {
+        name: cfg.name.clone(),
+        complexity: complexity_text,
+        total_seconds,
+        epochs: metrics.clone(),
+    };
+    run.write_report(&summary, &final_eval)?;
+    Ok(TrainOutcome {
+        run_dir: run.path().to_path_buf(),
+        final_eval: Some(final_eval),
+        best,
+        metrics,
+        seconds: t_start.elapsed().as_secs_f64(),
+        samples_per_s,
+        finished,
+    })
+}

@@ -1,0 +1,216 @@
+//! End-to-end tests of the trainer on tiny synthetic shards (loader::synth) with a tiny
+//! baseline-kind model: run folder contents, metrics recomputed independently, resume
+//! equivalence, corrupt checkpoint refused, predict -> pipeline::teacher round trip.
+
+use std::path::{Path, PathBuf};
+
+use data_specs::{ClipSet, FrontEndConfig};
+use train::augment::Augment;
+use train::backend::default_device;
+use train::loader::ShardSet;
+use train::loader::synth::{SynthSpec, write_shard_set};
+use train::loss::KdConfig;
+use train::model::ModelConfig;
+use train::predict::{predict_logits, write_logits_parquet};
+use train::report::{self, RunDir};
+use train::trainer::{self, TrainConfig, TrainError, TrainOptions};
+
+/// A tiny baseline: 8 base channels, one block per stage.
+const TINY_MODEL: &str = r#"
+kind = "baseline"
+base_channels = 8
+n_blocks = [1, 1, 1]
+"#;
+
+/// 32 mels x 33 frames (16,000 samples, hop 500), 72 clips (1 in 4 in the test set).
+fn make_shards(dir: &Path) -> PathBuf {
+    let spec = SynthSpec {
+        frontend: FrontEndConfig {
+            n_mels: 32,
+            clip_samples: 16_000,
+            ..FrontEndConfig::dcase2024()
+        },
+        n_clips: 72,
+        n_shards: 2,
+        row_group_rows: 16,
+        dir_per_clip: 1,
+        replay_every: 4,
+        test_every: 4,
+        missing_teacher_every: 5,
+    };
+    let shards = dir.join("shards");
+    write_shard_set(&shards, &spec).expect("synthetic shards");
+    shards
+}
+
+fn config(shards: &Path, name: &str, epochs: u64) -> TrainConfig {
+    TrainConfig {
+        name: name.into(),
+        shards: shards.to_path_buf(),
+        model_spec: "tiny.toml".into(),
+        split: 100,
+        epochs,
+        batch_size: 16,
+        lr: 0.01,
+        weight_decay: 1e-4,
+        warmup_steps: 2,
+        seed: 7,
+        p_dir: 0.6,
+        replay: true,
+        use_kd: true,
+        qat_epochs: 0,
+        kd: KdConfig::default(),
+        augment: Augment::default(),
+        model: ModelConfig::from_toml_str(TINY_MODEL).expect("tiny model"),
+    }
+}
+
+fn options(cfg: TrainConfig, runs: &Path, resume: bool, stop_after: Option<u64>) -> TrainOptions {
+    TrainOptions {
+        config: cfg,
+        runs_root: runs.to_path_buf(),
+        resume,
+        progress: false,
+        stop_after,
+    }
+}
+
+/// Test-set logits of a run's final model.
+fn test_logits(run: &Path, shards: &Path) -> (Vec<String>, Vec<f32>) {
+    let set = ShardSet::open(shards, None).unwrap();
+    let device = default_device();
+    let (_, model, _) = trainer::load_run_model(run, set.meta().n_classes(), &device).unwrap();
+    predict_logits(&model, &set, &[ClipSet::Test], 16, &device).unwrap()
+}
+
+#[test]
+fn run_writes_every_file_and_consistent_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = make_shards(tmp.path());
+    let runs = tmp.path().join("runs");
+    let out = trainer::train(options(config(&shards, "e2e", 2), &runs, false, None)).unwrap();
+    assert!(out.finished);
+    let run = runs.join("e2e");
+    for f in [
+        report::CONFIG_FILE,
+        report::METRICS_FILE,
+        report::REPORT_FILE,
+        report::LOSS_PLOT,
+        report::ACCURACY_PLOT,
+        report::CONFUSION_PLOT,
+        trainer::FINAL_MODEL_FILE,
+        "checkpoints/last/model.bpk",
+        "checkpoints/last/optim.bpk",
+        "checkpoints/last/state.json",
+        "checkpoints/best/state.json",
+    ] {
+        let p = run.join(f);
+        assert!(p.is_file() && p.metadata().unwrap().len() > 0, "missing {f}");
+    }
+    // config.toml round-trips to the configuration of the run.
+    assert_eq!(TrainConfig::load(&run).unwrap(), config(&shards, "e2e", 2));
+    let metrics = RunDir::create(&runs, "e2e").unwrap().read_metrics().unwrap();
+    assert_eq!(metrics.len(), 2);
+    assert!(metrics.iter().all(|m| m.train_loss.is_finite() && m.step > 0));
+    let eval = out.final_eval.unwrap();
+
+    // Independent recomputation of the macro accuracy and log-loss from the final model's logits.
+    let set = ShardSet::open(&shards, None).unwrap();
+    let k = set.meta().n_classes();
+    let (ids, logits) = test_logits(&run, &shards);
+    let labels: Vec<usize> = set
+        .rows()
+        .filter(|r| r.set == ClipSet::Test && r.variant == data_specs::Variant::Original)
+        .map(|r| r.label.unwrap() as usize)
+        .collect();
+    assert_eq!(ids.len(), labels.len());
+    assert_eq!(eval.n_examples as usize, labels.len());
+    let (mut n, mut hit) = (vec![0usize; k], vec![0usize; k]);
+    let mut nll = 0.0f64;
+    for (row, &y) in logits.chunks_exact(k).zip(&labels) {
+        let pred = (0..k).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+        n[y] += 1;
+        hit[y] += usize::from(pred == y);
+        let m = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) as f64;
+        let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        nll += lse - row[y] as f64;
+    }
+    let present: Vec<usize> = (0..k).filter(|&c| n[c] > 0).collect();
+    let macro_acc =
+        present.iter().map(|&c| hit[c] as f64 / n[c] as f64).sum::<f64>() / present.len() as f64;
+    assert!((eval.macro_accuracy - macro_acc).abs() < 1e-9, "{} vs {macro_acc}", eval.macro_accuracy);
+    assert!((eval.log_loss - nll / labels.len() as f64).abs() < 1e-4);
+    assert_eq!(metrics[1].test_macro_acc, Some(eval.macro_accuracy));
+
+    // An existing run folder is never overwritten.
+    let again = trainer::train(options(config(&shards, "e2e", 2), &runs, false, None));
+    assert!(matches!(again, Err(TrainError::RunExists(_))));
+}
+
+#[test]
+fn resume_reproduces_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = make_shards(tmp.path());
+    let runs = tmp.path().join("runs");
+    trainer::train(options(config(&shards, "straight", 3), &runs, false, None)).unwrap();
+    let part = trainer::train(options(config(&shards, "resumed", 3), &runs, false, Some(1))).unwrap();
+    assert!(!part.finished);
+    assert!(!runs.join("resumed").join(trainer::FINAL_MODEL_FILE).exists());
+    let done = trainer::train(options(config(&shards, "resumed", 3), &runs, true, None)).unwrap();
+    assert!(done.finished);
+    assert_eq!(done.metrics.len(), 3);
+    let (ids_a, a) = test_logits(&runs.join("straight"), &shards);
+    let (ids_b, b) = test_logits(&runs.join("resumed"), &shards);
+    assert_eq!(ids_a, ids_b);
+    let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(max_diff <= 1e-6, "resumed run differs by {max_diff}");
+    // The logits are not trivially equal for any two models: an untrained run differs.
+    trainer::train(options(config(&shards, "short", 1), &runs, false, None)).unwrap();
+    let (_, c) = test_logits(&runs.join("short"), &shards);
+    assert!(a.iter().zip(&c).any(|(x, y)| (x - y).abs() > 1e-4));
+}
+
+#[test]
+fn corrupt_checkpoint_is_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = make_shards(tmp.path());
+    let runs = tmp.path().join("runs");
+    trainer::train(options(config(&shards, "c", 2), &runs, false, Some(1))).unwrap();
+    let victim = runs.join("c/checkpoints/last/optim.bpk");
+    let len = victim.metadata().unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let err = trainer::train(options(config(&shards, "c", 2), &runs, true, None)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("optim.bpk"), "{msg}");
+}
+
+#[test]
+fn predict_table_reads_back_as_teacher_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = make_shards(tmp.path());
+    let runs = tmp.path().join("runs");
+    trainer::train(options(config(&shards, "p", 1), &runs, false, None)).unwrap();
+    let set = ShardSet::open(&shards, None).unwrap();
+    let k = set.meta().n_classes();
+    let device = default_device();
+    let (_, model, _) = trainer::load_run_model(&runs.join("p"), k, &device).unwrap();
+    let (ids, logits) =
+        predict_logits(&model, &set, &[ClipSet::Train, ClipSet::Test], 16, &device).unwrap();
+    let originals = set
+        .rows()
+        .filter(|r| r.variant == data_specs::Variant::Original)
+        .count();
+    assert_eq!(ids.len(), originals);
+    let out = tmp.path().join("logits.parquet");
+    write_logits_parquet(&out, &ids, &logits, k).unwrap();
+    let read = pipeline::teacher::TeacherLogits::load(&out, &[], k).unwrap();
+    assert_eq!(read.len(), ids.len());
+    for (id, row) in ids.iter().zip(logits.chunks_exact(k)) {
+        assert_eq!(read.get(id).unwrap(), row, "{id}");
+    }
+}
