@@ -218,7 +218,7 @@ impl FftWork {
         self.a.resize(len, 0.0);
         // A real signal's spectrum has real DC and Nyquist bins; drop round-off there.
         self.fa[0].im = 0.0;
-        if len % 2 == 0 {
+        if len.is_multiple_of(2) {
             let last = self.fa.len() - 1;
             self.fa[last].im = 0.0;
         }
@@ -369,7 +369,7 @@ mod tests {
             assert!(l >= n);
             let mut v = l;
             for p in [2, 3, 5] {
-                while v % p == 0 {
+                while v.is_multiple_of(p) {
                     v /= p;
                 }
             }

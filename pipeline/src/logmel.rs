@@ -337,7 +337,7 @@ impl LogMel {
                         .iter()
                         .zip(&s.power[filt.start..filt.start + filt.weights.len()])
                     {
-                        acc += (w * p) as f64;
+                        acc += w * p;
                     }
                     let mut v = (acc + log_offset).ln();
                     if let Some((shift, scale)) = cfg.normalize {
