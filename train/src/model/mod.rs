@@ -87,6 +87,8 @@ pub use stem::{Stem, StemConfig};
 use crate::complexity::Tally;
 
 /// Any of the toolkit's models.
+// One model lives per run: the variants' size difference costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
     /// The IRMamba student.
