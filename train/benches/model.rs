@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use train::backend::{default_device, training_device};
 use train::model::{Model, ModelConfig};
@@ -24,7 +24,7 @@ fn iters() -> usize {
 
 fn sync(t: Tensor<2>) {
     // Reading a value forces any lazy computation to finish.
-    let _: Vec<f32> = t.into_data().to_vec().unwrap_or_default();
+    let _: Vec<f32> = t.into_data().try_to_vec::<f32>().unwrap_or_default();
 }
 
 fn batch(b: usize, dev: &Device) -> (Tensor<4>, Tensor<1, Int>) {

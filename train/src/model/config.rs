@@ -151,7 +151,7 @@ impl IrMambaConfig {
         {
             return bad("channel widths must be positive".into());
         }
-        if self.stem_channels[1] % self.stem_channels[0] != 0 {
+        if !self.stem_channels[1].is_multiple_of(self.stem_channels[0]) {
             return bad(format!(
                 "stem_channels[1] = {} must be a multiple of stem_channels[0] = {} (depthwise stem)",
                 self.stem_channels[1], self.stem_channels[0]
@@ -178,7 +178,7 @@ impl IrMambaConfig {
                 ));
             }
             for (j, &p) in s.groups.iter().enumerate() {
-                if p == 0 || c % p != 0 {
+                if p == 0 || !c.is_multiple_of(p) {
                     return bad(format!(
                         "stage {i} block {j}: {c} input channels are not divisible into {p} groups"
                     ));

@@ -61,18 +61,25 @@ pub fn exp_fast(x: f32) -> f32 {
     // 1.5 * 2^23: adding it rounds to the nearest integer, which then sits in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let x = x.max(-87.0).min(88.0);
-    let t = x.mul_add(LOG2E, ROUND);
+    let t = madd(x, LOG2E, ROUND);
     let k = t - ROUND;
-    let r = k.mul_add(-LN2_LO, k.mul_add(-LN2_HI, x));
+    let r = madd(k, -LN2_LO, madd(k, -LN2_HI, x));
     let mut p = 1.987_569_2e-4_f32;
-    p = p.mul_add(r, 1.398_2e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
-    let p = (p * r).mul_add(r, r) + 1.0;
+    p = madd(p, r, 1.398_2e-3);
+    p = madd(p, r, 8.333_452e-3);
+    p = madd(p, r, 4.166_579_6e-2);
+    p = madd(p, r, 1.666_666_5e-1);
+    p = madd(p, r, 5.000_000_1e-1);
+    let p = madd(p * r, r, r) + 1.0;
     let ki = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     f32::from_bits(((ki + 127) as u32) << 23) * p
+}
+
+/// `a * b + c` as separate multiply and add: `f32::mul_add` is a libm call on targets without
+/// hardware FMA (the default x86-64 target) and would block vectorisation.
+#[inline(always)]
+fn madd(a: f32, b: f32, c: f32) -> f32 {
+    a * b + c
 }
 
 /// Dot product with eight independent accumulators (vectorisable; fixed summation order).
@@ -181,14 +188,15 @@ pub fn forward(
                     let dtu = dt * ut;
                     let b_t = &s.bt[t * n_st..(t + 1) * n_st];
                     let c_t = &s.ct[t * n_st..(t + 1) * n_st];
+                    let (h, hc) = (&mut s.h[..n_st], &mut s.hc[..n_st]);
                     for n in 0..n_st {
                         let e = exp_fast(dt * a_r[n]);
-                        let hn = e.mul_add(s.h[n], dtu * b_t[n]);
-                        s.h[n] = hn;
-                        s.hc[n] = hn * c_t[n];
+                        let hn = madd(e, h[n], dtu * b_t[n]);
+                        h[n] = hn;
+                        hc[n] = hn * c_t[n];
                     }
                     let acc = hsum(&s.hc);
-                    y_r[t] = d_ch.mul_add(ut, acc);
+                    y_r[t] = madd(d_ch, ut, acc);
                 }
             }
         },
@@ -293,11 +301,21 @@ pub fn backward(
                         let (dt, ut) = (dl_r[t], u_r[t]);
                         let dtu = dt * ut;
                         let cur = t * n_st;
+                        let b_t = &s.bt[cur..cur + n_st];
+                        let e_t = &mut s.es[cur..cur + n_st];
                         for n in 0..n_st {
-                            let e = exp_fast(dt * a_r[n]);
-                            let prev = if t > 0 { s.hs[cur - n_st + n] } else { 0.0 };
-                            s.es[cur + n] = e;
-                            s.hs[cur + n] = e.mul_add(prev, dtu * s.bt[cur + n]);
+                            e_t[n] = exp_fast(dt * a_r[n]);
+                        }
+                        if t > 0 {
+                            let (done, rest) = s.hs.split_at_mut(cur);
+                            let (h_prev, h_t) = (&done[cur - n_st..], &mut rest[..n_st]);
+                            for n in 0..n_st {
+                                h_t[n] = madd(e_t[n], h_prev[n], dtu * b_t[n]);
+                            }
+                        } else {
+                            for (h, &bn) in s.hs[..n_st].iter_mut().zip(b_t) {
+                                *h = dtu * bn;
+                            }
                         }
                     }
 
@@ -307,15 +325,15 @@ pub fn backward(
                     for t in (0..len).rev() {
                         let (dt, ut, gt) = (dl_r[t], u_r[t], dy_r[t]);
                         let cur = t * n_st;
-                        dd_acc = gt.mul_add(ut, dd_acc);
+                        dd_acc = madd(gt, ut, dd_acc);
                         let c_t = &s.ct[cur..cur + n_st];
                         let h_t = &s.hs[cur..cur + n_st];
                         for n in 0..n_st {
-                            s.dh[n] = gt.mul_add(c_t[n], s.dh[n]);
+                            s.dh[n] = madd(gt, c_t[n], s.dh[n]);
                         }
                         let dct_t = &mut s.dct[cur..cur + n_st];
                         for n in 0..n_st {
-                            dct_t[n] = gt.mul_add(h_t[n], dct_t[n]);
+                            dct_t[n] = madd(gt, h_t[n], dct_t[n]);
                         }
                         let e_t = &s.es[cur..cur + n_st];
                         if t > 0 {
@@ -327,7 +345,7 @@ pub fn backward(
                             s.p.fill(0.0);
                         }
                         for n in 0..n_st {
-                            da_r[n] = dt.mul_add(s.p[n], da_r[n]);
+                            da_r[n] = madd(dt, s.p[n], da_r[n]);
                         }
                         let b_t = &s.bt[cur..cur + n_st];
                         let dh_b = dot(&s.dh, b_t);
@@ -335,10 +353,10 @@ pub fn backward(
                         let dtu = dt * ut;
                         let dbt_t = &mut s.dbt[cur..cur + n_st];
                         for n in 0..n_st {
-                            dbt_t[n] = dtu.mul_add(s.dh[n], dbt_t[n]);
+                            dbt_t[n] = madd(dtu, s.dh[n], dbt_t[n]);
                         }
-                        du_r[t] = gt.mul_add(d_ch, dt * dh_b);
-                        ddl_r[t] = ut.mul_add(dh_b, p_a);
+                        du_r[t] = madd(gt, d_ch, dt * dh_b);
+                        ddl_r[t] = madd(ut, dh_b, p_a);
                         for n in 0..n_st {
                             s.dh[n] *= e_t[n];
                         }
