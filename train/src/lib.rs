@@ -5,6 +5,8 @@
 
 /// Mamba selective scan: reference tensor-op graph and fused kernel with hand-written backward.
 pub mod scan;
+/// Fused depthwise convolutions (2-D and Mamba's causal 1-D) with hand-written backward passes.
+pub mod ops;
 
 /// Backend selection (Flex by default; NdArray behind the `ndarray` feature).
 pub mod backend;

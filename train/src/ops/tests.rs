@@ -1,0 +1,332 @@
+//! Direct depthwise kernels vs burn's grouped convolutions (forward and autodiff gradients) and
+//! central finite differences of an independent f64 loop.
+
+use super::{
+    DepthwiseError, depthwise_conv1d_causal, depthwise_conv1d_causal_reference, depthwise_conv2d,
+    depthwise_conv2d_reference, try_depthwise_conv1d_causal, try_depthwise_conv2d,
+};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().expect("f32 tensor")
+}
+
+/// Norm-based relative error `||x - y|| / max(||y||, 1e-12)`.
+fn rel_err(x: &[f32], y: &[f32]) -> f64 {
+    assert_eq!(x.len(), y.len());
+    let num: f64 = x
+        .iter()
+        .zip(y)
+        .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = y.iter().map(|&q| (q as f64).powi(2)).sum::<f64>().sqrt();
+    num / den.max(1e-12)
+}
+
+/// One 2-D test case: `[B, C, H, W]`, kernel, stride, padding.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    shape: [usize; 4],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+}
+
+const CASES: [Case; 6] = [
+    Case {
+        shape: [2, 3, 7, 9],
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+    },
+    Case {
+        shape: [2, 4, 9, 11],
+        kernel: [3, 3],
+        stride: [2, 2],
+        padding: [1, 1],
+    },
+    Case {
+        shape: [1, 5, 8, 7],
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [0, 0],
+    },
+    Case {
+        shape: [3, 2, 10, 13],
+        kernel: [3, 3],
+        stride: [2, 1],
+        padding: [0, 1],
+    },
+    Case {
+        shape: [2, 3, 5, 21],
+        kernel: [1, 4],
+        stride: [1, 2],
+        padding: [0, 3],
+    },
+    Case {
+        shape: [1, 6, 12, 5],
+        kernel: [5, 3],
+        stride: [1, 1],
+        padding: [2, 1],
+    },
+];
+
+/// Host inputs `(x, w, bias)` of a case.
+fn inputs(case: &Case, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let [b, c, h, w] = case.shape;
+    let [kh, kw] = case.kernel;
+    (
+        rand_vec(&mut rng, b * c * h * w),
+        rand_vec(&mut rng, c * kh * kw),
+        rand_vec(&mut rng, c),
+    )
+}
+
+/// Output `y`, the loss weights `g`, and gradients `(dx, dw, db)` of `sum(g ⊙ y)` through the
+/// fused op or burn's reference, on an autodiff device.
+fn run2d(case: &Case, seed: u64, fused: bool) -> (Vec<f32>, [Vec<f32>; 3]) {
+    let device = Device::default().autodiff();
+    let (xv, wv, bv) = inputs(case, seed);
+    let [b, c, h, w] = case.shape;
+    let [kh, kw] = case.kernel;
+    let x = Tensor::<4>::from_data(TensorData::new(xv, [b, c, h, w]), &device).require_grad();
+    let wt = Tensor::<4>::from_data(TensorData::new(wv, [c, 1, kh, kw]), &device).require_grad();
+    let bt = Tensor::<1>::from_data(TensorData::new(bv, [c]), &device).require_grad();
+    let f = if fused {
+        depthwise_conv2d
+    } else {
+        depthwise_conv2d_reference
+    };
+    let y = f(
+        x.clone(),
+        wt.clone(),
+        Some(bt.clone()),
+        case.stride,
+        case.padding,
+    );
+    let mut rng = StdRng::seed_from_u64(seed + 1000);
+    let dims = y.dims();
+    let g = rand_vec(&mut rng, dims.iter().product());
+    let gt = Tensor::<4>::from_data(TensorData::new(g, dims), &device);
+    let grads = (y.clone() * gt).sum().backward();
+    let grad = |t: Option<Tensor<4>>| host(t.expect("gradient"));
+    (
+        host(y),
+        [
+            grad(x.grad(&grads)),
+            grad(wt.grad(&grads)),
+            host(bt.grad(&grads).expect("bias gradient")),
+        ],
+    )
+}
+
+#[test]
+fn forward_and_gradients_match_burn_grouped_conv2d() {
+    for (i, case) in CASES.iter().enumerate() {
+        let (yf, gf) = run2d(case, i as u64, true);
+        let (yr, gr) = run2d(case, i as u64, false);
+        let e = rel_err(&yf, &yr);
+        assert!(e <= 1e-5, "{case:?}: forward rel err {e}");
+        for (k, name) in ["x", "weight", "bias"].iter().enumerate() {
+            let e = rel_err(&gf[k], &gr[k]);
+            assert!(e <= 1e-4, "{case:?}: d{name} rel err {e}");
+        }
+    }
+}
+
+/// Independent f64 loop: `sum(g ⊙ conv(x, w) + bias)` with one input replaced.
+fn loss_f64(case: &Case, x: &[f64], w: &[f64], bias: &[f64], g: &[f64], out: [usize; 2]) -> f64 {
+    let [bs, c, h, wd] = case.shape;
+    let [kh, kw] = case.kernel;
+    let [sh, sw] = case.stride;
+    let [ph, pw] = case.padding;
+    let [oh_n, ow_n] = out;
+    let mut loss = 0.0;
+    for b in 0..bs {
+        for ch in 0..c {
+            for oh in 0..oh_n {
+                for ow in 0..ow_n {
+                    let mut y = bias[ch];
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            let ih = (oh * sh + i) as isize - ph as isize;
+                            let iw = (ow * sw + j) as isize - pw as isize;
+                            if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd {
+                                y += w[(ch * kh + i) * kw + j]
+                                    * x[((b * c + ch) * h + ih as usize) * wd + iw as usize];
+                            }
+                        }
+                    }
+                    loss += g[((b * c + ch) * oh_n + oh) * ow_n + ow] * y;
+                }
+            }
+        }
+    }
+    loss
+}
+
+#[test]
+fn gradients_match_f64_central_differences() {
+    for (ci, case) in [CASES[1], CASES[4]].iter().enumerate() {
+        let seed = 77 + ci as u64;
+        let (xv, wv, bv) = inputs(case, seed);
+        let (y, gf) = run2d(case, seed, true);
+        let [b, c, ..] = case.shape;
+        let out_plane = y.len() / (b * c);
+        // Output size from the reference formula.
+        let oh = (case.shape[2] + 2 * case.padding[0] - case.kernel[0]) / case.stride[0] + 1;
+        let ow = (case.shape[3] + 2 * case.padding[1] - case.kernel[1]) / case.stride[1] + 1;
+        assert_eq!(oh * ow, out_plane);
+        let mut rng = StdRng::seed_from_u64(seed + 1000);
+        let g: Vec<f64> = rand_vec(&mut rng, y.len())
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let to64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+        let (x, w, bias) = (to64(&xv), to64(&wv), to64(&bv));
+        let eps = 1e-4;
+        for (which, len) in [(0usize, x.len()), (1, w.len()), (2, bias.len())] {
+            for idx in [0, len / 3, len / 2 + 1, len - 1] {
+                let perturbed = |delta: f64| {
+                    let (mut x, mut w, mut bias) = (x.clone(), w.clone(), bias.clone());
+                    [&mut x, &mut w, &mut bias][which][idx] += delta;
+                    loss_f64(case, &x, &w, &bias, &g, [oh, ow])
+                };
+                let fd = (perturbed(eps) - perturbed(-eps)) / (2.0 * eps);
+                let an = gf[which][idx] as f64;
+                assert!(
+                    (fd - an).abs() <= 1e-3 * (1.0 + fd.abs()),
+                    "{case:?}: input {which} index {idx}: analytic {an} vs finite difference {fd}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn causal_conv1d_matches_burn_conv1d_with_and_without_autodiff() {
+    let (b, c, len, k) = (3, 5, 37, 4);
+    let mut rng = StdRng::seed_from_u64(5);
+    let (xv, wv, bv) = (
+        rand_vec(&mut rng, b * c * len),
+        rand_vec(&mut rng, c * k),
+        rand_vec(&mut rng, c),
+    );
+    let g = rand_vec(&mut rng, b * c * len);
+    let run = |fused: bool| {
+        let device = Device::default().autodiff();
+        let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, c, len]), &device)
+            .require_grad();
+        let w =
+            Tensor::<3>::from_data(TensorData::new(wv.clone(), [c, 1, k]), &device).require_grad();
+        let bias = Tensor::<1>::from_data(TensorData::new(bv.clone(), [c]), &device).require_grad();
+        let f = if fused {
+            depthwise_conv1d_causal
+        } else {
+            depthwise_conv1d_causal_reference
+        };
+        let y = f(x.clone(), w.clone(), Some(bias.clone()));
+        let gt = Tensor::<3>::from_data(TensorData::new(g.clone(), [b, c, len]), &device);
+        let grads = (y.clone() * gt).sum().backward();
+        (
+            host(y),
+            host(x.grad(&grads).expect("dx")),
+            host(w.grad(&grads).expect("dw")),
+            host(bias.grad(&grads).expect("db")),
+        )
+    };
+    let (yf, dxf, dwf, dbf) = run(true);
+    let (yr, dxr, dwr, dbr) = run(false);
+    assert_eq!(yf.len(), b * c * len);
+    assert!(rel_err(&yf, &yr) <= 1e-5, "forward");
+    assert!(rel_err(&dxf, &dxr) <= 1e-4, "dx");
+    assert!(rel_err(&dwf, &dwr) <= 1e-4, "dw");
+    assert!(rel_err(&dbf, &dbr) <= 1e-4, "db");
+    // Causality, by hand: y[.., 0] only sees x[.., 0] through the last tap.
+    for ch in 0..c {
+        let want = bv[ch] + wv[ch * k + k - 1] * xv[ch * len];
+        assert!((yf[ch * len] - want).abs() <= 1e-6);
+    }
+    // Without autodiff (plain inference device) and without a bias.
+    let device = Device::default();
+    let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, c, len]), &device);
+    let w = Tensor::<3>::from_data(TensorData::new(wv.clone(), [c, 1, k]), &device);
+    let y0 = host(depthwise_conv1d_causal(x.clone(), w.clone(), None));
+    let r0 = host(depthwise_conv1d_causal_reference(x, w, None));
+    assert!(rel_err(&y0, &r0) <= 1e-5, "inference forward");
+}
+
+#[test]
+fn untracked_input_and_inference_device() {
+    // Only the weight requires a gradient (the model's first layer): dw still matches burn.
+    let case = CASES[0];
+    let (xv, wv, _) = inputs(&case, 9);
+    let [b, c, h, w] = case.shape;
+    let run = |fused: bool| {
+        let device = Device::default().autodiff();
+        let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), [b, c, h, w]), &device);
+        let wt = Tensor::<4>::from_data(TensorData::new(wv.clone(), [c, 1, 3, 3]), &device)
+            .require_grad();
+        let f = if fused {
+            depthwise_conv2d
+        } else {
+            depthwise_conv2d_reference
+        };
+        let y = f(x.clone(), wt.clone(), None, [1, 1], [1, 1]);
+        let grads = (y.clone() * y).sum().backward();
+        assert!(x.grad(&grads).is_none());
+        host(wt.grad(&grads).expect("dw"))
+    };
+    assert!(rel_err(&run(true), &run(false)) <= 1e-4);
+    let device = Device::default();
+    let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), [b, c, h, w]), &device);
+    let wt = Tensor::<4>::from_data(TensorData::new(wv.clone(), [c, 1, 3, 3]), &device);
+    let yf = host(depthwise_conv2d(
+        x.clone(),
+        wt.clone(),
+        None,
+        [2, 2],
+        [1, 1],
+    ));
+    let yr = host(depthwise_conv2d_reference(x, wt, None, [2, 2], [1, 1]));
+    assert!(rel_err(&yf, &yr) <= 1e-5);
+}
+
+#[test]
+fn bad_shapes_are_typed_errors() {
+    let device = Device::default();
+    let x = Tensor::<4>::zeros([1, 3, 4, 4], &device);
+    let bad_w = Tensor::<4>::zeros([2, 1, 3, 3], &device);
+    assert!(matches!(
+        try_depthwise_conv2d(x.clone(), bad_w, None, [1, 1], [1, 1]),
+        Err(DepthwiseError::Weight { channels: 3, .. })
+    ));
+    let w = Tensor::<4>::zeros([3, 1, 3, 3], &device);
+    let bad_b = Tensor::<1>::zeros([4], &device);
+    assert!(matches!(
+        try_depthwise_conv2d(x.clone(), w.clone(), Some(bad_b), [1, 1], [1, 1]),
+        Err(DepthwiseError::Bias { .. })
+    ));
+    assert!(matches!(
+        try_depthwise_conv2d(x.clone(), w.clone(), None, [0, 1], [1, 1]),
+        Err(DepthwiseError::Geometry { .. })
+    ));
+    let big = Tensor::<4>::zeros([3, 1, 9, 9], &device);
+    assert!(matches!(
+        try_depthwise_conv2d(x, big, None, [1, 1], [1, 1]),
+        Err(DepthwiseError::Geometry { .. })
+    ));
+    let x1 = Tensor::<3>::zeros([1, 3, 8], &device);
+    let w1 = Tensor::<3>::zeros([3, 2, 4], &device);
+    assert!(matches!(
+        try_depthwise_conv1d_causal(x1, w1, None),
+        Err(DepthwiseError::Weight { .. })
+    ));
+}
