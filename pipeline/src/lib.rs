@@ -13,6 +13,7 @@ pub mod fusion;
 pub mod ingest;
 pub mod inspect;
 pub mod logmel;
+pub mod materialize;
 pub mod replay;
 pub mod resample;
 pub mod shards;

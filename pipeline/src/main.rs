@@ -21,6 +21,8 @@ enum Command {
     Features(pipeline::features::FeaturesArgs),
     /// Print the schema, metadata and row counts of a shard set.
     Inspect(pipeline::inspect::InspectArgs),
+    /// Teacher ensemble: fuse teacher logits (eq. 4) and join logits into the shards.
+    Teachers(pipeline::materialize::TeachersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +30,6 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(args) => pipeline::synth::run(&args),
         Command::Features(args) => pipeline::features::run(&args),
         Command::Inspect(args) => pipeline::inspect::run(&args),
+        Command::Teachers(args) => pipeline::materialize::run(&args),
     }
 }
