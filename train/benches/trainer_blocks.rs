@@ -8,7 +8,10 @@ use std::time::Instant;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use train::augment::{Augment, FreqMixStyle, MixDraw, freq_mask, freq_mixstyle_with, time_roll};
+use train::augment::{
+    Augment, FreqMixStyle, MixDraw, freq_mask, freq_mask_host, freq_mixstyle_with, time_roll,
+    time_roll_host,
+};
 use train::loss::kd_loss;
 use train::metrics::EvalAccumulator;
 
@@ -34,7 +37,9 @@ fn main() {
 
     time("upload only", 10, || sync(x()));
     let shifts: Vec<i64> = (0..b as i64).map(|i| i % 21 - 10).collect();
-    time("time_roll (gather)", 10, || sync(time_roll(x(), &shifts)));
+    time("time_roll (grouped by shift)", 10, || {
+        sync(time_roll(x(), &shifts))
+    });
     let bands: Vec<(usize, usize)> = (0..b).map(|i| (i % 200, i % 49)).collect();
     time("freq_mask (mask_fill)", 10, || {
         sync(freq_mask(x(), &bands, 0.0))
@@ -56,6 +61,19 @@ fn main() {
     let mut arng = StdRng::seed_from_u64(1);
     time("Augment::apply (roll + mask + FMS p=1)", 10, || {
         sync(aug.apply(x(), &mut arng))
+    });
+
+    let mut buf = host.clone();
+    time("time_roll_host + freq_mask_host (in place)", 10, || {
+        time_roll_host(&mut buf, [b, 1, f, t], &shifts);
+        freq_mask_host(&mut buf, [b, 1, f, t], &bands, 0.0);
+    });
+    let mut hrng = StdRng::seed_from_u64(1);
+    time("Augment::apply_host + upload + apply_mixstyle", 10, || {
+        let mut buf = host.clone();
+        let draw = aug.apply_host(&mut buf, [b, 1, f, t], &mut hrng);
+        let x = Tensor::<4>::from_data(TensorData::new(buf, [b, 1, f, t]), &device);
+        sync(aug.apply_mixstyle(x, draw.as_ref()))
     });
 
     let ad = Device::flex().autodiff();

@@ -17,6 +17,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand_distr::{Beta, Distribution};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// An augmentation setting that can never be applied.
@@ -298,6 +299,42 @@ pub fn freq_mixstyle_with(x: Tensor<4>, draw: &MixDraw, eps: f64) -> Tensor<4> {
     x * a + c
 }
 
+/// Host-side [`time_roll`] on a row-major `[B, C, F, T]` buffer (`shape`), in place: each time
+/// row of example `b` is rotated right by `shifts[b] mod T` (same semantics). Parallel over
+/// examples.
+pub fn time_roll_host(x: &mut [f32], shape: [usize; 4], shifts: &[i64]) {
+    let [_, c, f, t] = shape;
+    let per_example = c * f * t;
+    if t == 0 || per_example == 0 {
+        return;
+    }
+    x.par_chunks_mut(per_example)
+        .enumerate()
+        .for_each(|(b, example)| {
+            let s = shifts.get(b).copied().unwrap_or(0).rem_euclid(t as i64) as usize;
+            if s != 0 {
+                for row in example.chunks_exact_mut(t) {
+                    row.rotate_right(s);
+                }
+            }
+        });
+}
+
+/// Host-side [`freq_mask`] on a row-major `[B, C, F, T]` buffer, in place (same semantics).
+pub fn freq_mask_host(x: &mut [f32], shape: [usize; 4], bands: &[(usize, usize)], value: f32) {
+    let [_, c, f, t] = shape;
+    let per_example = c * f * t;
+    if per_example == 0 {
+        return;
+    }
+    for (example, &(f0, w)) in x.chunks_exact_mut(per_example).zip(bands) {
+        let (lo, hi) = (f0.min(f), f0.saturating_add(w).min(f));
+        for channel in example.chunks_exact_mut(f * t) {
+            channel[lo * t..hi * t].fill(value);
+        }
+    }
+}
+
 /// All batch augmentations, each switchable; deserializes from the `[augment]` config table.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -348,6 +385,41 @@ impl Augment {
             );
         }
         Ok(())
+    }
+
+    /// The host half of [`Augment::apply`] for a batch still in host memory (row-major
+    /// `[B, C, F, T]` = `shape`): roll and mask in place, then draw Freq-MixStyle's random
+    /// numbers. Pass the returned draw to [`Augment::apply_mixstyle`] after the upload. Same
+    /// RNG draws in the same order as `apply`, so both paths give the same batch; this one
+    /// avoids the device copies of the roll and the mask.
+    pub fn apply_host(
+        &self,
+        x: &mut [f32],
+        shape: [usize; 4],
+        rng: &mut StdRng,
+    ) -> Option<MixDraw> {
+        let [b, _, f, _] = shape;
+        if self.time_roll.enabled {
+            let shifts = self.time_roll.draw_shifts(rng, b);
+            time_roll_host(x, shape, &shifts);
+        }
+        if self.freq_mask.enabled {
+            let bands = self.freq_mask.draw_bands(rng, b, f);
+            freq_mask_host(x, shape, &bands, self.freq_mask.mask_value);
+        }
+        if self.freq_mixstyle.enabled {
+            self.freq_mixstyle.draw(rng, b)
+        } else {
+            None
+        }
+    }
+
+    /// The device half after [`Augment::apply_host`]: Freq-MixStyle with the given draw.
+    pub fn apply_mixstyle(&self, x: Tensor<4>, draw: Option<&MixDraw>) -> Tensor<4> {
+        match draw {
+            Some(d) => freq_mixstyle_with(x, d, self.freq_mixstyle.eps),
+            None => x,
+        }
     }
 
     /// Apply the enabled augmentations to a batch `[B, C, F, T]` in the order roll, mask,
@@ -634,6 +706,15 @@ mod tests {
             host(aug.apply(x, &mut StdRng::seed_from_u64(seed)))
         };
         assert_eq!(run(11), run(11));
+        // The host path (roll + mask on the buffer, FMS after upload) gives the same batch.
+        for seed in [11, 12, 13] {
+            let mut buf = v.clone();
+            let mut rng = StdRng::seed_from_u64(seed);
+            let draw = aug.apply_host(&mut buf, shape, &mut rng);
+            let x = Tensor::<4>::from_data(TensorData::new(buf, shape), &device);
+            let split = host(aug.apply_mixstyle(x, draw.as_ref()));
+            assert_eq!(split, run(seed), "seed {seed}");
+        }
         assert_ne!(run(11), run(12));
         let mut bad = Augment::default();
         bad.freq_mixstyle.alpha = 0.0;
