@@ -9,8 +9,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use train::augment::{
-    Augment, FreqMixStyle, MixDraw, freq_mask, freq_mask_host, freq_mixstyle_with, time_roll,
-    time_roll_host,
+    Augment, FreqMixStyle, MixDraw, freq_mask, freq_mask_host, freq_mixstyle_host,
+    freq_mixstyle_with, time_roll, time_roll_host,
 };
 use train::loss::kd_loss;
 use train::metrics::EvalAccumulator;
@@ -69,11 +69,16 @@ fn main() {
         freq_mask_host(&mut buf, [b, 1, f, t], &bands, 0.0);
     });
     let mut hrng = StdRng::seed_from_u64(1);
-    time("Augment::apply_host + upload + apply_mixstyle", 10, || {
+    time("freq_mixstyle_host (in place)", 10, || {
+        freq_mixstyle_host(&mut buf, [b, 1, f, t], &draw, 1e-6)
+    });
+    time("Augment::apply_host (FMS p=1) + upload", 10, || {
         let mut buf = host.clone();
-        let draw = aug.apply_host(&mut buf, [b, 1, f, t], &mut hrng);
-        let x = Tensor::<4>::from_data(TensorData::new(buf, [b, 1, f, t]), &device);
-        sync(aug.apply_mixstyle(x, draw.as_ref()))
+        aug.apply_host(&mut buf, [b, 1, f, t], &mut hrng);
+        sync(Tensor::<4>::from_data(
+            TensorData::new(buf, [b, 1, f, t]),
+            &device,
+        ))
     });
 
     let ad = Device::flex().autodiff();
