@@ -17,6 +17,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand_distr::{Beta, Distribution};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// An augmentation setting that can never be applied.
@@ -87,20 +88,52 @@ impl TimeRoll {
 /// `out[b, c, f, t] = x[b, c, f, (t - shifts[b]) mod T]`.
 ///
 /// `shifts` has one entry per example (`shifts.len() == B`; missing entries count as 0).
+/// Examples are grouped by shift (at most `2R + 1` groups): each group is selected, rolled as
+/// one block (`cat(x[.., T-s..], x[.., ..T-s])`), and the batch order is restored with one
+/// `select`; a few bulk copies instead of a full-size gather index (measured in
+/// `benches/trainer_blocks.rs`).
 pub fn time_roll(x: Tensor<4>, shifts: &[i64]) -> Tensor<4> {
-    let [b, c, f, t] = x.dims();
-    if t == 0 || shifts.iter().all(|&s| s.rem_euclid(t as i64) == 0) {
+    let [b, _, _, t] = x.dims();
+    if t == 0 || b == 0 {
         return x;
     }
-    let mut idx = Vec::with_capacity(b * t);
+    let roll = |x: Tensor<4>, s: usize| -> Tensor<4> {
+        if s == 0 {
+            x
+        } else {
+            Tensor::cat(
+                vec![x.clone().narrow(3, t - s, s), x.narrow(3, 0, t - s)],
+                3,
+            )
+        }
+    };
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     for i in 0..b {
-        let s = shifts.get(i).copied().unwrap_or(0);
-        idx.extend((0..t as i64).map(|j| (j - s).rem_euclid(t as i64)));
+        let s = shifts.get(i).copied().unwrap_or(0).rem_euclid(t as i64) as usize;
+        groups.entry(s).or_default().push(i);
+    }
+    if groups.len() == 1 {
+        let s = *groups.keys().next().unwrap_or(&0);
+        return roll(x, s);
     }
     let device = x.device();
-    let idx = Tensor::<4, Int>::from_data(TensorData::new(idx, [b, 1, 1, t]), &device)
-        .expand([b, c, f, t]);
-    x.gather(3, idx)
+    let index = |v: &[usize]| {
+        let v: Vec<i64> = v.iter().map(|&i| i as i64).collect();
+        let n = v.len();
+        Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &device)
+    };
+    let mut parts = Vec::with_capacity(groups.len());
+    let mut order = Vec::with_capacity(b);
+    for (s, members) in &groups {
+        parts.push(roll(x.clone().select(0, index(members)), *s));
+        order.extend_from_slice(members);
+    }
+    // Row `pos` of the concatenation holds example `order[pos]`: invert that permutation.
+    let mut inverse = vec![0usize; b];
+    for (pos, &example) in order.iter().enumerate() {
+        inverse[example] = pos;
+    }
+    Tensor::cat(parts, 0).select(0, index(&inverse))
 }
 
 /// Frequency masking, torchaudio `FrequencyMasking(48, iid_masks=True)` on log-mel.
@@ -259,7 +292,89 @@ pub fn freq_mixstyle_with(x: Tensor<4>, draw: &MixDraw, eps: f64) -> Tensor<4> {
     let one_minus = lam.clone().neg().add_scalar(1.0);
     let mu_mix = mu.clone() * lam.clone() + mu.clone().select(0, perm.clone()) * one_minus.clone();
     let sig_mix = sig.clone() * lam + sig.clone().select(0, perm) * one_minus;
-    (x - mu) / sig * sig_mix + mu_mix
+    // (x - mu) / sig * sig_mix + mu_mix = x * a + c with the per-(example, bin) constants
+    // a = sig_mix / sig and c = mu_mix - mu * a: two full-size operations instead of four.
+    let a = sig_mix / sig;
+    let c = mu_mix - mu * a.clone();
+    x * a + c
+}
+
+/// Host-side [`time_roll`] on a row-major `[B, C, F, T]` buffer (`shape`), in place: each time
+/// row of example `b` is rotated right by `shifts[b] mod T` (same semantics). Parallel over
+/// examples.
+pub fn time_roll_host(x: &mut [f32], shape: [usize; 4], shifts: &[i64]) {
+    let [_, c, f, t] = shape;
+    let per_example = c * f * t;
+    if t == 0 || per_example == 0 {
+        return;
+    }
+    x.par_chunks_mut(per_example)
+        .enumerate()
+        .for_each(|(b, example)| {
+            let s = shifts.get(b).copied().unwrap_or(0).rem_euclid(t as i64) as usize;
+            if s != 0 {
+                for row in example.chunks_exact_mut(t) {
+                    row.rotate_right(s);
+                }
+            }
+        });
+}
+
+/// Host-side [`freq_mask`] on a row-major `[B, C, F, T]` buffer, in place (same semantics).
+pub fn freq_mask_host(x: &mut [f32], shape: [usize; 4], bands: &[(usize, usize)], value: f32) {
+    let [_, c, f, t] = shape;
+    let per_example = c * f * t;
+    if per_example == 0 {
+        return;
+    }
+    for (example, &(f0, w)) in x.chunks_exact_mut(per_example).zip(bands) {
+        let (lo, hi) = (f0.min(f), f0.saturating_add(w).min(f));
+        for channel in example.chunks_exact_mut(f * t) {
+            channel[lo * t..hi * t].fill(value);
+        }
+    }
+}
+
+/// Host-side [`freq_mixstyle_with`] on a row-major `[B, C, F, T]` buffer, in place, for input
+/// batches (no gradient needed): statistics accumulated in f64, then
+/// `x <- x * a + c` per (example, bin) with `a = mix(sigma) / sigma`, `c = mix(mu) - mu * a`.
+pub fn freq_mixstyle_host(x: &mut [f32], shape: [usize; 4], draw: &MixDraw, eps: f64) {
+    let [b, c, f, t] = shape;
+    let per_example = c * f * t;
+    if per_example == 0 || b == 0 {
+        return;
+    }
+    let n = (c * t) as f64;
+    // (mu, sigma) per (example, bin).
+    let stats: Vec<(f64, f64)> = x
+        .par_chunks(per_example)
+        .flat_map_iter(|example| {
+            (0..f).map(move |m| {
+                let rows = (0..c).map(move |ch| &example[(ch * f + m) * t..(ch * f + m + 1) * t]);
+                let mu = rows.clone().flatten().map(|&v| v as f64).sum::<f64>() / n;
+                let ss: f64 = rows.flatten().map(|&v| (v as f64 - mu).powi(2)).sum();
+                (mu, (ss / (n - 1.0).max(1.0) + eps).sqrt())
+            })
+        })
+        .collect();
+    x.par_chunks_mut(per_example)
+        .enumerate()
+        .for_each(|(i, example)| {
+            let l = draw.lambdas.get(i).copied().unwrap_or(1.0) as f64;
+            let p = draw.perm.get(i).copied().unwrap_or(i).min(b - 1);
+            for m in 0..f {
+                let (mu, sig) = stats[i * f + m];
+                let (mu_p, sig_p) = stats[p * f + m];
+                let a = (l * sig + (1.0 - l) * sig_p) / sig;
+                let cc = l * mu + (1.0 - l) * mu_p - mu * a;
+                let (a, cc) = (a as f32, cc as f32);
+                for ch in 0..c {
+                    for v in &mut example[(ch * f + m) * t..(ch * f + m + 1) * t] {
+                        *v = *v * a + cc;
+                    }
+                }
+            }
+        });
 }
 
 /// All batch augmentations, each switchable; deserializes from the `[augment]` config table.
@@ -312,6 +427,28 @@ impl Augment {
             );
         }
         Ok(())
+    }
+
+    /// [`Augment::apply`] for an input batch still in host memory (row-major `[B, C, F, T]` =
+    /// `shape`), in place: the same RNG draws in the same order, so both paths give the same
+    /// batch (Freq-MixStyle up to f32 rounding: its statistics are accumulated in f64 here).
+    /// The fast path for inputs (measured in `benches/trainer_blocks.rs`); `apply` is for
+    /// tensors already on the device or inside an autodiff graph.
+    pub fn apply_host(&self, x: &mut [f32], shape: [usize; 4], rng: &mut StdRng) {
+        let [b, _, f, _] = shape;
+        if self.time_roll.enabled {
+            let shifts = self.time_roll.draw_shifts(rng, b);
+            time_roll_host(x, shape, &shifts);
+        }
+        if self.freq_mask.enabled {
+            let bands = self.freq_mask.draw_bands(rng, b, f);
+            freq_mask_host(x, shape, &bands, self.freq_mask.mask_value);
+        }
+        if self.freq_mixstyle.enabled
+            && let Some(draw) = self.freq_mixstyle.draw(rng, b)
+        {
+            freq_mixstyle_host(x, shape, &draw, self.freq_mixstyle.eps);
+        }
     }
 
     /// Apply the enabled augmentations to a batch `[B, C, F, T]` in the order roll, mask,
@@ -367,17 +504,19 @@ mod tests {
     #[test]
     fn roll_equals_manual_roll() {
         let device = Device::flex();
-        let shape = [3, 1, 4, 7];
-        let (v, x) = batch(&device, shape, 1);
-        let shifts = [2i64, -3, 9];
-        let got = host(time_roll(x, &shifts));
-        let [_, _, f, t] = shape;
-        for b in 0..3 {
-            for m in 0..f {
-                for j in 0..t {
-                    // Naive roll: the element at time j moves to (j + s) mod T.
-                    let dst = (j as i64 + shifts[b]).rem_euclid(t as i64) as usize;
-                    assert_eq!(got[(b * f + m) * t + dst], v[(b * f + m) * t + j]);
+        let shape = [3, 2, 4, 7];
+        let [_, c, f, t] = shape;
+        for shifts in [[2i64, -3, 9], [5, 5, 5], [0, 0, 0], [0, 1, -1]] {
+            let (v, x) = batch(&device, shape, 1);
+            let got = host(time_roll(x, &shifts));
+            for b in 0..3 {
+                for row in 0..c * f {
+                    let base = (b * c * f + row) * t;
+                    for j in 0..t {
+                        // Naive roll: the element at time j moves to (j + s) mod T.
+                        let dst = (j as i64 + shifts[b]).rem_euclid(t as i64) as usize;
+                        assert_eq!(got[base + dst], v[base + j], "shifts {shifts:?}");
+                    }
                 }
             }
         }
@@ -395,8 +534,7 @@ mod tests {
         let (v, x) = batch(&device, shape, 2);
         let bands = [(2usize, 3usize), (0, 0), (7, 3)];
         let got = host(freq_mask(x, &bands, 0.0));
-        for b in 0..3 {
-            let (f0, w) = bands[b];
+        for (b, &(f0, w)) in bands.iter().enumerate() {
             for m in 0..10 {
                 for j in 0..5 {
                     let i = (b * 10 + m) * 5 + j;
@@ -482,7 +620,14 @@ mod tests {
             lambdas: vec![0.5; 4],
             perm: perm.clone(),
         };
-        let after = stats_ref(&host(freq_mixstyle_with(x, &half, 1e-6)), shape);
+        let dev = host(freq_mixstyle_with(x, &half, 1e-6));
+        // The host version (f64 statistics) agrees with the tensor version.
+        let mut buf = v.clone();
+        freq_mixstyle_host(&mut buf, shape, &half, 1e-6);
+        for (a, b) in buf.iter().zip(&dev) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        let after = stats_ref(&dev, shape);
         for b in 0..4 {
             for m in 0..f {
                 let want = 0.5 * (before[b * f + m].0 + before[perm[b] * f + m].0);
@@ -503,7 +648,12 @@ mod tests {
         };
         let out = freq_mixstyle_with(x.clone(), &draw, 1e-6);
         let grads = out.sum().backward();
-        let g = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let g = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         let st = stats_ref(&v, shape);
         let sig = |k: usize| (st[k].1.powi(2) + 1e-6).sqrt();
         for b in 0..3 {
@@ -592,6 +742,18 @@ mod tests {
             host(aug.apply(x, &mut StdRng::seed_from_u64(seed)))
         };
         assert_eq!(run(11), run(11));
+        // The host path gives the same batch (up to f32 rounding in Freq-MixStyle).
+        for seed in [11, 12, 13] {
+            let mut buf = v.clone();
+            aug.apply_host(&mut buf, shape, &mut StdRng::seed_from_u64(seed));
+            let dev = run(seed);
+            for (i, (a, b)) in buf.iter().zip(&dev).enumerate() {
+                assert!(
+                    (a - b).abs() < 1e-4 * b.abs().max(1.0),
+                    "seed {seed} [{i}]: {a} vs {b}"
+                );
+            }
+        }
         assert_ne!(run(11), run(12));
         let mut bad = Augment::default();
         bad.freq_mixstyle.alpha = 0.0;

@@ -309,7 +309,12 @@ mod tests {
         let y = y.require_grad();
         let loss = kd_loss(y.clone(), l, t, m, lambda, tau);
         let grads = loss.backward();
-        let g = y.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let g = y
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         let h = 1e-5;
         for i in 0..B * C {
             let mut plus = y_small;

@@ -208,7 +208,7 @@ impl EvalAccumulator {
     ) -> Result<(), MetricsError> {
         let k = self.class_names.len().max(1);
         let rows = logits.len() / k;
-        if logits.len() % k != 0 || rows != labels.len() || rows != devices.len() {
+        if !logits.len().is_multiple_of(k) || rows != labels.len() || rows != devices.len() {
             return Err(MetricsError::BatchLength {
                 rows,
                 labels: labels.len(),

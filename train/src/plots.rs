@@ -88,6 +88,18 @@ fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// Axis tick text: integers without decimals, other values with up to three significant
+/// decimals.
+fn tick(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round() as i64)
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 type Curve = (&'static str, RGBColor, Vec<(f64, f64)>);
 
 fn line_chart(
@@ -114,6 +126,8 @@ fn line_chart(
             .configure_mesh()
             .x_desc("epoch")
             .y_desc(y_desc)
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .label_style(("sans-serif", 16))
             .axis_desc_style(("sans-serif", 18))
             .draw()

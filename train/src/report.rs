@@ -386,7 +386,7 @@ mod tests {
         for y in 0..10 {
             for d in &devices {
                 for _ in 0..3 {
-                    let pred = if i % 3 == 0 { (y + 1) % 10 } else { y };
+                    let pred = if i.is_multiple_of(3) { (y + 1) % 10 } else { y };
                     let mut logits = [0.0f32; 10];
                     logits[pred] = 2.0;
                     acc.push(&logits, y, d).unwrap();
