@@ -79,7 +79,7 @@ impl Default for LoaderConfig {
             shuffle: true,
             drop_last: false,
             prefetch: 3,
-            shuffle_window: 2048,
+            shuffle_window: 1024,
         }
     }
 }

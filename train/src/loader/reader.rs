@@ -272,48 +272,87 @@ impl Job {
         let n_classes = self.inner.meta.n_classes();
         let mut batch_index = self.first_batch;
         let mut buf = self.take_buffers();
-        for w in &order.windows {
-            let (lo, hi) = (w.start.max(start), w.end.min(end));
-            if lo >= hi {
-                continue;
+        // The windows' row ranges, clipped to [start, end).
+        let windows: Vec<&[u32]> = order
+            .windows
+            .iter()
+            .filter_map(|w| {
+                let (lo, hi) = (w.start.max(start), w.end.min(end));
+                (lo < hi).then(|| &order.order[lo..hi])
+            })
+            .collect();
+        // Window k + 1 is decoded (rayon, one task per row group) while the rows of window k
+        // are copied into batches and sent, so decoding overlaps copying and the consumer.
+        let mut next = match windows.first() {
+            Some(rows) => Some(self.decode_window(rows)?),
+            None => None,
+        };
+        for (w, rows) in windows.iter().enumerate() {
+            let decoded = next.take().expect("decoded window");
+            let (following, stopped) = std::thread::scope(|s| {
+                let ahead = windows
+                    .get(w + 1)
+                    .map(|rows| s.spawn(move || self.decode_window(rows)));
+                let stopped = !self.copy_window(
+                    tx,
+                    rows,
+                    &decoded,
+                    &mut buf,
+                    &mut batch_index,
+                    (logmel_len, n_classes, bs),
+                );
+                let following = ahead.map(|h| h.join().expect("decode thread"));
+                (following, stopped)
+            });
+            if stopped {
+                return Ok(());
             }
-            let rows = &order.order[lo..hi];
-            let decoded = self.decode_window(rows)?;
-            for &row in rows {
-                let rg = self.inner.row_group_of[row as usize];
-                let d = decoded
-                    .binary_search_by_key(&rg, |d| d.rg)
-                    .map(|i| &decoded[i])
-                    .expect("row group decoded");
-                let local = row - self.inner.row_groups[rg as usize].first_row;
-                let k = d.local_rows.binary_search(&local).expect("row decoded");
-                buf.logmel
-                    .extend_from_slice(&d.logmel[k * logmel_len..(k + 1) * logmel_len]);
-                buf.teacher_logits
-                    .extend_from_slice(&d.logits[k * n_classes..(k + 1) * n_classes]);
-                let has = d.has_logits[k];
-                buf.teacher_mask.push(if has { 1.0 } else { 0.0 });
-                let (label, device, ..) = self.inner.row(row);
-                buf.labels.push(label as i64);
-                buf.device_ids.push(device as i64);
-                buf.rows.push(row);
-                if buf.rows.len() == bs {
-                    let full = std::mem::replace(&mut buf, self.take_buffers());
-                    if !self.send(tx, full, batch_index) {
-                        return Ok(());
-                    }
-                    batch_index += 1;
-                }
-            }
-            for d in &decoded {
-                let r = self.inner.row_groups[d.rg as usize];
-                self.inner.shards[r.shard as usize].release_row_group(r.rg as usize);
-            }
+            next = following.transpose()?;
         }
         if !buf.rows.is_empty() {
             self.send(tx, buf, batch_index);
         }
         Ok(())
+    }
+
+    /// Copies the rows of a decoded window into batches, sending each full one; false when
+    /// the consumer is gone.
+    fn copy_window(
+        &self,
+        tx: &SyncSender<Result<HostBatch>>,
+        rows: &[u32],
+        decoded: &[Decoded],
+        buf: &mut Buffers,
+        batch_index: &mut u64,
+        (logmel_len, n_classes, bs): (usize, usize, usize),
+    ) -> bool {
+        for &row in rows {
+            let rg = self.inner.row_group_of[row as usize];
+            let d = decoded
+                .binary_search_by_key(&rg, |d| d.rg)
+                .map(|i| &decoded[i])
+                .expect("row group decoded");
+            let local = row - self.inner.row_groups[rg as usize].first_row;
+            let k = d.local_rows.binary_search(&local).expect("row decoded");
+            buf.logmel
+                .extend_from_slice(&d.logmel[k * logmel_len..(k + 1) * logmel_len]);
+            buf.teacher_logits
+                .extend_from_slice(&d.logits[k * n_classes..(k + 1) * n_classes]);
+            buf.teacher_mask
+                .push(if d.has_logits[k] { 1.0 } else { 0.0 });
+            let (label, device, ..) = self.inner.row(row);
+            buf.labels.push(label as i64);
+            buf.device_ids.push(device as i64);
+            buf.rows.push(row);
+            if buf.rows.len() == bs {
+                let full = std::mem::replace(buf, self.take_buffers());
+                if !self.send(tx, full, *batch_index) {
+                    return false;
+                }
+                *batch_index += 1;
+            }
+        }
+        true
     }
 
     /// Sends a batch; false when the consumer is gone.
@@ -436,6 +475,7 @@ impl Job {
                 return Err(pq(&"log-mel rows missing".to_string()));
             }
         }
+        shard.release_row_group(r.rg as usize);
         Ok(Decoded {
             rg: rg_id,
             local_rows,
