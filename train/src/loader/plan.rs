@@ -175,7 +175,7 @@ impl Plan {
                 continue;
             }
             if let Some(p) = sel.max_split
-                && !split.is_some_and(|s| s <= p)
+                && split.is_none_or(|s| s > p)
             {
                 continue;
             }

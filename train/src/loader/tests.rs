@@ -150,7 +150,7 @@ fn drop_last_drops_the_partial_batch() {
     c.drop_last = true;
     let loader = Loader::new(&f.set, sel(0.6, true), c).unwrap();
     let n = loader.epoch_len();
-    assert!(n % 32 != 0);
+    assert!(!n.is_multiple_of(32));
     let batches = run_epoch(&loader, 0);
     assert_eq!(batches.len(), n / 32);
     assert!(batches.iter().all(|b| b.len() == 32));
