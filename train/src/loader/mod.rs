@@ -36,6 +36,7 @@
 //! [`LoaderState`] `{ seed, epoch, batch }` is enough to resume exactly.
 
 mod batch;
+mod pages;
 mod plan;
 mod reader;
 mod shards;

@@ -79,7 +79,7 @@ impl Default for LoaderConfig {
             shuffle: true,
             drop_last: false,
             prefetch: 3,
-            shuffle_window: 2048,
+            shuffle_window: 1024,
         }
     }
 }
@@ -175,7 +175,7 @@ impl Plan {
                 continue;
             }
             if let Some(p) = sel.max_split
-                && !split.is_some_and(|s| s <= p)
+                && split.is_none_or(|s| s > p)
             {
                 continue;
             }

@@ -5,9 +5,9 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float32Type;
-use arrow_array::{Array, FixedSizeListArray, Float32Array};
 use data_specs::col;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 use rayon::prelude::*;
@@ -225,10 +225,14 @@ struct Job {
 struct Decoded {
     /// Row group id in the set.
     rg: u32,
-    /// Selected rows, local to the row group, ascending; position = index in the arrays.
+    /// Selected rows, local to the row group, ascending; position `k` = index in the buffers.
     local_rows: Vec<u32>,
-    /// Per record batch: (first index, log-mel values, logits values, logits list).
-    parts: Vec<(usize, Float32Array, Float32Array, FixedSizeListArray)>,
+    /// Log-mel of the selected rows, `[k, logmel_len]`.
+    logmel: Vec<f32>,
+    /// Teacher logits of the selected rows, `[k, n_classes]` (zeros where missing).
+    logits: Vec<f32>,
+    /// Whether row `k` has teacher logits.
+    has_logits: Vec<bool>,
 }
 
 impl Job {
@@ -268,56 +272,87 @@ impl Job {
         let n_classes = self.inner.meta.n_classes();
         let mut batch_index = self.first_batch;
         let mut buf = self.take_buffers();
-        for w in &order.windows {
-            let (lo, hi) = (w.start.max(start), w.end.min(end));
-            if lo >= hi {
-                continue;
+        // The windows' row ranges, clipped to [start, end).
+        let windows: Vec<&[u32]> = order
+            .windows
+            .iter()
+            .filter_map(|w| {
+                let (lo, hi) = (w.start.max(start), w.end.min(end));
+                (lo < hi).then(|| &order.order[lo..hi])
+            })
+            .collect();
+        // Window k + 1 is decoded (rayon, one task per row group) while the rows of window k
+        // are copied into batches and sent, so decoding overlaps copying and the consumer.
+        let mut next = match windows.first() {
+            Some(rows) => Some(self.decode_window(rows)?),
+            None => None,
+        };
+        for (w, rows) in windows.iter().enumerate() {
+            let decoded = next.take().expect("decoded window");
+            let (following, stopped) = std::thread::scope(|s| {
+                let ahead = windows
+                    .get(w + 1)
+                    .map(|rows| s.spawn(move || self.decode_window(rows)));
+                let stopped = !self.copy_window(
+                    tx,
+                    rows,
+                    &decoded,
+                    &mut buf,
+                    &mut batch_index,
+                    (logmel_len, n_classes, bs),
+                );
+                let following = ahead.map(|h| h.join().expect("decode thread"));
+                (following, stopped)
+            });
+            if stopped {
+                return Ok(());
             }
-            let rows = &order.order[lo..hi];
-            let decoded = self.decode_window(rows)?;
-            for &row in rows {
-                let rg = self.inner.row_group_of[row as usize];
-                let d = decoded
-                    .binary_search_by_key(&rg, |d| d.rg)
-                    .map(|i| &decoded[i])
-                    .expect("row group decoded");
-                let local = row - self.inner.row_groups[rg as usize].first_row;
-                let k = d.local_rows.binary_search(&local).expect("row decoded");
-                let p = d.parts.partition_point(|p| p.0 <= k) - 1;
-                let (first, logmel, logits, list) = &d.parts[p];
-                let i = k - first;
-                buf.logmel
-                    .extend_from_slice(&logmel.values()[i * logmel_len..(i + 1) * logmel_len]);
-                let has = list.is_valid(i);
-                if has {
-                    buf.teacher_logits
-                        .extend_from_slice(&logits.values()[i * n_classes..(i + 1) * n_classes]);
-                } else {
-                    buf.teacher_logits
-                        .extend(std::iter::repeat_n(0.0, n_classes));
-                }
-                buf.teacher_mask.push(if has { 1.0 } else { 0.0 });
-                let (label, device, ..) = self.inner.row(row);
-                buf.labels.push(label as i64);
-                buf.device_ids.push(device as i64);
-                buf.rows.push(row);
-                if buf.rows.len() == bs {
-                    let full = std::mem::replace(&mut buf, self.take_buffers());
-                    if !self.send(tx, full, batch_index) {
-                        return Ok(());
-                    }
-                    batch_index += 1;
-                }
-            }
-            for d in &decoded {
-                let r = self.inner.row_groups[d.rg as usize];
-                self.inner.shards[r.shard as usize].release_row_group(r.rg as usize);
-            }
+            next = following.transpose()?;
         }
         if !buf.rows.is_empty() {
             self.send(tx, buf, batch_index);
         }
         Ok(())
+    }
+
+    /// Copies the rows of a decoded window into batches, sending each full one; false when
+    /// the consumer is gone.
+    fn copy_window(
+        &self,
+        tx: &SyncSender<Result<HostBatch>>,
+        rows: &[u32],
+        decoded: &[Decoded],
+        buf: &mut Buffers,
+        batch_index: &mut u64,
+        (logmel_len, n_classes, bs): (usize, usize, usize),
+    ) -> bool {
+        for &row in rows {
+            let rg = self.inner.row_group_of[row as usize];
+            let d = decoded
+                .binary_search_by_key(&rg, |d| d.rg)
+                .map(|i| &decoded[i])
+                .expect("row group decoded");
+            let local = row - self.inner.row_groups[rg as usize].first_row;
+            let k = d.local_rows.binary_search(&local).expect("row decoded");
+            buf.logmel
+                .extend_from_slice(&d.logmel[k * logmel_len..(k + 1) * logmel_len]);
+            buf.teacher_logits
+                .extend_from_slice(&d.logits[k * n_classes..(k + 1) * n_classes]);
+            buf.teacher_mask
+                .push(if d.has_logits[k] { 1.0 } else { 0.0 });
+            let (label, device, ..) = self.inner.row(row);
+            buf.labels.push(label as i64);
+            buf.device_ids.push(device as i64);
+            buf.rows.push(row);
+            if buf.rows.len() == bs {
+                let full = std::mem::replace(buf, self.take_buffers());
+                if !self.send(tx, full, *batch_index) {
+                    return false;
+                }
+                *batch_index += 1;
+            }
+        }
+        true
     }
 
     /// Sends a batch; false when the consumer is gone.
@@ -376,46 +411,77 @@ impl Job {
             }
             next = l + 1;
         }
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            shard.bytes.clone(),
-            shard.reader_meta.clone(),
-        )
-        .with_row_groups(vec![r.rg as usize])
-        .with_projection(shard.batch_mask.clone())
-        .with_row_selection(RowSelection::from(selectors))
-        .with_batch_size(local_rows.len().max(1))
-        .build()
-        .map_err(|e| pq(&e))?;
-        let mut parts = Vec::with_capacity(1);
-        let mut first = 0;
-        for batch in reader {
+        let selection = RowSelection::from(selectors);
+        let read = |mask: &parquet::arrow::ProjectionMask| {
+            ParquetRecordBatchReaderBuilder::new_with_metadata(
+                shard.bytes.clone(),
+                shard.reader_meta.clone(),
+            )
+            .with_row_groups(vec![r.rg as usize])
+            .with_projection(mask.clone())
+            .with_row_selection(selection.clone())
+            .with_batch_size(local_rows.len().max(1))
+            .build()
+            .map_err(|e| pq(&e))
+        };
+        let n = local_rows.len();
+        let n_classes = self.inner.meta.n_classes();
+        let logmel_len = self.inner.meta.frontend.logmel_len();
+        // Teacher logits through Arrow (10 values a row).
+        let mut logits = Vec::with_capacity(n * n_classes);
+        let mut has_logits = Vec::with_capacity(n);
+        for batch in read(&shard.logits_mask)? {
             let batch = batch.map_err(|e| pq(&e))?;
-            let list = |name: &str| -> &FixedSizeListArray {
-                batch
-                    .column_by_name(name)
-                    .expect("projected")
-                    .as_fixed_size_list()
-            };
-            let logmel = list(col::LOGMEL);
-            let logits = list(col::TEACHER_LOGITS);
-            parts.push((
-                first,
-                logmel.values().as_primitive::<Float32Type>().clone(),
-                logits.values().as_primitive::<Float32Type>().clone(),
-                logits.clone(),
-            ));
-            first += batch.num_rows();
+            let list = batch
+                .column_by_name(col::TEACHER_LOGITS)
+                .expect("projected")
+                .as_fixed_size_list();
+            let values = list.values().as_primitive::<Float32Type>().values();
+            for i in 0..list.len() {
+                let valid = list.is_valid(i);
+                has_logits.push(valid);
+                if valid {
+                    logits.extend_from_slice(&values[i * n_classes..(i + 1) * n_classes]);
+                } else {
+                    logits.extend(std::iter::repeat_n(0.0, n_classes));
+                }
+            }
         }
-        if first != local_rows.len() {
+        if has_logits.len() != n {
             return Err(pq(&format!(
-                "decoded {first} rows, expected {}",
-                local_rows.len()
+                "decoded {} rows, expected {n}",
+                has_logits.len()
             )));
         }
+        // Log-mel: page-level fast path, Arrow reader otherwise.
+        let mut logmel = vec![0f32; n * logmel_len];
+        let fast =
+            super::pages::decode_logmel(shard, r.rg as usize, logmel_len, &local_rows, &mut logmel)
+                .map_err(|e| pq(&format!("column '{}': {e}", col::LOGMEL)))?;
+        if !fast {
+            let mut at = 0;
+            for batch in read(&shard.logmel_mask)? {
+                let batch = batch.map_err(|e| pq(&e))?;
+                let list = batch
+                    .column_by_name(col::LOGMEL)
+                    .expect("projected")
+                    .as_fixed_size_list();
+                let values = list.values().as_primitive::<Float32Type>().values();
+                let m = values.len().min(logmel.len() - at);
+                logmel[at..at + m].copy_from_slice(&values[..m]);
+                at += m;
+            }
+            if at != logmel.len() {
+                return Err(pq(&"log-mel rows missing".to_string()));
+            }
+        }
+        shard.release_row_group(r.rg as usize);
         Ok(Decoded {
             rg: rg_id,
             local_rows,
-            parts,
+            logmel,
+            logits,
+            has_logits,
         })
     }
 }

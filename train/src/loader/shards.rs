@@ -39,8 +39,12 @@ pub(crate) struct Shard {
     pub bytes: Bytes,
     /// Parsed footer (with offset index when present), reused for every row-group read.
     pub reader_meta: ArrowReaderMetadata,
-    /// Projection of the columns read per batch: `logmel` and `teacher_logits`.
-    pub batch_mask: ProjectionMask,
+    /// Projection of the `teacher_logits` column.
+    pub logits_mask: ProjectionMask,
+    /// Projection of the `logmel` column (Arrow fallback of [`super::pages`]).
+    pub logmel_mask: ProjectionMask,
+    /// Leaf column index of `logmel.list.item`.
+    pub logmel_leaf: Option<usize>,
 }
 
 impl Shard {
@@ -394,14 +398,22 @@ fn open_shard(path: &Path) -> Result<(Shard, ShardMeta)> {
             .collect();
         ProjectionMask::roots(reader_meta.parquet_schema(), idx)
     };
-    let batch_mask = roots(&[col::TEACHER_LOGITS, col::LOGMEL]);
+    let logits_mask = roots(&[col::TEACHER_LOGITS]);
+    let logmel_mask = roots(&[col::LOGMEL]);
+    let logmel_leaf = reader_meta
+        .parquet_schema()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [col::LOGMEL, "list", "item"]);
     Ok((
         Shard {
             path: path.to_path_buf(),
             map,
             bytes,
             reader_meta,
-            batch_mask,
+            logits_mask,
+            logmel_mask,
+            logmel_leaf,
         },
         meta,
     ))
