@@ -110,7 +110,7 @@ impl ConvBnConfig {
 impl ConvBn {
     /// `[B, c_in, H, W] -> [B, c_out, H', W']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.bn.forward(self.conv.forward(x));
+        let y = self.bn.forward(crate::ops::conv2d_forward(&self.conv, x));
         match self.activation {
             Activation::Identity => y,
             Activation::Relu => relu(y),

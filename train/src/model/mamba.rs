@@ -153,7 +153,8 @@ impl Mamba {
         let x = xz.clone().narrow(2, 0, di);
         let z = xz.narrow(2, di, di);
         // Causal depthwise conv over time on [B, di, L]: left padding d_conv - 1.
-        let x = silu(self.conv1d.forward(x.swap_dims(1, 2))); // [B, di, L]
+        let x = crate::ops::conv1d_causal_forward(&self.conv1d, x.swap_dims(1, 2));
+        let x = silu(x); // [B, di, L]
         let x_dbl = self.x_proj.forward(x.clone().swap_dims(1, 2)); // [B, L, R + 2N]
         let dt = x_dbl.clone().narrow(2, 0, r);
         let b = x_dbl.clone().narrow(2, r, n).swap_dims(1, 2); // [B, N, L]

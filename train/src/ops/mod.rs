@@ -232,3 +232,48 @@ pub fn depthwise_conv1d_causal_reference(
         ConvOptions::new_with_padding([1], [(k - 1, 0)], [1], c),
     )
 }
+
+/// `conv.forward(x)`, through [`depthwise_conv2d`] when `conv` is a depthwise convolution
+/// (`groups == C_in == C_out`, dilation 1, symmetric explicit padding) and through burn's
+/// convolution otherwise. The module stays the parameter holder (checkpoints, complexity
+/// counting and QAT see the same `Conv2d`).
+pub fn conv2d_forward(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
+    use burn::nn::PaddingConfig2d;
+    let [c_out, c_per_group, ..] = conv.weight.dims();
+    let depthwise =
+        c_per_group == 1 && conv.groups == c_out && x.dims()[1] == c_out && conv.dilation == [1, 1];
+    match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right)
+            if depthwise && top == bottom && left == right =>
+        {
+            depthwise_conv2d(
+                x,
+                conv.weight.val(),
+                conv.bias.as_ref().map(|b| b.val()),
+                conv.stride,
+                [top, left],
+            )
+        }
+        _ => conv.forward(x),
+    }
+}
+
+/// `conv.forward(x)` for Mamba's causal depthwise `conv1d` (`groups == C`, stride 1, dilation 1,
+/// padding `(k - 1, 0)`) through [`depthwise_conv1d_causal`]; any other configuration goes
+/// through burn's convolution.
+pub fn conv1d_causal_forward(conv: &burn::nn::conv::Conv1d, x: Tensor<3>) -> Tensor<3> {
+    use burn::nn::PaddingConfig1d;
+    let [c_out, c_per_group, k] = conv.weight.dims();
+    let causal = c_per_group == 1
+        && conv.groups == c_out
+        && x.dims()[1] == c_out
+        && conv.stride == 1
+        && conv.dilation == 1
+        && k >= 1
+        && conv.padding == PaddingConfig1d::Explicit(k.saturating_sub(1), 0);
+    if causal {
+        depthwise_conv1d_causal(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()))
+    } else {
+        conv.forward(x)
+    }
+}

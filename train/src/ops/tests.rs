@@ -330,3 +330,44 @@ fn bad_shapes_are_typed_errors() {
         Err(DepthwiseError::Weight { .. })
     ));
 }
+
+#[test]
+fn module_helpers_match_the_modules_own_forward() {
+    use super::{conv1d_causal_forward, conv2d_forward};
+    use burn::nn::conv::{Conv1dConfig, Conv2dConfig};
+    use burn::nn::{PaddingConfig1d, PaddingConfig2d};
+    let device = Device::default();
+    let mut rng = StdRng::seed_from_u64(3);
+    let x = Tensor::<4>::from_data(
+        TensorData::new(rand_vec(&mut rng, 2 * 6 * 9 * 7), [2, 6, 9, 7]),
+        &device,
+    );
+    // Depthwise (fused path) with and without bias, and a dense conv (burn's path).
+    for (groups, c_out, bias, stride) in [
+        (6, 6, false, [2, 2]),
+        (6, 6, true, [1, 2]),
+        (1, 4, true, [1, 1]),
+    ] {
+        let conv = Conv2dConfig::new([6, c_out], [3, 3])
+            .with_groups(groups)
+            .with_stride(stride)
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_bias(bias)
+            .init(&device);
+        let got = host(conv2d_forward(&conv, x.clone()));
+        let want = host(conv.forward(x.clone()));
+        assert!(rel_err(&got, &want) <= 1e-5, "groups {groups} bias {bias}");
+    }
+    let x1 = Tensor::<3>::from_data(
+        TensorData::new(rand_vec(&mut rng, 2 * 8 * 19), [2, 8, 19]),
+        &device,
+    );
+    let conv = Conv1dConfig::new(8, 8, 4)
+        .with_groups(8)
+        .with_padding(PaddingConfig1d::Explicit(3, 0))
+        .with_bias(true)
+        .init(&device);
+    let got = host(conv1d_causal_forward(&conv, x1.clone()));
+    let want = host(conv.forward(x1));
+    assert!(rel_err(&got, &want) <= 1e-5);
+}
