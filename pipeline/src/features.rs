@@ -707,14 +707,18 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         teacher,
     };
 
-    // This partition's rows, in meta.csv order, cut into shards.
-    let plan: Vec<usize> = ds
+    // This partition's rows, cut into shards in a seeded pseudo-random order (a stable hash of
+    // the seed and the file name): meta.csv is sorted by scene, and shards or row groups holding
+    // one scene each would leave the loader's row-group-windowed shuffle with label-poor
+    // batches. The order is deterministic, so partitions and resumed runs stay reproducible.
+    let mut plan: Vec<usize> = ds
         .usable
         .iter()
         .copied()
         .filter(|&r| partition_of(&ds.rows[r], part_n) == part_i)
         .filter(|&r| !(args.skip_unused && ds.sets[r] == ClipSet::Unused))
         .collect();
+    plan.sort_by_key(|&r| (fnv1a(&format!("{}:{}", args.seed, ds.rows[r].filename)), r));
     let shard_rows: Vec<&[usize]> = plan.chunks(args.files_per_shard).collect();
     let old_manifest = Manifest::load(&args.out).ok();
 
