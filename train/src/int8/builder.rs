@@ -275,10 +275,27 @@ impl GraphBuilder {
     /// dequantize, LayerNorm, P chunks through one Mamba (int8 `in_proj`/`out_proj`, float
     /// mixer) plus `skip_scale * chunk`, concat, the same LayerNorm, int8 `proj`.
     pub fn pvm(&mut self, name: &str, x: usize, p: &PvmParams) -> usize {
+        self.pvm_impl(name, x, p, &[&p.mamba])
+    }
+
+    /// A PVM layer whose P chunks each have their OWN Mamba (`group_mambas[j]` for chunk `j`;
+    /// `p.mamba` is ignored). Tensors and observer keys of group `j` are named
+    /// `<name>.mamba.<j>.in_proj.out`, ...; the LayerNorm output keeps the single observer
+    /// `<name>.mamba.in_proj.in`. With one Mamba this is [`GraphBuilder::pvm`].
+    pub fn pvm_unshared(
+        &mut self,
+        name: &str,
+        x: usize,
+        p: &PvmParams,
+        group_mambas: &[MambaParams],
+    ) -> usize {
+        let refs: Vec<&MambaParams> = group_mambas.iter().collect();
+        self.pvm_impl(name, x, p, &refs)
+    }
+
+    fn pvm_impl(&mut self, name: &str, x: usize, p: &PvmParams, mambas: &[&MambaParams]) -> usize {
         let s = self.shape(x).to_vec();
         let (c, l) = (s[0], s[1..].iter().product::<usize>());
-        let m = &p.mamba;
-        let (dm, di, n, r, k) = (m.d_model, m.d_inner, m.d_state, m.dt_rank, m.d_conv);
         let xf = self.dequantize(&format!("{name}.x"), x);
         let gamma = self.tensor(&format!("{name}.norm.weight"), vec![c], p.ln_gamma.clone());
         let beta = self.tensor(&format!("{name}.norm.bias"), vec![c], p.ln_beta.clone());
@@ -291,33 +308,39 @@ impl GraphBuilder {
             eps: p.ln_eps,
         });
         let lnq = self.quantize(&format!("{name}.mamba.in_proj.in"), ln1);
-        let mp = format!("{name}.mamba");
-        let conv_weight = self.tensor(
-            &format!("{mp}.conv1d.weight"),
-            vec![di, k],
-            m.conv_weight.clone(),
-        );
-        let conv_bias = self.tensor(&format!("{mp}.conv1d.bias"), vec![di], m.conv_bias.clone());
-        let x_proj = self.tensor(
-            &format!("{mp}.x_proj.weight"),
-            vec![r + 2 * n, di],
-            m.x_proj.clone(),
-        );
-        let dt_proj_weight = self.tensor(
-            &format!("{mp}.dt_proj.weight"),
-            vec![di, r],
-            m.dt_proj_weight.clone(),
-        );
-        let dt_proj_bias = self.tensor(
-            &format!("{mp}.dt_proj.bias"),
-            vec![di],
-            m.dt_proj_bias.clone(),
-        );
-        let a_log = self.tensor(&format!("{mp}.A_log"), vec![di, n], m.a_log.clone());
-        let d_skip = self.tensor(&format!("{mp}.D"), vec![di], m.d.clone());
         let alpha = self.tensor(&format!("{name}.skip_scale"), vec![1], vec![p.skip_scale]);
+        let shared = mambas.len() == 1;
         let mut outs = Vec::with_capacity(p.chunks);
         for j in 0..p.chunks {
+            let m = mambas[if shared { 0 } else { j }];
+            let (dm, di, n, r, k) = (m.d_model, m.d_inner, m.d_state, m.dt_rank, m.d_conv);
+            let mp = if shared {
+                format!("{name}.mamba")
+            } else {
+                format!("{name}.mamba.{j}")
+            };
+            let conv_weight = format!("{mp}.conv1d.weight");
+            if !self.tensors.contains_key(&conv_weight) {
+                self.tensor(&conv_weight, vec![di, k], m.conv_weight.clone());
+                self.tensor(&format!("{mp}.conv1d.bias"), vec![di], m.conv_bias.clone());
+                self.tensor(
+                    &format!("{mp}.x_proj.weight"),
+                    vec![r + 2 * n, di],
+                    m.x_proj.clone(),
+                );
+                self.tensor(
+                    &format!("{mp}.dt_proj.weight"),
+                    vec![di, r],
+                    m.dt_proj_weight.clone(),
+                );
+                self.tensor(
+                    &format!("{mp}.dt_proj.bias"),
+                    vec![di],
+                    m.dt_proj_bias.clone(),
+                );
+                self.tensor(&format!("{mp}.A_log"), vec![di, n], m.a_log.clone());
+                self.tensor(&format!("{mp}.D"), vec![di], m.d.clone());
+            }
             let cq = self.buffer(&format!("{mp}.in_proj.in{CHUNK_SEP}{j}"), vec![dm, l], true);
             self.ops.push(Op::SliceRows {
                 input: lnq,
@@ -344,13 +367,13 @@ impl GraphBuilder {
             self.ops.push(Op::MambaMixer {
                 input: xzf,
                 output: y,
-                conv_weight: conv_weight.clone(),
-                conv_bias: conv_bias.clone(),
-                x_proj: x_proj.clone(),
-                dt_proj_weight: dt_proj_weight.clone(),
-                dt_proj_bias: dt_proj_bias.clone(),
-                a_log: a_log.clone(),
-                d_skip: d_skip.clone(),
+                conv_weight,
+                conv_bias: format!("{mp}.conv1d.bias"),
+                x_proj: format!("{mp}.x_proj.weight"),
+                dt_proj_weight: format!("{mp}.dt_proj.weight"),
+                dt_proj_bias: format!("{mp}.dt_proj.bias"),
+                a_log: format!("{mp}.A_log"),
+                d_skip: format!("{mp}.D"),
             });
             let yq = self.quantize(&format!("{mp}.out_proj.in{CHUNK_SEP}{j}"), y);
             let oq = self.linear(

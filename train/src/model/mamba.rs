@@ -145,11 +145,18 @@ impl MambaConfig {
 }
 
 impl Mamba {
-    /// `[B, L, d_model] -> [B, L, d_model]`.
+    /// `[B, L, d_model] -> [B, L, d_model]`: `out_proj(mixer(in_proj(u)))`.
     pub fn forward(&self, u: Tensor<3>) -> Tensor<3> {
-        let [batch, len, _] = u.dims();
+        self.out_proj.forward(self.mixer(self.in_proj.forward(u)))
+    }
+
+    /// The float part between `in_proj` and `out_proj`: `xz: [B, L, 2 d_inner] -> y * SiLU(z)`
+    /// `[B, L, d_inner]` (conv1d, SiLU, `x_proj`, `dt_proj` + softplus, selective scan, `D`
+    /// skip, gating). Split out so that QAT ([`crate::qat`]) can fake-quantize `in_proj` and
+    /// `out_proj` and keep this part in floating point, as the int8 engine does.
+    pub fn mixer(&self, xz: Tensor<3>) -> Tensor<3> {
+        let [batch, len, _] = xz.dims();
         let (di, r, n) = (self.d_inner, self.dt_rank, self.d_state);
-        let xz = self.in_proj.forward(u); // [B, L, 2 di]
         let x = xz.clone().narrow(2, 0, di);
         let z = xz.narrow(2, di, di);
         // Causal depthwise conv over time on [B, di, L]: left padding d_conv - 1.
@@ -163,8 +170,7 @@ impl Mamba {
         let a = self.a_log.val().exp().neg(); // A = -exp(A_log)
         let y = crate::scan::selective_scan(x, delta, a, b, c, self.d.val()); // [B, di, L]
         debug_assert_eq!(y.dims(), [batch, di, len]);
-        let y = y.swap_dims(1, 2) * silu(z);
-        self.out_proj.forward(y)
+        y.swap_dims(1, 2) * silu(z)
     }
 
     /// Records the block's layers for a sequence of `tokens` tokens.

@@ -1,0 +1,298 @@
+//! QAT and int8 export: fake quantization against the closed-form quantize/dequantize, conv+BN
+//! folding against conv then BN, the straight-through gradient, and the exported int8 engine
+//! against the fake-quantized burn model on random students (shared and unshared Mambas).
+
+use burn::module::{Param, RunningState};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use train::backend::{default_device, training_device};
+use train::export::{crop_frames, export_int8, input_shape};
+use train::int8::builder::quantize_weight;
+use train::int8::{Int8Model, QParams};
+use train::model::{ConvBnConfig, IrMambaConfig, Model, ModelConfig, PmbStageConfig};
+use train::qat::{
+    ACT_QMAX, ACT_QMIN, Observers, QatModel, conv_options, fake_quant_act, fake_quant_weight,
+    fold_conv_bn, qat_forward,
+};
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32 tensor")
+}
+
+fn uniform(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+#[test]
+fn activation_fake_quant_is_the_quantize_dequantize_formula() {
+    let dev = default_device();
+    let mut rng = StdRng::seed_from_u64(1);
+    let v = uniform(&mut rng, 4000, -3.0, 7.0);
+    // Observer range narrower than the data: values outside clamp to the range ends.
+    let q = QParams::from_min_max(-1.5, 5.0, ACT_QMIN, ACT_QMAX);
+    let t = Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), &dev);
+    let got = host(fake_quant_act(t, &q));
+    for (x, g) in v.iter().zip(&got) {
+        // Independent closed form: (clamp(round_half_even(x / s) + z, 0, 127) - z) * s.
+        let code = ((x / q.scale).round_ties_even() + q.zero_point as f32).clamp(0.0, 127.0);
+        let want = (code - q.zero_point as f32) * q.scale;
+        assert!(
+            (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{x}: {g} vs {want}"
+        );
+    }
+    // The grid: 128 codes at most, and the extremes are the clamped range ends.
+    let lo = got.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = got.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    assert!((lo - q.dequantize(0)).abs() < 1e-6 && (hi - q.dequantize(127)).abs() < 1e-5);
+}
+
+#[test]
+fn weight_fake_quant_is_per_channel_symmetric() {
+    let dev = default_device();
+    let mut rng = StdRng::seed_from_u64(2);
+    let (cout, cin, k) = (6, 4, 3);
+    let mut w = uniform(&mut rng, cout * cin * k * k, -1.0, 1.0);
+    // Channels with very different magnitudes: a per-tensor scale would flatten channel 5.
+    for v in &mut w[5 * cin * k * k..] {
+        *v *= 1e-3;
+    }
+    let t = Tensor::<4>::from_data(TensorData::new(w.clone(), [cout, cin, k, k]), &dev);
+    let got = host(fake_quant_weight(t, 0));
+    let (codes, scales) = quantize_weight(&w, cout);
+    for (i, g) in got.iter().enumerate() {
+        let want = codes[i] as f32 * scales[i / (cin * k * k)];
+        assert!(
+            (g - want).abs() <= 1e-6 * want.abs().max(1e-6),
+            "{i}: {g} vs {want}"
+        );
+    }
+    // Linear layout [d_in, d_out]: output channels along axis 1.
+    let (din, dout) = (5, 3);
+    let lw = uniform(&mut rng, din * dout, -2.0, 2.0);
+    let t = Tensor::<2>::from_data(TensorData::new(lw.clone(), [din, dout]), &dev);
+    let got = host(fake_quant_weight(t, 1));
+    let torch: Vec<f32> = (0..dout)
+        .flat_map(|o| (0..din).map(move |i| (i, o)))
+        .map(|(i, o)| lw[i * dout + o])
+        .collect();
+    let (codes, scales) = quantize_weight(&torch, dout);
+    for o in 0..dout {
+        for i in 0..din {
+            let want = codes[o * din + i] as f32 * scales[o];
+            assert!((got[i * dout + o] - want).abs() <= 1e-6 * want.abs().max(1e-6));
+        }
+    }
+}
+
+#[test]
+fn straight_through_gradient_is_identity() {
+    let dev = training_device();
+    let v: Vec<f32> = (0..50).map(|i| -1.0 + 0.07 * i as f32).collect();
+    let x = Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), &dev).require_grad();
+    let q = QParams::from_min_max(-1.0, 2.5, ACT_QMIN, ACT_QMAX);
+    let weights = Tensor::<1>::from_data(
+        TensorData::new((0..50).map(|i| i as f32).collect::<Vec<_>>(), [50]),
+        &dev,
+    );
+    let g = (fake_quant_act(x.clone(), &q) * weights).sum().backward();
+    let grad = host(x.grad(&g).expect("gradient of x"));
+    for (i, gi) in grad.iter().enumerate() {
+        assert_eq!(*gi, i as f32, "d(sum w * fq(x))/dx_i must be w_i");
+    }
+    // Weights too.
+    let w = Tensor::<2>::from_data(TensorData::new(v.clone(), [10, 5]), &dev).require_grad();
+    let g = fake_quant_weight(w.clone(), 1).sum().backward();
+    assert!(
+        host(w.grad(&g).expect("gradient of w"))
+            .iter()
+            .all(|&d| d == 1.0)
+    );
+}
+
+#[test]
+fn folded_conv_bn_equals_conv_then_bn() {
+    let dev = default_device();
+    let mut rng = StdRng::seed_from_u64(3);
+    for (cfg, cin) in [
+        (ConvBnConfig::new(4, 8, 3).with_stride([2, 1]), 4),
+        (ConvBnConfig::new(6, 6, 3).depthwise(), 6),
+        (ConvBnConfig::new(5, 7, 1), 5),
+    ] {
+        let mut cb = cfg.init(&dev);
+        let c = cb.bn.gamma.dims()[0];
+        let t = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [c]), &dev);
+        cb.bn.gamma = Param::from_tensor(t(uniform(&mut rng, c, 0.5, 1.5)));
+        cb.bn.beta = Param::from_tensor(t(uniform(&mut rng, c, -0.5, 0.5)));
+        cb.bn.running_mean = RunningState::new(t(uniform(&mut rng, c, -0.3, 0.3)));
+        cb.bn.running_var = RunningState::new(t(uniform(&mut rng, c, 0.2, 2.0)));
+        let x = Tensor::<4>::random([2, cin, 9, 7], Distribution::Normal(0.0, 1.0), &dev);
+        let reference = host(cb.forward(x.clone())); // conv, BN (eval), ReLU
+        let (w, b) = fold_conv_bn(&cb);
+        let folded = burn::tensor::activation::relu(burn::tensor::module::conv2d(
+            x,
+            w,
+            Some(b),
+            conv_options(&cb),
+        ));
+        let got = host(folded);
+        let max = reference
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max < 1e-4, "folded conv+BN differs by {max}");
+    }
+}
+
+/// A small student: the s1/s2 op mix with narrower widths.
+fn small_student(shared: bool) -> IrMambaConfig {
+    let mut c = IrMambaConfig::s1();
+    c.stem_channels = [4, 8];
+    c.irb_channels = [8, 8];
+    c.irb_expansion = [2.0, 2.0, 2.0];
+    c.stages = vec![
+        PmbStageConfig {
+            channels: 8,
+            groups: vec![2],
+        },
+        PmbStageConfig {
+            channels: 12,
+            groups: vec![2],
+        },
+    ];
+    c.shared_mamba = shared;
+    c.final_channels = 16;
+    c.d_state = 4;
+    c.time_multiple = 16;
+    c
+}
+
+/// Random BN statistics so that folding matters, then QAT observers calibrated on `batches`.
+fn random_student(shared: bool, seed: u64, dev: &Device) -> Model {
+    dev.seed(seed);
+    let cfg = ModelConfig::IrMamba(small_student(shared));
+    cfg.init(10, dev)
+}
+
+fn logmels(rng: &mut StdRng, n: usize, n_mels: usize, n_frames: usize) -> Vec<f32> {
+    // Log-mel-like: a smooth per-band level plus noise.
+    let mut out = Vec::with_capacity(n * n_mels * n_frames);
+    for _ in 0..n {
+        let level = rng.random_range(-2.0f32..2.0);
+        for m in 0..n_mels {
+            let band = level - 0.03 * m as f32;
+            for _ in 0..n_frames {
+                out.push(band + rng.random_range(-1.0f32..1.0));
+            }
+        }
+    }
+    out
+}
+
+fn engine_vs_fake_quant(shared: bool) {
+    let dev = default_device();
+    let model = random_student(shared, 7, &dev);
+    let Model::IrMamba(m) = &model else {
+        unreachable!()
+    };
+    let (n_mels, n_frames, n) = (32, 33, 200);
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut obs = Observers::new(0.1);
+    for _ in 0..4 {
+        let x = logmels(&mut rng, 16, n_mels, n_frames);
+        let x = Tensor::<4>::from_data(TensorData::new(x, [16, 1, n_mels, n_frames]), &dev);
+        qat_forward(m, x, &mut obs);
+    }
+    obs.frozen = true;
+    let qm = QatModel {
+        model: model.clone(),
+        observers: obs,
+    };
+    let mut fe = data_specs::FrontEndConfig::dcase2024();
+    fe.n_mels = n_mels;
+    let frames = fe.n_frames();
+    assert!(frames >= 16, "front end with {frames} frames");
+    let labels = data_specs::Vocabulary((0..10).map(|i| format!("class{i}")).collect());
+    // Build at the test's frame count: export uses the front end's n_frames, so feed that.
+    let x = logmels(&mut rng, n, n_mels, frames);
+    let int8 = export_int8(&qm, "test", serde_json::Value::Null, fe, labels).expect("export");
+    let (im, it) = input_shape(&int8);
+    assert_eq!((im, it), (n_mels, frames - frames % 16));
+    let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, 1, n_mels, frames]), &dev);
+    let fq = host(qm.forward(xt).expect("student"));
+    let mut crop = Vec::new();
+    let (mut agree, mut max_diff, mut max_logit) = (0usize, 0.0f32, 0.0f32);
+    for (i, clip) in x.chunks_exact(n_mels * frames).enumerate() {
+        crop_frames(clip, n_mels, frames, it, &mut crop);
+        let e = int8.infer(&crop).expect("infer");
+        let f = &fq[i * 10..(i + 1) * 10];
+        let am = |v: &[f32]| {
+            (0..v.len())
+                .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+                .unwrap_or(0)
+        };
+        agree += usize::from(am(&e) == am(f));
+        for (a, b) in e.iter().zip(f) {
+            max_diff = max_diff.max((a - b).abs());
+            max_logit = max_logit.max(b.abs());
+        }
+    }
+    eprintln!(
+        "shared={shared}: int8 engine vs fake-quant: {agree}/{n} same predictions, max |logit \
+         diff| {max_diff:.5} (max |logit| {max_logit:.3})"
+    );
+    assert!(agree * 100 >= 99 * n, "{agree}/{n} predictions agree");
+    assert!(
+        max_diff <= 0.05 * max_logit.max(1.0),
+        "logits differ by {max_diff} (max |logit| {max_logit})"
+    );
+
+    // The saved file round-trips; a truncated copy is refused with a clear error.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.asc8");
+    int8.save(&path).expect("save");
+    let back = Int8Model::load(&path).expect("load");
+    crop_frames(&x[..n_mels * frames], n_mels, frames, it, &mut crop);
+    assert_eq!(
+        back.infer(&crop).expect("infer"),
+        int8.infer(&crop).expect("infer")
+    );
+    let bytes = std::fs::read(&path).expect("read");
+    let cut = dir.path().join("cut.asc8");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let err = Int8Model::load(&cut).expect_err("truncated file must be refused");
+    let msg = err.to_string();
+    assert!(msg.contains("cut.asc8"), "{msg}");
+}
+
+#[test]
+fn int8_engine_matches_fake_quant_student_unshared_mambas() {
+    engine_vs_fake_quant(false);
+}
+
+#[test]
+fn int8_engine_matches_fake_quant_student_shared_mamba() {
+    engine_vs_fake_quant(true);
+}
+
+#[test]
+fn export_without_observers_is_refused() {
+    let dev = default_device();
+    let model = random_student(false, 3, &dev);
+    let qm = QatModel {
+        model,
+        observers: Observers::default(),
+    };
+    let err = export_int8(
+        &qm,
+        "x",
+        serde_json::Value::Null,
+        data_specs::FrontEndConfig::dcase2024(),
+        data_specs::Vocabulary::tau22_labels(),
+    )
+    .expect_err("no ranges");
+    assert!(err.to_string().contains("no activation range"), "{err}");
+}
