@@ -50,7 +50,7 @@ use serde::Serialize;
 
 use crate::fusion::Fusion;
 use crate::ingest::MetaRow;
-use crate::shards::{Codec, ShardError, ShardWriter, ManifestLock, check_shard, sha256_file};
+use crate::shards::{Codec, ManifestLock, ShardError, ShardWriter, check_shard, sha256_file};
 use crate::teacher::{TeacherError, TeacherLogits};
 
 /// Errors of fusing and materializing teacher logits; each names the file or folder.
@@ -181,9 +181,9 @@ fn set_is_complete(dir: &Path) -> bool {
     let Ok(m) = Manifest::load(dir) else {
         return false;
     };
-    m.shards.iter().all(|e| {
-        sha256_file(&dir.join(&e.file)).is_ok_and(|h| h == e.sha256)
-    })
+    m.shards
+        .iter()
+        .all(|e| sha256_file(&dir.join(&e.file)).is_ok_and(|h| h == e.sha256))
 }
 
 /// Rewrites the shard set in `dir` with the `teacher_logits` column taken from `lookup`
@@ -351,7 +351,9 @@ fn rewrite_shard(
         .metadata()
         .row_groups()
         .first()
-        .map_or(crate::shards::DEFAULT_ROW_GROUP_ROWS, |g| g.num_rows().max(1) as usize);
+        .map_or(crate::shards::DEFAULT_ROW_GROUP_ROWS, |g| {
+            g.num_rows().max(1) as usize
+        });
     let reader = builder
         .with_batch_size(rg_rows)
         .build()
@@ -370,15 +372,15 @@ fn rewrite_shard(
         let ids = batch.column(id_idx).as_string::<i32>();
         let set_col = batch.column(set_idx).as_dictionary::<Int32Type>();
         let set_names = set_col.values().as_string::<i32>();
-        let joined: Vec<bool> = sets
-            .iter()
-            .map(|s| s.as_str())
-            .fold(vec![false; set_names.len()], |mut acc, s| {
-                for (i, v) in set_names.iter().enumerate() {
-                    acc[i] |= v == Some(s);
-                }
-                acc
-            });
+        let joined: Vec<bool> =
+            sets.iter()
+                .map(|s| s.as_str())
+                .fold(vec![false; set_names.len()], |mut acc, s| {
+                    for (i, v) in set_names.iter().enumerate() {
+                        acc[i] |= v == Some(s);
+                    }
+                    acc
+                });
         let mut b = FixedSizeListBuilder::with_capacity(
             Float32Builder::with_capacity(n * n_classes),
             n_classes as i32,
@@ -415,12 +417,11 @@ fn rewrite_shard(
         }
         let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
         cols[logits_idx] = Arc::new(b.finish());
-        let out = RecordBatch::try_new(schema.clone(), cols).map_err(|e| {
-            MaterializeError::Invalid {
+        let out =
+            RecordBatch::try_new(schema.clone(), cols).map_err(|e| MaterializeError::Invalid {
                 path: src.display().to_string(),
                 problem: format!("rebuilding the batch: {e}"),
-            }
-        })?;
+            })?;
         writer.write(&out)?;
     }
     let new_entry = writer.finish()?;
@@ -428,14 +429,21 @@ fn rewrite_shard(
     let found = data_specs::read_shard_meta(&dst)?;
     let (_, rows) = check_shard(&dst, Some(meta))?;
     let sha = sha256_file(&dst)?;
-    if found != *meta || rows != entry.rows || new_entry.rows != entry.rows || sha != new_entry.sha256
+    if found != *meta
+        || rows != entry.rows
+        || new_entry.rows != entry.rows
+        || sha != new_entry.sha256
     {
         return Err(MaterializeError::Invalid {
             path: dst.display().to_string(),
             problem: format!(
                 "verification failed: {rows} rows (expected {}), checksum {}",
                 entry.rows,
-                if sha == new_entry.sha256 { "ok" } else { "differs" }
+                if sha == new_entry.sha256 {
+                    "ok"
+                } else {
+                    "differs"
+                }
             ),
         });
     }
@@ -515,7 +523,10 @@ fn dict_strings(a: &ArrayRef) -> Vec<String> {
     let v = d.values().as_string::<i32>();
     d.keys()
         .iter()
-        .map(|k| k.map(|k| v.value(k as usize).to_string()).unwrap_or_default())
+        .map(|k| {
+            k.map(|k| v.value(k as usize).to_string())
+                .unwrap_or_default()
+        })
         .collect()
 }
 
@@ -544,11 +555,14 @@ pub fn write_logits_table(
             .append_slice(&logits[i * n_classes..(i + 1) * n_classes]);
         b.append(true);
     }
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids.finish()), Arc::new(b.finish())])
-        .map_err(|e| MaterializeError::Invalid {
-            path: path.display().to_string(),
-            problem: e.to_string(),
-        })?;
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(ids.finish()), Arc::new(b.finish())],
+    )
+    .map_err(|e| MaterializeError::Invalid {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    })?;
     let tmp = crate::shards::tmp_path(path);
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
     let mut w = ArrowWriter::try_new(file, schema, None).map_err(pq_err(&tmp))?;
@@ -587,7 +601,9 @@ pub fn score(fusion: &Fusion, teachers: &[Vec<f32>], labels: &[usize]) -> Scores
         let best = h
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv { (i, v) } else { (bi, bv) }
+            })
             .0;
         count[y] += 1;
         if best == y {
@@ -912,8 +928,10 @@ pub fn run_fuse(a: &FuseArgs) -> anyhow::Result<FuseReport> {
         .logits
         .iter()
         .map(|p| {
-            p.file_name()
-                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+            p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
         })
         .collect();
     let opts = FuseOptions {
@@ -934,7 +952,11 @@ pub fn run_fuse(a: &FuseArgs) -> anyhow::Result<FuseReport> {
         .clone()
         .unwrap_or_else(|| sibling(&a.shards, ".fused-logits.parquet"));
     write_logits_table(&out_logits, &ids, &values, n_classes)?;
-    println!("fused logits of {} clips -> {}", ids.len(), out_logits.display());
+    println!(
+        "fused logits of {} clips -> {}",
+        ids.len(),
+        out_logits.display()
+    );
     if !a.no_join {
         // The same path as imported logits: load the table, then join.
         let fused = TeacherLogits::load(&out_logits, &[], n_classes)?;
@@ -965,7 +987,10 @@ fn print_report(r: &FuseReport) {
             100.0 * s.train.macro_accuracy,
             s.train.cross_entropy,
             t.map_or("-".into(), |t| format!("{:6.2} %", 100.0 * t.accuracy)),
-            t.map_or("-".into(), |t| format!("{:6.2} %", 100.0 * t.macro_accuracy)),
+            t.map_or("-".into(), |t| format!(
+                "{:6.2} %",
+                100.0 * t.macro_accuracy
+            )),
             t.map_or("-".into(), |t| format!("{:.4}", t.cross_entropy)),
         );
     };
