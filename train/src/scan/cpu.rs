@@ -60,7 +60,7 @@ pub fn exp_fast(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5 * 2^23: adding it rounds to the nearest integer, which then sits in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0).min(88.0);
+    let x = x.clamp(-87.0, 88.0);
     let t = madd(x, LOG2E, ROUND);
     let k = t - ROUND;
     let r = madd(k, -LN2_LO, madd(k, -LN2_HI, x));
@@ -69,7 +69,7 @@ pub fn exp_fast(x: f32) -> f32 {
     p = madd(p, r, 8.333_452e-3);
     p = madd(p, r, 4.166_579_6e-2);
     p = madd(p, r, 1.666_666_5e-1);
-    p = madd(p, r, 5.000_000_1e-1);
+    p = madd(p, r, 0.5);
     let p = madd(p * r, r, r) + 1.0;
     let ki = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     f32::from_bits(((ki + 127) as u32) << 23) * p
@@ -189,11 +189,11 @@ pub fn forward(
                     let b_t = &s.bt[t * n_st..(t + 1) * n_st];
                     let c_t = &s.ct[t * n_st..(t + 1) * n_st];
                     let (h, hc) = (&mut s.h[..n_st], &mut s.hc[..n_st]);
-                    for n in 0..n_st {
-                        let e = exp_fast(dt * a_r[n]);
-                        let hn = madd(e, h[n], dtu * b_t[n]);
-                        h[n] = hn;
-                        hc[n] = hn * c_t[n];
+                    for ((((hn, hcn), &an), &bn), &cn) in
+                        h.iter_mut().zip(hc.iter_mut()).zip(a_r).zip(b_t).zip(c_t)
+                    {
+                        *hn = madd(exp_fast(dt * an), *hn, dtu * bn);
+                        *hcn = *hn * cn;
                     }
                     let acc = hsum(&s.hc);
                     y_r[t] = madd(d_ch, ut, acc);
@@ -328,37 +328,39 @@ pub fn backward(
                         dd_acc = madd(gt, ut, dd_acc);
                         let c_t = &s.ct[cur..cur + n_st];
                         let h_t = &s.hs[cur..cur + n_st];
-                        for n in 0..n_st {
-                            s.dh[n] = madd(gt, c_t[n], s.dh[n]);
+                        for (dh, &cn) in s.dh.iter_mut().zip(c_t) {
+                            *dh = madd(gt, cn, *dh);
                         }
                         let dct_t = &mut s.dct[cur..cur + n_st];
-                        for n in 0..n_st {
-                            dct_t[n] = madd(gt, h_t[n], dct_t[n]);
+                        for (dc, &hn) in dct_t.iter_mut().zip(h_t) {
+                            *dc = madd(gt, hn, *dc);
                         }
                         let e_t = &s.es[cur..cur + n_st];
                         if t > 0 {
                             let h_prev = &s.hs[cur - n_st..cur];
-                            for n in 0..n_st {
-                                s.p[n] = s.dh[n] * h_prev[n] * e_t[n];
+                            for (((pn, &dh), &hp), &en) in
+                                s.p.iter_mut().zip(&s.dh).zip(h_prev).zip(e_t)
+                            {
+                                *pn = dh * hp * en;
                             }
                         } else {
                             s.p.fill(0.0);
                         }
-                        for n in 0..n_st {
-                            da_r[n] = madd(dt, s.p[n], da_r[n]);
+                        for (da, &pn) in da_r.iter_mut().zip(&s.p) {
+                            *da = madd(dt, pn, *da);
                         }
                         let b_t = &s.bt[cur..cur + n_st];
                         let dh_b = dot(&s.dh, b_t);
                         let p_a = dot(&s.p, a_r);
                         let dtu = dt * ut;
                         let dbt_t = &mut s.dbt[cur..cur + n_st];
-                        for n in 0..n_st {
-                            dbt_t[n] = madd(dtu, s.dh[n], dbt_t[n]);
+                        for (db, &dh) in dbt_t.iter_mut().zip(&s.dh) {
+                            *db = madd(dtu, dh, *db);
                         }
                         du_r[t] = madd(gt, d_ch, dt * dh_b);
                         ddl_r[t] = madd(ut, dh_b, p_a);
-                        for n in 0..n_st {
-                            s.dh[n] *= e_t[n];
+                        for (dh, &en) in s.dh.iter_mut().zip(e_t) {
+                            *dh *= en;
                         }
                     }
                     dd_b[ch] += dd_acc;

@@ -4,6 +4,9 @@
 //! feature) by moving the inputs to host `f32` buffers and running [`super::cpu`], and for
 //! `Autodiff<B, C>` by recording one graph node whose backward step runs [`super::cpu::backward`].
 
+// burn 0.22 deprecates NdArray; the project still offers it behind the `ndarray` feature.
+#![allow(deprecated)]
+
 use super::cpu::{self, ScanDims};
 use burn::backend::autodiff::{
     Autodiff,

@@ -127,11 +127,11 @@ fn loss_f64(x: &Inputs, w: &[f32], over: Option<(usize, usize, f64)>) -> f64 {
                 let iu = (bi * di + ch) * l + t;
                 let (ut, dt) = (get(0, &x.u, iu), get(1, &x.delta, iu));
                 let mut y = get(5, &x.d, ch) * ut;
-                for n in 0..ds {
+                for (n, hn) in h.iter_mut().enumerate() {
                     let ibc = (bi * ds + n) * l + t;
                     let an = get(2, &x.a, ch * ds + n);
-                    h[n] = (dt * an).exp() * h[n] + dt * get(3, &x.b, ibc) * ut;
-                    y += h[n] * get(4, &x.c, ibc);
+                    *hn = (dt * an).exp() * *hn + dt * get(3, &x.b, ibc) * ut;
+                    y += *hn * get(4, &x.c, ibc);
                 }
                 loss += w[iu] as f64 * y;
             }
