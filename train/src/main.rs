@@ -106,7 +106,7 @@ struct TrainArgs {
     /// DCASE2024 training split in percent: 5, 10, 25, 50 or 100.
     #[arg(long, default_value_t = 100)]
     split: u8,
-    /// Epochs [default: 150 on the real dataset (>= 50,000 training rows), 12 on smaller
+    /// Epochs [default: 150 on the real dataset (>= 50,000 training rows), 7 on smaller
     /// (demo) shard sets].
     #[arg(long)]
     epochs: Option<u64>,

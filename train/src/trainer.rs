@@ -67,7 +67,7 @@ pub const REAL_DATASET_MIN_ROWS: usize = 50_000;
 pub const PAPER_EPOCHS: u64 = 150;
 /// Default epochs on smaller (demo) shard sets, chosen so the demo finishes in about 15 minutes
 /// on 2 cores (measured, see the README).
-pub const DEMO_EPOCHS: u64 = 12;
+pub const DEMO_EPOCHS: u64 = 7;
 /// RNG stream of the model initialisation.
 pub const INIT_STREAM: u64 = 1;
 /// RNG stream of the batch augmentations (indexed by update step).
@@ -548,6 +548,8 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
     let mut train_seconds = 0.0f64;
     let mut last_eval: Option<EvalReport> = None;
     let mut epochs_this_call = 0u64;
+    let log_to_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log_every = steps_per_epoch.div_ceil(10).max(1);
     while state.epoch < cfg.epochs {
         if opts.stop_after.is_some_and(|k| epochs_this_call >= k) {
             break;
@@ -617,6 +619,20 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
                 n_seen as f64 / secs
             ));
             bar.inc(1);
+            // Without a terminal the bar is invisible: log about ten lines per epoch instead.
+            if opts.progress
+                && !log_to_terminal
+                && (batch.index() + 1) % log_every == 0
+            {
+                eprintln!(
+                    "  epoch {} update {}/{steps_per_epoch}: loss {:.4} lr {:.2e} {:.1} samples/s",
+                    epoch + 1,
+                    batch.index() + 1,
+                    loss_sum / n_seen as f64,
+                    lr,
+                    n_seen as f64 / secs
+                );
+            }
         }
         let train_secs = t_epoch.elapsed().as_secs_f64();
         bar.finish_and_clear();

@@ -39,6 +39,7 @@ fn make_shards(dir: &Path) -> PathBuf {
         missing_teacher_every: 5,
     };
     let shards = dir.join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
     write_shard_set(&shards, &spec).expect("synthetic shards");
     shards
 }
