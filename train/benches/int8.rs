@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use train::int8::builder::{RandomNetConfig, calibrate, quantize_model, random_irmamba};
 use train::int8::engine::Reference;
+use train::int8::kernels::Isa;
 use train::int8::{ExecMode, ModelMeta, QParams};
 
 fn logmel(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -75,7 +76,7 @@ fn main() {
         frontend: FrontEndConfig::dcase2024(),
         labels: Vocabulary::tau22_labels(),
     };
-    let model =
+    let mut model =
         quantize_model(meta, &graph, &tensors, &ranges, QParams::REDUCED).expect("quantizes");
     let pm = model.param_memory();
     println!(
@@ -99,22 +100,37 @@ fn main() {
         .build()
         .expect("pool");
     let n = 200;
-    let (med, mean) = pool.install(|| {
-        time(n, 20, |i| {
-            drop(model.infer(&clips[i % clips.len()]).expect("runs"))
-        })
-    });
-    println!(
-        "int8 engine, 1 thread:           median {:.3} ms/clip, mean {:.3} ms/clip",
-        med * 1e3,
-        mean * 1e3
-    );
+    let best = Isa::detect();
+    println!("CPU kernels: {} (dispatched at run time)", best.name());
+    for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+        if !isa.available() || isa > best {
+            continue;
+        }
+        model.set_isa(isa);
+        let (med, mean) = pool.install(|| {
+            time(n, 20, |i| {
+                drop(model.infer(&clips[i % clips.len()]).expect("runs"))
+            })
+        });
+        println!(
+            "int8 engine, {:<8} 1 thread: median {:.3} ms/clip, mean {:.3} ms/clip",
+            isa.name(),
+            med * 1e3,
+            mean * 1e3
+        );
+        println!("  time per op kind (1 clip):");
+        for (op, t) in model.profile(&clips[0], 50).expect("runs") {
+            println!("    {op:<16} {:.3} ms", t * 1e3);
+        }
+    }
+    model.set_isa(best);
     let mut fl = Reference::new(&graph, &tensors, false).expect("valid");
     let (med, mean) = time(n / 2, 10, |i| {
         std::hint::black_box(fl.run(&clips[i % clips.len()], ExecMode::Float, None));
     });
     println!(
-        "plain f32 reference, 1 thread:   median {:.3} ms/clip, mean {:.3} ms/clip",
+        "plain f32 reference ({} mixer), 1 thread: median {:.3} ms/clip, mean {:.3} ms/clip",
+        best.name(),
         med * 1e3,
         mean * 1e3
     );
@@ -135,8 +151,4 @@ fn main() {
         med * 1e3 / clips.len() as f64,
         clips.len() as f64 / med
     );
-    println!("int8 time per op kind (1 clip):");
-    for (op, t) in model.profile(&clips[0], 50).expect("runs") {
-        println!("  {op:<16} {:.3} ms", t * 1e3);
-    }
 }

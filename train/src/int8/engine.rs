@@ -10,8 +10,8 @@ use super::Int8Error;
 use super::format;
 use super::graph::{Activation, BufKind, Graph, ModelMeta, Op, QParams, TensorData, TensorMap};
 use super::kernels::{
-    ConvGeom, FixedMul, MambaKernel, QAddKernel, QConvKernel, conv2d_direct, layer_norm_cols,
-    max_pool2d, pad_input, round_even_i32,
+    ConvGeom, FixedMul, Isa, MambaKernel, QAddKernel, QConvKernel, conv2d_direct,
+    layer_norm_cols, max_pool2d, pad_input, round_even_i32,
 };
 
 /// An op prepared for the integer executor.
@@ -161,6 +161,7 @@ pub struct Int8Model {
     kernels: Vec<Kernel>,
     scratch: ScratchSizes,
     pool: Mutex<Vec<Workspace>>,
+    isa: Isa,
 }
 
 fn tf32<'a>(t: &'a TensorMap, name: &str) -> &'a [f32] {
@@ -483,7 +484,19 @@ impl Int8Model {
             kernels,
             scratch: sz,
             pool: Mutex::new(Vec::new()),
+            isa: Isa::detect(),
         })
+    }
+
+    /// The instruction-set level the hot kernels run with ([`Isa::detect`] by default).
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Runs the hot kernels at `isa`, or the widest level below it that this CPU supports
+    /// (to compare paths; integer results are identical at every level).
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.isa = isa.or_supported();
     }
 
     /// Reads an `.asc8` file (see [`format`]), refusing corrupt or inconsistent files.
@@ -644,7 +657,14 @@ impl Int8Model {
                 inp.copy_from_slice(logmel);
                 for (k, op) in self.kernels.iter().zip(&self.graph.ops) {
                     let t = std::time::Instant::now();
-                    run_kernel(k, &mut ws.slots, &mut ws.xp, &mut ws.acc, &mut ws.fscratch);
+                    run_kernel(
+                        k,
+                        self.isa,
+                        &mut ws.slots,
+                        &mut ws.xp,
+                        &mut ws.acc,
+                        &mut ws.fscratch,
+                    );
                     *times.entry(super::graph::op_name(op)).or_default() +=
                         t.elapsed().as_secs_f64();
                 }
@@ -670,7 +690,7 @@ impl Int8Model {
         };
         inp.copy_from_slice(input);
         for k in &self.kernels {
-            run_kernel(k, slots, xp, acc, fscratch);
+            run_kernel(k, self.isa, slots, xp, acc, fscratch);
         }
     }
 }
@@ -693,7 +713,14 @@ fn f(s: &Slot) -> &[f32] {
     }
 }
 
-fn run_kernel(k: &Kernel, slots: &mut [Slot], xp: &mut [i16], acc: &mut [i32], fs: &mut [f32]) {
+fn run_kernel(
+    k: &Kernel,
+    isa: Isa,
+    slots: &mut [Slot],
+    xp: &mut [i16],
+    acc: &mut [i32],
+    fs: &mut [f32],
+) {
     let out_idx = match k {
         Kernel::Quantize { output, .. }
         | Kernel::Dequantize { output, .. }
@@ -735,7 +762,9 @@ fn run_kernel(k: &Kernel, slots: &mut [Slot], xp: &mut [i16], acc: &mut [i32], f
                 *o = scale * (v as i32 - zp) as f32;
             }
         }
-        (Kernel::Conv { input, k, .. }, Slot::Q(y)) => k.run(q(&slots[*input]), y, xp, acc),
+        (Kernel::Conv { input, k, .. }, Slot::Q(y)) => {
+            k.run_isa(isa, q(&slots[*input]), y, xp, acc)
+        }
         (Kernel::Add { a, b, k, .. }, Slot::Q(y)) => k.run(q(&slots[*a]), q(&slots[*b]), y),
         (
             Kernel::MaxPool {
@@ -812,7 +841,9 @@ fn run_kernel(k: &Kernel, slots: &mut [Slot], xp: &mut [i16], acc: &mut [i32], f
                 *o = va + alpha * vb;
             }
         }
-        (Kernel::Mamba { input, k, .. }, Slot::F(y)) => k.run(f(&slots[*input]), y, fs),
+        (Kernel::Mamba { input, k, .. }, Slot::F(y)) => {
+            k.run_isa(isa, f(&slots[*input]), y, fs)
+        }
         _ => unreachable!("validated buffer kinds"),
     }
     slots[out_idx] = out;

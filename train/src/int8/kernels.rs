@@ -2,9 +2,114 @@
 //! float LayerNorm and the Mamba mixer, float convolution for the reference path, and
 //! branch-free `exp`/`ln` that the compiler vectorizes.
 //!
-//! Hot loops run over contiguous slices (a row of output positions, or the `d_state` lanes of
+//! Hot loops run over contiguous slices (a row of output positions, or the channel lanes of
 //! the scan) with no bounds checks inside, so they auto-vectorize at the baseline target
 //! (x86-64 SSE2) without `-C target-cpu`.
+//!
+//! ## Run-time dispatch ([`Isa`])
+//! The crate is compiled for the baseline target, so the hot kernels (the Mamba mixer, the
+//! integer convolutions and the pointwise GEMM) are written once as `#[inline(always)]` generic
+//! bodies and instantiated a second (and third) time inside `#[target_feature(enable =
+//! "avx2,fma")]` / `"avx512f,avx512bw,..."` wrappers, where LLVM vectorizes them with 256/512-bit
+//! registers. [`Isa::detect`] picks the widest supported set once per process
+//! (`is_x86_feature_detected!`); other CPUs and other architectures run the portable path.
+//! Integer kernels give bit-identical results on every path. The float mixer uses fused
+//! multiply-adds ([`Fused`]) on the AVX paths and separate multiply and add ([`Plain`]) on the
+//! portable path: results differ by rounding only (a few ulp per operation; the tests bound the
+//! mixer output difference by `1e-5` relative to the output's largest magnitude).
+
+/// Instruction-set level of the hot kernels, chosen at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// The compile target's baseline (SSE2 on x86-64), on every CPU.
+    Portable,
+    /// x86-64 AVX2 + FMA (Haswell and later).
+    Avx2,
+    /// x86-64 AVX-512 F/BW/DQ/VL (+ AVX2, FMA): Skylake-SP, Ice Lake, Zen 4 and later.
+    Avx512,
+}
+
+impl Isa {
+    /// The widest level this CPU supports (detected once, then cached). The environment
+    /// variable `ASC_INT8_ISA` (`portable`, `avx2`, `avx512`) caps it, for benchmarks and
+    /// debugging; other values are ignored.
+    pub fn detect() -> Self {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let cap = match std::env::var("ASC_INT8_ISA").as_deref() {
+                Ok("portable") => Isa::Portable,
+                Ok("avx2") => Isa::Avx2,
+                _ => Isa::Avx512,
+            };
+            [Isa::Avx512, Isa::Avx2]
+                .into_iter()
+                .find(|i| *i <= cap && i.available())
+                .unwrap_or(Isa::Portable)
+        })
+    }
+
+    /// Short name (`portable`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// True when this CPU can run kernels compiled for `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// `self` if this CPU supports it, else the widest supported level below it.
+    pub fn or_supported(self) -> Self {
+        self.min(Isa::detect())
+    }
+}
+
+/// How `a * b + c` is evaluated in the float kernels.
+pub trait MulAdd {
+    /// `a * b + c`.
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// `a * b + c` with two roundings (the portable path: a fused multiply-add without the FMA
+/// instruction would be a slow libm call).
+#[derive(Debug, Clone, Copy)]
+pub struct Plain;
+
+impl MulAdd for Plain {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// `a * b + c` with one rounding (`vfmadd`); only instantiated inside `fma` functions.
+#[derive(Debug, Clone, Copy)]
+pub struct Fused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
 
 /// Rounds to the nearest integer, ties to even, for `|x| < 2^22` (the 1.5 * 2^23 trick), the
 /// rounding of PyTorch's `nearbyint`. Larger magnitudes must be clamped by the caller.
@@ -18,6 +123,12 @@ pub fn round_even(x: f32) -> f32 {
 /// polynomial in `r`, `2^n` built in the exponent bits); inputs clamped to `[-87, 88]`.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
+    fast_exp_with::<Plain>(x)
+}
+
+/// [`fast_exp`] with the multiply-adds evaluated by `M` (branch-free, vectorizes).
+#[inline(always)]
+pub fn fast_exp_with<M: MulAdd>(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
     // n = round(x / ln 2), read from the mantissa bits of `t` (no float->int cast, which would
@@ -25,14 +136,16 @@ pub fn fast_exp(x: f32) -> f32 {
     let t = x * std::f32::consts::LOG2_E + MAGIC;
     let ni = t.to_bits() as i32 - MAGIC.to_bits() as i32;
     let n = t - MAGIC;
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    // r = x - n ln2 with ln2 split in two (Cody-Waite).
+    let r = M::mul_add(n, -0.693_359_4, x);
+    let r = M::mul_add(n, 2.121_944_4e-4, r);
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1_f64 as f32;
-    let y = p * r * r + r + 1.0;
+    p = M::mul_add(p, r, 1.398_199_9e-3);
+    p = M::mul_add(p, r, 8.333_452e-3);
+    p = M::mul_add(p, r, 4.166_579_6e-2);
+    p = M::mul_add(p, r, 1.666_666_5e-1);
+    p = M::mul_add(p, r, 5.000_000_1e-1_f64 as f32);
+    let y = M::mul_add(p * r, r, r) + 1.0;
     y * f32::from_bits(((ni + 127) as u32) << 23)
 }
 
@@ -47,6 +160,12 @@ pub fn round_even_i32(x: f32) -> i32 {
 /// degree-8 polynomial), relative error below 3e-7.
 #[inline(always)]
 pub fn fast_ln(x: f32) -> f32 {
+    fast_ln_with::<Plain>(x)
+}
+
+/// [`fast_ln`] with the multiply-adds evaluated by `M`.
+#[inline(always)]
+pub fn fast_ln_with<M: MulAdd>(x: f32) -> f32 {
     let bits = x.to_bits();
     let mut e = ((bits >> 23) & 0xff) as i32 - 126;
     let m0 = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000); // [0.5, 1)
@@ -56,17 +175,17 @@ pub fn fast_ln(x: f32) -> f32 {
     let ef = e as f32;
     let z = m * m;
     let mut p = 7.037_683_6e-2f32;
-    p = p * m - 1.151_461e-1;
-    p = p * m + 1.167_699_9e-1;
-    p = p * m - 1.242_014_1e-1;
-    p = p * m + 1.424_932_3e-1;
-    p = p * m - 1.666_805_8e-1;
-    p = p * m + 2.000_071_4e-1;
-    p = p * m - 2.499_999_4e-1;
-    p = p * m + 3.333_333_1e-1_f64 as f32;
+    p = M::mul_add(p, m, -1.151_461e-1);
+    p = M::mul_add(p, m, 1.167_699_9e-1);
+    p = M::mul_add(p, m, -1.242_014_1e-1);
+    p = M::mul_add(p, m, 1.424_932_3e-1);
+    p = M::mul_add(p, m, -1.666_805_8e-1);
+    p = M::mul_add(p, m, 2.000_071_4e-1);
+    p = M::mul_add(p, m, -2.499_999_4e-1);
+    p = M::mul_add(p, m, 3.333_333_1e-1_f64 as f32);
     let mut y = p * m * z;
-    y += -2.121_944_4e-4 * ef;
-    y += -0.5 * z;
+    y = M::mul_add(-2.121_944_4e-4, ef, y);
+    y = M::mul_add(-0.5, z, y);
     m + y + 0.693_359_4 * ef
 }
 
@@ -74,13 +193,25 @@ pub fn fast_ln(x: f32) -> f32 {
 /// this form is accurate there too).
 #[inline(always)]
 pub fn softplus(x: f32) -> f32 {
-    x.max(0.0) + fast_ln(1.0 + fast_exp(-x.abs()))
+    softplus_with::<Plain>(x)
+}
+
+/// [`softplus`] with the multiply-adds evaluated by `M`.
+#[inline(always)]
+pub fn softplus_with<M: MulAdd>(x: f32) -> f32 {
+    x.max(0.0) + fast_ln_with::<M>(1.0 + fast_exp_with::<M>(-x.abs()))
 }
 
 /// `silu(x) = x * sigmoid(x)`.
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + fast_exp(-x))
+    silu_with::<Plain>(x)
+}
+
+/// [`silu`] with the multiply-adds evaluated by `M`.
+#[inline(always)]
+pub fn silu_with<M: MulAdd>(x: f32) -> f32 {
+    x / (1.0 + fast_exp_with::<M>(-x))
 }
 
 /// A positive real multiplier as a fixed-point `m / 2^shift`, `m` in `[2^30, 2^31)` (gemmlowp's
@@ -225,6 +356,7 @@ impl ConvElem for f32 {
 /// Direct convolution over an already padded input `xp` `[Cin, H+2ph, W+2pw]`; for every
 /// output channel `co` the accumulator plane `acc` `[Ho*Wo]` is initialised to `bias[co]`,
 /// filled, and handed to `emit(co, acc)`. Weights `[Cout, Cin/groups, kh, kw]`.
+#[inline(always)]
 pub fn conv2d_direct<T: ConvElem>(
     g: &ConvGeom,
     xp: &[T],
@@ -269,6 +401,7 @@ pub fn conv2d_direct<T: ConvElem>(
 }
 
 /// Copies `x` `[C, H, W]` into the padded `xp` `[C, H+2ph, W+2pw]` through `f`, zero borders.
+#[inline(always)]
 pub fn pad_input<S: Copy, T: Copy + Default>(
     g: &ConvGeom,
     x: &[S],
@@ -368,32 +501,71 @@ impl QConvKernel {
         4 * self.geom.ho() * self.geom.wo()
     }
 
-    /// Runs the layer: `y = clamp(zp_out + M_c * (bias_c + sum w * (x - zp_in)), lo, hi)`.
+    /// Runs the layer: `y = clamp(zp_out + M_c * (bias_c + sum w * (x - zp_in)), lo, hi)`, with
+    /// the widest kernels this CPU supports ([`Isa::detect`]).
     pub fn run(&self, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
+        self.run_isa(Isa::detect(), x, y, xp, acc)
+    }
+
+    /// [`QConvKernel::run`] with the kernels of `isa` (or the widest supported level below);
+    /// every level gives the same codes.
+    pub fn run_isa(&self, isa: Isa, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
+        match isa.or_supported() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `or_supported` checked that the CPU has the features enabled there.
+            Isa::Avx512 => unsafe { self.run_avx512(x, y, xp, acc) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { self.run_avx2(x, y, xp, acc) },
+            _ => self.run_body(Isa::Portable, x, y, xp, acc),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
+        self.run_body(Isa::Avx2, x, y, xp, acc)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn run_avx512(&self, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
+        self.run_body(Isa::Avx512, x, y, xp, acc)
+    }
+
+    #[inline(always)]
+    fn run_body(&self, isa: Isa, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
         let zp = self.zp_in as i16;
         #[cfg(target_arch = "x86_64")]
         if !self.pairs.is_empty() {
-            return self.run_pointwise(x, y, xp, acc);
+            return self.run_pointwise(isa, x, y, xp, acc);
         }
+        let _ = isa;
         pad_input(&self.geom, x, xp, |q: u8| q as i16 - zp);
         let hw = self.geom.ho() * self.geom.wo();
         conv2d_direct(&self.geom, xp, &self.weight, &self.bias, acc, |co, a| {
-            let m = self.mul[co];
-            let (zo, lo, hi) = (self.zp_out, self.lo, self.hi);
-            for (o, &v) in y[co * hw..(co + 1) * hw].iter_mut().zip(a) {
-                *o = (m.apply(v) + zo).clamp(lo, hi) as u8;
-            }
+            requantize(self.mul[co], self.zp_out, self.lo, self.hi, a, &mut y[co * hw..(co + 1) * hw]);
         });
+    }
+}
+
+/// `y = clamp(zp_out + round(acc * M), lo, hi)` over a row (vectorizes: i32 x i32 -> i64
+/// products with `pmuldq`).
+#[inline(always)]
+fn requantize(m: FixedMul, zo: i32, lo: i32, hi: i32, acc: &[i32], y: &mut [u8]) {
+    for (o, &v) in y.iter_mut().zip(acc) {
+        *o = (m.apply(v) + zo).clamp(lo, hi) as u8;
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl QConvKernel {
     /// Pointwise layer as a GEMM over channel pairs: the input is packed as
-    /// `xp[k][p] = (x[2k][p] - zp, x[2k+1][p] - zp)` so that one SSE2 `pmaddwd` does 8
-    /// multiply-adds (4 positions x 2 channels) into i32; register tiles of 4 output channels
-    /// x 8 positions.
-    fn run_pointwise(&self, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
+    /// `xp[k][p] = (x[2k][p] - zp, x[2k+1][p] - zp)` so that one `pmaddwd` does 2 multiply-adds
+    /// per i32 lane (positions x 2 channels); register tiles of 4 output channels x 8 (SSE2),
+    /// 16 (AVX2) or 32 (AVX-512) positions.
+    #[inline(always)]
+    fn run_pointwise(&self, isa: Isa, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
         let g = &self.geom;
         let (cin, p) = (g.cin, g.h * g.w);
         let cin2 = cin.div_ceil(2);
@@ -419,40 +591,176 @@ impl QConvKernel {
         while co < g.cout {
             let nc = if co + 4 <= g.cout { 4 } else { 1 };
             let acc = &mut acc[..nc * p];
-            if nc == 4 {
-                gemm_tile::<4>(
-                    xp,
-                    &self.pairs[co * cin2..(co + 4) * cin2],
-                    &self.bias[co..co + 4],
-                    cin2,
-                    p,
-                    acc,
-                );
-            } else {
-                gemm_tile::<1>(
-                    xp,
-                    &self.pairs[co * cin2..(co + 1) * cin2],
-                    &self.bias[co..co + 1],
-                    cin2,
-                    p,
-                    acc,
-                );
+            let (pairs, bias) = (
+                &self.pairs[co * cin2..(co + nc) * cin2],
+                &self.bias[co..co + nc],
+            );
+            // SAFETY (both AVX arms): `run_pointwise` is only reached with `isa` equal to the
+            // level of the enclosing `target_feature` function, which `run_isa` checked.
+            match (isa, nc) {
+                (Isa::Avx512, 4) => unsafe { gemm_tile_avx512::<4>(xp, pairs, bias, cin2, p, acc) },
+                (Isa::Avx512, _) => unsafe { gemm_tile_avx512::<1>(xp, pairs, bias, cin2, p, acc) },
+                (Isa::Avx2, 4) => unsafe { gemm_tile_avx2::<4>(xp, pairs, bias, cin2, p, 0, acc) },
+                (Isa::Avx2, _) => unsafe { gemm_tile_avx2::<1>(xp, pairs, bias, cin2, p, 0, acc) },
+                (_, 4) => gemm_tile::<4>(xp, pairs, bias, cin2, p, acc),
+                _ => gemm_tile::<1>(xp, pairs, bias, cin2, p, acc),
             }
             for (j, a) in acc.chunks_exact(p).enumerate() {
-                let m = self.mul[co + j];
-                let (zo, lo, hi) = (self.zp_out, self.lo, self.hi);
-                for (o, &v) in y[(co + j) * p..(co + j + 1) * p].iter_mut().zip(a) {
-                    *o = (m.apply(v) + zo).clamp(lo, hi) as u8;
-                }
+                requantize(
+                    self.mul[co + j],
+                    self.zp_out,
+                    self.lo,
+                    self.hi,
+                    a,
+                    &mut y[(co + j) * p..(co + j + 1) * p],
+                );
             }
             co += nc;
         }
     }
 }
 
+/// Scalar tail of the pair GEMM: positions `p0..p` of `acc[j][p] = bias[j] + sum_k ...`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn gemm_tail<const NC: usize>(
+    xp: &[i16],
+    pairs: &[[i32; 4]],
+    bias: &[i32],
+    cin2: usize,
+    p: usize,
+    p0: usize,
+    acc: &mut [i32],
+) {
+    for pp in p0..p {
+        for j in 0..NC {
+            let mut s = bias[j];
+            for k in 0..cin2 {
+                let w = pairs[j * cin2 + k][0];
+                let (w0, w1) = (w as i16 as i32, (w >> 16) as i16 as i32);
+                s += xp[(k * p + pp) * 2] as i32 * w0 + xp[(k * p + pp) * 2 + 1] as i32 * w1;
+            }
+            acc[j * p + pp] = s;
+        }
+    }
+}
+
+/// [`gemm_tile`] with AVX2 `vpmaddwd` on 16 positions per step, from position `p_start`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_tile_avx2<const NC: usize>(
+    xp: &[i16],
+    pairs: &[[i32; 4]],
+    bias: &[i32],
+    cin2: usize,
+    p: usize,
+    p_start: usize,
+    acc: &mut [i32],
+) {
+    use std::arch::x86_64::{
+        __m256i, _mm256_add_epi32, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_set1_epi32,
+        _mm256_storeu_si256,
+    };
+    assert!(
+        xp.len() >= cin2 * 2 * p
+            && pairs.len() >= NC * cin2
+            && bias.len() >= NC
+            && acc.len() >= NC * p
+    );
+    let mut p0 = p_start;
+    while p0 + 16 <= p {
+        // SAFETY: loads read 16 i16 at `(k * p + p0) * 2 (+ 16)` with `p0 + 16 <= p`, `k < cin2`,
+        // inside `xp` (asserted length); stores write 8 i32 at `j * p + p0 (+ 8)` inside `acc`.
+        unsafe {
+            let mut a: [[__m256i; 2]; NC] = [[_mm256_set1_epi32(0); 2]; NC];
+            for (j, aj) in a.iter_mut().enumerate() {
+                *aj = [_mm256_set1_epi32(bias[j]); 2];
+            }
+            for k in 0..cin2 {
+                let xb = xp.as_ptr().add((k * p + p0) * 2);
+                let x0 = _mm256_loadu_si256(xb as *const __m256i);
+                let x1 = _mm256_loadu_si256(xb.add(16) as *const __m256i);
+                for (j, aj) in a.iter_mut().enumerate() {
+                    let w = _mm256_set1_epi32(pairs.get_unchecked(j * cin2 + k)[0]);
+                    aj[0] = _mm256_add_epi32(aj[0], _mm256_madd_epi16(x0, w));
+                    aj[1] = _mm256_add_epi32(aj[1], _mm256_madd_epi16(x1, w));
+                }
+            }
+            for (j, aj) in a.iter().enumerate() {
+                let dst = acc.as_mut_ptr().add(j * p + p0);
+                _mm256_storeu_si256(dst as *mut __m256i, aj[0]);
+                _mm256_storeu_si256(dst.add(8) as *mut __m256i, aj[1]);
+            }
+        }
+        p0 += 16;
+    }
+    gemm_tail::<NC>(xp, pairs, bias, cin2, p, p0, acc);
+}
+
+/// [`gemm_tile`] with AVX-512BW `vpmaddwd` on 32 positions per step (then AVX2 for the rest).
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+unsafe fn gemm_tile_avx512<const NC: usize>(
+    xp: &[i16],
+    pairs: &[[i32; 4]],
+    bias: &[i32],
+    cin2: usize,
+    p: usize,
+    acc: &mut [i32],
+) {
+    use std::arch::x86_64::{
+        __m512i, _mm512_add_epi32, _mm512_loadu_si512, _mm512_madd_epi16, _mm512_set1_epi32,
+        _mm512_storeu_si512,
+    };
+    assert!(
+        xp.len() >= cin2 * 2 * p
+            && pairs.len() >= NC * cin2
+            && bias.len() >= NC
+            && acc.len() >= NC * p
+    );
+    let p32 = p / 32 * 32;
+    let mut p0 = 0;
+    while p0 < p32 {
+        // SAFETY: loads read 32 i16 at `(k * p + p0) * 2 (+ 32)` with `p0 + 32 <= p`,
+        // `k < cin2`, inside `xp` (asserted length); stores write 16 i32 at `j * p + p0 (+ 16)`
+        // inside `acc`.
+        unsafe {
+            let mut a: [[__m512i; 2]; NC] = [[_mm512_set1_epi32(0); 2]; NC];
+            for (j, aj) in a.iter_mut().enumerate() {
+                *aj = [_mm512_set1_epi32(bias[j]); 2];
+            }
+            for k in 0..cin2 {
+                let xb = xp.as_ptr().add((k * p + p0) * 2);
+                let x0 = _mm512_loadu_si512(xb as *const __m512i);
+                let x1 = _mm512_loadu_si512(xb.add(32) as *const __m512i);
+                for (j, aj) in a.iter_mut().enumerate() {
+                    let w = _mm512_set1_epi32(pairs.get_unchecked(j * cin2 + k)[0]);
+                    aj[0] = _mm512_add_epi32(aj[0], _mm512_madd_epi16(x0, w));
+                    aj[1] = _mm512_add_epi32(aj[1], _mm512_madd_epi16(x1, w));
+                }
+            }
+            for (j, aj) in a.iter().enumerate() {
+                let dst = acc.as_mut_ptr().add(j * p + p0);
+                _mm512_storeu_si512(dst as *mut __m512i, aj[0]);
+                _mm512_storeu_si512(dst.add(16) as *mut __m512i, aj[1]);
+            }
+        }
+        p0 += 32;
+    }
+    // The remaining < 32 positions: AVX2 tiles of 16, then scalar.
+    // SAFETY: AVX2 is enabled here.
+    unsafe { gemm_tile_avx2::<NC>(xp, pairs, bias, cin2, p, p0, acc) }
+}
+
 /// `acc[j][p] = bias[j] + sum_k pmaddwd(xp[k][p], pairs[j][k])` for `NC` output channels.
 #[cfg(target_arch = "x86_64")]
-#[inline(never)]
+#[inline(always)]
 fn gemm_tile<const NC: usize>(
     xp: &[i16],
     pairs: &[[i32; 4]],
@@ -499,17 +807,7 @@ fn gemm_tile<const NC: usize>(
         }
         p0 += 8;
     }
-    for pp in p0..p {
-        for j in 0..NC {
-            let mut s = bias[j];
-            for k in 0..cin2 {
-                let w = pairs[j * cin2 + k][0];
-                let (w0, w1) = (w as i16 as i32, (w >> 16) as i16 as i32);
-                s += xp[(k * p + pp) * 2] as i32 * w0 + xp[(k * p + pp) * 2 + 1] as i32 * w1;
-            }
-            acc[j * p + pp] = s;
-        }
-    }
+    gemm_tail::<NC>(xp, pairs, bias, cin2, p, p0, acc);
 }
 
 /// Quantized add of two tensors with their own scales:
@@ -673,8 +971,41 @@ impl MambaKernel {
         4 * di * l + (r + 2 * n) * l + 2 * l * n + 2 * di * n + 2 * di
     }
 
-    /// Runs the mixer on `xz` `[2*di, L]` into `y` `[di, L]`.
+    /// Runs the mixer on `xz` `[2*di, L]` into `y` `[di, L]` with the widest kernels this CPU
+    /// supports ([`Isa::detect`]).
     pub fn run(&self, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+        self.run_isa(Isa::detect(), xz, y, scratch)
+    }
+
+    /// [`MambaKernel::run`] with the kernels of `isa` (or the widest supported level below).
+    pub fn run_isa(&self, isa: Isa, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+        match isa.or_supported() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `or_supported` checked that the CPU has the features enabled there.
+            Isa::Avx512 => unsafe { self.run_avx512(xz, y, scratch) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { self.run_avx2(xz, y, scratch) },
+            _ => self.run_body::<Plain, 4>(xz, y, scratch),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+        self.run_body::<Fused, 8>(xz, y, scratch)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn run_avx512(&self, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+        self.run_body::<Fused, 16>(xz, y, scratch)
+    }
+
+    /// The mixer, generic over the multiply-add and the channel block `W` of the scan (one
+    /// vector register of f32 lanes).
+    #[inline(always)]
+    fn run_body<M: MulAdd, const W: usize>(&self, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
         let (di, n, r, k, l) = (self.di, self.n, self.r, self.k, self.l);
         let (u, rest) = scratch.split_at_mut(di * l);
         let (xdbl, rest) = rest.split_at_mut((r + 2 * n) * l);
@@ -688,6 +1019,7 @@ impl MambaKernel {
         let (du, rest) = rest.split_at_mut(di);
         let acc = &mut rest[..di];
         let (x, z) = xz.split_at(di * l);
+        let y = &mut y[..di * l];
         // Causal depthwise conv1d (PyTorch Conv1d, padding k-1, first L outputs) + SiLU:
         // u[c, t] = silu(b[c] + sum_j w[c, j] x[c, t + j - (k - 1)]).
         for c in 0..di {
@@ -700,10 +1032,10 @@ impl MambaKernel {
                     continue;
                 }
                 for (o, &v) in ur[sh..].iter_mut().zip(&xr[..l - sh]) {
-                    *o += wv * v;
+                    *o = M::mul_add(wv, v, *o);
                 }
             }
-            ur.iter_mut().for_each(|v| *v = silu(*v));
+            ur.iter_mut().for_each(|v| *v = silu_with::<M>(*v));
         }
         // x_dbl = x_proj u: [r + 2n, L].
         for o in 0..r + 2 * n {
@@ -712,7 +1044,7 @@ impl MambaKernel {
             for c in 0..di {
                 let wv = self.x_proj[o * di + c];
                 for (a, &v) in row.iter_mut().zip(&u[c * l..(c + 1) * l]) {
-                    *a += wv * v;
+                    *a = M::mul_add(wv, v, *a);
                 }
             }
         }
@@ -723,10 +1055,10 @@ impl MambaKernel {
             for j in 0..r {
                 let wv = self.dt_w[c * r + j];
                 for (a, &v) in row.iter_mut().zip(&xdbl[j * l..(j + 1) * l]) {
-                    *a += wv * v;
+                    *a = M::mul_add(wv, v, *a);
                 }
             }
-            row.iter_mut().for_each(|v| *v = softplus(*v));
+            row.iter_mut().for_each(|v| *v = softplus_with::<M>(*v));
         }
         // Time-major copies so that each scan step runs over contiguous channels.
         transpose(u, u_tm, di, l);
@@ -735,8 +1067,11 @@ impl MambaKernel {
         transpose(&xdbl[(r + n) * l..(r + 2 * n) * l], ct, n, l);
         transpose(&self.a, a_t, di, n);
         // Selective scan (ZOH for A, Euler for B as in Mamba's reference), vectorized over the
-        // channels: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t.
+        // channels in blocks of W (then 8, then 1) whose outputs stay in registers across the
+        // d_state lanes: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t.
         h.fill(0.0);
+        let w_main = di / W * W;
+        let w8 = w_main + (di - w_main) / 8 * 8;
         for t in 0..l {
             let (dt, ut) = (&delta_tm[t * di..(t + 1) * di], &u_tm[t * di..(t + 1) * di]);
             for ((d, &a), &b) in du.iter_mut().zip(dt).zip(ut) {
@@ -745,11 +1080,19 @@ impl MambaKernel {
             for ((o, &dd), &uu) in acc.iter_mut().zip(&self.d).zip(ut) {
                 *o = dd * uu;
             }
-            for s in 0..n {
-                let (b, cc) = (bt[t * n + s], ct[t * n + s]);
-                let hs = &mut h[s * di..(s + 1) * di];
-                let a_s = &a_t[s * di..(s + 1) * di];
-                scan_step(hs, a_s, dt, du, acc, b, cc);
+            let (bs, cs) = (&bt[t * n..(t + 1) * n], &ct[t * n..(t + 1) * n]);
+            let mut c0 = 0;
+            while c0 < w_main {
+                scan_block::<M, W>(c0, di, h, a_t, dt, du, acc, bs, cs);
+                c0 += W;
+            }
+            while c0 < w8 {
+                scan_block::<M, 8>(c0, di, h, a_t, dt, du, acc, bs, cs);
+                c0 += 8;
+            }
+            while c0 < di {
+                scan_block::<M, 1>(c0, di, h, a_t, dt, du, acc, bs, cs);
+                c0 += 1;
             }
             for (c, &v) in acc.iter().enumerate() {
                 y[c * l + t] = v;
@@ -757,22 +1100,44 @@ impl MambaKernel {
         }
         // Gate: y *= silu(z).
         for (o, &zz) in y.iter_mut().zip(z) {
-            *o *= silu(zz);
+            *o *= silu_with::<M>(zz);
         }
     }
 }
 
-/// One state lane of one scan step over all channels:
-/// `h = exp(delta * a) * h + du * b; acc += h * c`. Kept out of line so that the slices keep
-/// their no-alias guarantee and the loop vectorizes without runtime alias checks.
-#[inline(never)]
-fn scan_step(h: &mut [f32], a: &[f32], delta: &[f32], du: &[f32], acc: &mut [f32], b: f32, c: f32) {
-    let n = h.len();
-    let (a, delta, du, acc) = (&a[..n], &delta[..n], &du[..n], &mut acc[..n]);
-    for j in 0..n {
-        h[j] = fast_exp(delta[j] * a[j]) * h[j] + du[j] * b;
-        acc[j] += h[j] * c;
+/// One scan step for the `W` channels `c0..c0 + W`, all `d_state` lanes `s`:
+/// `h[s][c] = exp(delta[c] a[s][c]) h[s][c] + du[c] b[s]`, `acc[c] += h[s][c] c[s]`, with
+/// `acc` held in registers (the same summation order as a plain loop over `s`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn scan_block<M: MulAdd, const W: usize>(
+    c0: usize,
+    di: usize,
+    h: &mut [f32],
+    a_t: &[f32],
+    delta: &[f32],
+    du: &[f32],
+    acc: &mut [f32],
+    bs: &[f32],
+    cs: &[f32],
+) {
+    let d: [f32; W] = delta[c0..c0 + W].try_into().expect("W lanes");
+    let u: [f32; W] = du[c0..c0 + W].try_into().expect("W lanes");
+    let mut y: [f32; W] = acc[c0..c0 + W].try_into().expect("W lanes");
+    for (s, (&b, &c)) in bs.iter().zip(cs).enumerate() {
+        let hs: &mut [f32; W] = (&mut h[s * di + c0..s * di + c0 + W])
+            .try_into()
+            .expect("W lanes");
+        let a: &[f32; W] = a_t[s * di + c0..s * di + c0 + W]
+            .try_into()
+            .expect("W lanes");
+        for j in 0..W {
+            let e = fast_exp_with::<M>(d[j] * a[j]);
+            hs[j] = M::mul_add(e, hs[j], u[j] * b);
+            y[j] = M::mul_add(hs[j], c, y[j]);
+        }
     }
+    acc[c0..c0 + W].copy_from_slice(&y);
 }
 
 /// `dst[j, i] = src[i, j]` for `src` `[rows, cols]`.
@@ -780,6 +1145,168 @@ pub fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
     for (i, row) in src.chunks_exact(cols).take(rows).enumerate() {
         for (j, &v) in row.iter().enumerate() {
             dst[j * rows + i] = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod dispatch_tests {
+    //! The dispatched AVX2 / AVX-512 kernels against the portable path (and a naive loop).
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn levels() -> Vec<Isa> {
+        [Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.available())
+            .collect()
+    }
+
+    /// `y = clamp(zp_out + M_c (b_c + sum w (x - zp_in)))` by the definition, zero padding.
+    fn naive_conv(k: &QConvKernel, x: &[u8]) -> Vec<u8> {
+        let g = &k.geom;
+        let (ho, wo, cig, cog) = (g.ho(), g.wo(), g.cin / g.groups, g.cout / g.groups);
+        let mut y = vec![0u8; g.cout * ho * wo];
+        for co in 0..g.cout {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut s = k.bias[co];
+                    for cl in 0..cig {
+                        let ci = co / cog * cig + cl;
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+                                let ix = (ox * g.sw + kx) as isize - g.pw as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let v = x[(ci * g.h + iy as usize) * g.w + ix as usize] as i32;
+                                let w = k.weight[((co * cig + cl) * g.kh + ky) * g.kw + kx] as i32;
+                                s += w * (v - k.zp_in);
+                            }
+                        }
+                    }
+                    y[(co * ho + oy) * wo + ox] =
+                        (k.mul[co].apply(s) + k.zp_out).clamp(k.lo, k.hi) as u8;
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn dispatched_integer_convolutions_equal_the_portable_path_exactly() {
+        let mut rng = StdRng::seed_from_u64(11);
+        // (cin, cout, groups, h, w, k, stride, pad): pointwise with odd Cin and positions that
+        // leave 32/16/8-wide tails, a pointwise layer with Cout % 4 != 0, depthwise strided, full.
+        let cases = [
+            (7, 9, 1, 3, 29, 1, [1, 1], 0),
+            (48, 96, 1, 1, 77, 1, [1, 1], 0),
+            (12, 8, 1, 16, 8, 1, [1, 1], 0),
+            (16, 16, 16, 13, 11, 3, [2, 1], 1),
+            (3, 5, 1, 9, 10, 3, [2, 2], 1),
+        ];
+        for (cin, cout, groups, h, w, ks, stride, pad) in cases {
+            let geom = ConvGeom {
+                cin,
+                cout,
+                groups,
+                h,
+                w,
+                kh: ks,
+                kw: ks,
+                sh: stride[0],
+                sw: stride[1],
+                ph: pad,
+                pw: pad,
+            };
+            let mut k = QConvKernel {
+                geom,
+                weight: (0..cout * cin / groups * ks * ks)
+                    .map(|_| rng.random_range(-128i16..=127))
+                    .collect(),
+                bias: (0..cout).map(|_| rng.random_range(-3000..3000)).collect(),
+                mul: (0..cout)
+                    .map(|_| FixedMul::new(rng.random_range(1e-4..4e-3)))
+                    .collect(),
+                zp_in: rng.random_range(0..40),
+                zp_out: rng.random_range(0..20),
+                lo: 0,
+                hi: 127,
+                pairs: Vec::new(),
+            };
+            k.prepare();
+            let x: Vec<u8> = (0..cin * h * w).map(|_| rng.random_range(0..=127)).collect();
+            let mut xp = vec![0i16; k.xp_len()];
+            let mut acc = vec![0i32; k.acc_len()];
+            let want = naive_conv(&k, &x);
+            let mut y = vec![0u8; want.len()];
+            k.run_isa(Isa::Portable, &x, &mut y, &mut xp, &mut acc);
+            assert_eq!(y, want, "portable vs naive, {geom:?}");
+            for isa in levels() {
+                y.fill(0);
+                k.run_isa(isa, &x, &mut y, &mut xp, &mut acc);
+                assert_eq!(y, want, "{isa:?} vs naive, {geom:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn dispatched_mamba_mixer_matches_the_portable_path() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let mut randv = |n: usize, a: f32| -> Vec<f32> {
+            (0..n).map(|_| rng.random_range(-a..=a)).collect()
+        };
+        // d_inner 24 = one 16-block + one 8-block; 37 = two 16-blocks + 5 scalar lanes.
+        for (di, n, r, l) in [(24, 16, 1, 70), (37, 16, 3, 33), (8, 5, 2, 9)] {
+            let mk = MambaKernel {
+                di,
+                n,
+                r,
+                k: 4,
+                l,
+                conv_w: randv(di * 4, 0.8),
+                conv_b: randv(di, 0.2),
+                x_proj: randv((r + 2 * n) * di, 0.5),
+                dt_w: randv(di * r, 0.7),
+                dt_b: randv(di, 2.0),
+                a: (0..di * n)
+                    .map(|i| -((i % n + 1) as f32) * (1.0 + 0.3 * ((i * 7) % 5) as f32 / 5.0))
+                    .collect(),
+                d: randv(di, 1.0),
+            };
+            let xz = randv(2 * di * l, 2.0);
+            let mut scratch = vec![0.0; mk.scratch_len()];
+            let mut want = vec![0.0; di * l];
+            mk.run_isa(Isa::Portable, &xz, &mut want, &mut scratch);
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.1, "non-trivial output");
+            for isa in levels() {
+                let mut y = vec![0.0; di * l];
+                mk.run_isa(isa, &xz, &mut y, &mut scratch);
+                for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale,
+                        "{isa:?} di {di}: y[{i}] = {a}, portable {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_exp_and_ln_match_std_within_a_few_ulp() {
+        for i in 0..20_000 {
+            let x = -87.0 + 175.0 * i as f32 / 20_000.0;
+            let (e, e_ref) = (fast_exp_with::<Fused>(x), (x as f64).exp());
+            assert!(
+                ((e as f64 - e_ref) / e_ref).abs() < 3e-7,
+                "exp({x}) = {e}, ref {e_ref}"
+            );
+            let v = (x / 4.0).exp();
+            let (g, g_ref) = (fast_ln_with::<Fused>(v), (v as f64).ln());
+            assert!((g as f64 - g_ref).abs() < 1e-6 * g_ref.abs().max(1.0));
         }
     }
 }
