@@ -10,10 +10,11 @@
 //! the same kernel serves symmetric 2-D padding and the causal 1-D convolution (`H = 1`,
 //! `pl = k - 1`, `OW = L`).
 //!
-//! Work is split over the `batch * C` planes with rayon. For every tap `(i, j)` the range of
-//! output columns whose input column is inside the image is computed once, so the inner loops
-//! run branch-free over contiguous rows (stride 1) and vectorise: an axpy for the forward pass
-//! and for `dx` (the transposed stencil, scattered within the plane), a dot product for `dw`.
+//! Work is split over the `batch * C` planes with rayon. Each task first copies its input plane
+//! into a zero-padded per-thread scratch plane, so the inner loops run branch-free over
+//! contiguous rows and vectorise: the forward pass applies all taps of one kernel row in a
+//! single pass over the output row (3- and 4-tap rows specialised); `dx` is the transposed
+//! stencil accumulated in a padded scratch plane (axpy per tap), `dw` a dot product per tap.
 //! `dw` and `db` are reductions over batch and space: each plane task writes its own partial
 //! sums (`kh * kw + 1` floats), which are summed per channel afterwards (no data races, fixed
 //! summation order).
@@ -67,20 +68,64 @@ pub struct DwGrads {
     pub db: Vec<f32>,
 }
 
-/// Output positions `o` in `[lo, hi)` whose input index `o s + k - p` lies in `[0, n_in)`.
-fn valid_range(k: usize, p: usize, s: usize, n_in: usize, n_out: usize) -> (usize, usize) {
-    let lo = if p > k { (p - k).div_ceil(s) } else { 0 };
-    let top = n_in + p; // need o s + k < n_in + p
-    let hi = if top > k { (top - k - 1) / s + 1 } else { 0 };
-    let (lo, hi) = (lo.min(n_out), hi.min(n_out));
-    (lo, hi.max(lo))
+/// Size `[Hp, Wp]` of the zero-padded plane that covers every input index the outputs read.
+fn padded_size(d: &DwDims) -> [usize; 2] {
+    let mut size = [0; 2];
+    for a in 0..2 {
+        let reach = (d.output[a] - 1) * d.stride[a] + d.kernel[a];
+        size[a] = reach.max(d.input[a] + d.pad[a]);
+    }
+    size
 }
 
-/// Input row of output row `oh` under tap `i`, if inside the image.
+/// Copies one `[H, W]` input plane into the interior of the zero-padded `[Hp, Wp]` scratch.
+fn pad_plane(d: &DwDims, wp: usize, x_p: &[f32], xp: &mut [f32]) {
+    let [h, w] = d.input;
+    let [pt, pl] = d.pad;
+    xp.fill(0.0);
+    for r in 0..h {
+        xp[(r + pt) * wp + pl..(r + pt) * wp + pl + w].copy_from_slice(&x_p[r * w..(r + 1) * w]);
+    }
+}
+
+/// `y[o] += sum_j w[j] x[o + j]` for a stride-1 row with `K` taps: one pass over the output
+/// row, vectorised over `o`.
 #[inline(always)]
-fn input_row(oh: usize, i: usize, d: &DwDims) -> Option<usize> {
-    let r = oh * d.stride[0] + i;
-    (r >= d.pad[0] && r - d.pad[0] < d.input[0]).then(|| r - d.pad[0])
+fn row_taps<const K: usize>(y: &mut [f32], xr: &[f32], w: &[f32]) {
+    let n = y.len();
+    let xs: [&[f32]; K] = std::array::from_fn(|j| &xr[j..j + n]);
+    let ws: [f32; K] = std::array::from_fn(|j| w[j]);
+    for (o, yv) in y.iter_mut().enumerate() {
+        let mut s = *yv;
+        for j in 0..K {
+            s += ws[j] * xs[j][o];
+        }
+        *yv = s;
+    }
+}
+
+/// One output row: `y[o] += sum_j w[j] x[o s + j]` over a padded input row.
+#[inline(always)]
+fn row_forward(y: &mut [f32], xr: &[f32], w: &[f32], sw: usize) {
+    let n = y.len();
+    match (sw, w.len()) {
+        (1, 3) => row_taps::<3>(y, xr, w),
+        (1, 4) => row_taps::<4>(y, xr, w),
+        (1, _) => {
+            for (j, &wv) in w.iter().enumerate() {
+                for (yv, &xv) in y.iter_mut().zip(&xr[j..j + n]) {
+                    *yv += wv * xv;
+                }
+            }
+        }
+        _ => {
+            for (j, &wv) in w.iter().enumerate() {
+                for (o, yv) in y.iter_mut().enumerate() {
+                    *yv += wv * xr[o * sw + j];
+                }
+            }
+        }
+    }
 }
 
 /// Dot product with eight independent accumulators (vectorisable; fixed summation order).
@@ -101,22 +146,6 @@ fn dot(x: &[f32], y: &[f32]) -> f32 {
         tail += xv * yv;
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// Column ranges `(lo, hi, first input column)` of every kernel column `j`.
-fn column_taps(d: &DwDims) -> Vec<(usize, usize, usize)> {
-    (0..d.kernel[1])
-        .map(|j| {
-            let (lo, hi) = valid_range(j, d.pad[1], d.stride[1], d.input[1], d.output[1]);
-            // For o >= lo, o sw + j >= pl holds, so the subtraction cannot underflow.
-            let first = if hi > lo {
-                lo * d.stride[1] + j - d.pad[1]
-            } else {
-                0
-            };
-            (lo, hi, first)
-        })
-        .collect()
 }
 
 fn check(d: &DwDims, x: &[f32], w: &[f32], bias: &[f32]) {
@@ -140,46 +169,39 @@ pub fn forward(d: DwDims, x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32]) {
     if y.is_empty() {
         return;
     }
-    let cols = column_taps(&d);
-    let sw = d.stride[1];
-    y.par_chunks_mut(out_plane)
-        .enumerate()
-        .for_each(|(p, y_p)| {
+    let [hp, wp] = padded_size(&d);
+    let [sh, sw] = d.stride;
+    y.par_chunks_mut(out_plane).enumerate().for_each_init(
+        || vec![0.0f32; hp * wp],
+        |xp, (p, y_p)| {
             let c = p % d.channels;
-            let x_p = &x[p * in_plane..(p + 1) * in_plane];
+            pad_plane(&d, wp, &x[p * in_plane..(p + 1) * in_plane], xp);
             let w_c = &w[c * taps..(c + 1) * taps];
             y_p.fill(bias[c]);
             for (oh, y_row) in y_p.chunks_exact_mut(ow_n).enumerate() {
                 for i in 0..kh {
-                    let Some(ih) = input_row(oh, i, &d) else {
-                        continue;
-                    };
-                    let x_row = &x_p[ih * wd..(ih + 1) * wd];
-                    for (j, &(lo, hi, first)) in cols.iter().enumerate() {
-                        let wv = w_c[i * kw + j];
-                        let n = hi - lo;
-                        if sw == 1 {
-                            for (yv, &xv) in y_row[lo..hi].iter_mut().zip(&x_row[first..first + n])
-                            {
-                                *yv += wv * xv;
-                            }
-                        } else {
-                            for (k, yv) in y_row[lo..hi].iter_mut().enumerate() {
-                                *yv += wv * x_row[first + k * sw];
-                            }
-                        }
-                    }
+                    let r = oh * sh + i;
+                    let xr = &xp[r * wp..(r + 1) * wp];
+                    row_forward(y_row, xr, &w_c[i * kw..(i + 1) * kw], sw);
                 }
             }
-        });
+        },
+    );
+}
+
+/// Per-thread scratch of the backward pass: the padded input and input-gradient planes.
+struct BwdScratch {
+    xp: Vec<f32>,
+    dxp: Vec<f32>,
 }
 
 /// Backward pass: gradients of `sum(dy ⊙ y)`.
 ///
 /// `dx[b, c, ih, iw] = sum_{i, j} w[c, i, j] dy[b, c, oh, ow]` over the outputs that read
-/// `(ih, iw)` (the transposed stencil); `dw[c, i, j] = sum_{b, oh, ow} dy[b, c, oh, ow]
-/// x[b, c, oh sh + i - pt, ow sw + j - pl]`; `db[c] = sum_{b, oh, ow} dy[b, c, oh, ow]`.
-/// `dx` is left empty when `want_dx` is false (input not tracked).
+/// `(ih, iw)` (the transposed stencil, accumulated in a padded plane whose interior is `dx`);
+/// `dw[c, i, j] = sum_{b, oh, ow} dy[b, c, oh, ow] x[b, c, oh sh + i - pt, ow sw + j - pl]`;
+/// `db[c] = sum_{b, oh, ow} dy[b, c, oh, ow]`. `dx` is left empty when `want_dx` is false
+/// (input not tracked).
 pub fn backward(
     d: DwDims,
     x: &[f32],
@@ -208,64 +230,82 @@ pub fn backward(
     if planes == 0 || out_plane == 0 || in_plane == 0 {
         return g;
     }
-    let cols = column_taps(&d);
-    let sw = d.stride[1];
+    let [hp, wp] = padded_size(&d);
+    let [sh, sw] = d.stride;
+    let [pt, pl] = d.pad;
     let mut partials = vec![0.0f32; planes * part];
-    let plane_task = |p: usize, dx_p: Option<&mut [f32]>, part_p: &mut [f32]| {
-        let c = p % d.channels;
-        let x_p = &x[p * in_plane..(p + 1) * in_plane];
-        let dy_p = &dy[p * out_plane..(p + 1) * out_plane];
-        let w_c = &w[c * taps..(c + 1) * taps];
-        let (dw_p, db_p) = part_p.split_at_mut(taps);
-        db_p[0] = dy_p.iter().sum();
-        let mut dx_p = dx_p;
-        for (oh, dy_row) in dy_p.chunks_exact(ow_n).enumerate() {
-            for i in 0..kh {
-                let Some(ih) = input_row(oh, i, &d) else {
-                    continue;
-                };
-                let x_row = &x_p[ih * wd..(ih + 1) * wd];
-                for (j, &(lo, hi, first)) in cols.iter().enumerate() {
-                    let t = i * kw + j;
-                    let n = hi - lo;
-                    let g_row = &dy_row[lo..hi];
-                    if sw == 1 {
-                        dw_p[t] += dot(g_row, &x_row[first..first + n]);
-                        if let Some(dx_p) = dx_p.as_deref_mut() {
-                            let wv = w_c[t];
-                            let dx_row = &mut dx_p[ih * wd + first..ih * wd + first + n];
-                            for (dxv, &gv) in dx_row.iter_mut().zip(g_row) {
-                                *dxv += wv * gv;
+    let plane_task =
+        |s: &mut BwdScratch, p: usize, dx_p: Option<&mut [f32]>, part_p: &mut [f32]| {
+            let c = p % d.channels;
+            pad_plane(&d, wp, &x[p * in_plane..(p + 1) * in_plane], &mut s.xp);
+            let dy_p = &dy[p * out_plane..(p + 1) * out_plane];
+            let w_c = &w[c * taps..(c + 1) * taps];
+            let (dw_p, db_p) = part_p.split_at_mut(taps);
+            db_p[0] = dy_p.iter().sum();
+            let with_dx = dx_p.is_some();
+            if with_dx {
+                s.dxp.fill(0.0);
+            }
+            for (oh, g_row) in dy_p.chunks_exact(ow_n).enumerate() {
+                for i in 0..kh {
+                    let r = oh * sh + i;
+                    let xr = &s.xp[r * wp..(r + 1) * wp];
+                    for j in 0..kw {
+                        let t = i * kw + j;
+                        if sw == 1 {
+                            dw_p[t] += dot(g_row, &xr[j..j + ow_n]);
+                        } else {
+                            let mut acc = 0.0f32;
+                            for (o, &gv) in g_row.iter().enumerate() {
+                                acc += gv * xr[o * sw + j];
                             }
+                            dw_p[t] += acc;
                         }
-                    } else {
-                        let mut acc = 0.0f32;
-                        for (k, &gv) in g_row.iter().enumerate() {
-                            acc += gv * x_row[first + k * sw];
-                        }
-                        dw_p[t] += acc;
-                        if let Some(dx_p) = dx_p.as_deref_mut() {
-                            let wv = w_c[t];
-                            let dx_row = &mut dx_p[ih * wd..(ih + 1) * wd];
-                            for (k, &gv) in g_row.iter().enumerate() {
-                                dx_row[first + k * sw] += wv * gv;
+                    }
+                    if with_dx {
+                        let dxr = &mut s.dxp[r * wp..(r + 1) * wp];
+                        for j in 0..kw {
+                            let wv = w_c[i * kw + j];
+                            if sw == 1 {
+                                for (dxv, &gv) in dxr[j..j + ow_n].iter_mut().zip(g_row) {
+                                    *dxv += wv * gv;
+                                }
+                            } else {
+                                for (o, &gv) in g_row.iter().enumerate() {
+                                    dxr[o * sw + j] += wv * gv;
+                                }
                             }
                         }
                     }
                 }
             }
-        }
+            if let Some(dx_p) = dx_p {
+                for r in 0..h {
+                    dx_p[r * wd..(r + 1) * wd]
+                        .copy_from_slice(&s.dxp[(r + pt) * wp + pl..(r + pt) * wp + pl + wd]);
+                }
+            }
+        };
+    let init = || BwdScratch {
+        xp: vec![0.0; hp * wp],
+        dxp: if want_dx {
+            vec![0.0; hp * wp]
+        } else {
+            Vec::new()
+        },
     };
     if want_dx {
         g.dx.par_chunks_mut(in_plane)
             .zip(partials.par_chunks_mut(part))
             .enumerate()
-            .for_each(|(p, (dx_p, part_p))| plane_task(p, Some(dx_p), part_p));
+            .for_each_init(init, |s, (p, (dx_p, part_p))| {
+                plane_task(s, p, Some(dx_p), part_p)
+            });
     } else {
         partials
             .par_chunks_mut(part)
             .enumerate()
-            .for_each(|(p, part_p)| plane_task(p, None, part_p));
+            .for_each_init(init, |s, (p, part_p)| plane_task(s, p, None, part_p));
     }
     for (p, part_p) in partials.chunks_exact(part).enumerate() {
         let c = p % d.channels;
