@@ -288,7 +288,10 @@ pub struct TrainOutcome {
 }
 
 /// Rows of one epoch counted by device and variant (for the starting message).
-fn describe_rows(set: &ShardSet, rows: &[u32]) -> (BTreeMap<String, usize>, BTreeMap<String, usize>, usize) {
+fn describe_rows(
+    set: &ShardSet,
+    rows: &[u32],
+) -> (BTreeMap<String, usize>, BTreeMap<String, usize>, usize) {
     let mut by_device = BTreeMap::new();
     let mut by_variant = BTreeMap::new();
     let mut with_teacher = 0;
@@ -351,7 +354,11 @@ pub fn load_model_file(
 
 /// The model of a finished run (`<run>/model.bpk`; when the run has not finished, the model of
 /// its last checkpoint, verified first), its configuration and the path it came from.
-pub fn load_run_model(run_dir: &Path, n_classes: usize, device: &Device) -> Result<(TrainConfig, Model, PathBuf)> {
+pub fn load_run_model(
+    run_dir: &Path,
+    n_classes: usize,
+    device: &Device,
+) -> Result<(TrainConfig, Model, PathBuf)> {
     let cfg = TrainConfig::load(run_dir)?;
     let final_path = run_dir.join(FINAL_MODEL_FILE);
     let path = if final_path.exists() {
@@ -514,7 +521,11 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
                  cross-entropy on the others",
                 cfg.kd.lambda,
                 cfg.kd.tau,
-                if meta.teacher.is_empty() { "unnamed teacher" } else { &meta.teacher }
+                if meta.teacher.is_empty() {
+                    "unnamed teacher"
+                } else {
+                    &meta.teacher
+                }
             )
         } else if cfg.use_kd {
             "plain cross-entropy: the shards carry no teacher logits for the selected rows".into()
@@ -620,10 +631,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             ));
             bar.inc(1);
             // Without a terminal the bar is invisible: log about ten lines per epoch instead.
-            if opts.progress
-                && !log_to_terminal
-                && (batch.index() + 1) % log_every == 0
-            {
+            if opts.progress && !log_to_terminal && (batch.index() + 1) % log_every == 0 {
                 eprintln!(
                     "  epoch {} update {}/{steps_per_epoch}: loss {:.4} lr {:.2e} {:.1} samples/s",
                     epoch + 1,
@@ -640,7 +648,12 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
         train_seconds += train_secs;
 
         // Evaluation on the test set with the inference copy.
-        let eval = test.evaluate(&model.valid(), &set, seen.clone(), &crate::backend::default_device())?;
+        let eval = test.evaluate(
+            &model.valid(),
+            &set,
+            seen.clone(),
+            &crate::backend::default_device(),
+        )?;
         state.epoch += 1;
         state.loader_state = serde_json::to_value(LoaderState {
             seed: cfg.seed,
@@ -648,8 +661,8 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             batch: 0,
         })
         .unwrap_or_default();
-        let improved = eval.n_examples > 0
-            && state.best_metric.is_none_or(|b| eval.macro_accuracy > b);
+        let improved =
+            eval.n_examples > 0 && state.best_metric.is_none_or(|b| eval.macro_accuracy > b);
         if improved {
             state.best_metric = Some(eval.macro_accuracy);
             state.best_epoch = Some(epoch);
@@ -709,7 +722,12 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
     let final_eval = match last_eval {
         Some(e) => e,
         // Resumed a finished run: evaluate the loaded model.
-        None => test.evaluate(&model.valid(), &set, seen, &crate::backend::default_device())?,
+        None => test.evaluate(
+            &model.valid(),
+            &set,
+            seen,
+            &crate::backend::default_device(),
+        )?,
     };
     let total_seconds: f64 = metrics.iter().map(|m| m.seconds).sum();
     let mut complexity_text = cx.to_string();

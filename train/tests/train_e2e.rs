@@ -106,13 +106,23 @@ fn run_writes_every_file_and_consistent_metrics() {
         "checkpoints/best/state.json",
     ] {
         let p = run.join(f);
-        assert!(p.is_file() && p.metadata().unwrap().len() > 0, "missing {f}");
+        assert!(
+            p.is_file() && p.metadata().unwrap().len() > 0,
+            "missing {f}"
+        );
     }
     // config.toml round-trips to the configuration of the run.
     assert_eq!(TrainConfig::load(&run).unwrap(), config(&shards, "e2e", 2));
-    let metrics = RunDir::create(&runs, "e2e").unwrap().read_metrics().unwrap();
+    let metrics = RunDir::create(&runs, "e2e")
+        .unwrap()
+        .read_metrics()
+        .unwrap();
     assert_eq!(metrics.len(), 2);
-    assert!(metrics.iter().all(|m| m.train_loss.is_finite() && m.step > 0));
+    assert!(
+        metrics
+            .iter()
+            .all(|m| m.train_loss.is_finite() && m.step > 0)
+    );
     let eval = out.final_eval.unwrap();
 
     // Independent recomputation of the macro accuracy and log-loss from the final model's logits.
@@ -137,9 +147,16 @@ fn run_writes_every_file_and_consistent_metrics() {
         nll += lse - row[y] as f64;
     }
     let present: Vec<usize> = (0..k).filter(|&c| n[c] > 0).collect();
-    let macro_acc =
-        present.iter().map(|&c| hit[c] as f64 / n[c] as f64).sum::<f64>() / present.len() as f64;
-    assert!((eval.macro_accuracy - macro_acc).abs() < 1e-9, "{} vs {macro_acc}", eval.macro_accuracy);
+    let macro_acc = present
+        .iter()
+        .map(|&c| hit[c] as f64 / n[c] as f64)
+        .sum::<f64>()
+        / present.len() as f64;
+    assert!(
+        (eval.macro_accuracy - macro_acc).abs() < 1e-9,
+        "{} vs {macro_acc}",
+        eval.macro_accuracy
+    );
     assert!((eval.log_loss - nll / labels.len() as f64).abs() < 1e-4);
     assert_eq!(metrics[1].test_macro_acc, Some(eval.macro_accuracy));
 
@@ -154,16 +171,31 @@ fn resume_reproduces_an_uninterrupted_run() {
     let shards = make_shards(tmp.path());
     let runs = tmp.path().join("runs");
     trainer::train(options(config(&shards, "straight", 3), &runs, false, None)).unwrap();
-    let part = trainer::train(options(config(&shards, "resumed", 3), &runs, false, Some(1))).unwrap();
+    let part = trainer::train(options(
+        config(&shards, "resumed", 3),
+        &runs,
+        false,
+        Some(1),
+    ))
+    .unwrap();
     assert!(!part.finished);
-    assert!(!runs.join("resumed").join(trainer::FINAL_MODEL_FILE).exists());
+    assert!(
+        !runs
+            .join("resumed")
+            .join(trainer::FINAL_MODEL_FILE)
+            .exists()
+    );
     let done = trainer::train(options(config(&shards, "resumed", 3), &runs, true, None)).unwrap();
     assert!(done.finished);
     assert_eq!(done.metrics.len(), 3);
     let (ids_a, a) = test_logits(&runs.join("straight"), &shards);
     let (ids_b, b) = test_logits(&runs.join("resumed"), &shards);
     assert_eq!(ids_a, ids_b);
-    let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let max_diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(max_diff <= 1e-6, "resumed run differs by {max_diff}");
     // The logits are not trivially equal for any two models: an untrained run differs.
     trainer::train(options(config(&shards, "short", 1), &runs, false, None)).unwrap();
