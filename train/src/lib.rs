@@ -46,3 +46,5 @@ pub mod qat;
 pub mod export;
 /// `train infer`: WAV files -> the pipeline's front end -> the int8 engine.
 pub mod infer;
+/// The `qat`, `export`, `eval --int8` and `infer` subcommands (arguments and run functions).
+pub mod int8_cli;

@@ -6,6 +6,10 @@
 //! train summary --model s1                                the DCASE complexity table
 //! train eval --shards data/ --model runs/<name>           evaluate a run on the test set
 //! train predict --shards data/ --model runs/<name> --out logits.parquet [--set train|test|all]
+//! train qat --model runs/<name> [--epochs 2]              QAT, runs/<name>/qat/model.asc8
+//! train export --model runs/<name> --out model.asc8       QAT model -> int8 model file
+//! train eval --int8 model.asc8 --shards data/             int8 engine on the test set
+//! train infer model.asc8 a.wav ...                        label + probabilities per clip
 //! ```
 //!
 //! Progress goes to stderr, results to stdout. Exit codes: 0 success, 1 runtime error (bad
@@ -32,7 +36,11 @@ use train::trainer::{self, TrainConfig, TrainOptions};
 /// on the shards written by `pipeline features` and leaves runs/s1-split100-s42/ with
 /// config.toml, metrics.jsonl, checkpoints/{last,best}/, model.bpk, report.md and PNG plots.
 #[derive(Parser, Debug)]
-#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -58,12 +66,21 @@ enum Command {
         #[arg(long)]
         shards: PathBuf,
         /// Run folder (runs/<name>).
+        #[arg(long, required_unless_present = "int8", conflicts_with = "int8")]
+        model: Option<PathBuf>,
+        /// Evaluate an int8 model file (.asc8) with the int8 engine instead of a run.
         #[arg(long)]
-        model: PathBuf,
+        int8: Option<PathBuf>,
         /// Batch size of inference.
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
     },
+    /// Quantization-aware training of a finished float run; exports runs/<name>/qat/model.asc8.
+    Qat(train::int8_cli::QatArgs),
+    /// Export a run's QAT model to an int8 model file (.asc8).
+    Export(train::int8_cli::ExportArgs),
+    /// Classify WAV files with an int8 model (the pipeline's front end, 1 s clips).
+    Infer(train::int8_cli::InferArgs),
     /// Write a run's logits for the ORIGINAL rows of a set as a Parquet table
     /// (clip_id: utf8, logits: fixed_size_list<float32>[n_classes]): the format
     /// `pipeline features --teacher-logits` reads.
@@ -195,18 +212,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Eval {
             shards,
             model,
+            int8,
             batch_size,
         }) => {
+            if let Some(int8) = int8 {
+                return train::int8_cli::run_eval_int8(&int8, &shards);
+            }
+            let model = model.context("--model or --int8 is required")?;
             let set = ShardSet::open(&shards, None)?;
             let device = train::backend::default_device();
-            let (cfg, m, path) =
-                trainer::load_run_model(&model, set.meta().n_classes(), &device)?;
-            eprintln!("evaluating {} on the test set of {}", path.display(), shards.display());
-            let test = train::evaluate::EvalSet::new(
-                &set,
-                data_specs::ClipSet::Test,
-                batch_size,
-            )?;
+            let (cfg, m, path) = trainer::load_run_model(&model, set.meta().n_classes(), &device)?;
+            eprintln!(
+                "evaluating {} on the test set of {}",
+                path.display(),
+                shards.display()
+            );
+            let test = train::evaluate::EvalSet::new(&set, data_specs::ClipSet::Test, batch_size)?;
             if test.is_empty() {
                 bail!("{}: the shards hold no test rows", shards.display());
             }
@@ -227,12 +248,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let n_classes = set.meta().n_classes();
             let (_, m, path) = trainer::load_run_model(&model, n_classes, &device)?;
             eprintln!("predicting with {} on {:?} rows", path.display(), which);
-            let (ids, logits) =
-                predict_logits(&m, &set, which.clip_sets(), batch_size, &device)?;
+            let (ids, logits) = predict_logits(&m, &set, which.clip_sets(), batch_size, &device)?;
             write_logits_parquet(&out, &ids, &logits, n_classes)?;
             println!("wrote logits of {} clips to {}", ids.len(), out.display());
             Ok(())
         }
+        Some(Command::Qat(a)) => train::int8_cli::run_qat(&a, true),
+        Some(Command::Export(a)) => train::int8_cli::run_export(&a),
+        Some(Command::Infer(a)) => train::int8_cli::run_infer(&a),
         None => train_command(cli.train),
     }
 }
