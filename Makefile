@@ -41,6 +41,11 @@ $(DEMO_DIR)/meta.csv:
 train:
 	$(CARGO) run --release -p train -- --shards $(OUT)/
 
+# Teacher ensemble for one split (knobs: SPLIT, TEACHERS, MODELS, SEED, EPOCHS, RUNS, AVERAGE;
+# see scripts/teachers.sh): train, predict, fuse (eq. 4) and join the fused logits into $(OUT).
+teachers:
+	OUT=$(OUT) CARGO=$(CARGO) bash scripts/teachers.sh
+
 $(VENV)/.installed: pipeline/tests/python/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r pipeline/tests/python/requirements.txt
