@@ -986,26 +986,33 @@ impl MambaKernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Isa::Avx2 => unsafe { self.run_avx2(xz, y, scratch) },
-            _ => self.run_body::<Plain, 4>(xz, y, scratch),
+            _ => self.run_body::<Plain, 4>(Isa::Portable, xz, y, scratch),
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run_avx2(&self, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
-        self.run_body::<Fused, 8>(xz, y, scratch)
+        self.run_body::<Fused, 8>(Isa::Avx2, xz, y, scratch)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
     unsafe fn run_avx512(&self, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
-        self.run_body::<Fused, 16>(xz, y, scratch)
+        self.run_body::<Fused, 16>(Isa::Avx512, xz, y, scratch)
     }
 
     /// The mixer, generic over the multiply-add and the channel block `W` of the scan (one
-    /// vector register of f32 lanes).
+    /// vector register of f32 lanes). `isa` must be the level of the enclosing
+    /// `target_feature` function (it selects the explicit-SIMD scan blocks).
     #[inline(always)]
-    fn run_body<M: MulAdd, const W: usize>(&self, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+    fn run_body<M: MulAdd, const W: usize>(
+        &self,
+        isa: Isa,
+        xz: &[f32],
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) {
         let (di, n, r, k, l) = (self.di, self.n, self.r, self.k, self.l);
         let (u, rest) = scratch.split_at_mut(di * l);
         let (xdbl, rest) = rest.split_at_mut((r + 2 * n) * l);
@@ -1070,8 +1077,6 @@ impl MambaKernel {
         // channels in blocks of W (then 8, then 1) whose outputs stay in registers across the
         // d_state lanes: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t.
         h.fill(0.0);
-        let w_main = di / W * W;
-        let w8 = w_main + (di - w_main) / 8 * 8;
         for t in 0..l {
             let (dt, ut) = (&delta_tm[t * di..(t + 1) * di], &u_tm[t * di..(t + 1) * di]);
             for ((d, &a), &b) in du.iter_mut().zip(dt).zip(ut) {
@@ -1082,13 +1087,28 @@ impl MambaKernel {
             }
             let (bs, cs) = (&bt[t * n..(t + 1) * n], &ct[t * n..(t + 1) * n]);
             let mut c0 = 0;
-            while c0 < w_main {
+            #[cfg(target_arch = "x86_64")]
+            {
+                // SAFETY: `isa` is the level of the enclosing `target_feature` function
+                // (checked by `run_isa`); the blocks index inside `h`, `a_t` (`n * di`),
+                // `dt`, `du`, `acc` (`di`) and `bs`, `cs` (`n`) as asserted there.
+                if isa == Isa::Avx512 {
+                    while c0 + 16 <= di {
+                        unsafe { simd::scan_block16(c0, di, h, a_t, dt, du, acc, bs, cs) };
+                        c0 += 16;
+                    }
+                }
+                if isa >= Isa::Avx2 {
+                    while c0 + 8 <= di {
+                        unsafe { simd::scan_block8(c0, di, h, a_t, dt, du, acc, bs, cs) };
+                        c0 += 8;
+                    }
+                }
+            }
+            let _ = isa;
+            while c0 + W <= di {
                 scan_block::<M, W>(c0, di, h, a_t, dt, du, acc, bs, cs);
                 c0 += W;
-            }
-            while c0 < w8 {
-                scan_block::<M, 8>(c0, di, h, a_t, dt, du, acc, bs, cs);
-                c0 += 8;
             }
             while c0 < di {
                 scan_block::<M, 1>(c0, di, h, a_t, dt, du, acc, bs, cs);
@@ -1138,6 +1158,141 @@ fn scan_block<M: MulAdd, const W: usize>(
         }
     }
     acc[c0..c0 + W].copy_from_slice(&y);
+}
+
+/// Explicit-SIMD scan blocks: the same arithmetic as [`scan_block`] with [`Fused`] (and as
+/// `fast_exp_with::<Fused>`), so their results equal the auto-vectorized generic block's.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    #[allow(clippy::wildcard_imports)]
+    use std::arch::x86_64::*;
+
+    const MAGIC: f32 = 12_582_912.0;
+
+    macro_rules! scan_block_impl {
+        ($name:ident, $feat:literal, $w:literal, $v:ty, $vi:ty, $set1:ident, $loadu:ident,
+         $storeu:ident, $mul:ident, $add:ident, $sub:ident, $fmadd:ident, $min:ident,
+         $max:ident, $castps:ident, $castsi:ident, $subi:ident, $addi:ident, $slli:ident,
+         $set1i:ident) => {
+            /// One scan step for the channels `c0..c0 + W` (see [`super::scan_block`]).
+            ///
+            /// # Safety
+            /// The CPU must support the enabled features; `c0 + W <= di`, `h` and `a_t` hold
+            /// `bs.len() * di` values, `delta`, `du`, `acc` at least `c0 + W`,
+            /// `cs.len() >= bs.len()`.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn $name(
+                c0: usize,
+                di: usize,
+                h: &mut [f32],
+                a_t: &[f32],
+                delta: &[f32],
+                du: &[f32],
+                acc: &mut [f32],
+                bs: &[f32],
+                cs: &[f32],
+            ) {
+                let n = bs.len();
+                assert!(
+                    c0 + $w <= di
+                        && h.len() >= n * di
+                        && a_t.len() >= n * di
+                        && delta.len() >= c0 + $w
+                        && du.len() >= c0 + $w
+                        && acc.len() >= c0 + $w
+                        && cs.len() >= n
+                );
+                // SAFETY: every access is inside the lengths asserted above.
+                unsafe {
+                    let d = $loadu(delta.as_ptr().add(c0));
+                    let u = $loadu(du.as_ptr().add(c0));
+                    let mut y = $loadu(acc.as_ptr().add(c0));
+                    let (lo, hi) = ($set1(-87.0), $set1(88.0));
+                    let (log2e, magic) = ($set1(std::f32::consts::LOG2_E), $set1(MAGIC));
+                    let magic_bits = $set1i(MAGIC.to_bits() as i32);
+                    let (c1, c2) = ($set1(-0.693_359_4), $set1(2.121_944_4e-4));
+                    let p0 = $set1(1.987_569_1e-4);
+                    let p1 = $set1(1.398_199_9e-3);
+                    let p2 = $set1(8.333_452e-3);
+                    let p3 = $set1(4.166_579_6e-2);
+                    let p4 = $set1(1.666_666_5e-1);
+                    let p5 = $set1(5.000_000_1e-1_f64 as f32);
+                    let one = $set1(1.0);
+                    let bias = $set1i(127);
+                    for s in 0..n {
+                        let hp = h.as_mut_ptr().add(s * di + c0);
+                        let a = $loadu(a_t.as_ptr().add(s * di + c0));
+                        // e = exp(d * a), as `fast_exp_with::<Fused>`.
+                        let x = $min($max($mul(d, a), lo), hi);
+                        let t = $add($mul(x, log2e), magic);
+                        let ni = $subi($castps(t), magic_bits);
+                        let nf = $sub(t, magic);
+                        let r = $fmadd(nf, c1, x);
+                        let r = $fmadd(nf, c2, r);
+                        let mut p = $fmadd(p0, r, p1);
+                        p = $fmadd(p, r, p2);
+                        p = $fmadd(p, r, p3);
+                        p = $fmadd(p, r, p4);
+                        p = $fmadd(p, r, p5);
+                        let e = $add($fmadd($mul(p, r), r, r), one);
+                        let e = $mul(e, $castsi($slli::<23>($addi(ni, bias))));
+                        let hv = $fmadd(e, $loadu(hp), $mul(u, $set1(*bs.get_unchecked(s))));
+                        $storeu(hp, hv);
+                        y = $fmadd(hv, $set1(*cs.get_unchecked(s)), y);
+                    }
+                    $storeu(acc.as_mut_ptr().add(c0), y);
+                }
+            }
+        };
+    }
+
+    scan_block_impl!(
+        scan_block16,
+        "avx512f,avx2,fma",
+        16,
+        __m512,
+        __m512i,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_mul_ps,
+        _mm512_add_ps,
+        _mm512_sub_ps,
+        _mm512_fmadd_ps,
+        _mm512_min_ps,
+        _mm512_max_ps,
+        _mm512_castps_si512,
+        _mm512_castsi512_ps,
+        _mm512_sub_epi32,
+        _mm512_add_epi32,
+        _mm512_slli_epi32,
+        _mm512_set1_epi32
+    );
+
+    scan_block_impl!(
+        scan_block8,
+        "avx2,fma",
+        8,
+        __m256,
+        __m256i,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_mul_ps,
+        _mm256_add_ps,
+        _mm256_sub_ps,
+        _mm256_fmadd_ps,
+        _mm256_min_ps,
+        _mm256_max_ps,
+        _mm256_castps_si256,
+        _mm256_castsi256_ps,
+        _mm256_sub_epi32,
+        _mm256_add_epi32,
+        _mm256_slli_epi32,
+        _mm256_set1_epi32
+    );
 }
 
 /// `dst[j, i] = src[i, j]` for `src` `[rows, cols]`.
