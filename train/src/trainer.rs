@@ -203,8 +203,8 @@ impl TrainConfig {
                 self.p_dir
             )));
         }
-        if !(0.0..=1.0).contains(&self.kd.lambda) || !(self.kd.tau.is_finite() && self.kd.tau > 0.0)
-        {
+        let tau_ok = self.kd.tau.is_finite() && self.kd.tau > 0.0;
+        if !tau_ok || !(0.0..=1.0).contains(&self.kd.lambda) {
             return Err(TrainError::Config(format!(
                 "--kd-lambda {} must be in [0, 1] and --kd-tau {} > 0",
                 self.kd.lambda, self.kd.tau
