@@ -10,8 +10,8 @@ use super::Int8Error;
 use super::format;
 use super::graph::{Activation, BufKind, Graph, ModelMeta, Op, QParams, TensorData, TensorMap};
 use super::kernels::{
-    ConvGeom, FixedMul, Isa, MambaKernel, QAddKernel, QConvKernel, conv2d_direct,
-    layer_norm_cols, max_pool2d, pad_input, round_even_i32,
+    ConvGeom, FixedMul, Isa, MambaKernel, QAddKernel, QConvKernel, conv2d_direct, layer_norm_cols,
+    max_pool2d, pad_input, round_even_i32,
 };
 
 /// An op prepared for the integer executor.
@@ -841,9 +841,7 @@ fn run_kernel(
                 *o = va + alpha * vb;
             }
         }
-        (Kernel::Mamba { input, k, .. }, Slot::F(y)) => {
-            k.run_isa(isa, f(&slots[*input]), y, fs)
-        }
+        (Kernel::Mamba { input, k, .. }, Slot::F(y)) => k.run_isa(isa, f(&slots[*input]), y, fs),
         _ => unreachable!("validated buffer kinds"),
     }
     slots[out_idx] = out;

@@ -544,7 +544,14 @@ impl QConvKernel {
         pad_input(&self.geom, x, xp, |q: u8| q as i16 - zp);
         let hw = self.geom.ho() * self.geom.wo();
         conv2d_direct(&self.geom, xp, &self.weight, &self.bias, acc, |co, a| {
-            requantize(self.mul[co], self.zp_out, self.lo, self.hi, a, &mut y[co * hw..(co + 1) * hw]);
+            requantize(
+                self.mul[co],
+                self.zp_out,
+                self.lo,
+                self.hi,
+                a,
+                &mut y[co * hw..(co + 1) * hw],
+            );
         });
     }
 }
@@ -1392,7 +1399,9 @@ mod dispatch_tests {
                 pairs: Vec::new(),
             };
             k.prepare();
-            let x: Vec<u8> = (0..cin * h * w).map(|_| rng.random_range(0..=127)).collect();
+            let x: Vec<u8> = (0..cin * h * w)
+                .map(|_| rng.random_range(0..=127))
+                .collect();
             let mut xp = vec![0i16; k.xp_len()];
             let mut acc = vec![0i32; k.acc_len()];
             let want = naive_conv(&k, &x);
@@ -1410,9 +1419,8 @@ mod dispatch_tests {
     #[test]
     fn dispatched_mamba_mixer_matches_the_portable_path() {
         let mut rng = StdRng::seed_from_u64(12);
-        let mut randv = |n: usize, a: f32| -> Vec<f32> {
-            (0..n).map(|_| rng.random_range(-a..=a)).collect()
-        };
+        let mut randv =
+            |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-a..=a)).collect() };
         // d_inner 24 = one 16-block + one 8-block; 37 = two 16-blocks + 5 scalar lanes.
         for (di, n, r, l) in [(24, 16, 1, 70), (37, 16, 3, 33), (8, 5, 2, 9)] {
             let mk = MambaKernel {
