@@ -5,9 +5,14 @@
 //!
 //! `cargo bench -p train --bench scan`. The naive graph is slow: by default it only runs where
 //! batch * L <= 256 * 128; set `SCAN_BENCH_FULL=1` to run it everywhere.
+//!
+//! A first table times the bare kernels ([`train::scan::cpu::forward`] / `backward` on host
+//! buffers, every available instruction set) at the training sizes, in ms and ns per state update
+//! (`batch * d_inner * d_state * L` updates per pass). `SCAN_BENCH_KERNEL_ONLY=1` stops after it.
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use std::time::Instant;
+use train::scan::cpu::{self, Isa, ScanDims};
 use train::scan::{selective_scan, selective_scan_naive};
 
 type ScanFn = fn(Tensor<3>, Tensor<3>, Tensor<2>, Tensor<3>, Tensor<3>, Tensor<1>) -> Tensor<3>;
@@ -101,7 +106,99 @@ fn bench(scan: ScanFn, batch: usize, len: usize, reps: usize) -> (f64, f64) {
     (fwd, fwd_bwd)
 }
 
+/// Deterministic pseudo-random host buffer in `[lo, hi)` (xorshift; no allocation in the timing).
+fn host_buf(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            lo + (hi - lo) * ((x >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+/// Bare-kernel timings (forward, backward) in ms at `dims` with instruction set `isa`.
+fn bench_kernel(dims: ScanDims, isa: Isa, reps: usize) -> (f64, f64) {
+    let ScanDims {
+        batch,
+        d_inner,
+        d_state,
+        len,
+    } = dims;
+    let nbl = batch * d_inner * len;
+    let u = host_buf(nbl, 1, -2.0, 2.0);
+    let delta = host_buf(nbl, 2, 0.001, 0.1);
+    let a: Vec<f32> = (0..d_inner * d_state)
+        .map(|i| -((i % d_state) as f32 + 1.0))
+        .collect();
+    let b = host_buf(batch * d_state * len, 3, -1.5, 1.5);
+    let c = host_buf(batch * d_state * len, 4, -1.5, 1.5);
+    let d = vec![1.0f32; d_inner];
+    let dy = host_buf(nbl, 5, -1.0, 1.0);
+    let mut y = vec![0.0f32; nbl];
+    let fwd = time_ms(reps, || {
+        cpu::forward_with(isa, dims, &u, &delta, &a, &b, &c, &d, &mut y);
+        std::hint::black_box(&y);
+    });
+    let bwd = time_ms(reps, || {
+        let g = cpu::backward_with(isa, dims, &u, &delta, &a, &b, &c, &d, &dy);
+        std::hint::black_box(&g);
+    });
+    (fwd, bwd)
+}
+
+/// Prints the bare-kernel table.
+fn kernel_table() {
+    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Portable]
+        .into_iter()
+        .filter(|i| i.is_available())
+        .collect();
+    println!("bare kernels (host buffers), median ms; ns/upd = ms * 1e6 / (B * D * N * L)");
+    println!(
+        "{:>6} {:>4} {:>3} {:>4} {:>3} {:>9} | {:>9} {:>9} {:>9} | {:>7} {:>7}",
+        "batch", "D", "N", "L", "thr", "isa", "fwd", "bwd", "fwd+bwd", "ns fwd", "ns f+b"
+    );
+    for &(batch, d_inner) in &[(512, 48), (1024, 24)] {
+        let dims = ScanDims {
+            batch,
+            d_inner,
+            d_state: D_STATE,
+            len: 512,
+        };
+        let updates = (batch * d_inner * D_STATE * 512) as f64;
+        for &threads in &[1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("rayon pool");
+            for &isa in &isas {
+                let (f, b) = pool.install(|| bench_kernel(dims, isa, 3));
+                println!(
+                    "{:>6} {:>4} {:>3} {:>4} {:>3} {:>9} | {:>9.1} {:>9.1} {:>9.1} | {:>7.2} {:>7.2}",
+                    batch,
+                    d_inner,
+                    D_STATE,
+                    512,
+                    threads,
+                    format!("{isa:?}"),
+                    f,
+                    b,
+                    f + b,
+                    f * 1e6 / updates,
+                    (f + b) * 1e6 / updates,
+                );
+            }
+        }
+    }
+}
+
 fn main() {
+    kernel_table();
+    if std::env::var("SCAN_BENCH_KERNEL_ONLY").is_ok_and(|v| v == "1") {
+        return;
+    }
     let full = std::env::var("SCAN_BENCH_FULL").is_ok_and(|v| v == "1");
     println!(
         "selective scan, d_inner {D_INNER}, d_state {D_STATE}; median ms (ratio = naive / fused)"

@@ -4,18 +4,29 @@
 //! `a`: `[d_inner, d_state]`; `b`, `c`: `[batch, d_state, L]`; `d`: `[d_inner]`.
 //!
 //! Work is split over the batch with rayon; inside one batch element, `B` and `C` are transposed
-//! once to `[L, d_state]` so that every inner loop runs over the state dimension `n` on
-//! contiguous memory (d_state = 16 is one AVX-512 register) and `exp(delta_t * A_n)` is evaluated
-//! once per `(t, n)` by a branch-free polynomial that the compiler vectorises.
+//! once into blocks of [`LANES`] = 16 states, `[n_blocks, L, 16]` (zero-padded when `d_state` is
+//! not a multiple of 16), so that every inner loop runs over one fixed-size block of 16 states:
+//! one AVX-512 register, two AVX2 registers or four SSE2 registers. Padded lanes carry `A = B =
+//! C = 0`, hence `h = 0` there and they contribute nothing. `exp(delta_t * A_n)` is evaluated by a
+//! branch-free polynomial ([`exp_fast`]) that vectorises.
+//!
+//! Instruction sets: the crate is compiled for baseline x86-64 (SSE2). The per-batch bodies are
+//! written once as `#[inline(always)]` generic functions and instantiated inside
+//! `#[target_feature(enable = "avx512f,avx2,fma")]` and `#[target_feature(enable = "avx2,fma")]`
+//! functions; [`Isa::detect`] picks the widest one the running CPU supports
+//! (`is_x86_feature_detected!`), with the portable body (separate multiply and add, since
+//! `f32::mul_add` is a libm call without hardware FMA) as the fallback. [`forward_with`] and
+//! [`backward_with`] take the instruction set explicitly (tests compare them).
 //!
 //! Memory strategy of the backward pass: the forward pass stores nothing but its inputs. The
-//! backward pass recomputes the hidden states `h_t` and the decays `exp(delta_t A)` of one
-//! `(batch, channel)` row at a time into per-thread scratch buffers of `L * d_state` floats each
-//! (32 KiB each at L = 512, d_state = 16), then runs the reverse-time recurrence for `dh`. Peak
-//! extra memory is therefore `O(threads * L * d_state)` instead of the `B * D * L * N` floats
-//! (800 MB for B 1024, D 24, L 512, N 16) that storing all states would take.
-//! Reductions over channels (`dB`, `dC`) happen inside one batch task (no sharing); reductions
-//! over the batch (`dA`, `dD`) go to per-batch partial buffers summed afterwards.
+//! backward pass recomputes the hidden states `h_t` of one `(batch, channel, state block)` at a
+//! time into a per-thread scratch buffer of `(L + 1) * 16` floats (32 KiB at L = 512, stays in
+//! L1), then runs the reverse-time recurrence for `dh`, recomputing `exp(delta_t A)` on the way
+//! (cheaper than streaming a stored copy). Peak extra memory is `O(threads * L * d_state)`
+//! instead of the `B * D * L * N` floats (800 MB for B 1024, D 24, L 512, N 16) that storing all
+//! states would take. Reductions over channels (`dB`, `dC`) happen inside one batch task (no
+//! sharing); reductions over the batch (`dA`, `dD`) go to per-batch partial buffers summed
+//! afterwards.
 
 use rayon::prelude::*;
 
@@ -49,92 +60,442 @@ pub struct ScanGrads {
     pub dd: Vec<f32>,
 }
 
+/// Instruction set a kernel instance is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F + AVX2 + FMA: one 16-state block per zmm register.
+    Avx512,
+    /// AVX2 + FMA: one block in two ymm registers.
+    Avx2,
+    /// Baseline target (SSE2 on x86-64), separate multiply and add.
+    Portable,
+}
+
+impl Isa {
+    /// Whether the running CPU can execute this instance.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The widest available instance (the standard library caches the CPUID queries).
+    pub fn detect() -> Isa {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|i| i.is_available())
+            .unwrap_or(Isa::Portable)
+    }
+
+    /// `self` where available, else [`Isa::Portable`] (never runs unsupported instructions).
+    fn or_portable(self) -> Isa {
+        if self.is_available() {
+            self
+        } else {
+            Isa::Portable
+        }
+    }
+}
+
+/// States per block: one AVX-512 register of `f32`.
+pub const LANES: usize = 16;
+type Lanes = [f32; LANES];
+
 /// Branch-free `exp` for `f32` (Cephes `expf` scheme): `exp(x) = 2^k * p(r)`,
 /// `k = round(x / ln 2)`, `r = x - k ln 2`, `p` a degree-6 polynomial on `|r| <= ln 2 / 2`.
 /// Relative error about 2e-7; inputs are clamped to `[-87, 88]` (no denormals, no overflow).
 /// Written without branches or libm calls so that loops over it vectorise.
 #[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
+    exp_poly::<false>(x)
+}
+
+/// [`exp_fast`] with fused multiply-adds when `FMA` (only inside `target_feature(fma)` code).
+#[inline(always)]
+fn exp_poly<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5 * 2^23: adding it rounds to the nearest integer, which then sits in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let t = madd(x, LOG2E, ROUND);
+    let x = x.max(-87.0).min(88.0);
+    let t = madd::<FMA>(x, LOG2E, ROUND);
     let k = t - ROUND;
-    let r = madd(k, -LN2_LO, madd(k, -LN2_HI, x));
+    let r = madd::<FMA>(k, -LN2_LO, madd::<FMA>(k, -LN2_HI, x));
     let mut p = 1.987_569_2e-4_f32;
-    p = madd(p, r, 1.398_2e-3);
-    p = madd(p, r, 8.333_452e-3);
-    p = madd(p, r, 4.166_579_6e-2);
-    p = madd(p, r, 1.666_666_5e-1);
-    p = madd(p, r, 0.5);
-    let p = madd(p * r, r, r) + 1.0;
+    p = madd::<FMA>(p, r, 1.398_2e-3);
+    p = madd::<FMA>(p, r, 8.333_452e-3);
+    p = madd::<FMA>(p, r, 4.166_579_6e-2);
+    p = madd::<FMA>(p, r, 1.666_666_5e-1);
+    p = madd::<FMA>(p, r, 0.5);
+    let p = madd::<FMA>(p * r, r, r) + 1.0;
     let ki = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
-    f32::from_bits(((ki + 127) as u32) << 23) * p
+    f32::from_bits((ki.wrapping_add(127) as u32) << 23) * p
 }
 
-/// `a * b + c` as separate multiply and add: `f32::mul_add` is a libm call on targets without
-/// hardware FMA (the default x86-64 target) and would block vectorisation.
+/// `a * b + c`: one fused instruction when `FMA` (callers guarantee the `fma` target feature;
+/// without it `f32::mul_add` is a libm call that blocks vectorisation), else multiply then add.
 #[inline(always)]
-fn madd(a: f32, b: f32, c: f32) -> f32 {
-    a * b + c
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
-/// Dot product with eight independent accumulators (vectorisable; fixed summation order).
+/// Pairwise (tree) sum of one block: `log2(16)` vector steps, fixed order.
 #[inline(always)]
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f32; LANES];
-    let xc = x.chunks_exact(LANES);
-    let yc = y.chunks_exact(LANES);
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (xs, ys) in xc.zip(yc) {
-        for i in 0..LANES {
-            acc[i] += xs[i] * ys[i];
+fn hsum(x: &Lanes) -> f32 {
+    let mut s8 = [0.0f32; 8];
+    for i in 0..8 {
+        s8[i] = x[i] + x[i + 8];
+    }
+    let mut s4 = [0.0f32; 4];
+    for i in 0..4 {
+        s4[i] = s8[i] + s8[i + 4];
+    }
+    (s4[0] + s4[2]) + (s4[1] + s4[3])
+}
+
+/// Block `t` of a `[.., 16]` buffer.
+#[inline(always)]
+fn blk(buf: &[f32], t: usize) -> &Lanes {
+    buf[t * LANES..(t + 1) * LANES]
+        .try_into()
+        .expect("block of 16")
+}
+
+/// Mutable block `t` of a `[.., 16]` buffer.
+#[inline(always)]
+fn blk_mut(buf: &mut [f32], t: usize) -> &mut Lanes {
+    (&mut buf[t * LANES..(t + 1) * LANES])
+        .try_into()
+        .expect("block of 16")
+}
+
+/// Number of 16-state blocks for `d_state` states.
+fn n_blocks(d_state: usize) -> usize {
+    d_state.div_ceil(LANES)
+}
+
+/// `[n_state, len]` into blocks `[n_blocks, len, 16]` (padded lanes untouched: callers zero them).
+fn to_blocks(src: &[f32], n_state: usize, len: usize, dst: &mut [f32]) {
+    for n in 0..n_state {
+        let (k, lane) = (n / LANES, n % LANES);
+        let base = k * len * LANES + lane;
+        for (t, &v) in src[n * len..(n + 1) * len].iter().enumerate() {
+            dst[base + t * LANES] = v;
         }
     }
-    let mut tail = 0.0;
-    for (xv, yv) in xr.iter().zip(yr) {
-        tail += xv * yv;
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
-/// Sum with eight independent accumulators (vectorisable; fixed summation order).
-#[inline(always)]
-fn hsum(x: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f32; LANES];
-    let xc = x.chunks_exact(LANES);
-    let tail: f32 = xc.remainder().iter().sum();
-    for xs in xc {
-        for i in 0..LANES {
-            acc[i] += xs[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// Transposes one `[n_rows, n_cols]` block into `[n_cols, n_rows]`.
-fn transpose(src: &[f32], n_rows: usize, n_cols: usize, dst: &mut [f32]) {
-    for r in 0..n_rows {
-        for (col, &v) in src[r * n_cols..(r + 1) * n_cols].iter().enumerate() {
-            dst[col * n_rows + r] = v;
+/// Blocks `[n_blocks, len, 16]` back into `[n_state, len]` (padded lanes dropped).
+fn from_blocks(src: &[f32], n_state: usize, len: usize, dst: &mut [f32]) {
+    for n in 0..n_state {
+        let (k, lane) = (n / LANES, n % LANES);
+        let base = k * len * LANES + lane;
+        for (t, v) in dst[n * len..(n + 1) * len].iter_mut().enumerate() {
+            *v = src[base + t * LANES];
         }
     }
 }
 
-/// Per-thread scratch of the forward pass.
+/// `A` `[d_inner, d_state]` as zero-padded blocks `[d_inner, n_blocks, 16]`.
+fn pad_a(a: &[f32], d_inner: usize, d_state: usize) -> Vec<f32> {
+    let nb = n_blocks(d_state);
+    let mut out = vec![0.0f32; d_inner * nb * LANES];
+    for ch in 0..d_inner {
+        out[ch * nb * LANES..ch * nb * LANES + d_state]
+            .copy_from_slice(&a[ch * d_state..(ch + 1) * d_state]);
+    }
+    out
+}
+
+/// Read-only inputs of one call, shared by all tasks.
+struct Ctx<'a> {
+    dims: ScanDims,
+    u: &'a [f32],
+    delta: &'a [f32],
+    /// Padded `A` (see [`pad_a`]).
+    a: &'a [f32],
+    b: &'a [f32],
+    c: &'a [f32],
+    d: &'a [f32],
+}
+
+/// Per-thread scratch of the forward pass: `B` and `C` of one batch element in blocks.
 struct FwdScratch {
     bt: Vec<f32>,
     ct: Vec<f32>,
-    h: Vec<f32>,
-    hc: Vec<f32>,
 }
 
-/// Forward scan: writes `y` (`[batch, d_inner, L]`).
+impl FwdScratch {
+    fn new(dims: ScanDims) -> Self {
+        let n = n_blocks(dims.d_state) * dims.len * LANES;
+        FwdScratch {
+            bt: vec![0.0; n],
+            ct: vec![0.0; n],
+        }
+    }
+}
+
+/// Forward pass of batch element `bi` into `y_b` (`[d_inner, L]`).
+#[inline(always)]
+fn fwd_batch<const FMA: bool>(cx: &Ctx, s: &mut FwdScratch, bi: usize, y_b: &mut [f32]) {
+    let ScanDims {
+        d_inner,
+        d_state,
+        len,
+        ..
+    } = cx.dims;
+    let nb = n_blocks(d_state);
+    let plane = d_state * len;
+    let row = d_inner * len;
+    to_blocks(&cx.b[bi * plane..(bi + 1) * plane], d_state, len, &mut s.bt);
+    to_blocks(&cx.c[bi * plane..(bi + 1) * plane], d_state, len, &mut s.ct);
+    for ch in 0..d_inner {
+        let off = bi * row + ch * len;
+        let u_r = &cx.u[off..off + len];
+        let dl_r = &cx.delta[off..off + len];
+        let y_r = &mut y_b[ch * len..(ch + 1) * len];
+        let d_ch = cx.d[ch];
+        for (y, &ut) in y_r.iter_mut().zip(u_r) {
+            *y = d_ch * ut;
+        }
+        for k in 0..nb {
+            let a_k = blk(cx.a, ch * nb + k);
+            let bk = &s.bt[k * len * LANES..(k + 1) * len * LANES];
+            let ck = &s.ct[k * len * LANES..(k + 1) * len * LANES];
+            let mut h = [0.0f32; LANES];
+            for t in 0..len {
+                let (dt, ut) = (dl_r[t], u_r[t]);
+                let dtu = dt * ut;
+                let (b_t, c_t) = (blk(bk, t), blk(ck, t));
+                let mut hc = [0.0f32; LANES];
+                for n in 0..LANES {
+                    let e = exp_poly::<FMA>(dt * a_k[n]);
+                    h[n] = madd::<FMA>(e, h[n], dtu * b_t[n]);
+                    hc[n] = h[n] * c_t[n];
+                }
+                y_r[t] += hsum(&hc);
+            }
+        }
+    }
+}
+
+/// Per-thread scratch of the backward pass.
+struct BwdScratch {
+    /// `B`, `C` of one batch element and their gradients, in blocks `[n_blocks, L, 16]`.
+    bt: Vec<f32>,
+    ct: Vec<f32>,
+    dbt: Vec<f32>,
+    dct: Vec<f32>,
+    /// Hidden states of one block: row 0 is `h_0 = 0`, row `t + 1` is `h_t`.
+    hs: Vec<f32>,
+}
+
+impl BwdScratch {
+    fn new(dims: ScanDims) -> Self {
+        let n = n_blocks(dims.d_state) * dims.len * LANES;
+        BwdScratch {
+            bt: vec![0.0; n],
+            ct: vec![0.0; n],
+            dbt: vec![0.0; n],
+            dct: vec![0.0; n],
+            hs: vec![0.0; (dims.len + 1) * LANES],
+        }
+    }
+}
+
+/// Output slices of one batch element in the backward pass.
+struct BwdOut<'a> {
+    du: &'a mut [f32],
+    ddelta: &'a mut [f32],
+    db: &'a mut [f32],
+    dc: &'a mut [f32],
+    /// Partial `dA` (`[d_inner, d_state]`) then partial `dD` (`[d_inner]`) of this element.
+    part: &'a mut [f32],
+}
+
+/// Backward pass of batch element `bi` (see [`backward`] for the recurrence).
+#[inline(always)]
+fn bwd_batch<const FMA: bool>(
+    cx: &Ctx,
+    dy: &[f32],
+    s: &mut BwdScratch,
+    bi: usize,
+    o: BwdOut,
+) {
+    let ScanDims {
+        d_inner,
+        d_state,
+        len,
+        ..
+    } = cx.dims;
+    let nb = n_blocks(d_state);
+    let plane = d_state * len;
+    let row = d_inner * len;
+    to_blocks(&cx.b[bi * plane..(bi + 1) * plane], d_state, len, &mut s.bt);
+    to_blocks(&cx.c[bi * plane..(bi + 1) * plane], d_state, len, &mut s.ct);
+    s.dbt.fill(0.0);
+    s.dct.fill(0.0);
+    let (da_b, dd_b) = o.part.split_at_mut(d_inner * d_state);
+    for ch in 0..d_inner {
+        let off = bi * row + ch * len;
+        let u_r = &cx.u[off..off + len];
+        let dl_r = &cx.delta[off..off + len];
+        let dy_r = &dy[off..off + len];
+        let d_ch = cx.d[ch];
+        let du_r = &mut o.du[ch * len..(ch + 1) * len];
+        let ddl_r = &mut o.ddelta[ch * len..(ch + 1) * len];
+        let mut dd_acc = 0.0f32;
+        for ((du, ddl), (&gt, &ut)) in du_r
+            .iter_mut()
+            .zip(ddl_r.iter_mut())
+            .zip(dy_r.iter().zip(u_r))
+        {
+            *du = gt * d_ch;
+            *ddl = 0.0;
+            dd_acc = madd::<FMA>(gt, ut, dd_acc);
+        }
+        dd_b[ch] += dd_acc;
+        for k in 0..nb {
+            let a_k = blk(cx.a, ch * nb + k);
+            let span = k * len * LANES..(k + 1) * len * LANES;
+            let (bk, ck) = (&s.bt[span.clone()], &s.ct[span.clone()]);
+
+            // Recompute h_t (row t + 1 of hs; row 0 stays zero).
+            let mut h = [0.0f32; LANES];
+            for t in 0..len {
+                let (dt, ut) = (dl_r[t], u_r[t]);
+                let dtu = dt * ut;
+                let b_t = blk(bk, t);
+                for n in 0..LANES {
+                    let e = exp_poly::<FMA>(dt * a_k[n]);
+                    h[n] = madd::<FMA>(e, h[n], dtu * b_t[n]);
+                }
+                *blk_mut(&mut s.hs, t + 1) = h;
+            }
+
+            // Reverse-time recurrence; dh carries e_{t+1} ⊙ dh_{t+1} into step t.
+            let dbk = &mut s.dbt[span.clone()];
+            let dck = &mut s.dct[span];
+            let mut dh = [0.0f32; LANES];
+            let mut da_acc = [0.0f32; LANES];
+            for t in (0..len).rev() {
+                let (dt, ut, gt) = (dl_r[t], u_r[t], dy_r[t]);
+                let dtu = dt * ut;
+                let (b_t, c_t) = (blk(bk, t), blk(ck, t));
+                let (h_prev, h_t) = (blk(&s.hs, t), blk(&s.hs, t + 1));
+                let db_t = blk_mut(dbk, t);
+                let mut p = [0.0f32; LANES];
+                let mut q = [0.0f32; LANES];
+                let mut pa = [0.0f32; LANES];
+                let mut e = [0.0f32; LANES];
+                for n in 0..LANES {
+                    e[n] = exp_poly::<FMA>(dt * a_k[n]);
+                    dh[n] = madd::<FMA>(gt, c_t[n], dh[n]);
+                    p[n] = dh[n] * h_prev[n] * e[n];
+                    da_acc[n] = madd::<FMA>(dt, p[n], da_acc[n]);
+                    q[n] = dh[n] * b_t[n];
+                    pa[n] = p[n] * a_k[n];
+                    db_t[n] = madd::<FMA>(dtu, dh[n], db_t[n]);
+                }
+                let dc_t = blk_mut(dck, t);
+                for n in 0..LANES {
+                    dc_t[n] = madd::<FMA>(gt, h_t[n], dc_t[n]);
+                    dh[n] *= e[n];
+                }
+                let dh_b = hsum(&q);
+                let p_a = hsum(&pa);
+                du_r[t] = madd::<FMA>(dt, dh_b, du_r[t]);
+                ddl_r[t] += madd::<FMA>(ut, dh_b, p_a);
+            }
+            let n_here = (d_state - k * LANES).min(LANES);
+            let da_r = &mut da_b[ch * d_state + k * LANES..ch * d_state + k * LANES + n_here];
+            for (da, &v) in da_r.iter_mut().zip(&da_acc) {
+                *da += v;
+            }
+        }
+    }
+    from_blocks(&s.dbt, d_state, len, o.db);
+    from_blocks(&s.dct, d_state, len, o.dc);
+}
+
+/// Instances of the per-batch bodies for each instruction set.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{BwdOut, BwdScratch, Ctx, FwdScratch, bwd_batch, fwd_batch};
+
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn fwd_avx512(cx: &Ctx, s: &mut FwdScratch, bi: usize, y_b: &mut [f32]) {
+        fwd_batch::<true>(cx, s, bi, y_b)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fwd_avx2(cx: &Ctx, s: &mut FwdScratch, bi: usize, y_b: &mut [f32]) {
+        fwd_batch::<true>(cx, s, bi, y_b)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn bwd_avx512(
+        cx: &Ctx,
+        dy: &[f32],
+        s: &mut BwdScratch,
+        bi: usize,
+        o: BwdOut,
+    ) {
+        bwd_batch::<true>(cx, dy, s, bi, o)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bwd_avx2(cx: &Ctx, dy: &[f32], s: &mut BwdScratch, bi: usize, o: BwdOut) {
+        bwd_batch::<true>(cx, dy, s, bi, o)
+    }
+}
+
+/// Runs the forward body of batch element `bi` with instruction set `isa` (already checked).
+fn fwd_dispatch(isa: Isa, cx: &Ctx, s: &mut FwdScratch, bi: usize, y_b: &mut [f32]) {
+    match isa {
+        // SAFETY: `isa` went through `Isa::or_portable`, so the CPU supports its features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::fwd_avx512(cx, s, bi, y_b) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::fwd_avx2(cx, s, bi, y_b) },
+        _ => fwd_batch::<false>(cx, s, bi, y_b),
+    }
+}
+
+/// Runs the backward body of batch element `bi` with instruction set `isa` (already checked).
+fn bwd_dispatch(isa: Isa, cx: &Ctx, dy: &[f32], s: &mut BwdScratch, bi: usize, o: BwdOut) {
+    match isa {
+        // SAFETY: `isa` went through `Isa::or_portable`, so the CPU supports its features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::bwd_avx512(cx, dy, s, bi, o) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::bwd_avx2(cx, dy, s, bi, o) },
+        _ => bwd_batch::<false>(cx, dy, s, bi, o),
+    }
+}
+
+/// Forward scan with the widest instruction set of this CPU: writes `y` (`[batch, d_inner, L]`).
 ///
 /// `h_t = exp(delta_t A) ⊙ h_{t-1} + delta_t u_t B_t`, `y_t = <h_t, C_t> + D u_t`, `h_0 = 0`.
 #[allow(clippy::too_many_arguments)]
@@ -148,74 +509,53 @@ pub fn forward(
     d: &[f32],
     y: &mut [f32],
 ) {
-    let ScanDims {
-        batch,
-        d_inner,
-        d_state: n_st,
-        len,
-    } = dims;
+    forward_with(Isa::detect(), dims, u, delta, a, b, c, d, y)
+}
+
+/// [`forward`] with an explicit instruction set (falls back to [`Isa::Portable`] when `isa` is
+/// not available on this CPU).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with(
+    isa: Isa,
+    dims: ScanDims,
+    u: &[f32],
+    delta: &[f32],
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    d: &[f32],
+    y: &mut [f32],
+) {
     check_lengths(dims, u, delta, a, b, c, d);
     assert_eq!(
         y.len(),
-        batch * d_inner * len,
+        dims.batch * dims.d_inner * dims.len,
         "selective scan: output buffer size"
     );
     if y.is_empty() {
         return;
     }
-    let row = d_inner * len;
-    let plane = n_st * len;
-    y.par_chunks_mut(row).enumerate().for_each_init(
-        || FwdScratch {
-            bt: vec![0.0; plane],
-            ct: vec![0.0; plane],
-            h: vec![0.0; n_st],
-            hc: vec![0.0; n_st],
-        },
-        |s, (bi, y_b)| {
-            transpose(&b[bi * plane..(bi + 1) * plane], n_st, len, &mut s.bt);
-            transpose(&c[bi * plane..(bi + 1) * plane], n_st, len, &mut s.ct);
-            for ch in 0..d_inner {
-                let off = bi * row + ch * len;
-                let u_r = &u[off..off + len];
-                let dl_r = &delta[off..off + len];
-                let a_r = &a[ch * n_st..(ch + 1) * n_st];
-                let d_ch = d[ch];
-                let y_r = &mut y_b[ch * len..(ch + 1) * len];
-                s.h.fill(0.0);
-                for t in 0..len {
-                    let (dt, ut) = (dl_r[t], u_r[t]);
-                    let dtu = dt * ut;
-                    let b_t = &s.bt[t * n_st..(t + 1) * n_st];
-                    let c_t = &s.ct[t * n_st..(t + 1) * n_st];
-                    let (h, hc) = (&mut s.h[..n_st], &mut s.hc[..n_st]);
-                    for ((((hn, hcn), &an), &bn), &cn) in
-                        h.iter_mut().zip(hc.iter_mut()).zip(a_r).zip(b_t).zip(c_t)
-                    {
-                        *hn = madd(exp_fast(dt * an), *hn, dtu * bn);
-                        *hcn = *hn * cn;
-                    }
-                    let acc = hsum(&s.hc);
-                    y_r[t] = madd(d_ch, ut, acc);
-                }
-            }
-        },
-    );
+    let isa = isa.or_portable();
+    let a_pad = pad_a(a, dims.d_inner, dims.d_state);
+    let cx = Ctx {
+        dims,
+        u,
+        delta,
+        a: &a_pad,
+        b,
+        c,
+        d,
+    };
+    y.par_chunks_mut(dims.d_inner * dims.len)
+        .enumerate()
+        .for_each_init(
+            || FwdScratch::new(dims),
+            |s, (bi, y_b)| fwd_dispatch(isa, &cx, s, bi, y_b),
+        );
 }
 
-/// Per-thread scratch of the backward pass.
-struct BwdScratch {
-    bt: Vec<f32>,
-    ct: Vec<f32>,
-    dbt: Vec<f32>,
-    dct: Vec<f32>,
-    hs: Vec<f32>,
-    es: Vec<f32>,
-    dh: Vec<f32>,
-    p: Vec<f32>,
-}
-
-/// Backward scan: gradients of `sum(dy ⊙ y)` with respect to all inputs.
+/// Backward scan with the widest instruction set of this CPU: gradients of `sum(dy ⊙ y)` with
+/// respect to all inputs.
 ///
 /// Reverse-time recurrence (`g_t = dy_t`, `e_t = exp(delta_t A)`):
 /// `dh_t = g_t C_t + e_{t+1} ⊙ dh_{t+1}`;
@@ -225,6 +565,23 @@ struct BwdScratch {
 /// `dA += delta_t dh_t ⊙ h_{t-1} ⊙ e_t`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
+    dims: ScanDims,
+    u: &[f32],
+    delta: &[f32],
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    d: &[f32],
+    dy: &[f32],
+) -> ScanGrads {
+    backward_with(Isa::detect(), dims, u, delta, a, b, c, d, dy)
+}
+
+/// [`backward`] with an explicit instruction set (falls back to [`Isa::Portable`] when `isa` is
+/// not available on this CPU).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    isa: Isa,
     dims: ScanDims,
     u: &[f32],
     delta: &[f32],
@@ -260,6 +617,17 @@ pub fn backward(
     if batch == 0 || d_inner == 0 || len == 0 {
         return g;
     }
+    let isa = isa.or_portable();
+    let a_pad = pad_a(a, d_inner, n_st);
+    let cx = Ctx {
+        dims,
+        u,
+        delta,
+        a: &a_pad,
+        b,
+        c,
+        d,
+    };
     // Per-batch partial sums of dA and dD, reduced after the parallel section.
     let mut partials = vec![0.0f32; batch * part];
     g.du.par_chunks_mut(row)
@@ -269,104 +637,16 @@ pub fn backward(
         .zip(partials.par_chunks_mut(part))
         .enumerate()
         .for_each_init(
-            || BwdScratch {
-                bt: vec![0.0; plane],
-                ct: vec![0.0; plane],
-                dbt: vec![0.0; plane],
-                dct: vec![0.0; plane],
-                hs: vec![0.0; plane],
-                es: vec![0.0; plane],
-                dh: vec![0.0; n_st],
-                p: vec![0.0; n_st],
-            },
-            |s, (bi, ((((du_b, ddl_b), db_b), dc_b), part_b))| {
-                transpose(&b[bi * plane..(bi + 1) * plane], n_st, len, &mut s.bt);
-                transpose(&c[bi * plane..(bi + 1) * plane], n_st, len, &mut s.ct);
-                s.dbt.fill(0.0);
-                s.dct.fill(0.0);
-                let (da_b, dd_b) = part_b.split_at_mut(d_inner * n_st);
-                for ch in 0..d_inner {
-                    let off = bi * row + ch * len;
-                    let u_r = &u[off..off + len];
-                    let dl_r = &delta[off..off + len];
-                    let dy_r = &dy[off..off + len];
-                    let a_r = &a[ch * n_st..(ch + 1) * n_st];
-                    let d_ch = d[ch];
-                    let da_r = &mut da_b[ch * n_st..(ch + 1) * n_st];
-                    let du_r = &mut du_b[ch * len..(ch + 1) * len];
-                    let ddl_r = &mut ddl_b[ch * len..(ch + 1) * len];
-
-                    // Recompute h_t and e_t = exp(delta_t A) for this row.
-                    for t in 0..len {
-                        let (dt, ut) = (dl_r[t], u_r[t]);
-                        let dtu = dt * ut;
-                        let cur = t * n_st;
-                        let b_t = &s.bt[cur..cur + n_st];
-                        let e_t = &mut s.es[cur..cur + n_st];
-                        for n in 0..n_st {
-                            e_t[n] = exp_fast(dt * a_r[n]);
-                        }
-                        if t > 0 {
-                            let (done, rest) = s.hs.split_at_mut(cur);
-                            let (h_prev, h_t) = (&done[cur - n_st..], &mut rest[..n_st]);
-                            for n in 0..n_st {
-                                h_t[n] = madd(e_t[n], h_prev[n], dtu * b_t[n]);
-                            }
-                        } else {
-                            for (h, &bn) in s.hs[..n_st].iter_mut().zip(b_t) {
-                                *h = dtu * bn;
-                            }
-                        }
-                    }
-
-                    // Reverse-time recurrence; s.dh carries e_{t+1} ⊙ dh_{t+1}.
-                    s.dh.fill(0.0);
-                    let mut dd_acc = 0.0f32;
-                    for t in (0..len).rev() {
-                        let (dt, ut, gt) = (dl_r[t], u_r[t], dy_r[t]);
-                        let cur = t * n_st;
-                        dd_acc = madd(gt, ut, dd_acc);
-                        let c_t = &s.ct[cur..cur + n_st];
-                        let h_t = &s.hs[cur..cur + n_st];
-                        for (dh, &cn) in s.dh.iter_mut().zip(c_t) {
-                            *dh = madd(gt, cn, *dh);
-                        }
-                        let dct_t = &mut s.dct[cur..cur + n_st];
-                        for (dc, &hn) in dct_t.iter_mut().zip(h_t) {
-                            *dc = madd(gt, hn, *dc);
-                        }
-                        let e_t = &s.es[cur..cur + n_st];
-                        if t > 0 {
-                            let h_prev = &s.hs[cur - n_st..cur];
-                            for (((pn, &dh), &hp), &en) in
-                                s.p.iter_mut().zip(&s.dh).zip(h_prev).zip(e_t)
-                            {
-                                *pn = dh * hp * en;
-                            }
-                        } else {
-                            s.p.fill(0.0);
-                        }
-                        for (da, &pn) in da_r.iter_mut().zip(&s.p) {
-                            *da = madd(dt, pn, *da);
-                        }
-                        let b_t = &s.bt[cur..cur + n_st];
-                        let dh_b = dot(&s.dh, b_t);
-                        let p_a = dot(&s.p, a_r);
-                        let dtu = dt * ut;
-                        let dbt_t = &mut s.dbt[cur..cur + n_st];
-                        for (db, &dh) in dbt_t.iter_mut().zip(&s.dh) {
-                            *db = madd(dtu, dh, *db);
-                        }
-                        du_r[t] = madd(gt, d_ch, dt * dh_b);
-                        ddl_r[t] = madd(ut, dh_b, p_a);
-                        for (dh, &en) in s.dh.iter_mut().zip(e_t) {
-                            *dh *= en;
-                        }
-                    }
-                    dd_b[ch] += dd_acc;
-                }
-                transpose(&s.dbt, len, n_st, db_b);
-                transpose(&s.dct, len, n_st, dc_b);
+            || BwdScratch::new(dims),
+            |s, (bi, ((((du, ddelta), db), dc), part))| {
+                let o = BwdOut {
+                    du,
+                    ddelta,
+                    db,
+                    dc,
+                    part,
+                };
+                bwd_dispatch(isa, &cx, dy, s, bi, o)
             },
         );
     for part_b in partials.chunks_exact(part) {
