@@ -698,11 +698,14 @@ pub fn fuse_logits(
                 None => true,
                 Some(p) => rows.split[i].is_some_and(|s| s <= p),
             };
-            if rows.set[i] == set && in_split && has_all(id) && seen.insert(id) {
-                if let Some(y) = rows.label[i].filter(|&y| y < n_classes) {
-                    ids.push(id);
-                    labels.push(y);
-                }
+            if rows.set[i] == set
+                && in_split
+                && has_all(id)
+                && seen.insert(id)
+                && let Some(y) = rows.label[i].filter(|&y| y < n_classes)
+            {
+                ids.push(id);
+                labels.push(y);
             }
         }
         (ids, labels)
@@ -725,20 +728,22 @@ pub fn fuse_logits(
         let (f, r) = Fusion::fit(&train_l, &train_y, n_classes, opts.ridge)?;
         (f, Some(r))
     };
-    let scores = |f: &Fusion, sel: &dyn Fn(&[Vec<f32>]) -> Vec<Vec<f32>>| SetScores {
-        train: score(f, &sel(&train_l), &train_y),
-        test: (!test_y.is_empty()).then(|| score(f, &sel(&test_l), &test_y)),
+    // Scores of `f` over all teachers (`only = None`) or over teacher j alone.
+    let scores = |f: &Fusion, only: Option<usize>| {
+        let sel = |l: &[Vec<f32>]| match only {
+            Some(j) => vec![l[j].clone()],
+            None => l.to_vec(),
+        };
+        SetScores {
+            train: score(f, &sel(&train_l), &train_y),
+            test: (!test_y.is_empty()).then(|| score(f, &sel(&test_l), &test_y)),
+        }
     };
-    let all = |l: &[Vec<f32>]| l.to_vec();
-    let teacher_scores = (0..k)
-        .map(|j| {
-            let one = Fusion {
-                alpha: vec![1.0],
-                beta: vec![0.0; n_classes],
-            };
-            scores(&one, &|l: &[Vec<f32>]| vec![l[j].clone()])
-        })
-        .collect();
+    let single = Fusion {
+        alpha: vec![1.0],
+        beta: vec![0.0; n_classes],
+    };
+    let teacher_scores = (0..k).map(|j| scores(&single, Some(j))).collect();
     // Fused logits of every original clip id with logits from every teacher.
     let mut seen = BTreeSet::new();
     let mut ids = Vec::new();
@@ -755,8 +760,8 @@ pub fn fuse_logits(
     }
     let report = FuseReport {
         teachers: names.to_vec(),
-        averaged: scores(&averaged, &all),
-        fused: scores(&fusion, &all),
+        averaged: scores(&averaged, None),
+        fused: scores(&fusion, None),
         fusion,
         fit,
         split: opts.split,
