@@ -326,13 +326,7 @@ struct BwdOut<'a> {
 
 /// Backward pass of batch element `bi` (see [`backward`] for the recurrence).
 #[inline(always)]
-fn bwd_batch<const FMA: bool>(
-    cx: &Ctx,
-    dy: &[f32],
-    s: &mut BwdScratch,
-    bi: usize,
-    o: BwdOut,
-) {
+fn bwd_batch<const FMA: bool>(cx: &Ctx, dy: &[f32], s: &mut BwdScratch, bi: usize, o: BwdOut) {
     let ScanDims {
         d_inner,
         d_state,
@@ -394,25 +388,28 @@ fn bwd_batch<const FMA: bool>(
                 let dtu = dt * ut;
                 let (b_t, c_t) = (blk(bk, t), blk(ck, t));
                 let (h_prev, h_t) = (blk(&s.hs, t), blk(&s.hs, t + 1));
-                let db_t = blk_mut(dbk, t);
-                let mut p = [0.0f32; LANES];
-                let mut q = [0.0f32; LANES];
-                let mut pa = [0.0f32; LANES];
+                // Local copies of the accumulators keep every lane loop alias-free (vectorised).
+                let mut db_l = *blk(dbk, t);
+                let mut dc_l = *blk(dck, t);
                 let mut e = [0.0f32; LANES];
                 for n in 0..LANES {
                     e[n] = exp_poly::<FMA>(dt * a_k[n]);
+                }
+                let mut p = [0.0f32; LANES];
+                let mut q = [0.0f32; LANES];
+                let mut pa = [0.0f32; LANES];
+                for n in 0..LANES {
                     dh[n] = madd::<FMA>(gt, c_t[n], dh[n]);
                     p[n] = dh[n] * h_prev[n] * e[n];
                     da_acc[n] = madd::<FMA>(dt, p[n], da_acc[n]);
                     q[n] = dh[n] * b_t[n];
                     pa[n] = p[n] * a_k[n];
-                    db_t[n] = madd::<FMA>(dtu, dh[n], db_t[n]);
-                }
-                let dc_t = blk_mut(dck, t);
-                for n in 0..LANES {
-                    dc_t[n] = madd::<FMA>(gt, h_t[n], dc_t[n]);
+                    db_l[n] = madd::<FMA>(dtu, dh[n], db_l[n]);
+                    dc_l[n] = madd::<FMA>(gt, h_t[n], dc_l[n]);
                     dh[n] *= e[n];
                 }
+                *blk_mut(dbk, t) = db_l;
+                *blk_mut(dck, t) = dc_l;
                 let dh_b = hsum(&q);
                 let p_a = hsum(&pa);
                 du_r[t] = madd::<FMA>(dt, dh_b, du_r[t]);
