@@ -132,6 +132,88 @@ fn profile_blocks(cfg: &ModelConfig, b: usize) {
     });
 }
 
+/// Cumulative forward + backward times of the pieces of one PMB (shared-weight formulation on
+/// its first Mamba): where the time of a Mamba block goes.
+fn profile_pmb(cfg: &ModelConfig, b: usize) {
+    use burn::tensor::activation::{silu, softplus};
+    let dev = training_device();
+    let Model::IrMamba(m) = cfg.init(10, &dev) else {
+        return;
+    };
+    let blk = &m.stages[0].blocks[0];
+    let mb = &blk.mamba[0];
+    let [c, h, w] = [48, 32, 16];
+    let (len, p) = (h * w, blk.groups);
+    let d = c / p;
+    let (di, r, n) = (mb.d_inner, mb.dt_rank, mb.d_state);
+    let x = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+    // Stages: 0 LayerNorm + group reshape, 1 in_proj, 2 conv1d + SiLU, 3 x_proj/dt_proj/softplus
+    // and the swaps, 4 selective scan, 5 gating + out_proj, 6 the whole block.
+    let upto = |stage: usize| -> Tensor<3> {
+        let tokens = blk
+            .norm
+            .forward(x.clone().reshape([b, c, len]).swap_dims(1, 2));
+        let g = tokens
+            .reshape([b, len, p, d])
+            .swap_dims(1, 2)
+            .reshape([b * p, len, d]);
+        if stage == 0 {
+            return g;
+        }
+        let xz = mb.in_proj.forward(g);
+        if stage == 1 {
+            return xz;
+        }
+        let xi = xz.clone().narrow(2, 0, di);
+        let z = xz.narrow(2, di, di);
+        let xc = silu(train::ops::conv1d_causal_forward(
+            &mb.conv1d,
+            xi.swap_dims(1, 2),
+        ));
+        if stage == 2 {
+            return xc;
+        }
+        let x_dbl = mb.x_proj.forward(xc.clone().swap_dims(1, 2));
+        let dt = x_dbl.clone().narrow(2, 0, r);
+        let bm = x_dbl.clone().narrow(2, r, n).swap_dims(1, 2);
+        let cm = x_dbl.narrow(2, r + n, n).swap_dims(1, 2);
+        let delta = softplus(mb.dt_proj.forward(dt), 1.0).swap_dims(1, 2);
+        if stage == 3 {
+            return delta + bm.sum_dim(1) + cm.sum_dim(1) + xc;
+        }
+        let a = mb.a_log.val().exp().neg();
+        let y = train::scan::selective_scan(xc, delta, a, bm, cm, mb.d.val());
+        if stage == 4 {
+            return y;
+        }
+        mb.out_proj.forward(y.swap_dims(1, 2) * silu(z))
+    };
+    println!(
+        "PMB breakdown, batch {b} ({} sequences of {len} tokens, d_inner {di}), cumulative fwd+bwd:",
+        b * p
+    );
+    let names = [
+        "norm+reshape",
+        "+in_proj",
+        "+conv1d+silu",
+        "+x/dt_proj",
+        "+scan",
+        "+gate+out_proj",
+    ];
+    for (stage, name) in names.iter().enumerate() {
+        let run = || {
+            let _g = upto(stage).sum().backward();
+        };
+        run();
+        let t0 = Instant::now();
+        for _ in 0..iters() {
+            run();
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1e3 / iters() as f64;
+        println!("  {name:<16} {ms:>8.1} ms");
+    }
+}
+
 fn main() {
     let name = std::env::var("ASC_BENCH_MODEL").unwrap_or_else(|_| "s1".into());
     let cfg = ModelConfig::preset(&name).expect("ASC_BENCH_MODEL: a preset name");
@@ -151,4 +233,5 @@ fn main() {
         inference_rate(&cfg, 256)
     );
     profile_blocks(&cfg, 64);
+    profile_pmb(&cfg, 64);
 }
