@@ -192,7 +192,7 @@ pub fn run_qat(a: &QatArgs, progress: bool) -> anyhow::Result<()> {
     if let Some(f) = a.freeze_last {
         qc.freeze_last = f.min(a.epochs);
     }
-    qc.kd = cfg.use_kd.then(|| cfg.kd.clone());
+    qc.kd = cfg.use_kd.then_some(cfg.kd);
     qc.augment = cfg.augment.clone();
     qc.seed = cfg.seed;
     eprintln!(
