@@ -15,7 +15,6 @@ use burn::backend::autodiff::{
 };
 use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTensor};
 use burn::tensor::{TensorData, read_sync};
-use std::borrow::Cow;
 
 /// Backends that can run the direct depthwise convolution.
 #[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Autodiff)]
@@ -42,35 +41,7 @@ impl DepthwiseConvOps for burn::backend::Flex {
         pad: [usize; 2],
         output: [usize; 2],
     ) -> FloatTensor<Self> {
-        // Zero-copy: the kernel reads Flex's contiguous f32 storage in place.
-        let d = dims_of::<Self>(
-            &x,
-            &weight,
-            Geometry {
-                stride,
-                pad,
-                output,
-            },
-        );
-        let device = x.device();
-        let (xv, wv, bv) = (flex_view(&x), flex_view(&weight), flex_view(&bias));
-        let mut y = vec![0.0f32; d.y_len()];
-        cpu::forward(d, &xv, &wv, &bv, &mut y);
-        from_host::<Self>(y, [d.batch, d.channels, output[0], output[1]], &device)
-    }
-}
-
-/// Wraps a host buffer as a float tensor of `shape` on `device`.
-fn from_host<B: Backend>(y: Vec<f32>, shape: [usize; 4], device: &B::Device) -> FloatTensor<B> {
-    B::float_from_data(TensorData::new(y, shape), device)
-}
-
-/// Contiguous `f32` view of a Flex tensor: borrowed in place when the tensor is contiguous
-/// `f32`, copied otherwise.
-fn flex_view(t: &FloatTensor<burn::backend::Flex>) -> Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(to_host::<burn::backend::Flex>(t.clone())),
+        host_forward::<Self>(x, weight, bias, stride, pad, output)
     }
 }
 
@@ -117,7 +88,6 @@ fn dims_of<B: Backend>(x: &FloatTensor<B>, w: &FloatTensor<B>, g: Geometry) -> D
     }
 }
 
-#[cfg(feature = "ndarray")]
 fn host_forward<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,

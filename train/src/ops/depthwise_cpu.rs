@@ -70,10 +70,12 @@ pub struct DwGrads {
 
 /// Size `[Hp, Wp]` of the zero-padded plane that covers every input index the outputs read.
 fn padded_size(d: &DwDims) -> [usize; 2] {
-    std::array::from_fn(|a| {
+    let mut size = [0; 2];
+    for a in 0..2 {
         let reach = (d.output[a] - 1) * d.stride[a] + d.kernel[a];
-        reach.max(d.input[a] + d.pad[a])
-    })
+        size[a] = reach.max(d.input[a] + d.pad[a]);
+    }
+    size
 }
 
 /// Copies one `[H, W]` input plane into the interior of the zero-padded `[Hp, Wp]` scratch.
@@ -95,8 +97,8 @@ fn row_taps<const K: usize>(y: &mut [f32], xr: &[f32], w: &[f32]) {
     let ws: [f32; K] = std::array::from_fn(|j| w[j]);
     for (o, yv) in y.iter_mut().enumerate() {
         let mut s = *yv;
-        for (wj, xj) in ws.iter().zip(&xs) {
-            s += wj * xj[o];
+        for j in 0..K {
+            s += ws[j] * xs[j][o];
         }
         *yv = s;
     }

@@ -68,13 +68,15 @@ pub fn depthwise_output_size(
         stride,
         padding,
     };
-    let padded: [usize; 2] = std::array::from_fn(|a| input[a] + 2 * padding[a]);
-    if (0..2).any(|a| stride[a] == 0 || kernel[a] == 0 || kernel[a] > padded[a]) {
-        return Err(err);
+    let mut out = [0; 2];
+    for a in 0..2 {
+        let padded = input[a] + 2 * padding[a];
+        if stride[a] == 0 || kernel[a] == 0 || kernel[a] > padded {
+            return Err(err);
+        }
+        out[a] = (padded - kernel[a]) / stride[a] + 1;
     }
-    Ok(std::array::from_fn(|a| {
-        (padded[a] - kernel[a]) / stride[a] + 1
-    }))
+    Ok(out)
 }
 
 fn check_params(
