@@ -3,10 +3,10 @@
 //! The training half of the ASC toolkit: a memory-mapped shard loader, the IRMamba student
 //! (and reference models) in burn, the KD/QAT trainer, evaluation, int8 export and inference.
 
-/// Mamba selective scan: reference tensor-op graph and fused kernel with hand-written backward.
-pub mod scan;
 /// Fused depthwise convolutions (2-D and Mamba's causal 1-D) with hand-written backward passes.
 pub mod ops;
+/// Mamba selective scan: reference tensor-op graph and fused kernel with hand-written backward.
+pub mod scan;
 
 /// Backend selection (Flex by default; NdArray behind the `ndarray` feature).
 pub mod backend;
@@ -40,11 +40,11 @@ pub mod trainer;
 /// True int8 inference engine and the versioned int8 model file.
 pub mod int8;
 
-/// Quantization-aware training: fake quantization, observers, conv+BN folding, QAT loop.
-pub mod qat;
 /// Export of a QAT student to the int8 model file (`.asc8`).
 pub mod export;
 /// `train infer`: WAV files -> the pipeline's front end -> the int8 engine.
 pub mod infer;
 /// The `qat`, `export`, `eval --int8` and `infer` subcommands (arguments and run functions).
 pub mod int8_cli;
+/// Quantization-aware training: fake quantization, observers, conv+BN folding, QAT loop.
+pub mod qat;
