@@ -177,7 +177,8 @@ struct TrainArgs {
     /// the other training options are ignored, except --threads).
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
-    /// Quantization-aware training epochs after the float epochs (not available yet: must be 0).
+    /// Quantization-aware training epochs after the float epochs (lr 5e-5, observers frozen for
+    /// the last fifth); writes runs/<name>/qat/ with the int8 model qat/model.asc8. IRMamba only.
     #[arg(long, default_value_t = 0)]
     qat_epochs: u64,
     /// Compute threads (rayon pool: burn Flex kernels and the selective scan) [default: all

@@ -1,19 +1,27 @@
-//! Hook of the quantization-aware training phase (QAT epochs after the float epochs).
+//! The quantization-aware training phase of a training run (`train --qat-epochs N`).
 //!
-//! The QAT phase (fake-quantized int8 weights and activations, straight-through estimator,
-//! observer calibration, then export to the int8 engine) is being implemented separately; the
-//! trainer already calls [`run_qat_phase`] after the float epochs so that the flag and the run
-//! folder layout are stable.
+//! After the float epochs, the trainer hands the finished run folder to the QAT fine-tuning of
+//! [`crate::int8_cli::run_qat`] (fake-quantized int8 weights and activations, moving-average
+//! observers frozen for the last epochs, lr 5e-5), which writes `runs/<name>/qat/` with the QAT
+//! model and the exported int8 model `qat/model.asc8`, and prints float vs QAT vs int8 accuracy.
 
+use std::path::Path;
+
+use crate::int8_cli::{QatArgs, run_qat};
 use crate::trainer::{Result, TrainError};
 
-/// Runs `qat_epochs` of quantization-aware training after the float epochs.
-///
-/// Not implemented yet: returns [`TrainError::QatUnavailable`] when `qat_epochs > 0`, and does
-/// nothing for 0.
-pub fn run_qat_phase(qat_epochs: u64) -> Result<()> {
-    if qat_epochs > 0 {
-        return Err(TrainError::QatUnavailable(qat_epochs));
+/// Runs `qat_epochs` of quantization-aware training on the finished float run in `run_dir`
+/// (nothing for 0).
+pub fn run_qat_phase(run_dir: &Path, qat_epochs: u64, progress: bool) -> Result<()> {
+    if qat_epochs == 0 {
+        return Ok(());
     }
-    Ok(())
+    let args = QatArgs {
+        model: run_dir.to_path_buf(),
+        shards: None,
+        epochs: qat_epochs,
+        lr: 5e-5,
+        freeze_last: None,
+    };
+    run_qat(&args, progress).map_err(|e| TrainError::Qat(format!("{e:#}")))
 }

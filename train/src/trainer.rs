@@ -110,9 +110,9 @@ pub enum TrainError {
          --resume {0}"
     )]
     RunExists(PathBuf),
-    /// The QAT phase is not implemented yet.
-    #[error("QAT not available yet (--qat-epochs {0}); run with --qat-epochs 0")]
-    QatUnavailable(u64),
+    /// The QAT phase failed.
+    #[error("QAT phase: {0}")]
+    Qat(String),
     /// The training loss became NaN or infinite.
     #[error("training diverged at update {step}: loss {loss}")]
     Diverged {
@@ -415,10 +415,6 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
         opts.config.clone()
     };
     cfg.validate()?;
-    // Fail before training rather than after it while the QAT phase is not implemented.
-    if cfg.qat_epochs > 0 {
-        crate::qat_hook::run_qat_phase(cfg.qat_epochs)?;
-    }
     let set = ShardSet::open(&cfg.shards, None)?;
     let meta = set.meta().clone();
     let n_classes = meta.n_classes();
@@ -715,8 +711,6 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             finished,
         });
     }
-    crate::qat_hook::run_qat_phase(cfg.qat_epochs)?;
-
     // Final model: the last epoch's.
     save_model_file(&model, &run.path().join(FINAL_MODEL_FILE))?;
     let final_eval = match last_eval {
@@ -746,6 +740,8 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
         epochs: metrics.clone(),
     };
     run.write_report(&summary, &final_eval)?;
+    // QAT fine-tuning of the final model, then int8 export (runs/<name>/qat/).
+    crate::qat_hook::run_qat_phase(run.path(), cfg.qat_epochs, opts.progress)?;
     Ok(TrainOutcome {
         run_dir: run.path().to_path_buf(),
         final_eval: Some(final_eval),
