@@ -24,18 +24,18 @@ fn record(i: usize, meta: &ShardMeta, logits: bool) -> ClipRecord {
         identifier: "lyon-1".into(),
         segment_id: format!("park-lyon-1-{i}"),
         segment_index: 0,
-        set: if i % 2 == 0 {
+        set: if i.is_multiple_of(2) {
             ClipSet::Train
         } else {
             ClipSet::Test
         },
-        split: if i % 2 == 0 { Some(25) } else { None },
-        variant: if i % 3 == 0 {
+        split: if i.is_multiple_of(2) { Some(25) } else { None },
+        variant: if i.is_multiple_of(3) {
             Variant::Dir
         } else {
             Variant::Original
         },
-        variant_source: (i % 3 == 0).then(|| "IR_AKGD12".to_string()),
+        variant_source: (i.is_multiple_of(3)).then(|| "IR_AKGD12".to_string()),
         energy: 300.0 + i as f32,
         teacher_logits: logits.then(|| (0..10).map(|k| k as f32 - i as f32).collect()),
         logmel: (0..n).map(|k| (k as f32) * 1e-3 + i as f32).collect(),

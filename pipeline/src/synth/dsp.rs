@@ -215,7 +215,7 @@ pub fn slow_lfo(rng: &mut Rng, n: usize, f_lo: f64, f_hi: f64) -> Vec<f64> {
             .sum::<f64>()
             / 3.0
     };
-    smooth_curve(n, |i| at(i))
+    smooth_curve(n, at)
 }
 
 /// Samples a slowly varying curve `f(i)` every 32 samples and interpolates linearly.

@@ -70,12 +70,10 @@ pub struct DwGrads {
 
 /// Size `[Hp, Wp]` of the zero-padded plane that covers every input index the outputs read.
 fn padded_size(d: &DwDims) -> [usize; 2] {
-    let mut size = [0; 2];
-    for a in 0..2 {
+    std::array::from_fn(|a| {
         let reach = (d.output[a] - 1) * d.stride[a] + d.kernel[a];
-        size[a] = reach.max(d.input[a] + d.pad[a]);
-    }
-    size
+        reach.max(d.input[a] + d.pad[a])
+    })
 }
 
 /// Copies one `[H, W]` input plane into the interior of the zero-padded `[Hp, Wp]` scratch.

@@ -132,6 +132,8 @@ fn exp_poly<const FMA: bool>(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5 * 2^23: adding it rounds to the nearest integer, which then sits in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
+    // max/min rather than clamp: maps to vmaxps/vminps and sends NaN to a finite value.
+    #[allow(clippy::manual_clamp)]
     let x = x.max(-87.0).min(88.0);
     let t = madd::<FMA>(x, LOG2E, ROUND);
     let k = t - ROUND;
