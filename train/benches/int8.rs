@@ -10,7 +10,7 @@ use std::time::Instant;
 use data_specs::{FrontEndConfig, Vocabulary};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use train::int8::builder::{RandomNetConfig, calibrate, quantize_model, random_irmamba};
+use train::int8::builder::{CHUNK_SEP, RandomNetConfig, calibrate, quantize_model, random_irmamba};
 use train::int8::engine::Reference;
 use train::int8::kernels::Isa;
 use train::int8::{ExecMode, ModelMeta, QParams};
@@ -55,6 +55,44 @@ fn work(g: &train::int8::Graph, t: &train::int8::graph::TensorMap) -> (usize, us
         }
     }
     (macs, scan)
+}
+
+/// The per-layer profile at the dispatched ISA: every op (the P chunks of a PVM summed, keyed by
+/// output name up to the chunk separator) above 5 us, then the sum per block (name up to the first
+/// dot: stem1, irb2, pmb1, ...).
+fn per_layer(model: &train::int8::Int8Model, clip: &[f32]) {
+    let ops = model.profile_ops(clip, 100).expect("runs");
+    let total: f64 = ops.iter().map(|o| o.2).sum();
+    let mut layers: Vec<(String, &str, usize, f64)> = Vec::new();
+    let mut blocks: Vec<(String, f64)> = Vec::new();
+    for (name, kind, t) in ops {
+        let layer = name.split(CHUNK_SEP).next().unwrap_or(&name).to_string();
+        match layers.iter_mut().find(|l| l.0 == layer && l.1 == kind) {
+            Some(l) => {
+                l.2 += 1;
+                l.3 += t;
+            }
+            None => layers.push((layer.clone(), kind, 1, t)),
+        }
+        let block = layer.split('.').next().unwrap_or(&layer).to_string();
+        match blocks.iter_mut().find(|b| b.0 == block) {
+            Some(b) => b.1 += t,
+            None => blocks.push((block, t)),
+        }
+    }
+    println!(
+        "per-layer profile ({}, 1 clip, sum of ops {:.3} ms; ops under 5 us not listed):",
+        model.isa().name(),
+        total * 1e3
+    );
+    for (layer, kind, n, t) in layers.iter().filter(|l| l.3 >= 5e-6) {
+        println!("    {layer:<36} {kind:<12} x{n:<2} {:>7.3} ms", t * 1e3);
+    }
+    let line: Vec<String> = blocks
+        .iter()
+        .map(|(b, t)| format!("{b} {:.3}", t * 1e3))
+        .collect();
+    println!("  per block (ms): {}", line.join(", "));
 }
 
 fn main() {
@@ -124,6 +162,7 @@ fn main() {
         }
     }
     model.set_isa(best);
+    per_layer(&model, &clips[0]);
     let mut fl = Reference::new(&graph, &tensors, false).expect("valid");
     let (med, mean) = time(n / 2, 10, |i| {
         std::hint::black_box(fl.run(&clips[i % clips.len()], ExecMode::Float, None));

@@ -678,6 +678,51 @@ impl Int8Model {
         Ok(v)
     }
 
+    /// Diagnostic: runs one clip `reps` times and returns, for every op in graph order, its
+    /// output buffer's name, its kind (by [`super::graph::op_name`]) and the mean seconds it
+    /// took (the per-layer profile; sum the entries sharing a name prefix for a block).
+    pub fn profile_ops(
+        &self,
+        logmel: &[f32],
+        reps: usize,
+    ) -> Result<Vec<(String, &'static str, f64)>, Int8Error> {
+        self.check_input(logmel.len())?;
+        let mut times = vec![0.0f64; self.kernels.len()];
+        self.with_workspace(|ws| {
+            for _ in 0..reps.max(1) {
+                let Slot::F(inp) = &mut ws.slots[self.graph.input] else {
+                    unreachable!()
+                };
+                inp.copy_from_slice(logmel);
+                for (k, t) in self.kernels.iter().zip(times.iter_mut()) {
+                    let s = std::time::Instant::now();
+                    run_kernel(
+                        k,
+                        self.isa,
+                        &mut ws.slots,
+                        &mut ws.xp,
+                        &mut ws.acc,
+                        &mut ws.fscratch,
+                    );
+                    *t += s.elapsed().as_secs_f64();
+                }
+            }
+        });
+        Ok(self
+            .graph
+            .ops
+            .iter()
+            .zip(times)
+            .map(|(op, t)| {
+                (
+                    self.graph.buffers[op.output()].name.clone(),
+                    super::graph::op_name(op),
+                    t / reps.max(1) as f64,
+                )
+            })
+            .collect())
+    }
+
     fn run(&self, ws: &mut Workspace, input: &[f32]) {
         let Workspace {
             slots,
