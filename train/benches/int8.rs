@@ -140,7 +140,7 @@ fn main() {
     let n = 200;
     let best = Isa::detect();
     println!("CPU kernels: {} (dispatched at run time)", best.name());
-    for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+    for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni] {
         if !isa.available() || isa > best {
             continue;
         }

@@ -362,6 +362,8 @@ impl Int8Model {
                         lo,
                         hi,
                         pairs: Vec::new(),
+                        bias_zp: Vec::new(),
+                        w4: Vec::new(),
                     };
                     k.prepare();
                     sz.xp = sz.xp.max(k.xp_len());

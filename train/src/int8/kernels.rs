@@ -27,21 +27,26 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/DQ/VL (+ AVX2, FMA): Skylake-SP, Ice Lake, Zen 4 and later.
     Avx512,
+    /// [`Isa::Avx512`] plus AVX-512 VNNI (`vpdpbusd`, u8 x i8 dot products of 4 into i32):
+    /// Cascade Lake, Ice Lake, Sapphire Rapids, Zen 4 and later. Pointwise convolutions and
+    /// linear layers run as a VNNI GEMM; everything else as at [`Isa::Avx512`].
+    Avx512Vnni,
 }
 
 impl Isa {
     /// The widest level this CPU supports (detected once, then cached). The environment
-    /// variable `ASC_INT8_ISA` (`portable`, `avx2`, `avx512`) caps it, for benchmarks and
-    /// debugging; other values are ignored.
+    /// variable `ASC_INT8_ISA` (`portable`, `avx2`, `avx512`, `avx512vnni`) caps it, for
+    /// benchmarks and debugging; other values are ignored.
     pub fn detect() -> Self {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
             let cap = match std::env::var("ASC_INT8_ISA").as_deref() {
                 Ok("portable") => Isa::Portable,
                 Ok("avx2") => Isa::Avx2,
-                _ => Isa::Avx512,
+                Ok("avx512") => Isa::Avx512,
+                _ => Isa::Avx512Vnni,
             };
-            [Isa::Avx512, Isa::Avx2]
+            [Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2]
                 .into_iter()
                 .find(|i| *i <= cap && i.available())
                 .unwrap_or(Isa::Portable)
@@ -54,6 +59,7 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Vnni => "avx512vnni",
         }
     }
 
@@ -71,6 +77,8 @@ impl Isa {
                     && is_x86_feature_detected!("avx512dq")
                     && is_x86_feature_detected!("avx512vl")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => Isa::Avx512.available() && is_x86_feature_detected!("avx512vnni"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -465,14 +473,98 @@ pub struct QConvKernel {
     /// Pointwise layers on x86-64: weight pairs `(w[co][2k], w[co][2k+1])` packed into one i32
     /// and splatted to 4 lanes, `[Cout][ceil(Cin/2)]`, for the `pmaddwd` GEMM; empty otherwise.
     pub pairs: Vec<[i32; 4]>,
+    /// The bias with the input zero point folded in, `bias[c] - zp_in * sum_k w[c][k]`, for the
+    /// kernels that multiply raw `u8` codes: `sum w (x - zp) = sum w x - zp sum w` (exact in
+    /// i32; padding then holds the code `zp_in`, which contributes 0 as in the definition).
+    pub bias_zp: Vec<i32>,
+    /// Pointwise layers (groups 1): weights as 4 consecutive input channels' `i8` packed in one
+    /// i32 (little-endian), `[Cout][ceil(Cin/4)]`, zero-filled, for the VNNI GEMM.
+    pub w4: Vec<i32>,
 }
 
+/// Rows of positions one VNNI GEMM tile covers: 2 x 16 positions of i32 lanes.
+const VNNI_TILE_P: usize = 32;
+/// Output channels one VNNI GEMM tile covers.
+const VNNI_TILE_C: usize = 8;
+/// Output positions of the depthwise kernel held in registers at once.
+const DW_CHUNK: usize = 32;
+/// Largest kernel (`kh * kw`) of the channel-wise path; larger ones run the direct path.
+const MAX_TAPS: usize = 64;
+
 impl QConvKernel {
-    /// Packs the weight pairs of a pointwise layer (groups 1) for the SSE2 GEMM; a no-op for
-    /// other layers and other targets.
-    pub fn prepare(&mut self) {
+    /// A prepared kernel (see [`QConvKernel::prepare`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        geom: ConvGeom,
+        weight: Vec<i16>,
+        bias: Vec<i32>,
+        mul: Vec<FixedMul>,
+        zp_in: i32,
+        zp_out: i32,
+        lo: i32,
+        hi: i32,
+    ) -> Self {
+        let mut k = Self {
+            geom,
+            weight,
+            bias,
+            mul,
+            zp_in,
+            zp_out,
+            lo,
+            hi,
+            pairs: Vec::new(),
+            bias_zp: Vec::new(),
+            w4: Vec::new(),
+        };
+        k.prepare();
+        k
+    }
+
+    /// True when every output channel reads one input channel (depthwise, or a convolution of
+    /// a one-channel input) through a spatial kernel: the [`QConvKernel::run`] path over `u8`
+    /// stride-phase planes.
+    pub fn is_channelwise(&self) -> bool {
         let g = &self.geom;
-        if !(cfg!(target_arch = "x86_64") && g.is_pointwise() && g.groups == 1) {
+        g.cin / g.groups == 1 && !g.is_pointwise() && g.kh * g.kw <= MAX_TAPS
+    }
+
+    /// Derives the packed forms from `weight`, `bias` and `zp_in`: the zero-point-folded bias,
+    /// the VNNI weight quads and (x86-64) the `pmaddwd` weight pairs of a pointwise layer.
+    pub fn prepare(&mut self) {
+        let g = self.geom;
+        let per = g.cin / g.groups * g.kh * g.kw;
+        self.bias_zp = self
+            .bias
+            .iter()
+            .enumerate()
+            .map(|(co, &b)| {
+                let sw: i32 = self.weight[co * per..(co + 1) * per]
+                    .iter()
+                    .map(|&w| w as i32)
+                    .sum();
+                b.wrapping_sub(self.zp_in.wrapping_mul(sw))
+            })
+            .collect();
+        self.w4.clear();
+        self.pairs.clear();
+        if !(g.is_pointwise() && g.groups == 1) {
+            return;
+        }
+        let cin4 = g.cin.div_ceil(4);
+        self.w4 = (0..g.cout * cin4)
+            .map(|i| {
+                let (co, k) = (i / cin4, i % cin4);
+                let mut b = [0u8; 4];
+                for (j, v) in b.iter_mut().enumerate() {
+                    if 4 * k + j < g.cin {
+                        *v = self.weight[co * g.cin + 4 * k + j] as i8 as u8;
+                    }
+                }
+                i32::from_le_bytes(b)
+            })
+            .collect();
+        if !cfg!(target_arch = "x86_64") {
             return;
         }
         let cin2 = g.cin.div_ceil(2);
@@ -493,12 +585,18 @@ impl QConvKernel {
     /// i16 scratch needed by [`QConvKernel::run`].
     pub fn xp_len(&self) -> usize {
         let g = &self.geom;
-        g.padded_len().max(g.cin.div_ceil(2) * 2 * g.h * g.w)
+        let vnni = 2 * g.cin.div_ceil(4) * g.h * g.w.next_multiple_of(VNNI_TILE_P) + 2;
+        let dw = DwGeom::new(g).scratch_len().div_ceil(2);
+        g.padded_len()
+            .max(g.cin.div_ceil(2) * 2 * g.h * g.w)
+            .max(vnni)
+            .max(dw)
     }
 
     /// i32 scratch needed by [`QConvKernel::run`].
     pub fn acc_len(&self) -> usize {
-        4 * self.geom.ho() * self.geom.wo()
+        let g = &self.geom;
+        (4 * g.ho() * g.wo()).max(VNNI_TILE_C * g.h * g.w.next_multiple_of(VNNI_TILE_P))
     }
 
     /// Runs the layer: `y = clamp(zp_out + M_c * (bias_c + sum w * (x - zp_in)), lo, hi)`, with
@@ -514,6 +612,9 @@ impl QConvKernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `or_supported` checked that the CPU has the features enabled there.
             Isa::Avx512 => unsafe { self.run_avx512(x, y, xp, acc) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx512Vnni => unsafe { self.run_avx512vnni(x, y, xp, acc) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Isa::Avx2 => unsafe { self.run_avx2(x, y, xp, acc) },
@@ -533,9 +634,27 @@ impl QConvKernel {
         self.run_body(Isa::Avx512, x, y, xp, acc)
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn run_avx512vnni(&self, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
+        self.run_body(Isa::Avx512Vnni, x, y, xp, acc)
+    }
+
     #[inline(always)]
     fn run_body(&self, isa: Isa, x: &[u8], y: &mut [u8], xp: &mut [i16], acc: &mut [i32]) {
         let zp = self.zp_in as i16;
+        if self.is_channelwise() {
+            // SAFETY: any bit pattern is a valid u8; the middle part is the whole slice.
+            let (_, xb, _) = unsafe { xp.align_to_mut::<u8>() };
+            return self.run_channelwise(isa, x, y, xb);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni && !self.w4.is_empty() {
+            // SAFETY: any bit pattern is a valid u32; `xp_len` leaves room for the alignment.
+            let (_, xq, _) = unsafe { xp.align_to_mut::<u32>() };
+            // SAFETY: `isa` is the level of the enclosing `target_feature` function.
+            return unsafe { self.run_pointwise_vnni(x, y, xq, acc) };
+        }
         #[cfg(target_arch = "x86_64")]
         if !self.pairs.is_empty() {
             return self.run_pointwise(isa, x, y, xp, acc);
@@ -605,8 +724,12 @@ impl QConvKernel {
             // SAFETY (both AVX arms): `run_pointwise` is only reached with `isa` equal to the
             // level of the enclosing `target_feature` function, which `run_isa` checked.
             match (isa, nc) {
-                (Isa::Avx512, 4) => unsafe { gemm_tile_avx512::<4>(xp, pairs, bias, cin2, p, acc) },
-                (Isa::Avx512, _) => unsafe { gemm_tile_avx512::<1>(xp, pairs, bias, cin2, p, acc) },
+                (Isa::Avx512 | Isa::Avx512Vnni, 4) => unsafe {
+                    gemm_tile_avx512::<4>(xp, pairs, bias, cin2, p, acc)
+                },
+                (Isa::Avx512 | Isa::Avx512Vnni, _) => unsafe {
+                    gemm_tile_avx512::<1>(xp, pairs, bias, cin2, p, acc)
+                },
                 (Isa::Avx2, 4) => unsafe { gemm_tile_avx2::<4>(xp, pairs, bias, cin2, p, 0, acc) },
                 (Isa::Avx2, _) => unsafe { gemm_tile_avx2::<1>(xp, pairs, bias, cin2, p, 0, acc) },
                 (_, 4) => gemm_tile::<4>(xp, pairs, bias, cin2, p, acc),
@@ -817,6 +940,344 @@ fn gemm_tile<const NC: usize>(
     gemm_tail::<NC>(xp, pairs, bias, cin2, p, p0, acc);
 }
 
+/// Layout of the `u8` stride-phase planes of the channel-wise kernel: the zero-padded input
+/// `[H + 2ph, W + 2pw]` of a channel split into `sh * sw` planes by row and column phase, plane
+/// `(py, px)` holding padded rows `py, py + sh, ...` and columns `px, px + sw, ...` as
+/// `[hph, wph]`. Tap `(ky, kx)` of output `(oy, ox)` then reads plane `(ky % sh, kx % sw)` at
+/// `(oy + ky / sh) * wph + ox + kx / sw`: one constant offset per tap over the "wide" output
+/// `[Ho, wph]` (columns `wo..wph` are computed and dropped).
+#[derive(Debug, Clone, Copy)]
+struct DwGeom {
+    wph: usize,
+    plane: usize,
+    chan: usize,
+    wide: usize,
+    cin: usize,
+}
+
+impl DwGeom {
+    fn new(g: &ConvGeom) -> Self {
+        let (hph, wph) = (
+            (g.h + 2 * g.ph).div_ceil(g.sh),
+            (g.w + 2 * g.pw).div_ceil(g.sw),
+        );
+        let plane = hph * wph;
+        // Slack: the last chunk of the wide output reads up to DW_CHUNK - 1 past its end.
+        let chan = g.sh * g.sw * plane + wph + DW_CHUNK;
+        let wide = (g.ho() * wph).next_multiple_of(DW_CHUNK);
+        Self {
+            wph,
+            plane,
+            chan,
+            wide,
+            cin: g.cin,
+        }
+    }
+
+    /// Bytes of scratch: the planes of every input channel, then one wide output plane.
+    fn scratch_len(&self) -> usize {
+        self.cin * self.chan + self.wide
+    }
+}
+
+impl QConvKernel {
+    /// Channel-wise layers ([`QConvKernel::is_channelwise`]: depthwise, or a one-channel input):
+    /// the input is copied once into `u8` stride-phase planes ([`DwGeom`]) padded with the code
+    /// `zp_in`; then for each output channel and each chunk of [`DW_CHUNK`] wide outputs the
+    /// i32 accumulators stay in registers over all taps (`u8 x i16` products fit in i16:
+    /// `255 * 128 < 2^15`), start from the zero-point-folded bias and are requantized at once.
+    #[inline(always)]
+    fn run_channelwise(&self, isa: Isa, x: &[u8], y: &mut [u8], scratch: &mut [u8]) {
+        let _ = isa;
+        let g = &self.geom;
+        let d = DwGeom::new(g);
+        let (ho, wo) = (g.ho(), g.wo());
+        let (planes, rest) = scratch.split_at_mut(g.cin * d.chan);
+        let wide = &mut rest[..d.wide];
+        let zp = self.zp_in.clamp(0, 255) as u8;
+        for (c, chan) in planes.chunks_exact_mut(d.chan).enumerate() {
+            chan.fill(zp);
+            for iy in 0..g.h {
+                let (py, src) = (iy + g.ph, &x[(c * g.h + iy) * g.w..][..g.w]);
+                let row0 = (py % g.sh) * g.sw * d.plane + (py / g.sh) * d.wph;
+                if g.sw == 1 {
+                    chan[row0 + g.pw..][..g.w].copy_from_slice(src);
+                } else {
+                    for (ix, &v) in src.iter().enumerate() {
+                        let px = ix + g.pw;
+                        chan[row0 + (px % g.sw) * d.plane + px / g.sw] = v;
+                    }
+                }
+            }
+        }
+        let taps = g.kh * g.kw;
+        let mut offs = [0usize; MAX_TAPS];
+        for (t, o) in offs.iter_mut().enumerate().take(taps) {
+            let (ky, kx) = (t / g.kw, t % g.kw);
+            *o = ((ky % g.sh) * g.sw + kx % g.sw) * d.plane + (ky / g.sh) * d.wph + kx / g.sw;
+        }
+        let offs = &offs[..taps];
+        let cog = g.cout / g.groups;
+        for co in 0..g.cout {
+            let chan = &planes[co / cog * d.chan..][..d.chan];
+            let w = &self.weight[co * taps..(co + 1) * taps];
+            let (b, m) = (self.bias_zp[co], self.mul[co]);
+            #[cfg(target_arch = "x86_64")]
+            if isa >= Isa::Avx512 {
+                // SAFETY: `isa` is the level of the enclosing `target_feature` function.
+                if let Some(rq) = unsafe { qsimd::Requant::new(m, self.zp_out, self.lo, self.hi) } {
+                    // SAFETY: as above; `DwGeom` leaves every tap's reach inside `chan`.
+                    unsafe { qsimd::channelwise(chan, offs, w, b, &rq, wide) };
+                    for oy in 0..ho {
+                        y[(co * ho + oy) * wo..][..wo].copy_from_slice(&wide[oy * d.wph..][..wo]);
+                    }
+                    continue;
+                }
+            }
+            for (s, out) in wide.chunks_exact_mut(DW_CHUNK).enumerate() {
+                let s = s * DW_CHUNK;
+                let mut a = [b; DW_CHUNK];
+                for (&o, &wv) in offs.iter().zip(w) {
+                    let xs: &[u8; DW_CHUNK] =
+                        chan[o + s..o + s + DW_CHUNK].try_into().expect("chunk");
+                    for (aj, &v) in a.iter_mut().zip(xs) {
+                        *aj = aj.wrapping_add((v as i16).wrapping_mul(wv) as i32);
+                    }
+                }
+                requantize(m, self.zp_out, self.lo, self.hi, &a, out);
+            }
+            for oy in 0..ho {
+                y[(co * ho + oy) * wo..][..wo].copy_from_slice(&wide[oy * d.wph..][..wo]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl QConvKernel {
+    /// Pointwise layer (groups 1) as a u8 x i8 GEMM with AVX-512 VNNI: the input is packed as
+    /// `xq[k][p]` = the 4 codes of channels `4k..4k+3` at position `p` (one i32 lane; missing
+    /// channels and positions past `P` are 0), so that one `vpdpbusd` does 4 multiply-adds per
+    /// lane against the broadcast weight quad `w4[co][k]`; accumulators start from the
+    /// zero-point-folded bias; register tiles of 8 output channels x 32 positions (16 zmm).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+    unsafe fn run_pointwise_vnni(&self, x: &[u8], y: &mut [u8], xq: &mut [u32], acc: &mut [i32]) {
+        let g = &self.geom;
+        let (cin, p) = (g.cin, g.h * g.w);
+        let cin4 = cin.div_ceil(4);
+        let pp = p.next_multiple_of(VNNI_TILE_P);
+        let xq = &mut xq[..cin4 * pp];
+        for (k, dst) in xq.chunks_exact_mut(pp).enumerate() {
+            let row = |j: usize| {
+                let c = 4 * k + j;
+                if c < cin {
+                    &x[c * p..(c + 1) * p]
+                } else {
+                    &x[..0]
+                }
+            };
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            if r3.len() == p {
+                for (i, d) in dst[..p].iter_mut().enumerate() {
+                    *d = u32::from_le_bytes([r0[i], r1[i], r2[i], r3[i]]);
+                }
+            } else {
+                for (i, d) in dst[..p].iter_mut().enumerate() {
+                    let at = |r: &[u8]| r.get(i).copied().unwrap_or(0);
+                    *d = u32::from_le_bytes([at(r0), at(r1), at(r2), 0]);
+                }
+            }
+            dst[p..].fill(0);
+        }
+        let mut co = 0;
+        while co < g.cout {
+            let nc = if co + VNNI_TILE_C <= g.cout {
+                VNNI_TILE_C
+            } else {
+                1
+            };
+            let acc = &mut acc[..nc * pp];
+            let (w4, bias) = (
+                &self.w4[co * cin4..(co + nc) * cin4],
+                &self.bias_zp[co..co + nc],
+            );
+            // SAFETY: this function's features include the kernel's.
+            unsafe {
+                if nc == VNNI_TILE_C {
+                    gemm_vnni::<VNNI_TILE_C>(xq, w4, bias, cin4, pp, acc)
+                } else {
+                    gemm_vnni::<1>(xq, w4, bias, cin4, pp, acc)
+                }
+            }
+            for (j, a) in acc.chunks_exact(pp).enumerate() {
+                requantize(
+                    self.mul[co + j],
+                    self.zp_out,
+                    self.lo,
+                    self.hi,
+                    &a[..p],
+                    &mut y[(co + j) * p..(co + j + 1) * p],
+                );
+            }
+            co += nc;
+        }
+    }
+}
+
+/// Explicit AVX-512 integer kernels: the fused fixed-point requantization of 16 i32 lanes and
+/// the channel-wise convolution of one output channel.
+#[cfg(target_arch = "x86_64")]
+mod qsimd {
+    #[allow(clippy::wildcard_imports)]
+    use std::arch::x86_64::*;
+
+    use super::FixedMul;
+
+    /// Broadcast constants of one output channel's requantization.
+    #[derive(Clone, Copy)]
+    pub struct Requant {
+        m: __m512i,
+        round: __m512i,
+        shift: __m128i,
+        zo: __m512i,
+        lo: __m512i,
+        hi: __m512i,
+    }
+
+    impl Requant {
+        /// The constants of `clamp(zo + m.apply(acc), lo, hi)`; `None` when the mantissa does
+        /// not fit the signed 32-bit multiplier of `vpmuldq` (then the scalar path runs).
+        #[target_feature(enable = "avx512f")]
+        pub fn new(m: FixedMul, zo: i32, lo: i32, hi: i32) -> Option<Self> {
+            if m.m > i32::MAX as i64 || m.m < 0 {
+                return None;
+            }
+            Some(Self {
+                m: _mm512_set1_epi64(m.m),
+                round: _mm512_set1_epi64(1i64 << (m.shift - 1)),
+                shift: _mm_cvtsi32_si128(m.shift as i32),
+                zo: _mm512_set1_epi32(zo),
+                lo: _mm512_set1_epi32(lo),
+                hi: _mm512_set1_epi32(hi),
+            })
+        }
+
+        /// `clamp(zo + ((acc * m + 2^(shift-1)) >> shift), lo, hi)` per lane, exactly as
+        /// [`FixedMul::apply`] (64-bit products, arithmetic shift, low 32 bits), as 16 bytes.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        pub fn apply(&self, acc: __m512i) -> __m128i {
+            let even = _mm512_mul_epi32(acc, self.m);
+            let odd = _mm512_mul_epi32(_mm512_srli_epi64::<32>(acc), self.m);
+            let even = _mm512_sra_epi64(_mm512_add_epi64(even, self.round), self.shift);
+            let odd = _mm512_sra_epi64(_mm512_add_epi64(odd, self.round), self.shift);
+            let v = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64::<32>(odd));
+            let v = _mm512_add_epi32(v, self.zo);
+            _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, self.lo), self.hi))
+        }
+    }
+
+    /// One output channel of the channel-wise convolution over the wide output `wide`
+    /// (`wide.len()` a multiple of 32): `acc = b + sum_t w[t] chan[offs[t] + i]`, 32 outputs
+    /// per step in two zmm accumulators (`u8` widened to i16, `vpmullw`, sign-extended adds).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn channelwise(
+        chan: &[u8],
+        offs: &[usize],
+        w: &[i16],
+        b: i32,
+        rq: &Requant,
+        wide: &mut [u8],
+    ) {
+        let n = wide.len();
+        assert!(
+            n.is_multiple_of(32)
+                && offs.len() == w.len()
+                && offs.iter().all(|&o| o + n <= chan.len())
+        );
+        let mut wv = [_mm512_setzero_si512(); super::MAX_TAPS];
+        for (d, &v) in wv.iter_mut().zip(w) {
+            *d = _mm512_set1_epi16(v);
+        }
+        let wv = &wv[..w.len()];
+        for s in (0..n).step_by(32) {
+            let (mut a0, mut a1) = (_mm512_set1_epi32(b), _mm512_set1_epi32(b));
+            for (&o, &wt) in offs.iter().zip(wv) {
+                // SAFETY: `o + s + 32 <= o + n <= chan.len()` (asserted).
+                let x = unsafe { _mm256_loadu_si256(chan.as_ptr().add(o + s) as *const __m256i) };
+                let p = _mm512_mullo_epi16(_mm512_cvtepu8_epi16(x), wt);
+                a0 = _mm512_add_epi32(a0, _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p)));
+                a1 = _mm512_add_epi32(a1, _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(p)));
+            }
+            // SAFETY: `s + 32 <= n = wide.len()`.
+            unsafe {
+                let dst = wide.as_mut_ptr().add(s);
+                _mm_storeu_si128(dst as *mut __m128i, rq.apply(a0));
+                _mm_storeu_si128(dst.add(16) as *mut __m128i, rq.apply(a1));
+            }
+        }
+    }
+}
+
+/// `acc[j][p] = bias[j] + sum_k dpbusd(xq[k][p], w4[j][k])` for `NC` output channels over
+/// `pp` positions (a multiple of [`VNNI_TILE_P`]), 32 positions per step.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn gemm_vnni<const NC: usize>(
+    xq: &[u32],
+    w4: &[i32],
+    bias: &[i32],
+    cin4: usize,
+    pp: usize,
+    acc: &mut [i32],
+) {
+    use std::arch::x86_64::{
+        __m512i, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_storeu_si512,
+    };
+    assert!(
+        pp.is_multiple_of(VNNI_TILE_P)
+            && xq.len() >= cin4 * pp
+            && w4.len() >= NC * cin4
+            && bias.len() >= NC
+            && acc.len() >= NC * pp
+    );
+    for p0 in (0..pp).step_by(VNNI_TILE_P) {
+        // SAFETY: loads read 16 u32 at `k * pp + p0 (+ 16)` with `p0 + 32 <= pp`, `k < cin4`,
+        // inside `xq`; weights at `j * cin4 + k` inside `w4`; stores write 16 i32 at
+        // `j * pp + p0 (+ 16)` inside `acc` (lengths asserted).
+        unsafe {
+            let mut a: [[__m512i; 2]; NC] = [[_mm512_set1_epi32(0); 2]; NC];
+            for (j, aj) in a.iter_mut().enumerate() {
+                *aj = [_mm512_set1_epi32(bias[j]); 2];
+            }
+            for k in 0..cin4 {
+                let xb = xq.as_ptr().add(k * pp + p0);
+                let x0 = _mm512_loadu_si512(xb as *const __m512i);
+                let x1 = _mm512_loadu_si512(xb.add(16) as *const __m512i);
+                for (j, aj) in a.iter_mut().enumerate() {
+                    let w = _mm512_set1_epi32(*w4.get_unchecked(j * cin4 + k));
+                    aj[0] = _mm512_dpbusd_epi32(aj[0], x0, w);
+                    aj[1] = _mm512_dpbusd_epi32(aj[1], x1, w);
+                }
+            }
+            for (j, aj) in a.iter().enumerate() {
+                let dst = acc.as_mut_ptr().add(j * pp + p0);
+                _mm512_storeu_si512(dst as *mut __m512i, aj[0]);
+                _mm512_storeu_si512(dst.add(16) as *mut __m512i, aj[1]);
+            }
+        }
+    }
+}
+
 /// Quantized add of two tensors with their own scales:
 /// `y = zp_o + round(((a - za) * Ma + (b - zb) * Mb) / 2^shift)`, `Ma = s_a / s_o * 2^shift`.
 #[derive(Debug, Clone, Copy)]
@@ -989,7 +1450,7 @@ impl MambaKernel {
         match isa.or_supported() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `or_supported` checked that the CPU has the features enabled there.
-            Isa::Avx512 => unsafe { self.run_avx512(xz, y, scratch) },
+            Isa::Avx512 | Isa::Avx512Vnni => unsafe { self.run_avx512(xz, y, scratch) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Isa::Avx2 => unsafe { self.run_avx2(xz, y, scratch) },
@@ -1052,16 +1513,7 @@ impl MambaKernel {
             ur.iter_mut().for_each(|v| *v = silu_with::<M>(*v));
         }
         // x_dbl = x_proj u: [r + 2n, L].
-        for o in 0..r + 2 * n {
-            let row = &mut xdbl[o * l..(o + 1) * l];
-            row.fill(0.0);
-            for c in 0..di {
-                let wv = self.x_proj[o * di + c];
-                for (a, &v) in row.iter_mut().zip(&u[c * l..(c + 1) * l]) {
-                    *a = M::mul_add(wv, v, *a);
-                }
-            }
-        }
+        matmul_rows::<M>(&self.x_proj, u, xdbl, r + 2 * n, di, l);
         // delta = softplus(dt_proj dt + b): [di, L].
         for c in 0..di {
             let row = &mut delta[c * l..(c + 1) * l];
@@ -1074,15 +1526,53 @@ impl MambaKernel {
             }
             row.iter_mut().for_each(|v| *v = softplus_with::<M>(*v));
         }
-        // Time-major copies so that each scan step runs over contiguous channels.
-        transpose(u, u_tm, di, l);
-        transpose(delta, delta_tm, di, l);
-        transpose(&xdbl[r * l..(r + n) * l], bt, n, l);
-        transpose(&xdbl[(r + n) * l..(r + 2 * n) * l], ct, n, l);
         transpose(&self.a, a_t, di, n);
-        // Selective scan (ZOH for A, Euler for B as in Mamba's reference), vectorized over the
-        // channels in blocks of W (then 8, then 1) whose outputs stay in registers across the
-        // d_state lanes: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t.
+        // Selective scan (ZOH for A, Euler for B as in Mamba's reference):
+        // h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t.
+        #[cfg(target_arch = "x86_64")]
+        let done = if isa == Isa::Avx512 && n == 16 {
+            // SAFETY: `isa` is the level of the enclosing `target_feature` function.
+            unsafe { simd::scan16_avx512(di, l, delta, u, &xdbl[r * l..], a_t, &self.d, y) };
+            true
+        } else {
+            false
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = false;
+        if !done {
+            // Time-major copies so that each scan step runs over contiguous channels, in
+            // blocks of W (then 8, then 1) whose outputs stay in registers across the d_state
+            // lanes.
+            transpose(u, u_tm, di, l);
+            transpose(delta, delta_tm, di, l);
+            transpose(&xdbl[r * l..(r + n) * l], bt, n, l);
+            transpose(&xdbl[(r + n) * l..(r + 2 * n) * l], ct, n, l);
+            self.scan_steps::<M, W>(isa, delta_tm, u_tm, bt, ct, a_t, h, du, acc, y);
+        }
+        // Gate: y *= silu(z).
+        for (o, &zz) in y.iter_mut().zip(z) {
+            *o *= silu_with::<M>(zz);
+        }
+    }
+
+    /// The selective scan time step by time step, channel blocks of `W` (then 8, then 1)
+    /// inside, states `h` `[n, di]` in memory; writes `y` `[di, L]`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn scan_steps<M: MulAdd, const W: usize>(
+        &self,
+        isa: Isa,
+        delta_tm: &[f32],
+        u_tm: &[f32],
+        bt: &[f32],
+        ct: &[f32],
+        a_t: &[f32],
+        h: &mut [f32],
+        du: &mut [f32],
+        acc: &mut [f32],
+        y: &mut [f32],
+    ) {
+        let (di, n, l) = (self.di, self.n, self.l);
         h.fill(0.0);
         for t in 0..l {
             let (dt, ut) = (&delta_tm[t * di..(t + 1) * di], &u_tm[t * di..(t + 1) * di]);
@@ -1125,9 +1615,44 @@ impl MambaKernel {
                 y[c * l + t] = v;
             }
         }
-        // Gate: y *= silu(z).
-        for (o, &zz) in y.iter_mut().zip(z) {
-            *o *= silu_with::<M>(zz);
+    }
+}
+
+/// `out[o][t] = sum_c w[o][c] x[c][t]` for `w` `[rows, k]`, `x` `[k, L]`, `out` `[rows, L]`,
+/// each sum from 0 in the order `c = 0, 1, ...` (as a plain loop), register-blocked: 8 output
+/// rows x 16 columns of accumulators per step, rows and columns past the blocks one by one.
+#[inline(always)]
+fn matmul_rows<M: MulAdd>(w: &[f32], x: &[f32], out: &mut [f32], rows: usize, k: usize, l: usize) {
+    const R: usize = 8;
+    const T: usize = 16;
+    let (w, x, out) = (&w[..rows * k], &x[..k * l], &mut out[..rows * l]);
+    let (l16, rows8) = (l / T * T, rows / R * R);
+    for o0 in (0..rows8).step_by(R) {
+        for t0 in (0..l16).step_by(T) {
+            let mut acc = [[0.0f32; T]; R];
+            for c in 0..k {
+                let xs: &[f32; T] = x[c * l + t0..c * l + t0 + T].try_into().expect("T");
+                for (j, aj) in acc.iter_mut().enumerate() {
+                    let wv = w[(o0 + j) * k + c];
+                    for (a, &v) in aj.iter_mut().zip(xs) {
+                        *a = M::mul_add(wv, v, *a);
+                    }
+                }
+            }
+            for (j, aj) in acc.iter().enumerate() {
+                out[(o0 + j) * l + t0..(o0 + j) * l + t0 + T].copy_from_slice(aj);
+            }
+        }
+    }
+    for o in 0..rows {
+        let t_start = if o < rows8 { l16 } else { 0 };
+        let row = &mut out[o * l + t_start..(o + 1) * l];
+        row.fill(0.0);
+        for c in 0..k {
+            let wv = w[o * k + c];
+            for (a, &v) in row.iter_mut().zip(&x[c * l + t_start..(c + 1) * l]) {
+                *a = M::mul_add(wv, v, *a);
+            }
         }
     }
 }
@@ -1255,6 +1780,131 @@ mod simd {
         };
     }
 
+    /// The whole selective scan with d_state 16 on AVX-512, channel block outer and time inner:
+    /// the 16 states of a block of 16 channels stay in 16 zmm registers over all `L` steps
+    /// (the last block masked), `exp` as `fast_exp_with::<Fused>` with the `2^n` scaling by
+    /// `vscalefps` (the same value over the clamped range), `y_t = D u_t + <h_t, C_t>` summed
+    /// in two interleaved partial sums. Reads the channel-major `delta`, `u` `[di, L]` by
+    /// gathers and `B`, `C` (`bc`: `[2 * 16, L]`, the rows of `x_dbl` after `dt`) by broadcast
+    /// loads, `a_t` `[16, di]`; scatters `y` `[di, L]`: no transposes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn scan16_avx512(
+        di: usize,
+        l: usize,
+        delta: &[f32],
+        u: &[f32],
+        bc: &[f32],
+        a_t: &[f32],
+        d_skip: &[f32],
+        y: &mut [f32],
+    ) {
+        const N: usize = 16;
+        assert!(
+            delta.len() >= di * l
+                && u.len() >= di * l
+                && bc.len() >= 2 * N * l
+                && a_t.len() >= N * di
+                && d_skip.len() >= di
+                && y.len() >= di * l
+                && di * l < i32::MAX as usize
+        );
+        let (lo, hi) = (_mm512_set1_ps(-87.0), _mm512_set1_ps(88.0));
+        let log2e = _mm512_set1_ps(std::f32::consts::LOG2_E);
+        let (c1, c2) = (_mm512_set1_ps(-0.693_359_4), _mm512_set1_ps(2.121_944_4e-4));
+        let p0 = _mm512_set1_ps(1.987_569_1e-4);
+        let p1 = _mm512_set1_ps(1.398_199_9e-3);
+        let p2 = _mm512_set1_ps(8.333_452e-3);
+        let p3 = _mm512_set1_ps(4.166_579_6e-2);
+        let p4 = _mm512_set1_ps(1.666_666_5e-1);
+        let p5 = _mm512_set1_ps(5.000_000_1e-1_f64 as f32);
+        let one = _mm512_set1_ps(1.0);
+        // Lane j reads channel c0 + j: element offset j * L.
+        let lane = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(l as i32),
+        );
+        let mut c0 = 0;
+        while c0 < di {
+            let nl = (di - c0).min(16);
+            let mask: __mmask16 = if nl == 16 { 0xffff } else { (1u16 << nl) - 1 };
+            // SAFETY (masked loads, gathers, scatters): lanes `j < nl` touch channel `c0 + j <
+            // di` at `t < L`, inside the asserted lengths; masked-off lanes are not accessed.
+            let mut a = [_mm512_setzero_ps(); N];
+            for (s, av) in a.iter_mut().enumerate() {
+                *av = unsafe { _mm512_maskz_loadu_ps(mask, a_t.as_ptr().add(s * di + c0)) };
+            }
+            let dsk = unsafe { _mm512_maskz_loadu_ps(mask, d_skip.as_ptr().add(c0)) };
+            let (dp, up, yp) = unsafe {
+                (
+                    delta.as_ptr().add(c0 * l),
+                    u.as_ptr().add(c0 * l),
+                    y.as_mut_ptr().add(c0 * l),
+                )
+            };
+            let mut h = [_mm512_setzero_ps(); N];
+            for t in 0..l {
+                let zero = _mm512_setzero_ps();
+                let (d, uv) = unsafe {
+                    (
+                        _mm512_mask_i32gather_ps::<4>(zero, mask, lane, dp.add(t)),
+                        _mm512_mask_i32gather_ps::<4>(zero, mask, lane, up.add(t)),
+                    )
+                };
+                let du = _mm512_mul_ps(d, uv);
+                let mut y0 = _mm512_mul_ps(dsk, uv);
+                let mut y1 = _mm512_setzero_ps();
+                macro_rules! state {
+                    ($s:literal, $y:ident) => {{
+                        // SAFETY: rows `s` and `16 + s` of `bc` at `t < L` (asserted length).
+                        let (b, c) = unsafe {
+                            (
+                                _mm512_set1_ps(*bc.get_unchecked($s * l + t)),
+                                _mm512_set1_ps(*bc.get_unchecked((N + $s) * l + t)),
+                            )
+                        };
+                        let x = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(d, a[$s]), lo), hi);
+                        let nf = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, log2e));
+                        let r = _mm512_fmadd_ps(nf, c1, x);
+                        let r = _mm512_fmadd_ps(nf, c2, r);
+                        let mut p = _mm512_fmadd_ps(p0, r, p1);
+                        p = _mm512_fmadd_ps(p, r, p2);
+                        p = _mm512_fmadd_ps(p, r, p3);
+                        p = _mm512_fmadd_ps(p, r, p4);
+                        p = _mm512_fmadd_ps(p, r, p5);
+                        let e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), one);
+                        let e = _mm512_scalef_ps(e, nf);
+                        h[$s] = _mm512_fmadd_ps(e, h[$s], _mm512_mul_ps(du, b));
+                        $y = _mm512_fmadd_ps(h[$s], c, $y);
+                    }};
+                }
+                state!(0, y0);
+                state!(1, y1);
+                state!(2, y0);
+                state!(3, y1);
+                state!(4, y0);
+                state!(5, y1);
+                state!(6, y0);
+                state!(7, y1);
+                state!(8, y0);
+                state!(9, y1);
+                state!(10, y0);
+                state!(11, y1);
+                state!(12, y0);
+                state!(13, y1);
+                state!(14, y0);
+                state!(15, y1);
+                unsafe {
+                    _mm512_mask_i32scatter_ps::<4>(yp.add(t), mask, lane, _mm512_add_ps(y0, y1))
+                };
+            }
+            c0 += 16;
+        }
+    }
+
     scan_block_impl!(
         scan_block16,
         "avx512f,avx2,fma",
@@ -1319,7 +1969,7 @@ mod dispatch_tests {
     use rand::{Rng, SeedableRng};
 
     fn levels() -> Vec<Isa> {
-        [Isa::Avx2, Isa::Avx512]
+        [Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni]
             .into_iter()
             .filter(|i| i.available())
             .collect()
@@ -1361,15 +2011,28 @@ mod dispatch_tests {
     fn dispatched_integer_convolutions_equal_the_portable_path_exactly() {
         let mut rng = StdRng::seed_from_u64(11);
         // (cin, cout, groups, h, w, k, stride, pad): pointwise with odd Cin and positions that
-        // leave 32/16/8-wide tails, a pointwise layer with Cout % 4 != 0, depthwise strided, full.
+        // leave 32/16/8-wide tails, a pointwise layer with Cout % 4 != 0 (and % 8 != 0), fewer
+        // positions than one vector, depthwise strided, full; channel-wise layers (one input
+        // channel per output: a stem on one channel, depthwise with multiplier 2, 5x5, odd
+        // strides and sizes, a map narrower than the kernel's reach).
         let cases = [
             (7, 9, 1, 3, 29, 1, [1, 1], 0),
             (48, 96, 1, 1, 77, 1, [1, 1], 0),
             (12, 8, 1, 16, 8, 1, [1, 1], 0),
+            (144, 10, 1, 4, 2, 1, [1, 1], 0),
+            (5, 19, 1, 1, 3, 1, [1, 1], 0),
             (16, 16, 16, 13, 11, 3, [2, 1], 1),
             (3, 5, 1, 9, 10, 3, [2, 2], 1),
+            (1, 8, 1, 17, 9, 3, [2, 2], 1),
+            (4, 8, 4, 7, 12, 3, [1, 2], 1),
+            (6, 6, 6, 11, 5, 5, [1, 1], 2),
+            (3, 3, 3, 9, 7, 5, [3, 2], 1),
+            (2, 2, 2, 1, 2, 3, [1, 1], 1),
         ];
-        for (cin, cout, groups, h, w, ks, stride, pad) in cases {
+        for (case, (cin, cout, groups, h, w, ks, stride, pad)) in cases.into_iter().enumerate() {
+            // Every other case uses the full code range 0..=255 (input, zero point, output).
+            let full = case % 2 == 1;
+            let qmax = if full { 255 } else { 127 };
             let geom = ConvGeom {
                 cin,
                 cout,
@@ -1392,15 +2055,17 @@ mod dispatch_tests {
                 mul: (0..cout)
                     .map(|_| FixedMul::new(rng.random_range(1e-4..4e-3)))
                     .collect(),
-                zp_in: rng.random_range(0..40),
+                zp_in: rng.random_range(0..if full { 256 } else { 40 }),
                 zp_out: rng.random_range(0..20),
                 lo: 0,
-                hi: 127,
+                hi: qmax,
                 pairs: Vec::new(),
+                bias_zp: Vec::new(),
+                w4: Vec::new(),
             };
             k.prepare();
             let x: Vec<u8> = (0..cin * h * w)
-                .map(|_| rng.random_range(0..=127))
+                .map(|_| rng.random_range(0..=qmax as u8))
                 .collect();
             let mut xp = vec![0i16; k.xp_len()];
             let mut acc = vec![0i32; k.acc_len()];
