@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use train::int8::builder::{CHUNK_SEP, RandomNetConfig, calibrate, quantize_model, random_irmamba};
 use train::int8::engine::Reference;
-use train::int8::kernels::Isa;
+use train::int8::kernels::{ConvGeom, FixedMul, Isa, MambaKernel, QConvKernel};
 use train::int8::{ExecMode, ModelMeta, QParams};
 
 fn logmel(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -95,6 +95,104 @@ fn per_layer(model: &train::int8::Int8Model, clip: &[f32]) {
     println!("  per block (ms): {}", line.join(", "));
 }
 
+/// Minimum seconds per call of `f` over `n` calls (the least disturbed run on a shared machine).
+fn min_time(n: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..n)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The hot kernels alone at IRMamba's largest shapes, per ISA (minimum over runs, in us): the
+/// Mamba mixer of `pmb1` (d_inner 24, d_state 16, L 512), the depthwise 3x3 of `irb1`
+/// (64 x 64 x 16), the stride-2 stem conv (1 -> 8 on 256 x 64) and the pointwise expand of
+/// `irb2` (48 -> 96 on 64 x 16).
+fn kernel_table(best: Isa) {
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut randv =
+        |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-a..=a)).collect() };
+    let (di, n, r, l) = (24, 16, 1, 512);
+    let mk = MambaKernel {
+        di,
+        n,
+        r,
+        k: 4,
+        l,
+        conv_w: randv(di * 4, 0.8),
+        conv_b: randv(di, 0.2),
+        x_proj: randv((r + 2 * n) * di, 0.5),
+        dt_w: randv(di * r, 0.7),
+        dt_b: randv(di, 2.0),
+        a: (0..di * n).map(|i| -((i % n + 1) as f32)).collect(),
+        d: randv(di, 1.0),
+    };
+    let xz = randv(2 * di * l, 2.0);
+    let mut scratch = vec![0.0; mk.scratch_len()];
+    let mut y = vec![0.0; di * l];
+    let conv = |cin: usize, cout: usize, groups: usize, h: usize, w: usize, k: usize, s: usize| {
+        let geom = ConvGeom {
+            cin,
+            cout,
+            groups,
+            h,
+            w,
+            kh: k,
+            kw: k,
+            sh: s,
+            sw: s,
+            ph: k / 2,
+            pw: k / 2,
+        };
+        let mut r = StdRng::seed_from_u64(cin as u64 * 131 + cout as u64);
+        QConvKernel::new(
+            geom,
+            (0..cout * cin / groups * k * k)
+                .map(|_| r.random_range(-128i16..=127))
+                .collect(),
+            (0..cout).map(|_| r.random_range(-3000..3000)).collect(),
+            (0..cout)
+                .map(|_| FixedMul::new(r.random_range(1e-4..4e-3)))
+                .collect(),
+            3,
+            0,
+            0,
+            127,
+        )
+    };
+    let convs = [
+        ("irb1.dw 3x3 64ch 64x16", conv(64, 64, 64, 64, 16, 3, 1)),
+        ("stem1 3x3/2 1->8 256x64", conv(1, 8, 1, 256, 64, 3, 2)),
+        (
+            "irb2.expand 1x1 48->96 64x16",
+            conv(48, 96, 1, 64, 16, 1, 1),
+        ),
+    ];
+    println!("kernels alone (min of 200 runs, us):");
+    for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni] {
+        if !isa.available() || isa > best {
+            continue;
+        }
+        let mut line = format!("    {:<11}", isa.name());
+        let t = min_time(200, || mk.run_isa(isa, &xz, &mut y, &mut scratch));
+        line += &format!(" mixer(24x512) {:7.1}", t * 1e6);
+        for (name, k) in &convs {
+            let g = k.geom;
+            let x: Vec<u8> = (0..g.cin * g.h * g.w)
+                .map(|i| (i * 7 % 128) as u8)
+                .collect();
+            let mut out = vec![0u8; g.cout * g.ho() * g.wo()];
+            let (mut xp, mut acc) = (vec![0i16; k.xp_len()], vec![0i32; k.acc_len()]);
+            let t = min_time(200, || k.run_isa(isa, &x, &mut out, &mut xp, &mut acc));
+            line += &format!(" | {name} {:6.1}", t * 1e6);
+        }
+        println!("{line}");
+    }
+}
+
 fn main() {
     let cfg = RandomNetConfig::irmamba();
     let (graph, tensors) = random_irmamba(&cfg, 42);
@@ -163,6 +261,7 @@ fn main() {
     }
     model.set_isa(best);
     per_layer(&model, &clips[0]);
+    kernel_table(best);
     let mut fl = Reference::new(&graph, &tensors, false).expect("valid");
     let (med, mean) = time(n / 2, 10, |i| {
         std::hint::black_box(fl.run(&clips[i % clips.len()], ExecMode::Float, None));

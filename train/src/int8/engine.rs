@@ -760,7 +760,55 @@ fn f(s: &Slot) -> &[f32] {
     }
 }
 
+/// Runs one prepared op at `isa`: the element-wise ops (quantize, dequantize, add, pools,
+/// LayerNorm) compiled for the same level as the conv and mixer kernels.
 fn run_kernel(
+    k: &Kernel,
+    isa: Isa,
+    slots: &mut [Slot],
+    xp: &mut [i16],
+    acc: &mut [i32],
+    fs: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the model's `isa` is always one this CPU supports (`set_isa`, `detect`).
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe { run_kernel_avx512(k, isa, slots, xp, acc, fs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { run_kernel_avx2(k, isa, slots, xp, acc, fs) },
+        _ => run_kernel_body(k, isa, slots, xp, acc, fs),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn run_kernel_avx512(
+    k: &Kernel,
+    isa: Isa,
+    slots: &mut [Slot],
+    xp: &mut [i16],
+    acc: &mut [i32],
+    fs: &mut [f32],
+) {
+    run_kernel_body(k, isa, slots, xp, acc, fs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_kernel_avx2(
+    k: &Kernel,
+    isa: Isa,
+    slots: &mut [Slot],
+    xp: &mut [i16],
+    acc: &mut [i32],
+    fs: &mut [f32],
+) {
+    run_kernel_body(k, isa, slots, xp, acc, fs)
+}
+
+#[inline(always)]
+fn run_kernel_body(
     k: &Kernel,
     isa: Isa,
     slots: &mut [Slot],

@@ -940,6 +940,22 @@ fn gemm_tile<const NC: usize>(
     gemm_tail::<NC>(xp, pairs, bias, cin2, p, p0, acc);
 }
 
+/// `dst.copy_from_slice(src)` for the short rows of the channel-wise kernel, in 16-byte moves
+/// (a `memcpy` call per 16-byte row costs more than the row).
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    let mut i = 0;
+    while i + 16 <= n {
+        let c: [u8; 16] = src[i..i + 16].try_into().expect("16 bytes");
+        dst[i..i + 16].copy_from_slice(&c);
+        i += 16;
+    }
+    for (d, &v) in dst[i..n].iter_mut().zip(&src[i..n]) {
+        *d = v;
+    }
+}
+
 /// Layout of the `u8` stride-phase planes of the channel-wise kernel: the zero-padded input
 /// `[H + 2ph, W + 2pw]` of a channel split into `sh * sw` planes by row and column phase, plane
 /// `(py, px)` holding padded rows `py, py + sh, ...` and columns `px, px + sw, ...` as
@@ -1001,11 +1017,27 @@ impl QConvKernel {
                 let (py, src) = (iy + g.ph, &x[(c * g.h + iy) * g.w..][..g.w]);
                 let row0 = (py % g.sh) * g.sw * d.plane + (py / g.sh) * d.wph;
                 if g.sw == 1 {
-                    chan[row0 + g.pw..][..g.w].copy_from_slice(src);
-                } else {
-                    for (ix, &v) in src.iter().enumerate() {
-                        let px = ix + g.pw;
-                        chan[row0 + (px % g.sw) * d.plane + px / g.sw] = v;
+                    copy_short(&mut chan[row0 + g.pw..][..g.w], src);
+                    continue;
+                }
+                // Column phase q holds padded columns q, q + sw, ...: input columns
+                // ix = q + j sw - pw for j from ceil((pw - q) / sw).
+                for q in 0..g.sw {
+                    let j0 = g.pw.saturating_sub(q).div_ceil(g.sw);
+                    let ix0 = q + j0 * g.sw - g.pw;
+                    if ix0 >= g.w {
+                        continue;
+                    }
+                    let n = (g.w - ix0).div_ceil(g.sw);
+                    let dst = &mut chan[row0 + q * d.plane + j0..][..n];
+                    if g.sw == 2 {
+                        for (j, o) in dst.iter_mut().enumerate() {
+                            *o = src[ix0 + 2 * j];
+                        }
+                    } else {
+                        for (j, o) in dst.iter_mut().enumerate() {
+                            *o = src[ix0 + g.sw * j];
+                        }
                     }
                 }
             }
@@ -1029,7 +1061,10 @@ impl QConvKernel {
                     // SAFETY: as above; `DwGeom` leaves every tap's reach inside `chan`.
                     unsafe { qsimd::channelwise(chan, offs, w, b, &rq, wide) };
                     for oy in 0..ho {
-                        y[(co * ho + oy) * wo..][..wo].copy_from_slice(&wide[oy * d.wph..][..wo]);
+                        copy_short(
+                            &mut y[(co * ho + oy) * wo..][..wo],
+                            &wide[oy * d.wph..][..wo],
+                        );
                     }
                     continue;
                 }
@@ -1047,7 +1082,10 @@ impl QConvKernel {
                 requantize(m, self.zp_out, self.lo, self.hi, &a, out);
             }
             for oy in 0..ho {
-                y[(co * ho + oy) * wo..][..wo].copy_from_slice(&wide[oy * d.wph..][..wo]);
+                copy_short(
+                    &mut y[(co * ho + oy) * wo..][..wo],
+                    &wide[oy * d.wph..][..wo],
+                );
             }
         }
     }
@@ -1334,6 +1372,7 @@ impl QAddKernel {
 }
 
 /// Max pooling on `[C, H, W]` without padding (exact on codes of one scale).
+#[inline]
 pub fn max_pool2d<T: Copy + PartialOrd>(
     x: &[T],
     y: &mut [T],
@@ -1344,6 +1383,29 @@ pub fn max_pool2d<T: Copy + PartialOrd>(
     s: [usize; 2],
 ) {
     let (ho, wo) = ((h - k[0]) / s[0] + 1, (w - k[1]) / s[1] + 1);
+    if k == [2, 2] && s == [2, 2] {
+        // The same comparisons in the same order as the general loop, on contiguous rows.
+        for (ch, yc) in y.chunks_exact_mut(ho * wo).take(c).enumerate() {
+            for (oy, yr) in yc.chunks_exact_mut(wo).enumerate() {
+                let r0 = &x[(ch * h + 2 * oy) * w..][..2 * wo];
+                let r1 = &x[(ch * h + 2 * oy + 1) * w..][..2 * wo];
+                for ((o, a), b) in yr
+                    .iter_mut()
+                    .zip(r0.chunks_exact(2))
+                    .zip(r1.chunks_exact(2))
+                {
+                    let mut m = a[0];
+                    for v in [a[1], b[0], b[1]] {
+                        if v > m {
+                            m = v;
+                        }
+                    }
+                    *o = m;
+                }
+            }
+        }
+        return;
+    }
     for ch in 0..c {
         let xc = &x[ch * h * w..(ch + 1) * h * w];
         for oy in 0..ho {
@@ -1365,6 +1427,7 @@ pub fn max_pool2d<T: Copy + PartialOrd>(
 
 /// Float LayerNorm over the rows (channels) of `x` `[C, L]` at every column, vectorized over
 /// the columns: `y = (x - mean) / sqrt(var + eps) * gamma + beta`, biased variance.
+#[inline]
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm_cols(
     x: &[f32],
@@ -1833,10 +1896,12 @@ mod simd {
             let mask: __mmask16 = if nl == 16 { 0xffff } else { (1u16 << nl) - 1 };
             // SAFETY (masked loads, gathers, scatters): lanes `j < nl` touch channel `c0 + j <
             // di` at `t < L`, inside the asserted lengths; masked-off lanes are not accessed.
-            let mut a = [_mm512_setzero_ps(); N];
-            for (s, av) in a.iter_mut().enumerate() {
-                *av = unsafe { _mm512_maskz_loadu_ps(mask, a_t.as_ptr().add(s * di + c0)) };
+            // A of the block in a local table read by memory operands (h takes 16 registers).
+            let mut ab = [[0.0f32; 16]; N];
+            for (s, av) in ab.iter_mut().enumerate() {
+                av[..nl].copy_from_slice(&a_t[s * di + c0..s * di + c0 + nl]);
             }
+            let abp = ab.as_ptr() as *const f32;
             let dsk = unsafe { _mm512_maskz_loadu_ps(mask, d_skip.as_ptr().add(c0)) };
             let (dp, up, yp) = unsafe {
                 (
@@ -1866,7 +1931,9 @@ mod simd {
                                 _mm512_set1_ps(*bc.get_unchecked((N + $s) * l + t)),
                             )
                         };
-                        let x = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(d, a[$s]), lo), hi);
+                        // SAFETY: row `s` of the 16 x 16 table `ab`.
+                        let a = unsafe { _mm512_loadu_ps(abp.add($s * 16)) };
+                        let x = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(d, a), lo), hi);
                         let nf = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, log2e));
                         let r = _mm512_fmadd_ps(nf, c1, x);
                         let r = _mm512_fmadd_ps(nf, c2, r);
@@ -2028,6 +2095,8 @@ mod dispatch_tests {
             (6, 6, 6, 11, 5, 5, [1, 1], 2),
             (3, 3, 3, 9, 7, 5, [3, 2], 1),
             (2, 2, 2, 1, 2, 3, [1, 1], 1),
+            (5, 5, 5, 4, 37, 3, [1, 1], 1),
+            (3, 3, 3, 6, 35, 3, [2, 3], 1),
         ];
         for (case, (cin, cout, groups, h, w, ks, stride, pad)) in cases.into_iter().enumerate() {
             // Every other case uses the full code range 0..=255 (input, zero point, output).
@@ -2078,6 +2147,28 @@ mod dispatch_tests {
                 k.run_isa(isa, &x, &mut y, &mut xp, &mut acc);
                 assert_eq!(y, want, "{isa:?} vs naive, {geom:?}");
             }
+        }
+    }
+
+    #[test]
+    fn max_pool_2x2_fast_path_equals_the_definition() {
+        let mut rng = StdRng::seed_from_u64(13);
+        for (c, h, w) in [(3, 4, 6), (2, 5, 7), (1, 2, 2), (4, 9, 33)] {
+            let x: Vec<u8> = (0..c * h * w).map(|_| rng.random_range(0..=255)).collect();
+            let (ho, wo) = (h / 2, w / 2);
+            let mut want = vec![0u8; c * ho * wo];
+            for ch in 0..c {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let at = |dy: usize, dx: usize| x[(ch * h + 2 * oy + dy) * w + 2 * ox + dx];
+                        want[(ch * ho + oy) * wo + ox] =
+                            at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+                    }
+                }
+            }
+            let mut y = vec![0u8; want.len()];
+            max_pool2d(&x, &mut y, c, h, w, [2, 2], [2, 2]);
+            assert_eq!(y, want, "{c}x{h}x{w}");
         }
     }
 
