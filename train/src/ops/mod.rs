@@ -8,9 +8,11 @@
 //! - [`batch_norm_train`]: training-mode BatchNorm (batch statistics) with an optional fused
 //!   ReLU, two passes forward and two backward ([`batch_norm_cpu`]) instead of the generic
 //!   tensor-op formulation that Flex runs over channel-swapped strided views.
+//! - [`silu`], [`softplus`]: the Mamba mixer's activations, one vectorised pass each way.
 //! - [`depthwise_conv2d_reference`], [`depthwise_conv1d_causal_reference`]: the same contracts
 //!   through burn's grouped `conv2d` / `conv1d` (the reference for the tests).
 
+pub mod activation;
 mod batch_norm;
 pub mod batch_norm_cpu;
 mod depthwise;
@@ -18,6 +20,7 @@ pub mod depthwise_cpu;
 #[cfg(test)]
 mod tests;
 
+pub use activation::ActivationOps;
 pub use batch_norm::BatchNormOps;
 pub use depthwise::DepthwiseConvOps;
 
@@ -366,4 +369,14 @@ pub fn batch_norm_train<const D: usize>(
         Tensor::from_dispatch(mean),
         Tensor::from_dispatch(var),
     )
+}
+
+/// SiLU `x sigma(x)` as one fused op (see [`activation`]); equals burn's `silu`.
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as ActivationOps>::silu_fused(x.into_dispatch()))
+}
+
+/// Softplus `ln(1 + e^x)` as one fused op (see [`activation`]); equals burn's `softplus(x, 1)`.
+pub fn softplus<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as ActivationOps>::softplus_fused(x.into_dispatch()))
 }
