@@ -109,8 +109,33 @@ impl ConvBnConfig {
 
 impl ConvBn {
     /// `[B, c_in, H, W] -> [B, c_out, H', W']`.
+    ///
+    /// When training (autodiff device, BN not frozen), BN + activation run as one fused op
+    /// ([`crate::ops::batch_norm_train`]) and the running statistics are updated exactly as
+    /// burn's `BatchNorm::forward` does (`r <- (1 - momentum) r + momentum * batch`, biased
+    /// batch variance); otherwise the BN uses its running statistics.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.bn.forward(crate::ops::conv2d_forward(&self.conv, x));
+        let z = crate::ops::conv2d_forward(&self.conv, x);
+        let bn = &self.bn;
+        if z.device().is_autodiff() && bn.training.is_enabled() {
+            let (y, mean, var) = crate::ops::batch_norm_train(
+                z,
+                bn.gamma.val(),
+                bn.beta.val(),
+                bn.epsilon,
+                self.activation == Activation::Relu,
+            );
+            let device = y.device();
+            let m = bn.momentum;
+            let running_mean = bn.running_mean.value_sync().to_device(&device);
+            let running_var = bn.running_var.value_sync().to_device(&device);
+            bn.running_mean
+                .update((running_mean.mul_scalar(1.0 - m) + mean.mul_scalar(m)).detach());
+            bn.running_var
+                .update((running_var.mul_scalar(1.0 - m) + var.mul_scalar(m)).detach());
+            return y;
+        }
+        let y = bn.forward(z);
         match self.activation {
             Activation::Identity => y,
             Activation::Relu => relu(y),

@@ -17,7 +17,6 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig1d};
-use burn::tensor::activation::{silu, softplus};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use crate::complexity::Tally;
@@ -161,16 +160,17 @@ impl Mamba {
         let z = xz.narrow(2, di, di);
         // Causal depthwise conv over time on [B, di, L]: left padding d_conv - 1.
         let x = crate::ops::conv1d_causal_forward(&self.conv1d, x.swap_dims(1, 2));
-        let x = silu(x); // [B, di, L]
-        let x_dbl = self.x_proj.forward(x.clone().swap_dims(1, 2)); // [B, L, R + 2N]
+        let x = crate::ops::silu(x).swap_dims(1, 2); // [B, L, di]
+        let x_dbl = self.x_proj.forward(x.clone()); // [B, L, R + 2N]
         let dt = x_dbl.clone().narrow(2, 0, r);
-        let b = x_dbl.clone().narrow(2, r, n).swap_dims(1, 2); // [B, N, L]
-        let c = x_dbl.narrow(2, r + n, n).swap_dims(1, 2); // [B, N, L]
-        let delta = softplus(self.dt_proj.forward(dt), 1.0).swap_dims(1, 2); // [B, di, L]
+        let b = x_dbl.clone().narrow(2, r, n); // [B, L, N]
+        let c = x_dbl.narrow(2, r + n, n); // [B, L, N]
+        let delta = crate::ops::softplus(self.dt_proj.forward(dt)); // [B, L, di]
         let a = self.a_log.val().exp().neg(); // A = -exp(A_log)
-        let y = crate::scan::selective_scan(x, delta, a, b, c, self.d.val()); // [B, di, L]
-        debug_assert_eq!(y.dims(), [batch, di, len]);
-        y.swap_dims(1, 2) * silu(z)
+        // Token-major scan: no transposed views of delta, B, C or y in the graph.
+        let y = crate::scan::selective_scan_tokens(x, delta, a, b, c, self.d.val());
+        debug_assert_eq!(y.dims(), [batch, len, di]);
+        y * crate::ops::silu(z)
     }
 
     /// Records the block's layers for a sequence of `tokens` tokens.

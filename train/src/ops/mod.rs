@@ -5,20 +5,31 @@
 //!   depthwise conv1d. Both run the direct kernels of [`depthwise_cpu`] (forward, `dx` by the
 //!   transposed stencil, `dw`/`db` as race-free per-channel reductions) instead of burn's
 //!   im2col convolution, whose backward pass is 6-10x its forward on the Flex backend.
+//! - [`batch_norm_train`]: training-mode BatchNorm (batch statistics) with an optional fused
+//!   ReLU, two passes forward and two backward ([`batch_norm_cpu`]) instead of the generic
+//!   tensor-op formulation that Flex runs over channel-swapped strided views.
+//! - [`silu`], [`softplus`]: the Mamba mixer's activations, one vectorised pass each way.
 //! - [`depthwise_conv2d_reference`], [`depthwise_conv1d_causal_reference`]: the same contracts
 //!   through burn's grouped `conv2d` / `conv1d` (the reference for the tests).
 
+pub mod activation;
+mod batch_norm;
+pub mod batch_norm_cpu;
 mod depthwise;
 pub mod depthwise_cpu;
 #[cfg(test)]
 mod tests;
 
+pub use activation::ActivationOps;
+pub use batch_norm::BatchNormOps;
 pub use depthwise::DepthwiseConvOps;
 
-use burn::backend::Dispatch;
-use burn::tensor::Tensor;
+use std::borrow::Cow;
+
+use burn::backend::{Backend, Dispatch, tensor::FloatTensor};
 use burn::tensor::module::{conv1d, conv2d};
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, TensorData, read_sync};
 
 /// A depthwise-convolution call whose shapes or options do not agree.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -233,15 +244,43 @@ pub fn depthwise_conv1d_causal_reference(
     )
 }
 
+/// Pointwise (1x1, stride 1, unpadded, one group) convolution as one batched matrix product:
+/// `y[b] = W x[b]` with `W: [C_out, C_in]` and `x[b]: [C_in, H W]` (then `+ bias`). Flex runs
+/// it (and its backward, two more products) through its GEMM, about 3x faster than its
+/// convolution's forward + backward at the inverted residual blocks' shapes.
+pub fn pointwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
+    let [b, c_in, h, w] = x.dims();
+    let [c_out, ..] = weight.dims();
+    let y = weight
+        .reshape([1, c_out, c_in])
+        .matmul(x.reshape([b, c_in, h * w]));
+    let y = match bias {
+        Some(bias) => y + bias.reshape([1, c_out, 1]),
+        None => y,
+    };
+    y.reshape([b, c_out, h, w])
+}
+
 /// `conv.forward(x)`, through [`depthwise_conv2d`] when `conv` is a depthwise convolution
-/// (`groups == C_in == C_out`, dilation 1, symmetric explicit padding) and through burn's
-/// convolution otherwise. The module stays the parameter holder (checkpoints, complexity
-/// counting and QAT see the same `Conv2d`).
+/// (`groups == C_in == C_out`, dilation 1, symmetric explicit padding), through
+/// [`pointwise_conv2d`] when it is a plain 1x1 convolution (stride 1, no padding), and through
+/// burn's convolution otherwise. The module stays the parameter holder (checkpoints,
+/// complexity counting and QAT see the same `Conv2d`).
 pub fn conv2d_forward(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     use burn::nn::PaddingConfig2d;
-    let [c_out, c_per_group, ..] = conv.weight.dims();
+    let [c_out, c_per_group, kh, kw] = conv.weight.dims();
     let depthwise =
         c_per_group == 1 && conv.groups == c_out && x.dims()[1] == c_out && conv.dilation == [1, 1];
+    let pointwise = [kh, kw] == [1, 1]
+        && conv.groups == 1
+        && conv.stride == [1, 1]
+        && matches!(
+            conv.padding,
+            PaddingConfig2d::Valid | PaddingConfig2d::Same | PaddingConfig2d::Explicit(0, 0, 0, 0)
+        );
+    if pointwise {
+        return pointwise_conv2d(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
+    }
     match conv.padding {
         PaddingConfig2d::Explicit(top, left, bottom, right)
             if depthwise && top == bottom && left == right =>
@@ -276,4 +315,68 @@ pub fn conv1d_causal_forward(conv: &burn::nn::conv::Conv1d, x: Tensor<3>) -> Ten
     } else {
         conv.forward(x)
     }
+}
+
+/// Contiguous row-major `f32` view of a backend tensor for the host kernels: Flex's storage is
+/// borrowed in place when it is contiguous `f32` (no copy); anything else is read back.
+pub(crate) fn host_view<B: Backend>(t: &FloatTensor<B>) -> Cow<'_, [f32]> {
+    let any: &dyn std::any::Any = t;
+    if let Some(s) = any
+        .downcast_ref::<FloatTensor<burn::backend::Flex>>()
+        .and_then(|f| f.as_slice::<f32>())
+    {
+        return Cow::Borrowed(s);
+    }
+    let data = read_sync(B::float_into_data(t.clone()))
+        .expect("fused op: reading a tensor back to the host failed");
+    Cow::Owned(
+        data.try_into_vec_as::<f32>()
+            .expect("fused op: tensor data is not convertible to f32"),
+    )
+}
+
+/// Wraps a host buffer (moved, not copied, on Flex) as a float tensor of `shape`.
+pub(crate) fn from_host<B: Backend>(
+    v: Vec<f32>,
+    shape: Vec<usize>,
+    device: &B::Device,
+) -> FloatTensor<B> {
+    B::float_from_data(TensorData::new(v, shape), device)
+}
+
+/// Training-mode BatchNorm over the channel axis of `x: [B, C, ...]` with the batch's own
+/// statistics, then ReLU when `relu`; differentiable for `x`, `gamma` and `beta` under
+/// autodiff (one graph node, hand-written backward).
+///
+/// Returns `(y, mean, variance)`: the batch mean and the biased batch variance per channel,
+/// detached, for the running statistics (the contract of burn's `batch_norm_train`).
+pub fn batch_norm_train<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    relu: bool,
+) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
+    let (y, mean, var) = <Dispatch as BatchNormOps>::batch_norm_train_fused(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+        relu,
+    );
+    (
+        Tensor::from_dispatch(y),
+        Tensor::from_dispatch(mean),
+        Tensor::from_dispatch(var),
+    )
+}
+
+/// SiLU `x sigma(x)` as one fused op (see [`activation`]); equals burn's `silu`.
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as ActivationOps>::silu_fused(x.into_dispatch()))
+}
+
+/// Softplus `ln(1 + e^x)` as one fused op (see [`activation`]); equals burn's `softplus(x, 1)`.
+pub fn softplus<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as ActivationOps>::softplus_fused(x.into_dispatch()))
 }

@@ -371,3 +371,219 @@ fn module_helpers_match_the_modules_own_forward() {
     let want = host(conv.forward(x1));
     assert!(rel_err(&got, &want) <= 1e-5);
 }
+
+/// Fused BatchNorm (+ ReLU) vs burn's own `batch_norm_train` (+ `relu`): output, batch
+/// statistics and gradients for a random upstream gradient.
+fn bn_case(shape: [usize; 4], relu: bool, fused: bool, seed: u64) -> [Vec<f32>; 6] {
+    let device = Device::default().autodiff();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let c = shape[1];
+    // Channel offsets and scales so that the statistics are not trivial.
+    let xv: Vec<f32> = (0..n)
+        .map(|i| {
+            let ch = (i / (shape[2] * shape[3])) % c;
+            3.0 * ch as f32 - 2.0 + (1.0 + ch as f32) * rng.random_range(-1.0f32..1.0)
+        })
+        .collect();
+    let x = Tensor::<4>::from_data(TensorData::new(xv, shape), &device).require_grad();
+    let gamma =
+        Tensor::<1>::from_data(TensorData::new(rand_vec(&mut rng, c), [c]), &device).require_grad();
+    let beta =
+        Tensor::<1>::from_data(TensorData::new(rand_vec(&mut rng, c), [c]), &device).require_grad();
+    let (y, mean, var) = if fused {
+        super::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5, relu)
+    } else {
+        let r =
+            burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        let y = if relu {
+            burn::tensor::activation::relu(r.output)
+        } else {
+            r.output
+        };
+        (y, r.mean, r.variance)
+    };
+    let g = rand_vec(&mut rng, n);
+    let gt = Tensor::<4>::from_data(TensorData::new(g, shape), &device);
+    let grads = (y.clone() * gt).sum().backward();
+    [
+        host(y),
+        host(mean),
+        host(var),
+        host(x.grad(&grads).expect("dx")),
+        host(gamma.grad(&grads).expect("dgamma")),
+        host(beta.grad(&grads).expect("dbeta")),
+    ]
+}
+
+#[test]
+fn batch_norm_matches_burn_batch_norm_train_with_and_without_relu() {
+    for (shape, relu) in [
+        ([4, 3, 5, 7], false),
+        ([4, 3, 5, 7], true),
+        ([2, 16, 8, 33], true),
+        ([7, 5, 1, 1], false),
+    ] {
+        let ours = bn_case(shape, relu, true, 11);
+        let burn_ref = bn_case(shape, relu, false, 11);
+        let names = ["y", "mean", "var", "dx", "dgamma", "dbeta"];
+        for ((a, b), name) in ours.iter().zip(&burn_ref).zip(names) {
+            let e = rel_err(a, b);
+            assert!(e < 2e-5, "{shape:?} relu {relu}: {name} rel err {e}");
+        }
+    }
+}
+
+#[test]
+fn batch_norm_statistics_match_an_f64_loop_on_a_3d_input() {
+    let (b, c, l) = (3usize, 4usize, 10usize);
+    let mut rng = StdRng::seed_from_u64(5);
+    let xv: Vec<f32> = (0..b * c * l)
+        .map(|_| 10.0 + rng.random_range(-1.0f32..1.0))
+        .collect();
+    let dev = Device::default();
+    let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, c, l]), &dev);
+    let gamma = Tensor::<1>::from_data(TensorData::new(vec![2.0f32; c], [c]), &dev);
+    let beta = Tensor::<1>::from_data(TensorData::new(vec![0.5f32; c], [c]), &dev);
+    let (y, mean, var) = super::batch_norm_train(x, gamma, beta, 1e-5, false);
+    let (y, mean, var) = (host(y), host(mean), host(var));
+    for ch in 0..c {
+        let vals: Vec<f64> = (0..b)
+            .flat_map(|bi| (0..l).map(move |t| (bi, t)))
+            .map(|(bi, t)| xv[(bi * c + ch) * l + t] as f64)
+            .collect();
+        let m = vals.iter().sum::<f64>() / vals.len() as f64;
+        let v = vals.iter().map(|x| (x - m).powi(2)).sum::<f64>() / vals.len() as f64;
+        assert!((mean[ch] as f64 - m).abs() < 1e-5, "mean {ch}");
+        assert!((var[ch] as f64 - v).abs() < 1e-5 * v.max(1.0), "var {ch}");
+        for bi in 0..b {
+            for t in 0..l {
+                let i = (bi * c + ch) * l + t;
+                let want = 2.0 * (xv[i] as f64 - m) / (v + 1e-5).sqrt() + 0.5;
+                assert!((y[i] as f64 - want).abs() < 1e-4, "y[{i}]");
+            }
+        }
+    }
+}
+
+#[test]
+fn conv_bn_training_forward_updates_running_stats_as_burn_batch_norm() {
+    use crate::model::conv_bn::ConvBnConfig;
+    let device = Device::default().autodiff();
+    let cb = ConvBnConfig::new(3, 4, 1).init(&device);
+    // A fresh BN equals the ConvBn's (gamma 1, beta 0, running mean 0, var 1) and shares no
+    // running state with it (clones of a module would share it).
+    let reference = burn::nn::BatchNormConfig::new(4).init(&device);
+    let x = Tensor::<4>::random(
+        [2, 3, 5, 6],
+        burn::tensor::Distribution::Normal(1.0, 2.0),
+        &device,
+    );
+    let z = cb.conv.forward(x.clone());
+    let want = burn::tensor::activation::relu(reference.forward(z));
+    let got = cb.forward(x);
+    assert!(rel_err(&host(got), &host(want)) < 2e-5);
+    let fresh = burn::nn::BatchNormConfig::new(4).init(&device);
+    let untouched = host(fresh.running_var.value());
+    assert!(rel_err(&host(cb.bn.running_var.value_sync()), &untouched) > 1e-3);
+    for (a, b) in [
+        (
+            cb.bn.running_mean.value_sync(),
+            reference.running_mean.value_sync(),
+        ),
+        (
+            cb.bn.running_var.value_sync(),
+            reference.running_var.value_sync(),
+        ),
+    ] {
+        assert!(rel_err(&host(a), &host(b)) < 1e-5);
+    }
+}
+
+#[test]
+fn pointwise_conv_matches_burn_conv2d_forward_and_gradients() {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    let device = Device::default().autodiff();
+    let mut rng = StdRng::seed_from_u64(21);
+    for (bias, padding) in [
+        (false, PaddingConfig2d::Explicit(0, 0, 0, 0)),
+        (true, PaddingConfig2d::Valid),
+    ] {
+        let conv = Conv2dConfig::new([5, 7], [1, 1])
+            .with_padding(padding)
+            .with_bias(bias)
+            .init(&device);
+        let (b, h, w) = (3, 4, 6);
+        let xv = rand_vec(&mut rng, b * 5 * h * w);
+        let gv = rand_vec(&mut rng, b * 7 * h * w);
+        let run = |fused: bool| {
+            let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), [b, 5, h, w]), &device)
+                .require_grad();
+            let y = if fused {
+                super::conv2d_forward(&conv, x.clone())
+            } else {
+                conv.forward(x.clone())
+            };
+            let g = Tensor::<4>::from_data(TensorData::new(gv.clone(), [b, 7, h, w]), &device);
+            let grads = (y.clone() * g).sum().backward();
+            let mut out = vec![
+                host(y),
+                host(x.grad(&grads).expect("dx")),
+                host(conv.weight.val().grad(&grads).expect("dw")),
+            ];
+            if let Some(bias) = &conv.bias {
+                out.push(host(bias.val().grad(&grads).expect("db")));
+            }
+            out
+        };
+        let (ours, reference) = (run(true), run(false));
+        assert_eq!(ours.len(), reference.len());
+        for (i, (a, r)) in ours.iter().zip(&reference).enumerate() {
+            let e = rel_err(a, r);
+            assert!(e < 1e-5, "bias {bias}: output {i} rel err {e}");
+        }
+    }
+}
+
+#[test]
+fn fused_silu_and_softplus_match_burn_values_and_gradients() {
+    let device = Device::default().autodiff();
+    let mut rng = StdRng::seed_from_u64(8);
+    // Wide range, including large magnitudes where the naive formulas overflow.
+    let mut xv: Vec<f32> = (0..3 * 5 * 41).map(|_| rng.random_range(-12.0..12.0)).collect();
+    xv[..6].copy_from_slice(&[-100.0, -30.0, 0.0, 1e-6, 30.0, 100.0]);
+    let gv = rand_vec(&mut rng, xv.len());
+    for softplus in [false, true] {
+        let run = |fused: bool| {
+            let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [3, 5, 41]), &device)
+                .require_grad();
+            let y = match (softplus, fused) {
+                (false, true) => super::silu(x.clone()),
+                (false, false) => burn::tensor::activation::silu(x.clone()),
+                (true, true) => super::softplus(x.clone()),
+                (true, false) => burn::tensor::activation::softplus(x.clone(), 1.0),
+            };
+            let g = Tensor::<3>::from_data(TensorData::new(gv.clone(), [3, 5, 41]), &device);
+            let grads = (y.clone() * g).sum().backward();
+            (host(y), host(x.grad(&grads).expect("dx")))
+        };
+        let ((y, dx), (y_ref, dx_ref)) = (run(true), run(false));
+        // Elementwise, against an f64 evaluation where burn's composition overflows.
+        for i in 0..xv.len() {
+            let v = xv[i] as f64;
+            let s = 1.0 / (1.0 + (-v).exp());
+            let (want, dwant) = if softplus {
+                (v.max(0.0) + (-v.abs()).exp().ln_1p(), s)
+            } else {
+                (v * s, s * (1.0 + v * (1.0 - s)))
+            };
+            let dwant = dwant * gv[i] as f64;
+            assert!((y[i] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "y({v})");
+            assert!((dx[i] as f64 - dwant).abs() <= 1e-5 * dwant.abs().max(1.0), "dy({v})");
+        }
+        // And burn's own ops away from the extremes.
+        assert!(rel_err(&y[6..], &y_ref[6..]) < 1e-5, "softplus {softplus}");
+        assert!(rel_err(&dx[6..], &dx_ref[6..]) < 1e-5, "softplus {softplus}");
+    }
+}

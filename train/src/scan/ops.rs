@@ -15,13 +15,26 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTensor};
-use burn::tensor::{TensorData, read_sync};
+use crate::ops::{from_host, host_view};
+use burn::tensor::TensorData;
+use rayon::prelude::*;
 
 /// Backends that can run the fused selective scan.
 #[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Autodiff)]
 pub trait SelectiveScanOps: Backend {
     /// Fused forward scan; shapes as in [`super::selective_scan`] (already validated).
     fn selective_scan_fused(
+        u: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+        d: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// Fused forward scan on token-major inputs: `u`, `delta`: `[B, L, d_inner]`, `b`, `c`:
+    /// `[B, L, d_state]` (the layout of Mamba's linear projections); returns `[B, L, d_inner]`.
+    fn selective_scan_tokens_fused(
         u: FloatTensor<Self>,
         delta: FloatTensor<Self>,
         a: FloatTensor<Self>,
@@ -42,6 +55,17 @@ impl SelectiveScanOps for burn::backend::Flex {
     ) -> FloatTensor<Self> {
         host_forward::<Self>(u, delta, a, b, c, d)
     }
+
+    fn selective_scan_tokens_fused(
+        u: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+        d: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        tokens_forward::<Self>(u, delta, a, b, c, d)
+    }
 }
 
 #[cfg(feature = "ndarray")]
@@ -56,14 +80,17 @@ impl SelectiveScanOps for burn::backend::NdArray {
     ) -> FloatTensor<Self> {
         host_forward::<Self>(u, delta, a, b, c, d)
     }
-}
 
-/// Reads a float tensor into a contiguous row-major `f32` vector.
-fn to_host<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
-    let data = read_sync(B::float_into_data(t))
-        .expect("selective scan: reading a tensor back to the host failed");
-    data.try_into_vec_as::<f32>()
-        .expect("selective scan: tensor data is not convertible to f32")
+    fn selective_scan_tokens_fused(
+        u: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+        d: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        tokens_forward::<Self>(u, delta, a, b, c, d)
+    }
 }
 
 /// Dimensions of a (validated) scan call from the primitive shapes.
@@ -89,12 +116,12 @@ fn host_forward<B: Backend>(
     let dims = dims_of::<B>(&u, &a);
     let device = u.device();
     let (u, delta, a, b, c, d) = (
-        to_host::<B>(u),
-        to_host::<B>(delta),
-        to_host::<B>(a),
-        to_host::<B>(b),
-        to_host::<B>(c),
-        to_host::<B>(d),
+        host_view::<B>(&u),
+        host_view::<B>(&delta),
+        host_view::<B>(&a),
+        host_view::<B>(&b),
+        host_view::<B>(&c),
+        host_view::<B>(&d),
     );
     let mut y = vec![0.0f32; dims.batch * dims.d_inner * dims.len];
     cpu::forward(dims, &u, &delta, &a, &b, &c, &d, &mut y);
@@ -102,6 +129,124 @@ fn host_forward<B: Backend>(
         TensorData::new(y, [dims.batch, dims.d_inner, dims.len]),
         &device,
     )
+}
+
+/// `src: [batch, rows, cols]` -> `[batch, cols, rows]`, 32 x 32 tiles, parallel over batch.
+fn transpose_batched(src: &[f32], batch: usize, rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(src.len(), batch * rows * cols, "transpose: length mismatch");
+    const T: usize = 32;
+    let mut dst = vec![0.0f32; src.len()];
+    let plane = rows * cols;
+    if plane == 0 {
+        return dst;
+    }
+    dst.par_chunks_mut(plane)
+        .zip(src.par_chunks(plane))
+        .for_each(|(d, s)| {
+            for r0 in (0..rows).step_by(T) {
+                for c0 in (0..cols).step_by(T) {
+                    for r in r0..(r0 + T).min(rows) {
+                        for c in c0..(c0 + T).min(cols) {
+                            d[c * rows + r] = s[r * cols + c];
+                        }
+                    }
+                }
+            }
+        });
+    dst
+}
+
+/// Dimensions of a token-major scan call (`u: [B, L, d_inner]`, `a: [d_inner, d_state]`).
+fn token_dims_of<B: Backend>(u: &FloatTensor<B>, a: &FloatTensor<B>) -> ScanDims {
+    let (su, sa) = (u.shape(), a.shape());
+    ScanDims {
+        batch: su[0],
+        d_inner: su[2],
+        d_state: sa[1],
+        len: su[1],
+    }
+}
+
+/// Channel-major host copy of a token-major `[B, L, width]` tensor.
+fn channel_major<B: Backend>(t: &FloatTensor<B>, dims: ScanDims, width: usize) -> Vec<f32> {
+    transpose_batched(&host_view::<B>(t), dims.batch, dims.len, width)
+}
+
+/// Token-major forward: transposes to the kernel's channel-major layout and back.
+fn tokens_forward<B: Backend>(
+    u: FloatTensor<B>,
+    delta: FloatTensor<B>,
+    a: FloatTensor<B>,
+    b: FloatTensor<B>,
+    c: FloatTensor<B>,
+    d: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let dims = token_dims_of::<B>(&u, &a);
+    let device = u.device();
+    let (di, n) = (dims.d_inner, dims.d_state);
+    let mut y = vec![0.0f32; dims.batch * di * dims.len];
+    cpu::forward(
+        dims,
+        &channel_major::<B>(&u, dims, di),
+        &channel_major::<B>(&delta, dims, di),
+        &host_view::<B>(&a),
+        &channel_major::<B>(&b, dims, n),
+        &channel_major::<B>(&c, dims, n),
+        &host_view::<B>(&d),
+        &mut y,
+    );
+    let y = transpose_batched(&y, dims.batch, di, dims.len);
+    from_host::<B>(y, vec![dims.batch, dims.len, di], &device)
+}
+
+/// Backward step of the token-major scan (same parents as [`SelectiveScanBackward`]).
+#[derive(Debug)]
+struct SelectiveScanTokensBackward;
+
+impl<B: Backend> Backward<B, 6> for SelectiveScanTokensBackward {
+    type State = ScanState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 6>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let dy = grads.consume::<B>(&ops.node);
+        let [u, delta, a, b, c, d] = ops.state;
+        let dims = token_dims_of::<B>(&u, &a);
+        let device = u.device();
+        let ScanDims {
+            batch,
+            d_inner,
+            d_state,
+            len,
+        } = dims;
+        let g = cpu::backward(
+            dims,
+            &channel_major::<B>(&u, dims, d_inner),
+            &channel_major::<B>(&delta, dims, d_inner),
+            &host_view::<B>(&a),
+            &channel_major::<B>(&b, dims, d_state),
+            &channel_major::<B>(&c, dims, d_state),
+            &host_view::<B>(&d),
+            &channel_major::<B>(&dy, dims, d_inner),
+        );
+        let back = |v: &[f32], width: usize| transpose_batched(v, batch, width, len);
+        let outs: [(Vec<f32>, Vec<usize>); 6] = [
+            (back(&g.du, d_inner), vec![batch, len, d_inner]),
+            (back(&g.ddelta, d_inner), vec![batch, len, d_inner]),
+            (g.da, vec![d_inner, d_state]),
+            (back(&g.db, d_state), vec![batch, len, d_state]),
+            (back(&g.dc, d_state), vec![batch, len, d_state]),
+            (g.dd, vec![d_inner]),
+        ];
+        for (parent, (grad, shape)) in ops.parents.into_iter().zip(outs) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, from_host::<B>(grad, shape, &device));
+            }
+        }
+    }
 }
 
 /// Saved forward inputs (reference-counted primitives, no copies) for the backward step.
@@ -126,13 +271,13 @@ impl<B: Backend> Backward<B, 6> for SelectiveScanBackward {
         let device = u.device();
         let g = cpu::backward(
             dims,
-            &to_host::<B>(u),
-            &to_host::<B>(delta),
-            &to_host::<B>(a),
-            &to_host::<B>(b),
-            &to_host::<B>(c),
-            &to_host::<B>(d),
-            &to_host::<B>(dy),
+            &host_view::<B>(&u),
+            &host_view::<B>(&delta),
+            &host_view::<B>(&a),
+            &host_view::<B>(&b),
+            &host_view::<B>(&c),
+            &host_view::<B>(&d),
+            &host_view::<B>(&dy),
         );
         let ScanDims {
             batch,
@@ -187,6 +332,42 @@ impl<B: Backend + SelectiveScanOps, C: CheckpointStrategy> SelectiveScanOps for 
         let [pu, pdelta, pa, pb, pc, pd] = prims.clone();
         let y = B::selective_scan_fused(pu, pdelta, pa, pb, pc, pd);
         match SelectiveScanBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(prims, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn selective_scan_tokens_fused(
+        u: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+        d: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let nodes = [
+            u.node(),
+            delta.node(),
+            a.node(),
+            b.node(),
+            c.node(),
+            d.node(),
+        ];
+        let prims = [
+            u.into_primitive(),
+            delta.into_primitive(),
+            a.into_primitive(),
+            b.into_primitive(),
+            c.into_primitive(),
+            d.into_primitive(),
+        ];
+        let [pu, pdelta, pa, pb, pc, pd] = prims.clone();
+        let y = B::selective_scan_tokens_fused(pu, pdelta, pa, pb, pc, pd);
+        match SelectiveScanTokensBackward
             .prepare::<C>(nodes)
             .compute_bound()
             .stateful()

@@ -403,3 +403,56 @@ fn dispatched_kernels_match_portable() {
         }
     }
 }
+
+#[test]
+fn token_major_scan_equals_the_channel_major_scan_and_its_gradients() {
+    let device = Device::default().autodiff();
+    let (batch, d_inner, d_state, len) = (2usize, 5usize, 3usize, 37usize);
+    let mut rng = StdRng::seed_from_u64(77);
+    let mut r = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(lo..hi)).collect()
+    };
+    // Token-major data: u, delta [B, L, D]; b, c [B, L, N].
+    let (uv, dv) = (r(batch * len * d_inner, -1.0, 1.0), r(batch * len * d_inner, 0.01, 0.5));
+    let (bv, cv) = (r(batch * len * d_state, -1.0, 1.0), r(batch * len * d_state, -1.0, 1.0));
+    let (av, skip) = (r(d_inner * d_state, -2.0, -0.1), r(d_inner, -1.0, 1.0));
+    let gv = r(batch * len * d_inner, -1.0, 1.0);
+    let run = |tokens: bool| {
+        let t3 = |v: &Vec<f32>, w: usize| {
+            Tensor::<3>::from_data(TensorData::new(v.clone(), [batch, len, w]), &device)
+                .require_grad()
+        };
+        let (u, delta, b, c) = (t3(&uv, d_inner), t3(&dv, d_inner), t3(&bv, d_state), t3(&cv, d_state));
+        let a = Tensor::<2>::from_data(TensorData::new(av.clone(), [d_inner, d_state]), &device)
+            .require_grad();
+        let d = Tensor::<1>::from_data(TensorData::new(skip.clone(), [d_inner]), &device)
+            .require_grad();
+        let y = if tokens {
+            super::selective_scan_tokens(u.clone(), delta.clone(), a.clone(), b.clone(), c.clone(), d.clone())
+        } else {
+            let s = |x: &Tensor<3>| x.clone().swap_dims(1, 2);
+            selective_scan(s(&u), s(&delta), a.clone(), s(&b), s(&c), d.clone()).swap_dims(1, 2)
+        };
+        let g = Tensor::<3>::from_data(TensorData::new(gv.clone(), [batch, len, d_inner]), &device);
+        let grads = (y.clone() * g).sum().backward();
+        let h = |t: Tensor<3>| t.into_data().try_into_vec_as::<f32>().unwrap();
+        let h1 = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+        let h2 = |t: Tensor<2>| t.into_data().try_into_vec_as::<f32>().unwrap();
+        vec![
+            h(y),
+            h(u.grad(&grads).unwrap()),
+            h(delta.grad(&grads).unwrap()),
+            h2(a.grad(&grads).unwrap()),
+            h(b.grad(&grads).unwrap()),
+            h(c.grad(&grads).unwrap()),
+            h1(d.grad(&grads).unwrap()),
+        ]
+    };
+    let (ours, reference) = (run(true), run(false));
+    for (i, (x, y)) in ours.iter().zip(&reference).enumerate() {
+        assert_eq!(x.len(), y.len());
+        let err = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        let scale = y.iter().map(|q| q.abs()).fold(0f32, f32::max).max(1.0);
+        assert!(err <= 1e-5 * scale, "output {i}: max abs err {err}");
+    }
+}
