@@ -18,6 +18,8 @@
 #   RUNS=runs       folder of the run folders; teacher k of split P is
 #                   $RUNS/teacher-split$P-t$k (an existing finished run is reused, not retrained).
 #   AVERAGE=        non-empty: plain averaging instead of the fitted fusion.
+#   ALPHA_RIDGE=0   ridge shrinking the fitted teacher weights toward averaging (fuse-logits
+#                   --alpha-ridge); in-sample teacher logits can otherwise drive alpha large.
 #   TRAIN_FLAGS=    extra flags for every teacher's training run.
 #   CARGO=cargo
 #
@@ -34,6 +36,7 @@ SEED=${SEED:-1}
 EPOCHS=${EPOCHS:-}
 RUNS=${RUNS:-runs}
 AVERAGE=${AVERAGE:-}
+ALPHA_RIDGE=${ALPHA_RIDGE:-0}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
 CARGO=${CARGO:-cargo}
 
@@ -70,4 +73,4 @@ done
     --logits "${logits[@]}" --split "$SPLIT" \
     --out-report "$RUNS/teachers-split$SPLIT-fusion.json" \
     --out-logits "$RUNS/teachers-split$SPLIT-fused-logits.parquet" \
-    ${AVERAGE:+--average}
+    --alpha-ridge "$ALPHA_RIDGE" ${AVERAGE:+--average}

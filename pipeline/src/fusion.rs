@@ -10,6 +10,12 @@
 //! method with the exact Hessian converges in a handful of iterations. `beta` is only defined up
 //! to a constant (softmax is shift invariant), so a small ridge `ridge * |beta|^2` pins it; we
 //! report `beta` centred to zero mean.
+//!
+//! Fitted on a teacher's logits for its own training clips (in-sample, the reference systems'
+//! default), the fit rewards confident teachers and can drive `alpha` large (sharpening the
+//! targets rather than weighting the teachers). [`Fusion::fit_shrunk`] adds
+//! `alpha_ridge * sum_k (alpha_k - 1/K)^2`, a ridge that shrinks the weights toward plain
+//! averaging (`alpha_ridge -> inf` gives averaging back).
 
 /// Fitted fusion weights.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -69,6 +75,18 @@ impl Fusion {
         n_classes: usize,
         ridge: f64,
     ) -> Result<(Self, FitReport), FusionError> {
+        Self::fit_shrunk(teachers, labels, n_classes, ridge, 0.0)
+    }
+
+    /// [`Fusion::fit`] with the extra penalty `alpha_ridge * sum_k (alpha_k - 1/K)^2` that
+    /// shrinks the teacher weights toward plain averaging (see the module docs).
+    pub fn fit_shrunk(
+        teachers: &[Vec<f32>],
+        labels: &[usize],
+        n_classes: usize,
+        ridge: f64,
+        alpha_ridge: f64,
+    ) -> Result<(Self, FitReport), FusionError> {
         let k = teachers.len();
         let n = labels.len();
         if k == 0 || n == 0 || n_classes < 2 {
@@ -94,6 +112,7 @@ impl Fusion {
             labels,
             c: n_classes,
             ridge,
+            alpha_ridge,
         };
         let mut theta: Vec<f64> = Fusion::average(k, n_classes).to_params();
         let initial_loss = problem.loss(&theta);
@@ -157,6 +176,7 @@ pub fn mean_cross_entropy(fusion: &Fusion, teachers: &[Vec<f32>], labels: &[usiz
         labels,
         c,
         ridge: 0.0,
+        alpha_ridge: 0.0,
     }
     .data_loss(&fusion.to_params())
 }
@@ -190,6 +210,7 @@ struct Problem<'a> {
     labels: &'a [usize],
     c: usize,
     ridge: f64,
+    alpha_ridge: f64,
 }
 
 impl Problem<'_> {
@@ -232,7 +253,14 @@ impl Problem<'_> {
 
     fn loss(&self, theta: &[f64]) -> f64 {
         let k = self.k();
-        self.data_loss(theta) + self.ridge * theta[k..].iter().map(|b| b * b).sum::<f64>()
+        let prior = 1.0 / k as f64;
+        self.data_loss(theta)
+            + self.ridge * theta[k..].iter().map(|b| b * b).sum::<f64>()
+            + self.alpha_ridge
+                * theta[..k]
+                    .iter()
+                    .map(|a| (a - prior) * (a - prior))
+                    .sum::<f64>()
     }
 
     /// Gradient and Hessian of `loss`. With `J_i` the Jacobian of `h_i` in the parameters
@@ -288,6 +316,10 @@ impl Problem<'_> {
         for j in k..np {
             g[j] += 2.0 * self.ridge * theta[j];
             hess[j][j] += 2.0 * self.ridge;
+        }
+        for j in 0..k {
+            g[j] += 2.0 * self.alpha_ridge * (theta[j] - 1.0 / k as f64);
+            hess[j][j] += 2.0 * self.alpha_ridge;
         }
         (g, hess)
     }
@@ -406,6 +438,7 @@ mod tests {
             labels: &labels,
             c: 3,
             ridge: 0.01,
+            alpha_ridge: 0.05,
         };
         let theta = vec![0.5, 0.9, 0.1, -0.2, 0.3];
         let (g, h) = p.grad_hess(&theta);
@@ -428,6 +461,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn alpha_ridge_shrinks_the_weights_toward_averaging() {
+        // Confident in-sample-like teachers: the unpenalised fit scales alpha up.
+        let (teachers, labels) = synthetic(&[3.0, 2.0], &[0.0, 0.0, 0.0], 400, 9);
+        let fit = |r: f64| {
+            Fusion::fit_shrunk(&teachers, &labels, 3, 1e-4, r)
+                .unwrap()
+                .0
+        };
+        let (free, mild, strong) = (fit(0.0), fit(0.05), fit(1e6));
+        let dist = |f: &Fusion| f.alpha.iter().map(|a| (a - 0.5).abs()).sum::<f64>();
+        assert!(
+            dist(&mild) < dist(&free),
+            "{:?} vs {:?}",
+            mild.alpha,
+            free.alpha
+        );
+        for a in &strong.alpha {
+            assert!((a - 0.5).abs() < 1e-4, "alpha {a} not shrunk to 1/K");
+        }
+        // The penalty only adds to the data loss: the shrunk fit never beats the free one on it.
+        assert!(
+            mean_cross_entropy(&free, &teachers, &labels)
+                <= mean_cross_entropy(&mild, &teachers, &labels) + 1e-12
+        );
     }
 
     #[test]

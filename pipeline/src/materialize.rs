@@ -630,6 +630,8 @@ pub struct FuseOptions {
     pub average: bool,
     /// Ridge on `beta` of the fit.
     pub ridge: f64,
+    /// Ridge shrinking `alpha` toward plain averaging (`alpha_ridge * sum (alpha_k - 1/K)^2`).
+    pub alpha_ridge: f64,
     /// Fit only on training clips of this DCASE split (split column <= P); None: every
     /// training clip with logits from every teacher.
     pub split: Option<u8>,
@@ -725,7 +727,8 @@ pub fn fuse_logits(
     let (fusion, fit) = if opts.average {
         (averaged.clone(), None)
     } else {
-        let (f, r) = Fusion::fit(&train_l, &train_y, n_classes, opts.ridge)?;
+        let (f, r) =
+            Fusion::fit_shrunk(&train_l, &train_y, n_classes, opts.ridge, opts.alpha_ridge)?;
         (f, Some(r))
     };
     // Scores of `f` over all teachers (`only = None`) or over teacher j alone.
@@ -850,6 +853,11 @@ pub struct FuseArgs {
     /// Ridge on beta.
     #[arg(long, default_value_t = 1e-4)]
     pub ridge: f64,
+    /// Ridge shrinking the teacher weights alpha toward plain averaging, `r * sum (alpha_k -
+    /// 1/K)^2` (0: the paper's unpenalised eq. 4). Useful with in-sample teacher logits, whose
+    /// confidence can drive the fitted alpha large.
+    #[arg(long, default_value_t = 0.0)]
+    pub alpha_ridge: f64,
     /// Report (JSON).
     #[arg(long, value_name = "FILE")]
     pub out_report: Option<PathBuf>,
@@ -942,6 +950,7 @@ pub fn run_fuse(a: &FuseArgs) -> anyhow::Result<FuseReport> {
     let opts = FuseOptions {
         average: a.average,
         ridge: a.ridge,
+        alpha_ridge: a.alpha_ridge,
         split: a.split,
     };
     let (report, ids, values) = fuse_logits(&rows, n_classes, &teachers, &names, &opts)?;

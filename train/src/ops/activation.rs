@@ -50,7 +50,11 @@ pub enum Activation {
 #[inline(always)]
 fn ln_1p_unit(e: f32) -> f32 {
     let y = 1.0 + e;
-    let k = if y > std::f32::consts::SQRT_2 { 1.0 } else { 0.0 };
+    let k = if y > std::f32::consts::SQRT_2 {
+        1.0
+    } else {
+        0.0
+    };
     let m = y * (1.0 - 0.5 * k);
     let s = (m - 1.0) / (m + 1.0);
     let s2 = s * s;

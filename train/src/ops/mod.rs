@@ -378,5 +378,7 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 /// Softplus `ln(1 + e^x)` as one fused op (see [`activation`]); equals burn's `softplus(x, 1)`.
 pub fn softplus<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    Tensor::from_dispatch(<Dispatch as ActivationOps>::softplus_fused(x.into_dispatch()))
+    Tensor::from_dispatch(<Dispatch as ActivationOps>::softplus_fused(
+        x.into_dispatch(),
+    ))
 }

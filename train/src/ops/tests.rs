@@ -551,7 +551,9 @@ fn fused_silu_and_softplus_match_burn_values_and_gradients() {
     let device = Device::default().autodiff();
     let mut rng = StdRng::seed_from_u64(8);
     // Wide range, including large magnitudes where the naive formulas overflow.
-    let mut xv: Vec<f32> = (0..3 * 5 * 41).map(|_| rng.random_range(-12.0..12.0)).collect();
+    let mut xv: Vec<f32> = (0..3 * 5 * 41)
+        .map(|_| rng.random_range(-12.0..12.0))
+        .collect();
     xv[..6].copy_from_slice(&[-100.0, -30.0, 0.0, 1e-6, 30.0, 100.0]);
     let gv = rand_vec(&mut rng, xv.len());
     for softplus in [false, true] {
@@ -579,11 +581,20 @@ fn fused_silu_and_softplus_match_burn_values_and_gradients() {
                 (v * s, s * (1.0 + v * (1.0 - s)))
             };
             let dwant = dwant * gv[i] as f64;
-            assert!((y[i] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "y({v})");
-            assert!((dx[i] as f64 - dwant).abs() <= 1e-5 * dwant.abs().max(1.0), "dy({v})");
+            assert!(
+                (y[i] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "y({v})"
+            );
+            assert!(
+                (dx[i] as f64 - dwant).abs() <= 1e-5 * dwant.abs().max(1.0),
+                "dy({v})"
+            );
         }
         // And burn's own ops away from the extremes.
         assert!(rel_err(&y[6..], &y_ref[6..]) < 1e-5, "softplus {softplus}");
-        assert!(rel_err(&dx[6..], &dx_ref[6..]) < 1e-5, "softplus {softplus}");
+        assert!(
+            rel_err(&dx[6..], &dx_ref[6..]) < 1e-5,
+            "softplus {softplus}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 #![allow(deprecated)]
 
 use super::cpu::{self, ScanDims};
+use crate::ops::{from_host, host_view};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -15,7 +16,6 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTensor};
-use crate::ops::{from_host, host_view};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 

@@ -413,8 +413,14 @@ fn token_major_scan_equals_the_channel_major_scan_and_its_gradients() {
         (0..n).map(|_| rng.random_range(lo..hi)).collect()
     };
     // Token-major data: u, delta [B, L, D]; b, c [B, L, N].
-    let (uv, dv) = (r(batch * len * d_inner, -1.0, 1.0), r(batch * len * d_inner, 0.01, 0.5));
-    let (bv, cv) = (r(batch * len * d_state, -1.0, 1.0), r(batch * len * d_state, -1.0, 1.0));
+    let (uv, dv) = (
+        r(batch * len * d_inner, -1.0, 1.0),
+        r(batch * len * d_inner, 0.01, 0.5),
+    );
+    let (bv, cv) = (
+        r(batch * len * d_state, -1.0, 1.0),
+        r(batch * len * d_state, -1.0, 1.0),
+    );
     let (av, skip) = (r(d_inner * d_state, -2.0, -0.1), r(d_inner, -1.0, 1.0));
     let gv = r(batch * len * d_inner, -1.0, 1.0);
     let run = |tokens: bool| {
@@ -422,13 +428,25 @@ fn token_major_scan_equals_the_channel_major_scan_and_its_gradients() {
             Tensor::<3>::from_data(TensorData::new(v.clone(), [batch, len, w]), &device)
                 .require_grad()
         };
-        let (u, delta, b, c) = (t3(&uv, d_inner), t3(&dv, d_inner), t3(&bv, d_state), t3(&cv, d_state));
+        let (u, delta, b, c) = (
+            t3(&uv, d_inner),
+            t3(&dv, d_inner),
+            t3(&bv, d_state),
+            t3(&cv, d_state),
+        );
         let a = Tensor::<2>::from_data(TensorData::new(av.clone(), [d_inner, d_state]), &device)
             .require_grad();
         let d = Tensor::<1>::from_data(TensorData::new(skip.clone(), [d_inner]), &device)
             .require_grad();
         let y = if tokens {
-            super::selective_scan_tokens(u.clone(), delta.clone(), a.clone(), b.clone(), c.clone(), d.clone())
+            super::selective_scan_tokens(
+                u.clone(),
+                delta.clone(),
+                a.clone(),
+                b.clone(),
+                c.clone(),
+                d.clone(),
+            )
         } else {
             let s = |x: &Tensor<3>| x.clone().swap_dims(1, 2);
             selective_scan(s(&u), s(&delta), a.clone(), s(&b), s(&c), d.clone()).swap_dims(1, 2)
@@ -451,7 +469,11 @@ fn token_major_scan_equals_the_channel_major_scan_and_its_gradients() {
     let (ours, reference) = (run(true), run(false));
     for (i, (x, y)) in ours.iter().zip(&reference).enumerate() {
         assert_eq!(x.len(), y.len());
-        let err = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        let err = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
         let scale = y.iter().map(|q| q.abs()).fold(0f32, f32::max).max(1.0);
         assert!(err <= 1e-5 * scale, "output {i}: max abs err {err}");
     }
