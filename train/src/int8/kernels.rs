@@ -174,7 +174,7 @@ pub const EXP2_POLY: [f32; 6] = [
 /// `2^(d (a log2 e))`).
 #[inline(always)]
 pub fn fast_exp2(x: f32) -> f32 {
-    let x = x.max(-126.0).min(127.0);
+    let x = x.clamp(-126.0, 127.0);
     let n = round_even(x);
     let f = x - n;
     let mut p = EXP2_POLY[5];
