@@ -1178,14 +1178,12 @@ impl QConvKernel {
                 }
             }
             for (j, a) in acc.chunks_exact(pp).enumerate() {
-                requantize(
-                    self.mul[co + j],
-                    self.zp_out,
-                    self.lo,
-                    self.hi,
-                    &a[..p],
-                    &mut y[(co + j) * p..(co + j + 1) * p],
-                );
+                let (m, yr) = (self.mul[co + j], &mut y[(co + j) * p..(co + j + 1) * p]);
+                match qsimd::Requant::new(m, self.zp_out, self.lo, self.hi) {
+                    // SAFETY: this function's features include AVX-512 F/BW.
+                    Some(rq) => unsafe { qsimd::requantize_row(&rq, &a[..p], yr) },
+                    None => requantize(m, self.zp_out, self.lo, self.hi, &a[..p], yr),
+                }
             }
             co += nc;
         }
@@ -1242,6 +1240,28 @@ mod qsimd {
             let v = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64::<32>(odd));
             let v = _mm512_add_epi32(v, self.zo);
             _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, self.lo), self.hi))
+        }
+    }
+
+    /// `y[i] = clamp(zo + m.apply(acc[i]), lo, hi)` over a row, 16 lanes per step (the tail
+    /// masked): the fused form of the scalar `requantize`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn requantize_row(rq: &Requant, acc: &[i32], y: &mut [u8]) {
+        let n = acc.len().min(y.len());
+        let mut i = 0;
+        while i < n {
+            let k = (n - i).min(16);
+            let mask: __mmask16 = if k == 16 { !0 } else { (1u16 << k) - 1 };
+            // SAFETY: lanes `i..i + k <= n` of both slices; masked-off lanes are not accessed.
+            unsafe {
+                let a = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(i));
+                let v = _mm512_castsi128_si512(rq.apply(a));
+                _mm512_mask_storeu_epi8(y.as_mut_ptr().add(i) as *mut i8, mask as u64, v);
+            }
+            i += 16;
         }
     }
 
