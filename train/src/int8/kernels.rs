@@ -1006,7 +1006,8 @@ impl DwGeom {
         );
         let plane = hph * wph;
         // Slack: the last chunk of the wide output reads up to DW_CHUNK - 1 past its end.
-        let chan = g.sh * g.sw * plane + wph + DW_CHUNK;
+        // (64 more for the 64-byte loads of the VNNI row kernel.)
+        let chan = g.sh * g.sw * plane + wph + DW_CHUNK + 64;
         let wide = (g.ho() * wph).next_multiple_of(DW_CHUNK);
         Self {
             wph,
@@ -1085,8 +1086,24 @@ impl QConvKernel {
             if isa >= Isa::Avx512 {
                 // SAFETY: `isa` is the level of the enclosing `target_feature` function.
                 if let Some(rq) = unsafe { qsimd::Requant::new(m, self.zp_out, self.lo, self.hi) } {
-                    // SAFETY: as above; `DwGeom` leaves every tap's reach inside `chan`.
-                    unsafe { qsimd::channelwise(chan, offs, w, b, &rq, wide) };
+                    if isa == Isa::Avx512Vnni && g.sw == 1 && g.kw <= 4 {
+                        // Kernel rows: the plane of row phase ky % sh, row ky / sh, and the
+                        // row's weights as one i8 quad (zero-filled past kw).
+                        let mut rows = [(0usize, 0i32); MAX_TAPS];
+                        for (ky, r) in rows.iter_mut().enumerate().take(g.kh) {
+                            let mut q = [0u8; 4];
+                            for (kx, v) in q.iter_mut().enumerate().take(g.kw) {
+                                *v = w[ky * g.kw + kx] as i8 as u8;
+                            }
+                            *r = (offs[ky * g.kw], i32::from_le_bytes(q));
+                        }
+                        // SAFETY: as above (VNNI level); every row's 64-byte loads stay inside
+                        // `chan` (`DwGeom` slack).
+                        unsafe { qsimd::channelwise_rows_vnni(chan, &rows[..g.kh], b, &rq, wide) };
+                    } else {
+                        // SAFETY: as above; `DwGeom` leaves every tap's reach inside `chan`.
+                        unsafe { qsimd::channelwise(chan, offs, w, b, &rq, wide) };
+                    }
                     for oy in 0..ho {
                         copy_short(
                             &mut y[(co * ho + oy) * wo..][..wo],
@@ -1262,6 +1279,48 @@ mod qsimd {
                 _mm512_mask_storeu_epi8(y.as_mut_ptr().add(i) as *mut i8, mask as u64, v);
             }
             i += 16;
+        }
+    }
+
+    /// One output channel of a channel-wise convolution with unit column stride and at most 4
+    /// columns per kernel row, with VNNI: for kernel row `(offset, quad)` the 4 bytes
+    /// `chan[offset + i .. offset + i + 4]` of output `i` are gathered into its i32 lane (a
+    /// dword permute then an in-lane byte shuffle of one 64-byte load) and `vpdpbusd` adds
+    /// their products with the row's weight quad (exact: u8 x i8 products summed in i32).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW and VNNI; `wide.len()` is a multiple of 16 and
+    /// `offset + wide.len() + 64 <= chan.len()` for every row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn channelwise_rows_vnni(
+        chan: &[u8],
+        rows: &[(usize, i32)],
+        b: i32,
+        rq: &Requant,
+        wide: &mut [u8],
+    ) {
+        let n = wide.len();
+        assert!(n.is_multiple_of(16) && rows.iter().all(|&(o, _)| o + n + 64 <= chan.len()));
+        // 128-bit lane k of the permuted vector holds source bytes 4k .. 4k + 16; the byte
+        // shuffle then puts bytes 4j + i .. of lane k at i32 lane 4k + j.
+        let dw = _mm512_setr_epi32(0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6);
+        let sh = _mm512_broadcast_i32x4(_mm_setr_epi8(
+            0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6,
+        ));
+        let mut wq = [_mm512_setzero_si512(); super::MAX_TAPS];
+        for (d, &(_, q)) in wq.iter_mut().zip(rows) {
+            *d = _mm512_set1_epi32(q);
+        }
+        for s in (0..n).step_by(16) {
+            let mut acc = _mm512_set1_epi32(b);
+            for (&(o, _), &q) in rows.iter().zip(&wq) {
+                // SAFETY: `o + s + 64 <= o + n + 64 <= chan.len()` (asserted).
+                let v = unsafe { _mm512_loadu_si512(chan.as_ptr().add(o + s) as *const __m512i) };
+                let x4 = _mm512_shuffle_epi8(_mm512_permutexvar_epi32(dw, v), sh);
+                acc = _mm512_dpbusd_epi32(acc, x4, q);
+            }
+            // SAFETY: `s + 16 <= n = wide.len()`.
+            unsafe { _mm_storeu_si128(wide.as_mut_ptr().add(s) as *mut __m128i, rq.apply(acc)) };
         }
     }
 
