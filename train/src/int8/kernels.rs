@@ -11,7 +11,9 @@
 //! integer convolutions and the pointwise GEMM) are written once as `#[inline(always)]` generic
 //! bodies and instantiated a second (and third) time inside `#[target_feature(enable =
 //! "avx2,fma")]` / `"avx512f,avx512bw,..."` wrappers, where LLVM vectorizes them with 256/512-bit
-//! registers. [`Isa::detect`] picks the widest supported set once per process
+//! registers. The AVX-512 levels add explicit kernels (fused requantization, the
+//! register-resident d_state-16 scan with a `2^x` polynomial); [`Isa::Avx512Vnni`] adds the
+//! `vpdpbusd` GEMM and channel-wise row kernel. [`Isa::detect`] picks the widest supported set once per process
 //! (`is_x86_feature_detected!`); other CPUs and other architectures run the portable path.
 //! Integer kernels give bit-identical results on every path. The float mixer uses fused
 //! multiply-adds ([`Fused`]) on the AVX paths and separate multiply and add ([`Plain`]) on the
