@@ -106,9 +106,12 @@ fn run_infer(model: &Path, files: &[&Path]) -> Output {
         .expect("runs the train binary")
 }
 
-/// Expected `(clip id, label, probabilities)` per clip of a WAV, computed here: the
-/// pipeline's decode and cut, its log-mel, the crop, the engine, softmax in f64.
-fn expected(model: &Int8Model, wav: &Path) -> Vec<(String, String, Vec<f64>)> {
+/// `(clip id, label, probabilities)` of one clip.
+type ClipResult = (String, String, Vec<f64>);
+
+/// Expected [`ClipResult`] per clip of a WAV, computed here: the pipeline's decode and cut,
+/// its log-mel, the crop, the engine, softmax in f64.
+fn expected(model: &Int8Model, wav: &Path) -> Vec<ClipResult> {
     let fe = model.frontend().clone();
     let audio = pipeline::ingest::decode_wav(wav).expect("decodes");
     assert_eq!(audio.sample_rate, fe.sample_rate);
@@ -147,7 +150,7 @@ fn infer_prints_the_engines_label_and_probabilities_per_clip() {
         "train infer failed: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let want: Vec<(PathBuf, (String, String, Vec<f64>))> = [&one, &long]
+    let want: Vec<(PathBuf, ClipResult)> = [&one, &long]
         .into_iter()
         .flat_map(|f| expected(&model, f).into_iter().map(|e| (f.clone(), e)))
         .collect();

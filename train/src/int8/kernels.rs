@@ -11,7 +11,9 @@
 //! integer convolutions and the pointwise GEMM) are written once as `#[inline(always)]` generic
 //! bodies and instantiated a second (and third) time inside `#[target_feature(enable =
 //! "avx2,fma")]` / `"avx512f,avx512bw,..."` wrappers, where LLVM vectorizes them with 256/512-bit
-//! registers. [`Isa::detect`] picks the widest supported set once per process
+//! registers. The AVX-512 levels add explicit kernels (fused requantization, the
+//! register-resident d_state-16 scan with a `2^x` polynomial); [`Isa::Avx512Vnni`] adds the
+//! `vpdpbusd` GEMM and channel-wise row kernel. [`Isa::detect`] picks the widest supported set once per process
 //! (`is_x86_feature_detected!`); other CPUs and other architectures run the portable path.
 //! Integer kernels give bit-identical results on every path. The float mixer uses fused
 //! multiply-adds ([`Fused`]) on the AVX paths and separate multiply and add ([`Plain`]) on the
@@ -155,6 +157,33 @@ pub fn fast_exp_with<M: MulAdd>(x: f32) -> f32 {
     p = M::mul_add(p, r, 5.000_000_1e-1_f64 as f32);
     let y = M::mul_add(p * r, r, r) + 1.0;
     y * f32::from_bits(((ni + 127) as u32) << 23)
+}
+
+/// Coefficients of the degree-5 polynomial `p(f) ~ 2^f` on `[-1/2, 1/2]` (`c0 + c1 f + ...`),
+/// fitted for the least maximal relative error (Lawson-weighted least squares on Chebyshev
+/// nodes); evaluated in f32 with fused multiply-adds the relative error stays below 2.2e-7.
+pub const EXP2_POLY: [f32; 6] = [
+    1.000_000_1,
+    0.693_146_94,
+    0.240_221_2,
+    0.055_507_135,
+    0.009_675_541,
+    0.001_327_646_7,
+];
+
+/// `2^x` for `x >= -126` (clamped there): `2^round(x) * p(x - round(x))` with [`EXP2_POLY`]
+/// (the scalar form of the AVX-512 scan's exponential, which evaluates `exp(d a)` as
+/// `2^(d (a log2 e))`).
+#[inline(always)]
+pub fn fast_exp2(x: f32) -> f32 {
+    let x = x.clamp(-126.0, 127.0);
+    let n = round_even(x);
+    let f = x - n;
+    let mut p = EXP2_POLY[5];
+    for &c in EXP2_POLY[..5].iter().rev() {
+        p = p.mul_add(f, c);
+    }
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// `round_even(x)` as an integer for `|x| < 2^22`, from the mantissa bits (vectorizable).
@@ -979,7 +1008,8 @@ impl DwGeom {
         );
         let plane = hph * wph;
         // Slack: the last chunk of the wide output reads up to DW_CHUNK - 1 past its end.
-        let chan = g.sh * g.sw * plane + wph + DW_CHUNK;
+        // (64 more for the 64-byte loads of the VNNI row kernel.)
+        let chan = g.sh * g.sw * plane + wph + DW_CHUNK + 64;
         let wide = (g.ho() * wph).next_multiple_of(DW_CHUNK);
         Self {
             wph,
@@ -1058,8 +1088,24 @@ impl QConvKernel {
             if isa >= Isa::Avx512 {
                 // SAFETY: `isa` is the level of the enclosing `target_feature` function.
                 if let Some(rq) = unsafe { qsimd::Requant::new(m, self.zp_out, self.lo, self.hi) } {
-                    // SAFETY: as above; `DwGeom` leaves every tap's reach inside `chan`.
-                    unsafe { qsimd::channelwise(chan, offs, w, b, &rq, wide) };
+                    if isa == Isa::Avx512Vnni && g.sw == 1 && g.kw <= 4 {
+                        // Kernel rows: the plane of row phase ky % sh, row ky / sh, and the
+                        // row's weights as one i8 quad (zero-filled past kw).
+                        let mut rows = [(0usize, 0i32); MAX_TAPS];
+                        for (ky, r) in rows.iter_mut().enumerate().take(g.kh) {
+                            let mut q = [0u8; 4];
+                            for (kx, v) in q.iter_mut().enumerate().take(g.kw) {
+                                *v = w[ky * g.kw + kx] as i8 as u8;
+                            }
+                            *r = (offs[ky * g.kw], i32::from_le_bytes(q));
+                        }
+                        // SAFETY: as above (VNNI level); every row's 64-byte loads stay inside
+                        // `chan` (`DwGeom` slack).
+                        unsafe { qsimd::channelwise_rows_vnni(chan, &rows[..g.kh], b, &rq, wide) };
+                    } else {
+                        // SAFETY: as above; `DwGeom` leaves every tap's reach inside `chan`.
+                        unsafe { qsimd::channelwise(chan, offs, w, b, &rq, wide) };
+                    }
                     for oy in 0..ho {
                         copy_short(
                             &mut y[(co * ho + oy) * wo..][..wo],
@@ -1151,14 +1197,12 @@ impl QConvKernel {
                 }
             }
             for (j, a) in acc.chunks_exact(pp).enumerate() {
-                requantize(
-                    self.mul[co + j],
-                    self.zp_out,
-                    self.lo,
-                    self.hi,
-                    &a[..p],
-                    &mut y[(co + j) * p..(co + j + 1) * p],
-                );
+                let (m, yr) = (self.mul[co + j], &mut y[(co + j) * p..(co + j + 1) * p]);
+                match qsimd::Requant::new(m, self.zp_out, self.lo, self.hi) {
+                    // SAFETY: this function's features include AVX-512 F/BW.
+                    Some(rq) => unsafe { qsimd::requantize_row(&rq, &a[..p], yr) },
+                    None => requantize(m, self.zp_out, self.lo, self.hi, &a[..p], yr),
+                }
             }
             co += nc;
         }
@@ -1215,6 +1259,70 @@ mod qsimd {
             let v = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64::<32>(odd));
             let v = _mm512_add_epi32(v, self.zo);
             _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, self.lo), self.hi))
+        }
+    }
+
+    /// `y[i] = clamp(zo + m.apply(acc[i]), lo, hi)` over a row, 16 lanes per step (the tail
+    /// masked): the fused form of the scalar `requantize`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn requantize_row(rq: &Requant, acc: &[i32], y: &mut [u8]) {
+        let n = acc.len().min(y.len());
+        let mut i = 0;
+        while i < n {
+            let k = (n - i).min(16);
+            let mask: __mmask16 = if k == 16 { !0 } else { (1u16 << k) - 1 };
+            // SAFETY: lanes `i..i + k <= n` of both slices; masked-off lanes are not accessed.
+            unsafe {
+                let a = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(i));
+                let v = _mm512_castsi128_si512(rq.apply(a));
+                _mm512_mask_storeu_epi8(y.as_mut_ptr().add(i) as *mut i8, mask as u64, v);
+            }
+            i += 16;
+        }
+    }
+
+    /// One output channel of a channel-wise convolution with unit column stride and at most 4
+    /// columns per kernel row, with VNNI: for kernel row `(offset, quad)` the 4 bytes
+    /// `chan[offset + i .. offset + i + 4]` of output `i` are gathered into its i32 lane (a
+    /// dword permute then an in-lane byte shuffle of one 64-byte load) and `vpdpbusd` adds
+    /// their products with the row's weight quad (exact: u8 x i8 products summed in i32).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW and VNNI; `wide.len()` is a multiple of 16 and
+    /// `offset + wide.len() + 64 <= chan.len()` for every row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn channelwise_rows_vnni(
+        chan: &[u8],
+        rows: &[(usize, i32)],
+        b: i32,
+        rq: &Requant,
+        wide: &mut [u8],
+    ) {
+        let n = wide.len();
+        assert!(n.is_multiple_of(16) && rows.iter().all(|&(o, _)| o + n + 64 <= chan.len()));
+        // 128-bit lane k of the permuted vector holds source bytes 4k .. 4k + 16; the byte
+        // shuffle then puts bytes 4j + i .. of lane k at i32 lane 4k + j.
+        let dw = _mm512_setr_epi32(0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6);
+        let sh = _mm512_broadcast_i32x4(_mm_setr_epi8(
+            0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6,
+        ));
+        let mut wq = [_mm512_setzero_si512(); super::MAX_TAPS];
+        for (d, &(_, q)) in wq.iter_mut().zip(rows) {
+            *d = _mm512_set1_epi32(q);
+        }
+        for s in (0..n).step_by(16) {
+            let mut acc = _mm512_set1_epi32(b);
+            for (&(o, _), &q) in rows.iter().zip(&wq) {
+                // SAFETY: `o + s + 64 <= o + n + 64 <= chan.len()` (asserted).
+                let v = unsafe { _mm512_loadu_si512(chan.as_ptr().add(o + s) as *const __m512i) };
+                let x4 = _mm512_shuffle_epi8(_mm512_permutexvar_epi32(dw, v), sh);
+                acc = _mm512_dpbusd_epi32(acc, x4, q);
+            }
+            // SAFETY: `s + 16 <= n = wide.len()`.
+            unsafe { _mm_storeu_si128(wide.as_mut_ptr().add(s) as *mut __m128i, rq.apply(acc)) };
         }
     }
 
@@ -1844,16 +1952,19 @@ mod simd {
     }
 
     /// The whole selective scan with d_state 16 on AVX-512, channel block outer and time inner:
-    /// the 16 states of a block of 16 channels stay in 16 zmm registers over all `L` steps
-    /// (the last block masked), `exp` as `fast_exp_with::<Fused>` with the `2^n` scaling by
-    /// `vscalefps` (the same value over the clamped range), `y_t = D u_t + <h_t, C_t>` summed
-    /// in two interleaved partial sums. Reads the channel-major `delta`, `u` `[di, L]` by
-    /// gathers and `B`, `C` (`bc`: `[2 * 16, L]`, the rows of `x_dbl` after `dt`) by broadcast
-    /// loads, `a_t` `[16, di]`; scatters `y` `[di, L]`: no transposes.
+    /// the 16 states of a block of channels stay in 16 registers over all `L` steps, blocks of
+    /// 16 channels in zmm and the last block of at most 8 in ymm (masked; a ymm op costs half
+    /// a zmm op where 512-bit FMAs issue on one port), `exp(delta a)` as
+    /// [`super::fast_exp2`]`(delta (a log2 e))` (13 vector ops per state and step instead of 19
+    /// for the Cephes form; the results differ from the other paths by rounding only),
+    /// `y_t = D u_t + <h_t, C_t>` summed in two interleaved partial sums. Reads the
+    /// channel-major `delta`, `u` `[di, L]` by gathers and `B`, `C` (`bc`: `[2 * 16, L]`, the
+    /// rows of `x_dbl` after `dt`) by broadcast loads, `a_t` `[16, di]`; scatters `y`
+    /// `[di, L]`: no transposes.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F and FMA.
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    /// The CPU must support AVX-512 F/VL and FMA.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn scan16_avx512(
         di: usize,
@@ -1865,112 +1976,191 @@ mod simd {
         d_skip: &[f32],
         y: &mut [f32],
     ) {
-        const N: usize = 16;
         assert!(
             delta.len() >= di * l
                 && u.len() >= di * l
-                && bc.len() >= 2 * N * l
-                && a_t.len() >= N * di
+                && bc.len() >= 2 * 16 * l
+                && a_t.len() >= 16 * di
                 && d_skip.len() >= di
                 && y.len() >= di * l
                 && di * l < i32::MAX as usize
         );
-        let (lo, hi) = (_mm512_set1_ps(-87.0), _mm512_set1_ps(88.0));
-        let log2e = _mm512_set1_ps(std::f32::consts::LOG2_E);
-        let (c1, c2) = (_mm512_set1_ps(-0.693_359_4), _mm512_set1_ps(2.121_944_4e-4));
-        let p0 = _mm512_set1_ps(1.987_569_1e-4);
-        let p1 = _mm512_set1_ps(1.398_199_9e-3);
-        let p2 = _mm512_set1_ps(8.333_452e-3);
-        let p3 = _mm512_set1_ps(4.166_579_6e-2);
-        let p4 = _mm512_set1_ps(1.666_666_5e-1);
-        let p5 = _mm512_set1_ps(5.000_000_1e-1_f64 as f32);
-        let one = _mm512_set1_ps(1.0);
-        // Lane j reads channel c0 + j: element offset j * L.
-        let lane = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(l as i32),
-        );
         let mut c0 = 0;
         while c0 < di {
             let nl = (di - c0).min(16);
-            let mask: __mmask16 = if nl == 16 { 0xffff } else { (1u16 << nl) - 1 };
-            // SAFETY (masked loads, gathers, scatters): lanes `j < nl` touch channel `c0 + j <
-            // di` at `t < L`, inside the asserted lengths; masked-off lanes are not accessed.
-            // A of the block in a local table read by memory operands (h takes 16 registers).
-            let mut ab = [[0.0f32; 16]; N];
-            for (s, av) in ab.iter_mut().enumerate() {
-                av[..nl].copy_from_slice(&a_t[s * di + c0..s * di + c0 + nl]);
-            }
-            let abp = ab.as_ptr() as *const f32;
-            let dsk = unsafe { _mm512_maskz_loadu_ps(mask, d_skip.as_ptr().add(c0)) };
-            let (dp, up, yp) = unsafe {
-                (
-                    delta.as_ptr().add(c0 * l),
-                    u.as_ptr().add(c0 * l),
-                    y.as_mut_ptr().add(c0 * l),
-                )
-            };
-            let mut h = [_mm512_setzero_ps(); N];
-            for t in 0..l {
-                let zero = _mm512_setzero_ps();
-                let (d, uv) = unsafe {
-                    (
-                        _mm512_mask_i32gather_ps::<4>(zero, mask, lane, dp.add(t)),
-                        _mm512_mask_i32gather_ps::<4>(zero, mask, lane, up.add(t)),
-                    )
-                };
-                let du = _mm512_mul_ps(d, uv);
-                let mut y0 = _mm512_mul_ps(dsk, uv);
-                let mut y1 = _mm512_setzero_ps();
-                macro_rules! state {
-                    ($s:literal, $y:ident) => {{
-                        // SAFETY: rows `s` and `16 + s` of `bc` at `t < L` (asserted length).
-                        let (b, c) = unsafe {
-                            (
-                                _mm512_set1_ps(*bc.get_unchecked($s * l + t)),
-                                _mm512_set1_ps(*bc.get_unchecked((N + $s) * l + t)),
-                            )
-                        };
-                        // SAFETY: row `s` of the 16 x 16 table `ab`.
-                        let a = unsafe { _mm512_loadu_ps(abp.add($s * 16)) };
-                        let x = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(d, a), lo), hi);
-                        let nf = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, log2e));
-                        let r = _mm512_fmadd_ps(nf, c1, x);
-                        let r = _mm512_fmadd_ps(nf, c2, r);
-                        let mut p = _mm512_fmadd_ps(p0, r, p1);
-                        p = _mm512_fmadd_ps(p, r, p2);
-                        p = _mm512_fmadd_ps(p, r, p3);
-                        p = _mm512_fmadd_ps(p, r, p4);
-                        p = _mm512_fmadd_ps(p, r, p5);
-                        let e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), one);
-                        let e = _mm512_scalef_ps(e, nf);
-                        h[$s] = _mm512_fmadd_ps(e, h[$s], _mm512_mul_ps(du, b));
-                        $y = _mm512_fmadd_ps(h[$s], c, $y);
-                    }};
+            // SAFETY: channels `c0..c0 + nl <= di` inside the asserted lengths.
+            unsafe {
+                if nl > 8 {
+                    scan_block_w16(c0, nl, di, l, delta, u, bc, a_t, d_skip, y);
+                } else {
+                    scan_block_w8(c0, nl, di, l, delta, u, bc, a_t, d_skip, y);
                 }
-                state!(0, y0);
-                state!(1, y1);
-                state!(2, y0);
-                state!(3, y1);
-                state!(4, y0);
-                state!(5, y1);
-                state!(6, y0);
-                state!(7, y1);
-                state!(8, y0);
-                state!(9, y1);
-                state!(10, y0);
-                state!(11, y1);
-                state!(12, y0);
-                state!(13, y1);
-                state!(14, y0);
-                state!(15, y1);
-                unsafe {
-                    _mm512_mask_i32scatter_ps::<4>(yp.add(t), mask, lane, _mm512_add_ps(y0, y1))
-                };
             }
-            c0 += 16;
+            c0 += nl;
         }
     }
+
+    macro_rules! scan16_block_impl {
+        ($name:ident, $w:literal, $v:ty, $vi:ty, $m:ty, $setzero:ident, $set1:ident,
+         $loadu:ident, $maskz_loadu:ident, $mul:ident, $add:ident, $sub:ident, $max:ident,
+         $fmadd:ident, $round:ident, $scalef:ident, $gather:ident, $scatter:ident,
+         $set1i:ident, $mulloi:ident, $iota:expr) => {
+            /// One channel block (`nl <= W` channels from `c0`) of [`scan16_avx512`].
+            ///
+            /// # Safety
+            /// The CPU must support AVX-512 F/VL and FMA; `c0 + nl <= di` and the lengths
+            /// asserted by [`scan16_avx512`].
+            #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn $name(
+                c0: usize,
+                nl: usize,
+                di: usize,
+                l: usize,
+                delta: &[f32],
+                u: &[f32],
+                bc: &[f32],
+                a_t: &[f32],
+                d_skip: &[f32],
+                y: &mut [f32],
+            ) {
+                const N: usize = 16;
+                let lo = $set1(-126.0);
+                let [q0, q1, q2, q3, q4, q5] = super::EXP2_POLY.map(|c| $set1(c));
+                let mask: $m = if nl == $w {
+                    !0
+                } else {
+                    ((1u32 << nl) - 1) as $m
+                };
+                // Lane j reads channel c0 + j: element offset j * L.
+                let lane: $vi = $mulloi($iota, $set1i(l as i32));
+                // A log2(e) of the block in a local table read by memory operands (h takes 16
+                // registers).
+                let mut ab = [[0.0f32; $w]; N];
+                for (s, av) in ab.iter_mut().enumerate() {
+                    for (o, &v) in av.iter_mut().zip(&a_t[s * di + c0..s * di + c0 + nl]) {
+                        *o = v * std::f32::consts::LOG2_E;
+                    }
+                }
+                let abp = ab.as_ptr() as *const f32;
+                // SAFETY (masked loads, gathers, scatters): lanes `j < nl` touch channel
+                // `c0 + j < di` at `t < L`, inside the lengths asserted by the caller;
+                // masked-off lanes are not accessed.
+                let dsk = unsafe { $maskz_loadu(mask, d_skip.as_ptr().add(c0)) };
+                let (dp, up, yp) = unsafe {
+                    (
+                        delta.as_ptr().add(c0 * l),
+                        u.as_ptr().add(c0 * l),
+                        y.as_mut_ptr().add(c0 * l),
+                    )
+                };
+                let mut h = [$setzero(); N];
+                for t in 0..l {
+                    let zero = $setzero();
+                    let (d, uv) = unsafe {
+                        (
+                            $gather::<4>(zero, mask, lane, dp.add(t)),
+                            $gather::<4>(zero, mask, lane, up.add(t)),
+                        )
+                    };
+                    let du = $mul(d, uv);
+                    let mut y0 = $mul(dsk, uv);
+                    let mut y1 = $setzero();
+                    macro_rules! state {
+                        ($s:literal, $y:ident) => {{
+                            // SAFETY: rows `s` and `16 + s` of `bc` at `t < L`; row `s` of
+                            // the table `ab`.
+                            let (b, c, a) = unsafe {
+                                (
+                                    $set1(*bc.get_unchecked($s * l + t)),
+                                    $set1(*bc.get_unchecked((N + $s) * l + t)),
+                                    $loadu(abp.add($s * $w)),
+                                )
+                            };
+                            // exp(d a) = 2^x, x = d (a log2 e) <= 0 (d >= 0 from softplus,
+                            // a < 0), as `fast_exp2`: n = round(x), 2^n p(x - n).
+                            let x = $max($mul(d, a), lo);
+                            let nf = $round::<0x08>(x);
+                            let f = $sub(x, nf);
+                            let mut p = $fmadd(q5, f, q4);
+                            p = $fmadd(p, f, q3);
+                            p = $fmadd(p, f, q2);
+                            p = $fmadd(p, f, q1);
+                            p = $fmadd(p, f, q0);
+                            let e = $scalef(p, nf);
+                            h[$s] = $fmadd(e, h[$s], $mul(du, b));
+                            $y = $fmadd(h[$s], c, $y);
+                        }};
+                    }
+                    state!(0, y0);
+                    state!(1, y1);
+                    state!(2, y0);
+                    state!(3, y1);
+                    state!(4, y0);
+                    state!(5, y1);
+                    state!(6, y0);
+                    state!(7, y1);
+                    state!(8, y0);
+                    state!(9, y1);
+                    state!(10, y0);
+                    state!(11, y1);
+                    state!(12, y0);
+                    state!(13, y1);
+                    state!(14, y0);
+                    state!(15, y1);
+                    unsafe { $scatter::<4>(yp.add(t), mask, lane, $add(y0, y1)) };
+                }
+            }
+        };
+    }
+
+    scan16_block_impl!(
+        scan_block_w16,
+        16,
+        __m512,
+        __m512i,
+        __mmask16,
+        _mm512_setzero_ps,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_maskz_loadu_ps,
+        _mm512_mul_ps,
+        _mm512_add_ps,
+        _mm512_sub_ps,
+        _mm512_max_ps,
+        _mm512_fmadd_ps,
+        _mm512_roundscale_ps,
+        _mm512_scalef_ps,
+        _mm512_mask_i32gather_ps,
+        _mm512_mask_i32scatter_ps,
+        _mm512_set1_epi32,
+        _mm512_mullo_epi32,
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+    );
+
+    scan16_block_impl!(
+        scan_block_w8,
+        8,
+        __m256,
+        __m256i,
+        __mmask8,
+        _mm256_setzero_ps,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_maskz_loadu_ps,
+        _mm256_mul_ps,
+        _mm256_add_ps,
+        _mm256_sub_ps,
+        _mm256_max_ps,
+        _mm256_fmadd_ps,
+        _mm256_roundscale_ps,
+        _mm256_scalef_ps,
+        _mm256_mmask_i32gather_ps,
+        _mm256_mask_i32scatter_ps,
+        _mm256_set1_epi32,
+        _mm256_mullo_epi32,
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+    );
 
     scan_block_impl!(
         scan_block16,
@@ -2212,6 +2402,19 @@ mod dispatch_tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fast_exp2_matches_std_within_a_few_ulp() {
+        for i in 0..=40_000 {
+            let x = -126.0 + 140.0 * i as f32 / 40_000.0;
+            let (e, e_ref) = (fast_exp2(x), (x as f64).exp2());
+            assert!(
+                ((e as f64 - e_ref) / e_ref).abs() < 2.5e-7,
+                "2^{x} = {e}, ref {e_ref}"
+            );
+        }
+        assert_eq!(fast_exp2(-1000.0), fast_exp2(-126.0));
     }
 
     #[test]

@@ -29,12 +29,17 @@
 //!
 //! ## Kernels
 //! Requantization is integer: i32 accumulators times a per-channel fixed-point multiplier
-//! `m / 2^shift` (gemmlowp), rounding half up. Pointwise convolutions and linear layers run as
-//! a GEMM over channel pairs with SSE2 `pmaddwd` (x86-64 baseline; a portable loop elsewhere);
-//! other convolutions are direct, over a padded input stored in stride phases so every tap is
-//! a contiguous row that the compiler vectorizes. The selective scan vectorizes over channels
-//! with a branch-free `exp`. Workspaces are allocated once and pooled (`infer` allocates only
-//! its returned logits; `infer_into` nothing).
+//! `m / 2^shift` (gemmlowp), rounding half up. Hot kernels are dispatched at run time
+//! ([`kernels::Isa`]: portable, AVX2, AVX-512, AVX-512 VNNI) and give identical codes at every
+//! level. Pointwise convolutions and linear layers run as a u8 x i8 GEMM with `vpdpbusd`
+//! (VNNI; the input zero point folded into the bias) or over channel pairs with `pmaddwd`;
+//! channel-wise convolutions (depthwise, the one-channel stem) run over `u8` stride-phase
+//! planes padded with the zero-point code, accumulators in registers and requantization fused
+//! (AVX-512), 4 taps per `vpdpbusd` for unit column stride; other convolutions are direct.
+//! The selective scan keeps the 16 states of a channel block in registers over the sequence
+//! (AVX-512) with a branch-free `exp`. Workspaces are allocated once and pooled (`infer`
+//! allocates only its returned logits; `infer_into` nothing). `Int8Model::profile_ops` gives
+//! the per-layer time (`cargo bench -p train --bench int8` prints it).
 //!
 //! ## What the exporter provides
 //! 1. The BN-folded float weights (`w * gamma / sqrt(var + eps)`, `beta + (b - mean) * gamma /
