@@ -489,6 +489,7 @@ fn fuse_logits_fits_reports_and_joins_the_fused_logits() {
         average: false,
         split: None,
         ridge: 1e-4,
+        alpha_ridge: 0.0,
         out_report: Some(report_path.clone()),
         out_logits: None,
         join_set: JoinSet::Train,
