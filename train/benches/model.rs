@@ -135,7 +135,7 @@ fn profile_blocks(cfg: &ModelConfig, b: usize) {
 /// Cumulative forward + backward times of the pieces of one PMB (shared-weight formulation on
 /// its first Mamba): where the time of a Mamba block goes.
 fn profile_pmb(cfg: &ModelConfig, b: usize) {
-    use burn::tensor::activation::{silu, softplus};
+    use train::ops::{silu, softplus};
     let dev = training_device();
     let Model::IrMamba(m) = cfg.init(10, &dev) else {
         return;
@@ -148,7 +148,7 @@ fn profile_pmb(cfg: &ModelConfig, b: usize) {
     let (di, r, n) = (mb.d_inner, mb.dt_rank, mb.d_state);
     let x = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &dev).require_grad();
     // Stages: 0 LayerNorm + group reshape, 1 in_proj, 2 conv1d + SiLU, 3 x_proj/dt_proj/softplus
-    // and the swaps, 4 selective scan, 5 gating + out_proj, 6 the whole block.
+    // 4 selective scan, 5 gating + out_proj, 6 the whole block.
     let upto = |stage: usize| -> Tensor<3> {
         let tokens = blk
             .norm
@@ -166,27 +166,29 @@ fn profile_pmb(cfg: &ModelConfig, b: usize) {
         }
         let xi = xz.clone().narrow(2, 0, di);
         let z = xz.narrow(2, di, di);
+        // As `Mamba::mixer`: fused SiLU/softplus, token-major scan.
         let xc = silu(train::ops::conv1d_causal_forward(
             &mb.conv1d,
             xi.swap_dims(1, 2),
-        ));
+        ))
+        .swap_dims(1, 2); // [B, L, di]
         if stage == 2 {
             return xc;
         }
-        let x_dbl = mb.x_proj.forward(xc.clone().swap_dims(1, 2));
+        let x_dbl = mb.x_proj.forward(xc.clone());
         let dt = x_dbl.clone().narrow(2, 0, r);
-        let bm = x_dbl.clone().narrow(2, r, n).swap_dims(1, 2);
-        let cm = x_dbl.narrow(2, r + n, n).swap_dims(1, 2);
-        let delta = softplus(mb.dt_proj.forward(dt), 1.0).swap_dims(1, 2);
+        let bm = x_dbl.clone().narrow(2, r, n);
+        let cm = x_dbl.narrow(2, r + n, n);
+        let delta = softplus(mb.dt_proj.forward(dt));
         if stage == 3 {
-            return delta + bm.sum_dim(1) + cm.sum_dim(1) + xc;
+            return delta + bm.sum_dim(2) + cm.sum_dim(2) + xc;
         }
         let a = mb.a_log.val().exp().neg();
-        let y = train::scan::selective_scan(xc, delta, a, bm, cm, mb.d.val());
+        let y = train::scan::selective_scan_tokens(xc, delta, a, bm, cm, mb.d.val());
         if stage == 4 {
             return y;
         }
-        mb.out_proj.forward(y.swap_dims(1, 2) * silu(z))
+        mb.out_proj.forward(y * silu(z))
     };
     println!(
         "PMB breakdown, batch {b} ({} sequences of {len} tokens, d_inner {di}), cumulative fwd+bwd:",
