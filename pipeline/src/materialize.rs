@@ -937,16 +937,9 @@ pub fn run_fuse(a: &FuseArgs) -> anyhow::Result<FuseReport> {
         .iter()
         .map(|p| TeacherLogits::load(p, &[], n_classes))
         .collect::<Result<Vec<_>, _>>()?;
-    let names: Vec<String> = a
-        .logits
-        .iter()
-        .map(|p| {
-            p.file_name().map_or_else(
-                || p.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            )
-        })
-        .collect();
+    // Teachers are named by the path given (`train predict` writes every teacher's table as
+    // `<run>/logits.parquet`, so the file name alone does not tell them apart).
+    let names: Vec<String> = a.logits.iter().map(|p| p.display().to_string()).collect();
     let opts = FuseOptions {
         average: a.average,
         ridge: a.ridge,
@@ -1017,7 +1010,12 @@ fn print_report(r: &FuseReport) {
         line(name, s);
     }
     line("averaged ensemble", &r.averaged);
-    line("fused ensemble (eq. 4)", &r.fused);
+    let used = if r.fit.is_some() {
+        "fused ensemble (eq. 4)"
+    } else {
+        "ensemble used (average)"
+    };
+    line(used, &r.fused);
     println!("alpha = {:?}", r.fusion.alpha);
     println!("beta  = {:?}", r.fusion.beta);
     if let Some(f) = &r.fit {
