@@ -304,6 +304,27 @@ impl<B: Backend> Backward<B, 6> for SelectiveScanBackward {
     }
 }
 
+/// Records one scan node: runs `forward` on the inner primitives of `[u, delta, A, B, C, D]`
+/// and, when any input is tracked, keeps them (reference-counted) for `step`'s backward.
+fn record_scan<B, C, S>(
+    step: S,
+    inputs: [FloatTensor<Autodiff<B, C>>; 6],
+    forward: impl FnOnce([FloatTensor<B>; 6]) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend,
+    C: CheckpointStrategy,
+    S: Backward<B, 6, State = ScanState<B>>,
+{
+    let nodes = inputs.each_ref().map(|t| t.node());
+    let prims = inputs.map(|t| t.into_primitive());
+    let y = forward(prims.clone());
+    match step.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(prims, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
 impl<B: Backend + SelectiveScanOps, C: CheckpointStrategy> SelectiveScanOps for Autodiff<B, C> {
     fn selective_scan_fused(
         u: FloatTensor<Self>,
@@ -313,32 +334,11 @@ impl<B: Backend + SelectiveScanOps, C: CheckpointStrategy> SelectiveScanOps for 
         c: FloatTensor<Self>,
         d: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let nodes = [
-            u.node(),
-            delta.node(),
-            a.node(),
-            b.node(),
-            c.node(),
-            d.node(),
-        ];
-        let prims = [
-            u.into_primitive(),
-            delta.into_primitive(),
-            a.into_primitive(),
-            b.into_primitive(),
-            c.into_primitive(),
-            d.into_primitive(),
-        ];
-        let [pu, pdelta, pa, pb, pc, pd] = prims.clone();
-        let y = B::selective_scan_fused(pu, pdelta, pa, pb, pc, pd);
-        match SelectiveScanBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(prims, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        record_scan::<B, C, _>(
+            SelectiveScanBackward,
+            [u, delta, a, b, c, d],
+            |[u, delta, a, b, c, d]| B::selective_scan_fused(u, delta, a, b, c, d),
+        )
     }
 
     fn selective_scan_tokens_fused(
@@ -349,31 +349,10 @@ impl<B: Backend + SelectiveScanOps, C: CheckpointStrategy> SelectiveScanOps for 
         c: FloatTensor<Self>,
         d: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let nodes = [
-            u.node(),
-            delta.node(),
-            a.node(),
-            b.node(),
-            c.node(),
-            d.node(),
-        ];
-        let prims = [
-            u.into_primitive(),
-            delta.into_primitive(),
-            a.into_primitive(),
-            b.into_primitive(),
-            c.into_primitive(),
-            d.into_primitive(),
-        ];
-        let [pu, pdelta, pa, pb, pc, pd] = prims.clone();
-        let y = B::selective_scan_tokens_fused(pu, pdelta, pa, pb, pc, pd);
-        match SelectiveScanTokensBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(prims, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        record_scan::<B, C, _>(
+            SelectiveScanTokensBackward,
+            [u, delta, a, b, c, d],
+            |[u, delta, a, b, c, d]| B::selective_scan_tokens_fused(u, delta, a, b, c, d),
+        )
     }
 }
