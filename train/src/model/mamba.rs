@@ -161,10 +161,12 @@ impl Mamba {
         // Causal depthwise conv over time on [B, di, L]: left padding d_conv - 1.
         let x = crate::ops::conv1d_causal_forward(&self.conv1d, x.swap_dims(1, 2));
         let x = crate::ops::silu(x).swap_dims(1, 2); // [B, L, di]
-        let x_dbl = self.x_proj.forward(x.clone()); // [B, L, R + 2N]
-        let dt = x_dbl.clone().narrow(2, 0, r);
-        let b = x_dbl.clone().narrow(2, r, n); // [B, L, N]
-        let c = x_dbl.narrow(2, r + n, n); // [B, L, N]
+        // x_proj (`[di, R + 2N]`, no bias) applied as three products with column slices of its
+        // weight: the same dt, B, C as narrowing `x_proj(x)`, without the three full-size
+        // zero-padded gradients that narrowing the activation costs in the backward pass.
+        let w = self.x_proj.weight.val().unsqueeze_dim::<3>(0); // [1, di, R + 2N]
+        let proj = |start: usize, width: usize| x.clone().matmul(w.clone().narrow(2, start, width));
+        let (dt, b, c) = (proj(0, r), proj(r, n), proj(r + n, n)); // [B, L, R], [B, L, N] x 2
         let delta = crate::ops::softplus(self.dt_proj.forward(dt)); // [B, L, di]
         let a = self.a_log.val().exp().neg(); // A = -exp(A_log)
         // Token-major scan: no transposed views of delta, B, C or y in the graph.
