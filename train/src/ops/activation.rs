@@ -135,24 +135,14 @@ fn host_forward<B: Backend>(kind: Activation, x: FloatTensor<B>) -> FloatTensor<
     from_host::<B>(y, shape, &device)
 }
 
-impl ActivationOps for burn::backend::Flex {
+impl_for_cpu_backends!(ActivationOps {
     fn silu_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
         host_forward::<Self>(Activation::Silu, x)
     }
     fn softplus_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
         host_forward::<Self>(Activation::Softplus, x)
     }
-}
-
-#[cfg(feature = "ndarray")]
-impl ActivationOps for burn::backend::NdArray {
-    fn silu_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        host_forward::<Self>(Activation::Silu, x)
-    }
-    fn softplus_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        host_forward::<Self>(Activation::Softplus, x)
-    }
-}
+});
 
 /// Backward step (one parent); the state is the forward input and the activation.
 #[derive(Debug)]

@@ -33,7 +33,7 @@ pub trait BatchNormOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-impl BatchNormOps for burn::backend::Flex {
+impl_for_cpu_backends!(BatchNormOps {
     fn batch_norm_train_fused(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -43,20 +43,7 @@ impl BatchNormOps for burn::backend::Flex {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         host_forward::<Self>(x, gamma, beta, epsilon, relu)
     }
-}
-
-#[cfg(feature = "ndarray")]
-impl BatchNormOps for burn::backend::NdArray {
-    fn batch_norm_train_fused(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        epsilon: f64,
-        relu: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        host_forward::<Self>(x, gamma, beta, epsilon, relu)
-    }
-}
+});
 
 fn dims_of<B: Backend>(x: &FloatTensor<B>) -> BnDims {
     let s = x.shape();

@@ -2,11 +2,13 @@
 //! burn backend extension with a hand-written backward pass.
 //!
 //! [`DepthwiseConvOps`] is implemented for the CPU backends (Flex; NdArray with the `ndarray`
-//! feature) by moving the inputs to host `f32` buffers and running [`super::depthwise_cpu`], and
+//! feature) by running [`super::depthwise_cpu`] on host `f32` views of the inputs (Flex storage
+//! in place), and
 //! for `Autodiff<B, C>` by recording one graph node (parents: input, weight, bias) whose
 //! backward step runs [`super::depthwise_cpu::backward`].
 
 use super::depthwise_cpu::{self as cpu, DwDims};
+use super::{from_host, host_view};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -14,7 +16,6 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTensor};
-use burn::tensor::{TensorData, read_sync};
 
 /// Backends that can run the direct depthwise convolution.
 #[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Autodiff)]
@@ -32,7 +33,7 @@ pub trait DepthwiseConvOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-impl DepthwiseConvOps for burn::backend::Flex {
+impl_for_cpu_backends!(DepthwiseConvOps {
     fn depthwise_conv_fused(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -43,29 +44,7 @@ impl DepthwiseConvOps for burn::backend::Flex {
     ) -> FloatTensor<Self> {
         host_forward::<Self>(x, weight, bias, stride, pad, output)
     }
-}
-
-#[cfg(feature = "ndarray")]
-impl DepthwiseConvOps for burn::backend::NdArray {
-    fn depthwise_conv_fused(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        stride: [usize; 2],
-        pad: [usize; 2],
-        output: [usize; 2],
-    ) -> FloatTensor<Self> {
-        host_forward::<Self>(x, weight, bias, stride, pad, output)
-    }
-}
-
-/// Reads a float tensor into a contiguous row-major `f32` vector.
-fn to_host<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
-    let data = read_sync(B::float_into_data(t))
-        .expect("depthwise conv: reading a tensor back to the host failed");
-    data.try_into_vec_as::<f32>()
-        .expect("depthwise conv: tensor data is not convertible to f32")
-}
+});
 
 /// Geometry of one depthwise-convolution call (everything but the primitive shapes).
 #[derive(Clone, Copy, Debug)]
@@ -106,13 +85,15 @@ fn host_forward<B: Backend>(
         },
     );
     let device = x.device();
-    let (x, w, b) = (to_host::<B>(x), to_host::<B>(weight), to_host::<B>(bias));
     let mut y = vec![0.0f32; d.y_len()];
-    cpu::forward(d, &x, &w, &b, &mut y);
-    B::float_from_data(
-        TensorData::new(y, [d.batch, d.channels, output[0], output[1]]),
-        &device,
-    )
+    cpu::forward(
+        d,
+        &host_view::<B>(&x),
+        &host_view::<B>(&weight),
+        &host_view::<B>(&bias),
+        &mut y,
+    );
+    from_host::<B>(y, vec![d.batch, d.channels, output[0], output[1]], &device)
 }
 
 /// Backward step (three parents: input, weight, bias); the state holds the forward inputs
@@ -137,10 +118,10 @@ impl<B: Backend> Backward<B, 3> for DepthwiseConvBackward {
         let [px, pw, pb] = ops.parents;
         let g = cpu::backward(
             d,
-            &to_host::<B>(x),
-            &to_host::<B>(w),
-            &to_host::<B>(b),
-            &to_host::<B>(dy),
+            &host_view::<B>(&x),
+            &host_view::<B>(&w),
+            &host_view::<B>(&b),
+            &host_view::<B>(&dy),
             px.is_some(),
         );
         let outs = [
@@ -150,10 +131,7 @@ impl<B: Backend> Backward<B, 3> for DepthwiseConvBackward {
         ];
         for (parent, grad, shape) in outs {
             if let Some(node) = parent {
-                grads.register::<B>(
-                    node.id,
-                    B::float_from_data(TensorData::new(grad, shape), &device),
-                );
+                grads.register::<B>(node.id, from_host::<B>(grad, shape, &device));
             }
         }
     }

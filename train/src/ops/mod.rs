@@ -12,9 +12,33 @@
 //! - [`depthwise_conv2d_reference`], [`depthwise_conv1d_causal_reference`]: the same contracts
 //!   through burn's grouped `conv2d` / `conv1d` (the reference for the tests).
 
+/// Implements a backend-extension trait for the CPU backends that run host kernels: Flex, and
+/// NdArray with the `ndarray` feature. The body (the trait's methods, written against `Self`)
+/// is the same for both.
+macro_rules! impl_for_cpu_backends {
+    ($trait:path { $($body:tt)* }) => {
+        impl $trait for burn::backend::Flex {
+            $($body)*
+        }
+
+        // burn 0.22 deprecates NdArray; the project still offers it behind the `ndarray` feature.
+        #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
+        impl $trait for burn::backend::NdArray {
+            $($body)*
+        }
+    };
+}
+pub(crate) use impl_for_cpu_backends;
+
+// The backend-extension attributes of these modules name burn's deprecated NdArray backend,
+// which the project still offers behind the `ndarray` feature.
+#[allow(deprecated)]
 pub mod activation;
+#[allow(deprecated)]
 mod batch_norm;
 pub mod batch_norm_cpu;
+#[allow(deprecated)]
 mod depthwise;
 pub mod depthwise_cpu;
 #[cfg(test)]

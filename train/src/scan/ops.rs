@@ -1,14 +1,15 @@
 //! The fused selective scan as a burn backend extension with a hand-written backward pass.
 //!
 //! [`SelectiveScanOps`] is implemented for the CPU backends (Flex; NdArray with the `ndarray`
-//! feature) by moving the inputs to host `f32` buffers and running [`super::cpu`], and for
-//! `Autodiff<B, C>` by recording one graph node whose backward step runs [`super::cpu::backward`].
+//! feature) by running [`super::cpu`] on host `f32` views of the inputs (Flex storage in
+//! place), and for `Autodiff<B, C>` by recording one graph node whose backward step runs
+//! [`super::cpu::backward`].
 
 // burn 0.22 deprecates NdArray; the project still offers it behind the `ndarray` feature.
 #![allow(deprecated)]
 
 use super::cpu::{self, ScanDims};
-use crate::ops::{from_host, host_view};
+use crate::ops::{from_host, host_view, impl_for_cpu_backends};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -16,7 +17,6 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTensor};
-use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 /// Backends that can run the fused selective scan.
@@ -44,7 +44,7 @@ pub trait SelectiveScanOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-impl SelectiveScanOps for burn::backend::Flex {
+impl_for_cpu_backends!(SelectiveScanOps {
     fn selective_scan_fused(
         u: FloatTensor<Self>,
         delta: FloatTensor<Self>,
@@ -66,32 +66,7 @@ impl SelectiveScanOps for burn::backend::Flex {
     ) -> FloatTensor<Self> {
         tokens_forward::<Self>(u, delta, a, b, c, d)
     }
-}
-
-#[cfg(feature = "ndarray")]
-impl SelectiveScanOps for burn::backend::NdArray {
-    fn selective_scan_fused(
-        u: FloatTensor<Self>,
-        delta: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        c: FloatTensor<Self>,
-        d: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        host_forward::<Self>(u, delta, a, b, c, d)
-    }
-
-    fn selective_scan_tokens_fused(
-        u: FloatTensor<Self>,
-        delta: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        c: FloatTensor<Self>,
-        d: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        tokens_forward::<Self>(u, delta, a, b, c, d)
-    }
-}
+});
 
 /// Dimensions of a (validated) scan call from the primitive shapes.
 fn dims_of<B: Backend>(u: &FloatTensor<B>, a: &FloatTensor<B>) -> ScanDims {
@@ -125,10 +100,7 @@ fn host_forward<B: Backend>(
     );
     let mut y = vec![0.0f32; dims.batch * dims.d_inner * dims.len];
     cpu::forward(dims, &u, &delta, &a, &b, &c, &d, &mut y);
-    B::float_from_data(
-        TensorData::new(y, [dims.batch, dims.d_inner, dims.len]),
-        &device,
-    )
+    from_host::<B>(y, vec![dims.batch, dims.d_inner, dims.len], &device)
 }
 
 /// `src: [batch, rows, cols]` -> `[batch, cols, rows]`, 32 x 32 tiles, parallel over batch.
@@ -295,10 +267,7 @@ impl<B: Backend> Backward<B, 6> for SelectiveScanBackward {
         ];
         for (parent, (grad, shape)) in ops.parents.into_iter().zip(outs) {
             if let Some(node) = parent {
-                grads.register::<B>(
-                    node.id,
-                    B::float_from_data(TensorData::new(grad, shape), &device),
-                );
+                grads.register::<B>(node.id, from_host::<B>(grad, shape, &device));
             }
         }
     }
