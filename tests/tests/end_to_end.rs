@@ -114,6 +114,7 @@ fn demo_dataset_to_shards_to_trained_model_to_teacher_logits() {
         seed: 3,
         p_dir: 0.6,
         replay: true,
+        holdout_fold: None,
         use_kd: true,
         qat_epochs: 0,
         kd: KdConfig::default(),

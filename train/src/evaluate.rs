@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use burn::tensor::Device;
-use data_specs::{ClipSet, Variant};
+use data_specs::ClipSet;
 
 use crate::loader::{Loader, LoaderConfig, Selection, ShardSet};
 use crate::metrics::{EvalAccumulator, EvalReport};
@@ -27,6 +27,7 @@ pub fn originals(set: ClipSet) -> Selection {
         devices: None,
         replay: false,
         p_dir: 0.0,
+        fold: None,
     }
 }
 
@@ -34,25 +35,22 @@ impl EvalSet {
     /// The original rows of `clip_set` in `set`, in batches of `batch_size` (an empty set when
     /// the shards hold no such row).
     pub fn new(set: &ShardSet, clip_set: ClipSet, batch_size: usize) -> Result<Self> {
-        let any = set
-            .rows()
-            .any(|r| r.set == clip_set && r.variant == Variant::Original);
-        if !any {
-            return Ok(Self {
-                loader: None,
-                len: 0,
-            });
-        }
+        Self::with_selection(set, originals(clip_set), batch_size)
+    }
+
+    /// The rows of `selection` (built from [`originals`], optionally narrowed to a location
+    /// fold), in storage order.
+    pub fn with_selection(set: &ShardSet, selection: Selection, batch_size: usize) -> Result<Self> {
         let cfg = LoaderConfig {
             batch_size: batch_size.max(1),
             shuffle: false,
             drop_last: false,
             ..LoaderConfig::default()
         };
-        let loader = Loader::new(set, originals(clip_set), cfg)?;
+        let loader = Loader::new(set, selection, cfg)?;
         let len = loader.epoch_len();
         Ok(Self {
-            loader: Some(loader),
+            loader: (len > 0).then_some(loader),
             len,
         })
     }

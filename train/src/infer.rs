@@ -172,6 +172,7 @@ pub fn evaluate_int8(
         devices: None,
         replay: false,
         p_dir: 0.0,
+        fold: None,
     };
     let cfg = LoaderConfig {
         batch_size: 256,

@@ -26,7 +26,7 @@ use train::loader::ShardSet;
 use train::loss::{KdConfig, KlReduction};
 use train::metrics::EvalReport;
 use train::model::ModelConfig;
-use train::predict::{PredictSet, predict_logits, write_logits_parquet};
+use train::predict::{PredictSet, predict_logits, predict_out_of_fold, write_logits_parquet};
 use train::trainer::{self, TrainConfig, TrainOptions};
 
 /// Low-complexity acoustic scene classification: train the IRMamba student with knowledge
@@ -88,9 +88,11 @@ enum Command {
         /// Shard folder or manifest.json.
         #[arg(long)]
         shards: PathBuf,
-        /// Run folder (runs/<name>).
-        #[arg(long)]
-        model: PathBuf,
+        /// Run folder (runs/<name>). Several runs trained with `--holdout-fold 1/K ..
+        /// K/K` act as one out-of-fold teacher: each training clip is scored by the run that
+        /// did not train on it, other clips by the mean of the runs.
+        #[arg(long, num_args = 1.., required = true)]
+        model: Vec<PathBuf>,
         /// Output Parquet file.
         #[arg(long)]
         out: PathBuf,
@@ -149,6 +151,11 @@ struct TrainArgs {
     /// Use the replay rows (real or simulated playback/re-recording) as extra examples.
     #[arg(long, value_enum, default_value = "on")]
     replay: OnOff,
+    /// Leave fold k of K of the training clips out (folds by recording location): one member
+    /// of an out-of-fold teacher (`predict` with all K runs scores each clip with the run that
+    /// did not train on it).
+    #[arg(long, value_name = "k/K")]
+    holdout_fold: Option<train::loader::Fold>,
     /// Switch off the circular time roll.
     #[arg(long)]
     no_time_roll: bool,
@@ -247,9 +254,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let set = ShardSet::open(&shards, None)?;
             let device = train::backend::default_device();
             let n_classes = set.meta().n_classes();
-            let (_, m, path) = trainer::load_run_model(&model, n_classes, &device)?;
-            eprintln!("predicting with {} on {:?} rows", path.display(), which);
-            let (ids, logits) = predict_logits(&m, &set, which.clip_sets(), batch_size, &device)?;
+            let (ids, logits) = if let [run] = model.as_slice() {
+                let (cfg, m, path) = trainer::load_run_model(run, n_classes, &device)?;
+                if let Some(f) = cfg.holdout_fold {
+                    eprintln!(
+                        "note: {} left out fold {f}; pass all {} fold runs for out-of-fold logits",
+                        run.display(),
+                        f.count
+                    );
+                }
+                eprintln!("predicting with {} on {:?} rows", path.display(), which);
+                predict_logits(&m, &set, which.clip_sets(), batch_size, &device)?
+            } else {
+                let mut members = Vec::with_capacity(model.len());
+                let mut split = None;
+                for run in &model {
+                    let (cfg, m, _) = trainer::load_run_model(run, n_classes, &device)?;
+                    if split.is_some_and(|p| p != cfg.split) {
+                        bail!(
+                            "{}: trained on split {}, the other runs on split {}",
+                            run.display(),
+                            cfg.split,
+                            split.unwrap_or(0)
+                        );
+                    }
+                    split = Some(cfg.split);
+                    let fold = cfg.holdout_fold.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: not trained with --holdout-fold; several --model runs form an \
+                             out-of-fold teacher",
+                            run.display()
+                        )
+                    })?;
+                    members.push((fold, m));
+                }
+                eprintln!(
+                    "predicting out-of-fold with {} runs on {:?} rows",
+                    members.len(),
+                    which
+                );
+                predict_out_of_fold(
+                    &members,
+                    split,
+                    &set,
+                    which.clip_sets(),
+                    batch_size,
+                    &device,
+                )?
+            };
             write_logits_parquet(&out, &ids, &logits, n_classes)?;
             println!("wrote logits of {} clips to {}", ids.len(), out.display());
             Ok(())
@@ -325,6 +377,7 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
             seed: a.seed,
             p_dir: a.p_dir,
             replay: a.replay == OnOff::On,
+            holdout_fold: a.holdout_fold,
             use_kd: !a.no_kd,
             qat_epochs: a.qat_epochs,
             kd: KdConfig {

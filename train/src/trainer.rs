@@ -48,7 +48,9 @@ use crate::augment::Augment;
 use crate::checkpoint::{self, CheckpointError, TrainState};
 use crate::complexity;
 use crate::evaluate::EvalSet;
-use crate::loader::{LoaderConfig, LoaderError, LoaderState, Selection, ShardSet};
+use crate::loader::{
+    Fold, FoldFilter, LoaderConfig, LoaderError, LoaderState, Selection, ShardSet,
+};
 use crate::loss::{self, KdConfig};
 use crate::metrics::{EvalReport, MetricsError};
 use crate::model::{Model, ModelConfig, ModelConfigError};
@@ -160,6 +162,10 @@ pub struct TrainConfig {
     pub p_dir: f64,
     /// Include replay rows.
     pub replay: bool,
+    /// Leave this fold of the training clips out (`--holdout-fold k/K`, grouped by recording
+    /// location): the run of one out-of-fold teacher, see [`crate::predict`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_fold: Option<Fold>,
     /// Use the KD loss where the shards carry teacher logits (false: plain cross-entropy).
     pub use_kd: bool,
     /// QAT epochs after the float epochs (0: none).
@@ -234,6 +240,7 @@ impl TrainConfig {
             devices: None,
             replay: self.replay,
             p_dir: self.p_dir,
+            fold: self.holdout_fold.map(FoldFilter::Without),
         }
     }
 }
@@ -499,11 +506,14 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
         cx.macs() as f64 / 1e6
     );
     eprintln!(
-        "training rows per epoch: {} (split {} %, p_dir {}, replay {}) from {}",
+        "training rows per epoch: {} (split {} %, p_dir {}, replay {}{}) from {}",
         epoch0.len(),
         cfg.split,
         cfg.p_dir,
         if cfg.replay { "on" } else { "off" },
+        cfg.holdout_fold
+            .map(|f| format!(", fold {f} left out"))
+            .unwrap_or_default(),
         cfg.shards.display()
     );
     eprintln!("  by device:  {}", fmt_counts(&by_device));

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use data_specs::{ClipSet, FrontEndConfig};
 use train::augment::Augment;
 use train::backend::default_device;
+use train::loader::Fold;
 use train::loader::ShardSet;
 use train::loader::synth::{SynthSpec, write_shard_set};
 use train::loss::KdConfig;
 use train::model::ModelConfig;
-use train::predict::{predict_logits, write_logits_parquet};
+use train::predict::{check_folds, predict_logits, predict_out_of_fold, write_logits_parquet};
 use train::report::{self, RunDir};
 use train::trainer::{self, TrainConfig, TrainError, TrainOptions};
 
@@ -70,6 +71,7 @@ fn config(shards: &Path, name: &str, epochs: u64) -> TrainConfig {
         seed: 7,
         p_dir: 0.6,
         replay: true,
+        holdout_fold: None,
         use_kd: true,
         qat_epochs: 0,
         kd: KdConfig::default(),
@@ -262,4 +264,81 @@ fn predict_table_reads_back_as_teacher_logits() {
     for (id, row) in ids.iter().zip(logits.chunks_exact(k)) {
         assert_eq!(read.get(id).unwrap(), row, "{id}");
     }
+}
+
+#[test]
+fn out_of_fold_logits_come_from_the_run_that_left_the_clip_out() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = make_shards(tmp.path());
+    let runs = tmp.path().join("runs");
+    let set = ShardSet::open(&shards, None).unwrap();
+    let k = set.meta().n_classes();
+    let device = default_device();
+    let sets = [ClipSet::Train, ClipSet::Test];
+    let mut members = Vec::new();
+    let mut full = Vec::new();
+    for index in 1..=2 {
+        let fold = Fold { index, count: 2 };
+        let mut cfg = config(&shards, &format!("f{index}"), 1);
+        cfg.holdout_fold = Some(fold);
+        // Split 50: the training clips of split 100 only are scored like the test set.
+        cfg.split = 50;
+        cfg.seed += u64::from(index);
+        trainer::train(options(cfg, &runs, false, None)).unwrap();
+        let (cfg, model, _) =
+            trainer::load_run_model(&runs.join(format!("f{index}")), k, &device).unwrap();
+        assert_eq!(cfg.holdout_fold, Some(fold), "config.toml keeps the fold");
+        // Reference: the member's logits for every original row, by the ordinary path.
+        let (ids, logits) = predict_logits(&model, &set, &sets, 16, &device).unwrap();
+        full.push(
+            ids.into_iter()
+                .zip(logits.chunks_exact(k).map(<[f32]>::to_vec))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+        members.push((fold, model));
+    }
+    let (ids, logits) = predict_out_of_fold(&members, Some(50), &set, &sets, 16, &device).unwrap();
+    let folds = set.location_folds(2, Some(50));
+    let originals: Vec<_> = set
+        .rows()
+        .filter(|r| r.variant == data_specs::Variant::Original)
+        .collect();
+    assert_eq!(ids.len(), originals.len(), "one row per original clip");
+    let mut from_fold = [0usize; 2];
+    let mut averaged = 0;
+    for (id, row) in ids.iter().zip(logits.chunks_exact(k)) {
+        let info = originals.iter().find(|r| r.clip_id == id).unwrap();
+        let in_split = info.set == ClipSet::Train && info.split.is_some_and(|s| s <= 50);
+        let want: Vec<f32> = if in_split {
+            let f = folds.fold_of(info.location_key).unwrap() as usize;
+            from_fold[f - 1] += 1;
+            full[f - 1][id].clone()
+        } else {
+            averaged += usize::from(info.set == ClipSet::Train);
+            (0..k)
+                .map(|c| (full[0][id][c] + full[1][id][c]) / 2.0)
+                .collect()
+        };
+        for (a, b) in row.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{id}: {row:?} vs {want:?}"
+            );
+        }
+    }
+    assert!(
+        from_fold.iter().all(|&n| n > 0),
+        "both folds score clips: {from_fold:?}"
+    );
+    assert!(
+        averaged > 0,
+        "training clips outside the split get the mean"
+    );
+    // The members must be the folds of one partition, each once.
+    let f = |index, count| Fold { index, count };
+    assert!(check_folds(&[f(2, 2), f(1, 2)]).is_ok());
+    assert!(check_folds(&[f(1, 2), f(1, 2)]).is_err());
+    assert!(check_folds(&[f(1, 3), f(2, 3)]).is_err());
+    assert!(check_folds(&[f(1, 2), f(2, 3)]).is_err());
 }

@@ -46,7 +46,7 @@ pub mod synth;
 mod tests;
 
 pub use batch::{HostBatch, TensorBatch};
-pub use plan::{LoaderConfig, LoaderState, Selection};
+pub use plan::{Fold, FoldFilter, LoaderConfig, LoaderState, LocationFolds, Selection};
 pub use reader::{EpochIter, Loader};
 pub use shards::{RowInfo, ShardSet};
 

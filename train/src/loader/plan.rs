@@ -26,6 +26,120 @@ pub struct Selection {
     pub replay: bool,
     /// Probability of drawing one of a clip's DIR rows instead of its original (paper: 0.6).
     pub p_dir: f64,
+    /// Keep or leave out the rows of one location fold (every variant of every clip recorded
+    /// at a location of the fold; folds partition the training locations of `max_split`, see
+    /// [`LocationFolds`]): an out-of-fold teacher trains without fold k and scores only fold
+    /// k. `None`: every fold.
+    #[serde(default)]
+    pub fold: Option<FoldFilter>,
+}
+
+/// Rows of one [`Fold`] to keep or to leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FoldFilter {
+    /// Every row except those of the fold (training an out-of-fold model).
+    Without(Fold),
+    /// Only the rows of the fold (scoring the clips that model did not see).
+    Only(Fold),
+}
+
+impl FoldFilter {
+    /// True when a row whose location lies in fold `fold_of` (`None`: in no fold, i.e. not a
+    /// training location of the split) passes the filter.
+    pub fn keeps(&self, fold_of: Option<u32>) -> bool {
+        match self {
+            Self::Without(f) => fold_of != Some(f.index),
+            Self::Only(f) => fold_of == Some(f.index),
+        }
+    }
+
+    /// The fold.
+    pub fn fold(&self) -> Fold {
+        match *self {
+            Self::Without(f) | Self::Only(f) => f,
+        }
+    }
+}
+
+/// Fold `index` of `count` (1-based, as `k/K` on the command line) of a K-fold partition of
+/// the training clips by recording location (`identifier`): every clip of a location, and
+/// every variant of a clip, falls in the same fold, so a model trained without fold k has not
+/// heard the place of any clip in it (the DCASE train/test split is by location too). The
+/// partition is [`LocationFolds::balanced`] over the original training clips of the split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fold {
+    /// Fold number, `1..=count`.
+    pub index: u32,
+    /// Number of folds, at least 2.
+    pub count: u32,
+}
+
+impl Fold {
+    /// Stable 64-bit key of a location identifier (FNV-1a of its UTF-8 bytes, then the
+    /// splitmix64 finaliser).
+    pub fn key(identifier: &str) -> u64 {
+        mix(fnv1a64(identifier.as_bytes()), 0, 0)
+    }
+}
+
+/// The fold of every location: a partition of locations into `count` folds of nearly equal
+/// numbers of clips.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocationFolds {
+    count: u32,
+    fold: HashMap<u64, u32>,
+}
+
+impl LocationFolds {
+    /// Greedy balanced partition (longest-processing-time rule): locations in decreasing order
+    /// of clips (ties by key), each to the fold with the fewest clips so far (ties by lowest
+    /// fold). Deterministic in the multiset of `(location key, clips)`; the largest fold
+    /// exceeds the mean by less than the largest location.
+    pub fn balanced(clips_per_location: &HashMap<u64, usize>, count: u32) -> Self {
+        let mut locations: Vec<(u64, usize)> =
+            clips_per_location.iter().map(|(&k, &n)| (k, n)).collect();
+        locations.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut load = vec![0usize; count as usize];
+        let mut fold = HashMap::with_capacity(locations.len());
+        for (key, n) in locations {
+            let f = (0..load.len()).min_by_key(|&f| (load[f], f)).unwrap_or(0);
+            load[f] += n;
+            fold.insert(key, f as u32 + 1);
+        }
+        Self { count, fold }
+    }
+
+    /// Number of folds.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The fold (`1..=count`) of a location key; `None` for a location of no training clip.
+    pub fn fold_of(&self, key: u64) -> Option<u32> {
+        self.fold.get(&key).copied()
+    }
+}
+
+impl std::fmt::Display for Fold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Fold {
+    type Err = String;
+
+    /// Parses `k/K` with `2 <= K` and `1 <= k <= K`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("'{s}' is not a fold k/K with 1 <= k <= K and K >= 2");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: u32 = k.trim().parse().map_err(|_| bad())?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        if count < 2 || index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
 }
 
 impl Selection {
@@ -37,6 +151,7 @@ impl Selection {
             devices: None,
             replay: true,
             p_dir: 0.6,
+            fold: None,
         }
     }
 
@@ -48,6 +163,7 @@ impl Selection {
             devices: None,
             replay: false,
             p_dir: 0.0,
+            fold: None,
         }
     }
 }
@@ -120,6 +236,13 @@ pub(crate) struct EpochOrder {
     pub windows: Vec<std::ops::Range<usize>>,
 }
 
+/// 64-bit FNV-1a hash (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// splitmix64 finaliser: decorrelates `(seed, epoch, stream)` into a 64-bit RNG seed.
 fn mix(seed: u64, epoch: u64, stream: u64) -> u64 {
     let mut z = seed
@@ -137,6 +260,13 @@ impl Plan {
             return Err(LoaderError::Config(format!(
                 "p_dir {} is not a probability",
                 sel.p_dir
+            )));
+        }
+        if let Some(f) = sel.fold.map(|f| f.fold())
+            && (f.count < 2 || f.index == 0 || f.index > f.count)
+        {
+            return Err(LoaderError::Config(format!(
+                "holdout fold {f} is not a fold k/K"
             )));
         }
         if let Some(s) = sel.max_split
@@ -163,6 +293,9 @@ impl Plan {
                 Some(ok)
             }
         };
+        let folds = sel
+            .fold
+            .map(|f| (f, inner.location_folds(f.fold().count, sel.max_split)));
         // Originals only outside the training set.
         let train = sel.set == ClipSet::Train;
         let mut by_clip: HashMap<&str, usize> = HashMap::new();
@@ -181,6 +314,11 @@ impl Plan {
             }
             if let Some(ok) = &device_ok
                 && !ok[device as usize]
+            {
+                continue;
+            }
+            if let Some((filter, folds)) = &folds
+                && !filter.keeps(folds.fold_of(inner.location_key(row)))
             {
                 continue;
             }
@@ -303,5 +441,28 @@ impl Plan {
             }
         }
         EpochOrder { order, windows }
+    }
+}
+
+#[cfg(test)]
+mod fold_tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_the_published_test_vectors() {
+        // FNV-1a 64-bit vectors of the reference test suite (isthe.com/chongo/tech/comp/fnv).
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn fold_parses_k_of_k_and_refuses_the_rest() {
+        let f: Fold = "2/5".parse().unwrap();
+        assert_eq!((f.index, f.count), (2, 5));
+        assert_eq!(f.to_string(), "2/5");
+        for bad in ["0/3", "4/3", "1/1", "3", "a/b", "1/3/4", ""] {
+            assert!(bad.parse::<Fold>().is_err(), "{bad}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::file::metadata::PageIndexPolicy;
 
-use super::{LoaderError, Result};
+use super::{Fold, LoaderError, LocationFolds, Result};
 
 /// Owner of a memory map shared by the [`Bytes`] handed to Parquet and by the shard (which
 /// releases decoded ranges from the process's page tables).
@@ -78,6 +78,8 @@ impl Shard {
 struct RowEntry {
     clip_id: Box<str>,
     segment_id: Box<str>,
+    /// [`super::Fold::key`] of the recording location (`identifier` column).
+    location_key: u64,
     label: i32,
     device_id: i32,
     set: ClipSet,
@@ -95,6 +97,8 @@ pub struct RowInfo<'a> {
     pub clip_id: &'a str,
     /// 10 s segment id.
     pub segment_id: &'a str,
+    /// Hash of the recording location (`identifier`), the key of [`super::Fold`].
+    pub location_key: u64,
     /// Scene label index, `None` when unknown.
     pub label: Option<i32>,
     /// Device index into the device vocabulary.
@@ -306,6 +310,12 @@ impl ShardSet {
         self.inner.shards.iter().map(|s| s.bytes.len() as u64).sum()
     }
 
+    /// The partition of the training locations of split `max_split` into `count` folds (the
+    /// one `--holdout-fold k/K` and out-of-fold prediction use), see [`LocationFolds`].
+    pub fn location_folds(&self, count: u32, max_split: Option<u8>) -> LocationFolds {
+        self.inner.location_folds(count, max_split)
+    }
+
     /// What the index knows about global row `row` (as found in [`super::HostBatch::rows`]).
     /// Panics when `row >= n_rows()`.
     pub fn row_info(&self, row: u32) -> RowInfo<'_> {
@@ -315,6 +325,7 @@ impl ShardSet {
             row,
             clip_id: &r.clip_id,
             segment_id: &r.segment_id,
+            location_key: r.location_key,
             label: (r.label >= 0).then_some(r.label),
             device_id: r.device_id,
             device: self
@@ -428,6 +439,7 @@ fn read_index(shard: &Shard, meta: &ShardMeta, rows: &mut Vec<RowEntry>) -> Resu
         col::LABEL,
         col::DEVICE_ID,
         col::SEGMENT_ID,
+        col::IDENTIFIER,
         col::SET,
         col::SPLIT,
         col::VARIANT,
@@ -517,6 +529,7 @@ fn index_batch(
     let logits = get(col::TEACHER_LOGITS);
     let sets = dict_values(path, batch, col::SET, ClipSet::parse)?;
     let variants = dict_values(path, batch, col::VARIANT, Variant::parse)?;
+    let locations = dict_values(path, batch, col::IDENTIFIER, |s| Some(Fold::key(s)))?;
     rows.reserve(batch.num_rows());
     for i in 0..batch.num_rows() {
         let label = if label.is_null(i) {
@@ -543,6 +556,7 @@ fn index_batch(
         rows.push(RowEntry {
             clip_id: clip.value(i).into(),
             segment_id: segment.value(i).into(),
+            location_key: locations[i],
             label,
             device_id,
             set: sets[i],
@@ -559,6 +573,24 @@ impl Inner {
     pub fn row(&self, row: u32) -> (i32, i32, ClipSet, Option<u8>, Variant) {
         let r = &self.rows[row as usize];
         (r.label, r.device_id, r.set, r.split, r.variant)
+    }
+
+    /// [`Fold::key`] of a row's recording location.
+    pub fn location_key(&self, row: u32) -> u64 {
+        self.rows[row as usize].location_key
+    }
+
+    /// [`LocationFolds::balanced`] over the original training clips of split `max_split`
+    /// (`None`: every training clip).
+    pub fn location_folds(&self, count: u32, max_split: Option<u8>) -> LocationFolds {
+        let mut clips: HashMap<u64, usize> = HashMap::new();
+        for r in &self.rows {
+            let in_split = max_split.is_none_or(|p| r.split.is_some_and(|s| s <= p));
+            if r.set == ClipSet::Train && r.variant == Variant::Original && in_split {
+                *clips.entry(r.location_key).or_default() += 1;
+            }
+        }
+        LocationFolds::balanced(&clips, count)
     }
 
     /// Clip id of a row.

@@ -47,6 +47,7 @@ fn cfg(batch_size: usize, seed: u64) -> LoaderConfig {
 fn sel(p_dir: f64, replay: bool) -> Selection {
     Selection {
         p_dir,
+        fold: None,
         replay,
         ..Selection::train(None)
     }
@@ -193,6 +194,102 @@ fn splits_nest_and_match_the_split_column() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn location_folds_partition_the_training_rows() {
+    let f = fixture(SynthSpec::tiny(260));
+    let k = 3;
+    let folds = f.set.location_folds(k, None);
+    // Naive reference: the training rows (all variants) of each fold, from the records.
+    let fold_of = |r: &ClipRecord| folds.fold_of(Fold::key(&r.identifier)).unwrap_or(0);
+    let train_rows = |keep: &dyn Fn(u32) -> bool| -> HashSet<u32> {
+        (0..f.records.len() as u32)
+            .filter(|&i| f.records[i as usize].set == ClipSet::Train && keep(i))
+            .collect()
+    };
+    let all = Loader::new(&f.set, sel(1.0, true), cfg(16, 3)).unwrap();
+    let mut union: HashSet<u32> = HashSet::new();
+    for index in 1..=k {
+        let fold = Fold { index, count: k };
+        let in_fold = |i: u32| fold_of(&f.records[i as usize]) == index;
+        // Without the fold: no row of its locations (originals, DIR or replay) is drawn.
+        let s = Selection {
+            fold: Some(FoldFilter::Without(fold)),
+            ..sel(1.0, true)
+        };
+        let without = Loader::new(&f.set, s, cfg(16, 3)).unwrap();
+        let drawn: HashSet<u32> = (0..3).flat_map(|e| without.epoch_order(e)).collect();
+        assert!(drawn.iter().all(|&r| !in_fold(r)), "fold {fold}");
+        assert!(drawn.is_subset(&train_rows(&|i| !in_fold(i))));
+        // Only the fold: exactly its original training rows.
+        let s = Selection {
+            fold: Some(FoldFilter::Only(fold)),
+            ..crate::evaluate::originals(ClipSet::Train)
+        };
+        let only: HashSet<u32> = Loader::new(&f.set, s, cfg(16, 3))
+            .unwrap()
+            .epoch_order(0)
+            .into_iter()
+            .collect();
+        let naive =
+            train_rows(&|i| in_fold(i) && f.records[i as usize].variant == Variant::Original);
+        assert!(!naive.is_empty(), "fold {fold} is empty");
+        assert_eq!(only, naive, "fold {fold}");
+        assert!(union.is_disjoint(&only));
+        union.extend(only);
+    }
+    let originals = train_rows(&|i| f.records[i as usize].variant == Variant::Original);
+    assert_eq!(union, originals);
+    // Every clip of a location lies in one fold; the folds hold nearly equal numbers of
+    // original training clips (within the largest location).
+    let mut fold_of_location: HashMap<&str, u32> = HashMap::new();
+    let mut per_location: HashMap<&str, usize> = HashMap::new();
+    let mut per_fold = vec![0usize; k as usize];
+    for r in &f.records {
+        let fold = fold_of(r);
+        assert_eq!(*fold_of_location.entry(&r.identifier).or_insert(fold), fold);
+        if r.set == ClipSet::Train && r.variant == Variant::Original {
+            per_fold[fold as usize - 1] += 1;
+            *per_location.entry(&r.identifier).or_default() += 1;
+        }
+    }
+    let largest = per_location.values().copied().max().unwrap();
+    let spread = per_fold.iter().max().unwrap() - per_fold.iter().min().unwrap();
+    assert!(
+        spread <= largest,
+        "fold sizes {per_fold:?}, largest location {largest}"
+    );
+    assert!(all.epoch_len() > 0);
+}
+
+#[test]
+fn balanced_location_folds_are_deterministic_and_even() {
+    // Location sizes as on the demo set (10..60 clips); two insertion orders.
+    let sizes: Vec<(u64, usize)> = (0..70u64)
+        .map(|i| {
+            (
+                Fold::key(&format!("loc-{i}")),
+                10 + 10 * (i as usize * 7 % 6),
+            )
+        })
+        .collect();
+    let forward: HashMap<u64, usize> = sizes.iter().copied().collect();
+    let backward: HashMap<u64, usize> = sizes.iter().rev().copied().collect();
+    for k in [2, 3, 5] {
+        let a = LocationFolds::balanced(&forward, k);
+        assert_eq!(a, LocationFolds::balanced(&backward, k));
+        let mut load = vec![0usize; k as usize];
+        for &(key, n) in &sizes {
+            let f = a.fold_of(key).expect("every location has a fold");
+            assert!((1..=k).contains(&f));
+            load[f as usize - 1] += n;
+        }
+        // Longest-processing-time bound: max - min <= the largest location (60).
+        let spread = load.iter().max().unwrap() - load.iter().min().unwrap();
+        assert!(spread <= 60, "k {k}: {load:?}");
+        assert_eq!(a.fold_of(Fold::key("elsewhere")), None);
+    }
 }
 
 #[test]
