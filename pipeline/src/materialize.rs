@@ -50,7 +50,9 @@ use serde::Serialize;
 
 use crate::fusion::Fusion;
 use crate::ingest::MetaRow;
-use crate::shards::{Codec, ManifestLock, ShardError, ShardWriter, check_shard, sha256_file};
+use crate::shards::{
+    Codec, ManifestLock, ShardCompression, ShardError, ShardWriter, check_shard, sha256_file,
+};
 use crate::teacher::{TeacherError, TeacherLogits};
 
 /// Errors of fusing and materializing teacher logits; each names the file or folder.
@@ -354,6 +356,9 @@ fn rewrite_shard(
         .map_or(crate::shards::DEFAULT_ROW_GROUP_ROWS, |g| {
             g.num_rows().max(1) as usize
         });
+    // The rewrite keeps the shard's codec.
+    let codec =
+        Codec::of_file(builder.metadata()).unwrap_or_else(|| ShardCompression::default().codec());
     let reader = builder
         .with_batch_size(rg_rows)
         .build()
@@ -363,7 +368,7 @@ fn rewrite_shard(
     let id_idx = schema.index_of(col::CLIP_ID).expect("spec column");
     let set_idx = schema.index_of(col::SET).expect("spec column");
     let n_classes = meta.n_classes();
-    let mut writer = ShardWriter::create(&dst, meta, rg_rows, Codec::chosen(), entry.partition)?;
+    let mut writer = ShardWriter::create(&dst, meta, rg_rows, codec, entry.partition)?;
     let mut with_logits = 0u64;
     let mut missing = BTreeSet::new();
     for batch in reader {

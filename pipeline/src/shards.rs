@@ -31,10 +31,19 @@
 //!   Log-mel values are noisy floats: without BYTE_STREAM_SPLIT, the fast codecs find nothing to
 //!   compress (ratio 1.00) and zstd saves 10 %; splitting the bytes of each float into four
 //!   streams exposes the low-entropy exponent/high-mantissa bytes and every codec then saves
-//!   19-22 %. zstd-1 + BYTE_STREAM_SPLIT is the choice: 22 % smaller than uncompressed, as
-//!   small as zstd-3 (0.1 % apart) and reading as fast as uncompressed within the noise of this
-//!   machine. (The full TAU22 set with DIR copies is tens of GB of log-mel; a fifth of that
-//!   is worth saving.)
+//!   19-22 %, zstd-1 + BYTE_STREAM_SPLIT the most (22 %, as small as zstd-3).
+//!
+//!   The read column above decodes whole files; the training loader reads one row (of
+//!   several variants) per clip in shuffled order, and there the codec decides its speed:
+//!   `LOADER_BENCH_CLIPS=3000 cargo bench -p train --bench loader` (batch 256, into burn
+//!   tensors, on the 2-core machine beside a training run) gave 21,200-22,800 samples/s
+//!   uncompressed and 13,700-14,200 with zstd-1 + BYTE_STREAM_SPLIT, which decompresses
+//!   every page it touches (whole pages of
+//!   about 15 rows, also those of the variants not drawn) while uncompressed pages are
+//!   slices of the memory map and only the drawn rows are copied. The issue's target of
+//!   20,000 samples/s needs uncompressed pages, so **uncompressed** (PLAIN floats) is the
+//!   default ([`ShardCompression`]) and `--compression zstd` the choice when disk space
+//!   matters more (22 % smaller). Rewrites (teacher-logits joins) keep a shard's codec.
 //! - `BYTE_STREAM_SPLIT` is set **per column** on the log-mel leaf `["logmel", "list", "item"]`
 //!   and the teacher-logits leaf (setting it globally would hit string columns); dictionary
 //!   encoding and statistics are off for those two float columns (a dictionary of 16,640-value
@@ -58,10 +67,11 @@ use sha2::{Digest, Sha256};
 /// Rows per row group (see the module documentation).
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 512;
 
-/// The compression measurement behind [`Codec::chosen`], as printed by the bench (the module
+/// The compression measurement behind [`ShardCompression`], as printed by the bench (the module
 /// documentation explains it): `codec, BYTE_STREAM_SPLIT, size ratio vs uncompressed`.
-pub const COMPRESSION_TABLE: &str = "uncompressed 1.000 | +BSS 1.000; snappy 0.999 | +BSS 0.805; \
-lz4 1.003 | +BSS 0.811; zstd-1 0.902 | +BSS 0.782 (chosen); zstd-3 0.885 | +BSS 0.781";
+pub const COMPRESSION_TABLE: &str = "uncompressed 1.000 (default) | +BSS 1.000; snappy 0.999 | \
++BSS 0.805; lz4 1.003 | +BSS 0.811; zstd-1 0.902 | +BSS 0.782 (--compression zstd); zstd-3 \
+0.885 | +BSS 0.781";
 
 /// Errors of the shard writer; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -118,13 +128,48 @@ pub struct Codec {
     pub byte_stream_split: bool,
 }
 
-impl Codec {
-    /// The setting the pipeline writes with (chosen by measurement, see [`COMPRESSION_TABLE`]).
-    pub fn chosen() -> Codec {
-        Codec {
-            compression: Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1")),
-            byte_stream_split: true,
+/// The shard layouts `pipeline features --compression` offers (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ShardCompression {
+    /// No compression, PLAIN floats: the loader copies each selected log-mel straight from the
+    /// page cache and never decodes a page it does not need (the default: fastest to train from).
+    #[default]
+    Uncompressed,
+    /// zstd level 1 with BYTE_STREAM_SPLIT floats: 22 % smaller files, but the loader
+    /// decompresses every page it touches.
+    Zstd,
+}
+
+impl ShardCompression {
+    /// The codec of the preset.
+    pub fn codec(self) -> Codec {
+        match self {
+            Self::Uncompressed => Codec {
+                compression: Compression::UNCOMPRESSED,
+                byte_stream_split: false,
+            },
+            Self::Zstd => Codec {
+                compression: Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1")),
+                byte_stream_split: true,
+            },
         }
+    }
+}
+
+impl Codec {
+    /// The codec a shard was written with, read from its log-mel column chunk (first row
+    /// group): a rewrite of the shard keeps it. `None` for a file without row groups or
+    /// log-mel column.
+    pub fn of_file(md: &parquet::file::metadata::ParquetMetaData) -> Option<Codec> {
+        let rg = md.row_groups().first()?;
+        let chunk = rg
+            .columns()
+            .iter()
+            .find(|c| c.column_path().parts().first().map(String::as_str) == Some("logmel"))?;
+        Some(Codec {
+            compression: chunk.compression(),
+            byte_stream_split: chunk.encodings().any(|e| e == Encoding::BYTE_STREAM_SPLIT),
+        })
     }
 
     /// The candidates of the measurement.

@@ -16,6 +16,7 @@ use pipeline::materialize::{
     FuseArgs, JoinOptions, JoinSet, LogitsLookup, join_teacher_logits, recover_interrupted_swap,
     run_fuse, write_logits_table,
 };
+use pipeline::shards::{Codec, ShardCompression};
 use pipeline::teacher::TeacherLogits;
 
 const SR: u32 = 44_100;
@@ -57,6 +58,11 @@ struct Tiny {
 
 impl Tiny {
     fn new() -> Self {
+        Self::with_flags(&[])
+    }
+
+    /// The tiny dataset featurized with extra `pipeline features` flags.
+    fn with_flags(extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("ds");
         for d in ["audio", "evaluation_setup", "split_setup"] {
@@ -116,7 +122,7 @@ impl Tiny {
             write_wav(&irs.join(format!("{name}.wav")), &h);
         }
         let out = tmp.path().join("data");
-        let args = FeaturesArgs::parse_args([
+        let mut flags = vec![
             "--dataset",
             root.to_str().unwrap(),
             "--out",
@@ -130,8 +136,9 @@ impl Tiny {
             "--row-group-rows",
             "16",
             "--quiet",
-        ])
-        .unwrap();
+        ];
+        flags.extend_from_slice(extra);
+        let args = FeaturesArgs::parse_args(flags).unwrap();
         run_features(&args).unwrap();
         Tiny { tmp }
     }
@@ -225,9 +232,23 @@ fn no_leftovers(dir: &Path) {
 
 #[test]
 fn join_keeps_every_row_and_every_variant_gets_its_clips_logits() {
-    let t = Tiny::new();
+    // zstd shards (not the default): the rewrite must keep the shards' codec.
+    let t = Tiny::with_flags(&["--compression", "zstd"]);
     let data = t.data();
     let before = read_set(&data);
+    let codecs = |dir: &Path| -> Vec<Option<Codec>> {
+        let m = Manifest::load(dir).unwrap();
+        m.shards
+            .iter()
+            .map(|e| {
+                let file = std::fs::File::open(dir.join(&e.file)).unwrap();
+                let b = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+                Codec::of_file(b.metadata())
+            })
+            .collect()
+    };
+    let zstd = Some(ShardCompression::Zstd.codec());
+    assert!(codecs(&data).iter().all(|c| *c == zstd));
     assert!(
         before.len() >= 3,
         "want several shards, got {}",
@@ -322,8 +343,9 @@ fn join_keeps_every_row_and_every_variant_gets_its_clips_logits() {
             e.sha256
         );
     }
-    // The other files of the folder came along.
+    // The other files of the folder came along, and the codec stayed.
     assert!(data.join("energy-threshold.json").is_file());
+    assert!(codecs(&data).iter().all(|c| *c == zstd));
 }
 
 /// A lookup that gives 9 values for one clip: the class mismatch is found midway.

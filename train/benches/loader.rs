@@ -4,6 +4,7 @@
 //! cargo bench -p train --bench loader                 # synthetic demo-sized set in a temp dir
 //! cargo bench -p train --bench loader -- data/        # an existing shard set
 //! LOADER_BENCH_CLIPS=6000 cargo bench -p train --bench loader
+//! LOADER_BENCH_CODEC=zstd cargo bench -p train --bench loader   # zstd-1 + BSS shards
 //! ```
 //!
 //! Builds (or opens) the shard set, then re-runs itself on it in a fresh process so that the
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Device;
-use train::loader::synth::{SynthSpec, write_shard_set};
+use train::loader::synth::{SynthSpec, write_shard_set_with, writer_properties};
 use train::loader::{Loader, LoaderConfig, Selection, ShardSet};
 
 fn status_kb(key: &str) -> u64 {
@@ -68,10 +69,10 @@ fn measure(path: &Path) -> anyhow::Result<()> {
         let (mut batches, mut samples, mut checksum) = (0u64, 0u64, 0f64);
         for b in loader.epoch(epoch) {
             let b = b?;
-            let tb = b.to_tensors(&device);
+            samples += b.len() as u64;
+            let tb = b.into_tensors(&device);
             checksum += tb.teacher_mask.sum().into_scalar::<f32>() as f64;
             batches += 1;
-            samples += b.len() as u64;
         }
         let s = t.elapsed().as_secs_f64();
         println!(
@@ -137,10 +138,12 @@ fn main() -> anyhow::Result<()> {
                 missing_teacher_every: 7,
             };
             let t = Instant::now();
-            write_shard_set(tmp.path(), &spec)?;
+            let zstd = std::env::var("LOADER_BENCH_CODEC").as_deref() == Ok("zstd");
+            write_shard_set_with(tmp.path(), &spec, writer_properties(512, zstd))?;
             println!(
-                "wrote a synthetic shard set of {n_clips} clips (dcase2024 256x65, zstd-1 + BSS, \
+                "wrote a synthetic shard set of {n_clips} clips (dcase2024 256x65, {}, \
                  row groups of 512) in {:.1} s",
+                if zstd { "zstd-1 + BSS" } else { "uncompressed" },
                 t.elapsed().as_secs_f64()
             );
             let p = tmp.path().to_path_buf();

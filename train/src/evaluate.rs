@@ -78,13 +78,14 @@ impl EvalSet {
         };
         for batch in loader.epoch(0) {
             let batch = batch?;
-            let tb = batch.to_tensors(device);
+            let labels = batch.labels().to_vec();
+            let tb = batch.into_tensors(device);
             let logits = model.forward(tb.logmel);
             let host = logits
                 .into_data()
                 .try_to_vec::<f32>()
                 .map_err(|e| TrainError::Config(format!("reading the logits: {e:?}")))?;
-            f(batch.rows(), &host, batch.labels())?;
+            f(&tb.rows, &host, &labels)?;
         }
         Ok(())
     }

@@ -594,7 +594,9 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             lr = sched.lr_at(step);
             device.seed(checkpoint::derive_seed(cfg.seed, step, DEVICE_STREAM));
             let mut rng = checkpoint::epoch_rng(cfg.seed, step, AUGMENT_STREAM);
-            let tb = batch.to_tensors(&device);
+            let (batch_index, b) = (batch.index(), batch.len() as u64);
+            let host_labels = batch.labels().to_vec();
+            let tb = batch.into_tensors(&device);
             let x = cfg.augment.apply(tb.logmel, &mut rng);
             let logits = model.forward(x);
             let loss = if use_kd {
@@ -621,8 +623,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
                 .into_data()
                 .try_to_vec::<f32>()
                 .map_err(|e| TrainError::Config(format!("reading the logits: {e:?}")))?;
-            n_correct += count_correct(&host_logits, batch.labels(), n_classes) as u64;
-            let b = batch.len() as u64;
+            n_correct += count_correct(&host_logits, &host_labels, n_classes) as u64;
             loss_sum += loss_value as f64 * b as f64;
             n_seen += b;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -637,11 +638,11 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             ));
             bar.inc(1);
             // Without a terminal the bar is invisible: log about ten lines per epoch instead.
-            if opts.progress && !log_to_terminal && (batch.index() + 1) % log_every == 0 {
+            if opts.progress && !log_to_terminal && (batch_index + 1) % log_every == 0 {
                 eprintln!(
                     "  epoch {} update {}/{steps_per_epoch}: loss {:.4} lr {:.2e} {:.1} samples/s",
                     epoch + 1,
-                    batch.index() + 1,
+                    batch_index + 1,
                     loss_sum / n_seen as f64,
                     lr,
                     n_seen as f64 / secs

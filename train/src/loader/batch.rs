@@ -4,9 +4,13 @@ use std::sync::mpsc::Sender;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-/// The storage of one batch; reused from batch to batch.
+/// The storage of one batch, sized for a full batch and written slot by slot (the prefetch
+/// thread decodes each row straight into its slot); reused from batch to batch unless
+/// [`HostBatch::into_tensors`] moved it into tensors.
 #[derive(Debug, Default)]
 pub(crate) struct Buffers {
+    /// Rows filled (slots `0..n`).
+    pub n: usize,
     pub logmel: Vec<f32>,
     pub labels: Vec<i64>,
     pub teacher_logits: Vec<f32>,
@@ -16,26 +20,21 @@ pub(crate) struct Buffers {
 }
 
 impl Buffers {
-    /// Empty buffers with room for `batch` rows.
-    pub fn with_capacity(batch: usize, logmel_len: usize, n_classes: usize) -> Self {
-        Self {
-            logmel: Vec::with_capacity(batch * logmel_len),
-            labels: Vec::with_capacity(batch),
-            teacher_logits: Vec::with_capacity(batch * n_classes),
-            teacher_mask: Vec::with_capacity(batch),
-            device_ids: Vec::with_capacity(batch),
-            rows: Vec::with_capacity(batch),
+    /// Makes every field `batch` slots long (allocating only what a moved-out or new buffer
+    /// lacks) and empties the batch.
+    pub fn reset(&mut self, batch: usize, logmel_len: usize, n_classes: usize) {
+        fn sized<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
+            if v.len() != len {
+                *v = vec![T::default(); len];
+            }
         }
-    }
-
-    /// Empties the buffers, keeping their capacity.
-    pub fn clear(&mut self) {
-        self.logmel.clear();
-        self.labels.clear();
-        self.teacher_logits.clear();
-        self.teacher_mask.clear();
-        self.device_ids.clear();
-        self.rows.clear();
+        sized(&mut self.logmel, batch * logmel_len);
+        sized(&mut self.labels, batch);
+        sized(&mut self.teacher_logits, batch * n_classes);
+        sized(&mut self.teacher_mask, batch);
+        sized(&mut self.device_ids, batch);
+        sized(&mut self.rows, batch);
+        self.n = 0;
     }
 }
 
@@ -71,12 +70,12 @@ pub struct TensorBatch {
 impl HostBatch {
     /// Number of rows.
     pub fn len(&self) -> usize {
-        self.buf.rows.len()
+        self.buf.n
     }
 
     /// True when the batch has no rows.
     pub fn is_empty(&self) -> bool {
-        self.buf.rows.is_empty()
+        self.buf.n == 0
     }
 
     /// Index of this batch within its epoch.
@@ -91,52 +90,84 @@ impl HostBatch {
 
     /// Log-mel values, `[B, n_mels, n_frames]` row-major.
     pub fn logmel(&self) -> &[f32] {
-        &self.buf.logmel
+        &self.buf.logmel[..self.buf.n * self.n_mels * self.n_frames]
     }
 
     /// Label indices (`-1` where unknown).
     pub fn labels(&self) -> &[i64] {
-        &self.buf.labels
+        &self.buf.labels[..self.buf.n]
     }
 
     /// Teacher logits `[B, n_classes]` row-major (zeros where missing).
     pub fn teacher_logits(&self) -> &[f32] {
-        &self.buf.teacher_logits
+        &self.buf.teacher_logits[..self.buf.n * self.n_classes]
     }
 
     /// 1 where the row has teacher logits, 0 otherwise.
     pub fn teacher_mask(&self) -> &[f32] {
-        &self.buf.teacher_mask
+        &self.buf.teacher_mask[..self.buf.n]
     }
 
     /// Device indices.
     pub fn device_ids(&self) -> &[i64] {
-        &self.buf.device_ids
+        &self.buf.device_ids[..self.buf.n]
     }
 
     /// Global row ids, for [`super::ShardSet::row_info`].
     pub fn rows(&self) -> &[u32] {
-        &self.buf.rows
+        &self.buf.rows[..self.buf.n]
     }
 
-    /// Copies the batch into tensors on `device` (one copy per field, per batch).
+    /// Copies the batch into tensors on `device` (one copy per field); the buffers go back to
+    /// the loader's pool. [`HostBatch::into_tensors`] avoids the copy.
     pub fn to_tensors(&self, device: &Device) -> TensorBatch {
         let b = self.len();
         let f = |v: &[f32], shape: Vec<usize>| TensorData::new(v.to_vec(), shape);
         let i = |v: &[i64]| TensorData::new(v.to_vec(), [v.len()]);
         TensorBatch {
             logmel: Tensor::from_data(
-                f(&self.buf.logmel, vec![b, 1, self.n_mels, self.n_frames]),
+                f(self.logmel(), vec![b, 1, self.n_mels, self.n_frames]),
                 device,
             ),
-            labels: Tensor::from_data(i(&self.buf.labels), device),
+            labels: Tensor::from_data(i(self.labels()), device),
             teacher_logits: Tensor::from_data(
-                f(&self.buf.teacher_logits, vec![b, self.n_classes]),
+                f(self.teacher_logits(), vec![b, self.n_classes]),
                 device,
             ),
-            teacher_mask: Tensor::from_data(f(&self.buf.teacher_mask, vec![b]), device),
-            device_ids: Tensor::from_data(i(&self.buf.device_ids), device),
-            rows: self.buf.rows.clone(),
+            teacher_mask: Tensor::from_data(f(self.teacher_mask(), vec![b]), device),
+            device_ids: Tensor::from_data(i(self.device_ids()), device),
+            rows: self.rows().to_vec(),
+        }
+    }
+
+    /// Moves the batch's buffers into tensors on `device` without copying them on a CPU
+    /// device (the loader allocates fresh buffers for later batches instead of reusing these).
+    pub fn into_tensors(mut self, device: &Device) -> TensorBatch {
+        let (b, n_classes) = (self.len(), self.n_classes);
+        let (n_mels, n_frames) = (self.n_mels, self.n_frames);
+        let buf = &mut self.buf;
+        let take = |v: &mut Vec<f32>, len: usize| {
+            let mut v = std::mem::take(v);
+            v.truncate(len);
+            v
+        };
+        let take_i = |v: &mut Vec<i64>| {
+            let mut v = std::mem::take(v);
+            v.truncate(b);
+            TensorData::new(v, [b])
+        };
+        let logmel = take(&mut buf.logmel, b * n_mels * n_frames);
+        let logits = take(&mut buf.teacher_logits, b * n_classes);
+        let mask = take(&mut buf.teacher_mask, b);
+        let mut rows = std::mem::take(&mut buf.rows);
+        rows.truncate(b);
+        TensorBatch {
+            logmel: Tensor::from_data(TensorData::new(logmel, [b, 1, n_mels, n_frames]), device),
+            labels: Tensor::from_data(take_i(&mut buf.labels), device),
+            teacher_logits: Tensor::from_data(TensorData::new(logits, [b, n_classes]), device),
+            teacher_mask: Tensor::from_data(TensorData::new(mask, [b]), device),
+            device_ids: Tensor::from_data(take_i(&mut buf.device_ids), device),
+            rows,
         }
     }
 }

@@ -20,13 +20,15 @@ use parquet::file::serialized_reader::SerializedPageReader;
 
 use super::shards::Shard;
 
-/// Result of the fast path: `Ok(true)` decoded, `Ok(false)` unsupported layout, `Err(msg)`.
+/// Decodes the log-mel of `local_rows` (ascending) of row group `rg` into `dests[k]`
+/// (`logmel_len` values each). Result: `Ok(true)` decoded, `Ok(false)` unsupported layout,
+/// `Err(msg)`.
 pub(crate) fn decode_logmel(
     shard: &Shard,
     rg: usize,
     logmel_len: usize,
     local_rows: &[u32],
-    out: &mut [f32],
+    dests: &mut [&mut [f32]],
 ) -> Result<bool, String> {
     let Some(leaf) = shard.logmel_leaf else {
         return Ok(false);
@@ -135,7 +137,7 @@ pub(crate) fn decode_logmel(
                 break;
             }
             let (a, b) = (r0.max(v0), r1.min(v0 + n));
-            let dst = &mut out[k * logmel_len + (a - r0) as usize..][..(b - a) as usize];
+            let dst = &mut dests[k][(a - r0) as usize..(b - r0) as usize];
             let (a, b) = ((a - v0) as usize, (b - v0) as usize);
             if bss {
                 // BYTE_STREAM_SPLIT: byte j of value i is at values[j * n + i].

@@ -221,18 +221,19 @@ struct Job {
     pool_rx: Arc<Mutex<Receiver<Buffers>>>,
 }
 
-/// The decoded `logmel` and `teacher_logits` of the selected rows of one row group.
-struct Decoded {
-    /// Row group id in the set.
-    rg: u32,
-    /// Selected rows, local to the row group, ascending; position `k` = index in the buffers.
-    local_rows: Vec<u32>,
-    /// Log-mel of the selected rows, `[k, logmel_len]`.
-    logmel: Vec<f32>,
+/// The teacher logits of the selected rows of one row group (their log-mel is decoded straight
+/// into the batch buffers).
+struct RowGroupLogits {
     /// Teacher logits of the selected rows, `[k, n_classes]` (zeros where missing).
     logits: Vec<f32>,
     /// Whether row `k` has teacher logits.
     has_logits: Vec<bool>,
+}
+
+/// Batches under construction: `batches[i]` is batch `first + i` of the epoch.
+struct Open {
+    first: u64,
+    batches: Vec<Buffers>,
 }
 
 impl Job {
@@ -243,16 +244,13 @@ impl Job {
     }
 
     fn take_buffers(&self) -> Buffers {
-        let fe = &self.inner.meta.frontend;
         let recycled = self.pool_rx.lock().ok().and_then(|rx| rx.try_recv().ok());
-        let mut buf = recycled.unwrap_or_else(|| {
-            Buffers::with_capacity(
-                self.cfg.batch_size,
-                fe.logmel_len(),
-                self.inner.meta.n_classes(),
-            )
-        });
-        buf.clear();
+        let mut buf = recycled.unwrap_or_default();
+        buf.reset(
+            self.cfg.batch_size,
+            self.inner.meta.frontend.logmel_len(),
+            self.inner.meta.n_classes(),
+        );
         buf
     }
 
@@ -267,92 +265,138 @@ impl Job {
             order.order.len()
         };
         let start = (self.first_batch as usize).saturating_mul(bs).min(end);
-        let fe = &self.inner.meta.frontend;
-        let logmel_len = fe.logmel_len();
-        let n_classes = self.inner.meta.n_classes();
-        let mut batch_index = self.first_batch;
-        let mut buf = self.take_buffers();
-        // The windows' row ranges, clipped to [start, end).
-        let windows: Vec<&[u32]> = order
+        // The windows' position ranges in the epoch order, clipped to [start, end).
+        let windows: Vec<std::ops::Range<usize>> = order
             .windows
             .iter()
             .filter_map(|w| {
                 let (lo, hi) = (w.start.max(start), w.end.min(end));
-                (lo < hi).then(|| &order.order[lo..hi])
+                (lo < hi).then_some(lo..hi)
             })
             .collect();
-        // Window k + 1 is decoded (rayon, one task per row group) while the rows of window k
-        // are copied into batches and sent, so decoding overlaps copying and the consumer.
-        let mut next = match windows.first() {
-            Some(rows) => Some(self.decode_window(rows)?),
-            None => None,
+        let order_rows: &[u32] = &order.order;
+        let mut open = Open {
+            first: self.first_batch,
+            batches: Vec::new(),
         };
-        for (w, rows) in windows.iter().enumerate() {
-            let decoded = next.take().expect("decoded window");
-            let (following, stopped) = std::thread::scope(|s| {
-                let ahead = windows
-                    .get(w + 1)
-                    .map(|rows| s.spawn(move || self.decode_window(rows)));
-                let stopped = !self.copy_window(
-                    tx,
-                    rows,
-                    &decoded,
-                    &mut buf,
-                    &mut batch_index,
-                    (logmel_len, n_classes, bs),
-                );
-                let following = ahead.map(|h| h.join().expect("decode thread"));
-                (following, stopped)
+        // Window k + 1 is decoded (rayon, one task per row group) straight into its batches
+        // while the finished batches of window k are sent, so decoding overlaps the consumer.
+        if let Some(w) = windows.first() {
+            self.fill_window(order_rows, w.clone(), &mut open)?;
+        }
+        for w in 1..=windows.len() {
+            // Every batch but a partial last one is complete.
+            let last_pos = windows[w - 1].end;
+            let complete = if last_pos == end {
+                open.batches.len()
+            } else {
+                (last_pos / bs) as usize - open.first as usize
+            };
+            let done: Vec<Buffers> = open.batches.drain(..complete).collect();
+            let first_done = open.first;
+            open.first += complete as u64;
+            let (filled, stopped) = std::thread::scope(|s| {
+                let ahead = windows.get(w).map(|range| {
+                    let open = &mut open;
+                    s.spawn(move || self.fill_window(order_rows, range.clone(), open))
+                });
+                let mut stopped = false;
+                for (i, buf) in done.into_iter().enumerate() {
+                    if !self.send(tx, buf, first_done + i as u64) {
+                        stopped = true;
+                        break;
+                    }
+                }
+                let filled = ahead.map(|h| h.join().expect("decode thread"));
+                (filled, stopped)
             });
             if stopped {
                 return Ok(());
             }
-            next = following.transpose()?;
-        }
-        if !buf.rows.is_empty() {
-            self.send(tx, buf, batch_index);
+            filled.transpose()?;
         }
         Ok(())
     }
 
-    /// Copies the rows of a decoded window into batches, sending each full one; false when
-    /// the consumer is gone.
-    fn copy_window(
+    /// Fills the epoch positions `range` of `order` into the open batches (opening new ones):
+    /// labels, devices and row ids directly, log-mel decoded in parallel per row group straight
+    /// into each row's slot, then the teacher logits.
+    fn fill_window(
         &self,
-        tx: &SyncSender<Result<HostBatch>>,
-        rows: &[u32],
-        decoded: &[Decoded],
-        buf: &mut Buffers,
-        batch_index: &mut u64,
-        (logmel_len, n_classes, bs): (usize, usize, usize),
-    ) -> bool {
-        for &row in rows {
-            let rg = self.inner.row_group_of[row as usize];
-            let d = decoded
-                .binary_search_by_key(&rg, |d| d.rg)
-                .map(|i| &decoded[i])
-                .expect("row group decoded");
-            let local = row - self.inner.row_groups[rg as usize].first_row;
-            let k = d.local_rows.binary_search(&local).expect("row decoded");
-            buf.logmel
-                .extend_from_slice(&d.logmel[k * logmel_len..(k + 1) * logmel_len]);
-            buf.teacher_logits
-                .extend_from_slice(&d.logits[k * n_classes..(k + 1) * n_classes]);
-            buf.teacher_mask
-                .push(if d.has_logits[k] { 1.0 } else { 0.0 });
+        order: &[u32],
+        range: std::ops::Range<usize>,
+        open: &mut Open,
+    ) -> Result<()> {
+        let bs = self.cfg.batch_size;
+        let logmel_len = self.inner.meta.frontend.logmel_len();
+        let n_classes = self.inner.meta.n_classes();
+        let last_batch = ((range.end - 1) / bs) as u64;
+        while open.first + (open.batches.len() as u64) <= last_batch {
+            open.batches.push(self.take_buffers());
+        }
+        let slot = |pos: usize| {
+            let b = (pos / bs) as u64 - open.first;
+            (b as usize, pos % bs)
+        };
+        // Small fields, and the (row group, local row, position) of every row.
+        let mut by_rg: Vec<(u32, u32, usize)> = Vec::with_capacity(range.len());
+        for pos in range.clone() {
+            let row = order[pos];
+            let (b, i) = slot(pos);
+            let buf = &mut open.batches[b];
             let (label, device, ..) = self.inner.row(row);
-            buf.labels.push(label as i64);
-            buf.device_ids.push(device as i64);
-            buf.rows.push(row);
-            if buf.rows.len() == bs {
-                let full = std::mem::replace(buf, self.take_buffers());
-                if !self.send(tx, full, *batch_index) {
-                    return false;
+            buf.labels[i] = label as i64;
+            buf.device_ids[i] = device as i64;
+            buf.rows[i] = row;
+            buf.n = buf.n.max(i + 1);
+            let rg = self.inner.row_group_of[row as usize];
+            by_rg.push((rg, row - self.inner.row_groups[rg as usize].first_row, pos));
+        }
+        by_rg.sort_unstable();
+        // The log-mel slot of every position of the window.
+        let first_pos = range.start;
+        let mut slots: Vec<Option<&mut [f32]>> = Vec::with_capacity(range.len());
+        for (b, buf) in open.batches.iter_mut().enumerate() {
+            let batch_start = (open.first as usize + b) * bs;
+            for (i, s) in buf.logmel.chunks_exact_mut(logmel_len).enumerate() {
+                let pos = batch_start + i;
+                if range.contains(&pos) {
+                    debug_assert_eq!(pos - first_pos, slots.len());
+                    slots.push(Some(s));
                 }
-                *batch_index += 1;
             }
         }
-        true
+        // One job per row group: its selected local rows (ascending) and their slots.
+        let mut jobs: Vec<(u32, Vec<u32>, Vec<&mut [f32]>)> = Vec::new();
+        for &(rg, local, pos) in &by_rg {
+            let dest = slots[pos - first_pos]
+                .take()
+                .expect("one slot per position");
+            match jobs.last_mut() {
+                Some((g, l, d)) if *g == rg => {
+                    l.push(local);
+                    d.push(dest);
+                }
+                _ => jobs.push((rg, vec![local], vec![dest])),
+            }
+        }
+        let decoded: Vec<RowGroupLogits> = jobs
+            .into_par_iter()
+            .map(|(rg, local_rows, mut dests)| self.decode_row_group(rg, &local_rows, &mut dests))
+            .collect::<Result<_>>()?;
+        // Teacher logits, in the jobs' (row group, local row) order.
+        let mut k = by_rg.iter();
+        for d in &decoded {
+            for (j, &has) in d.has_logits.iter().enumerate() {
+                let &(_, _, pos) = k.next().expect("one decoded row per position");
+                let (b, i) = slot(pos);
+                let buf = &mut open.batches[b];
+                buf.teacher_logits[i * n_classes..(i + 1) * n_classes]
+                    .copy_from_slice(&d.logits[j * n_classes..(j + 1) * n_classes]);
+                buf.teacher_mask[i] = if has { 1.0 } else { 0.0 };
+            }
+        }
+        Ok(())
     }
 
     /// Sends a batch; false when the consumer is gone.
@@ -369,29 +413,14 @@ impl Job {
         tx.send(Ok(batch)).is_ok()
     }
 
-    /// Decodes the row groups of a window in parallel; sorted by row group id.
-    fn decode_window(&self, rows: &[u32]) -> Result<Vec<Decoded>> {
-        let mut by_rg: Vec<(u32, u32)> = rows
-            .iter()
-            .map(|&r| {
-                let rg = self.inner.row_group_of[r as usize];
-                (rg, r - self.inner.row_groups[rg as usize].first_row)
-            })
-            .collect();
-        by_rg.sort_unstable();
-        let mut jobs: Vec<(u32, Vec<u32>)> = Vec::new();
-        for (rg, local) in by_rg {
-            match jobs.last_mut() {
-                Some((g, v)) if *g == rg => v.push(local),
-                _ => jobs.push((rg, vec![local])),
-            }
-        }
-        jobs.into_par_iter()
-            .map(|(rg, local_rows)| self.decode_row_group(rg, local_rows))
-            .collect()
-    }
-
-    fn decode_row_group(&self, rg_id: u32, local_rows: Vec<u32>) -> Result<Decoded> {
+    /// Decodes the selected `local_rows` (ascending) of row group `rg_id`: log-mel into
+    /// `dests[k]` (one slot of `logmel_len` values per row), teacher logits returned.
+    fn decode_row_group(
+        &self,
+        rg_id: u32,
+        local_rows: &[u32],
+        dests: &mut [&mut [f32]],
+    ) -> Result<RowGroupLogits> {
         let r = self.inner.row_groups[rg_id as usize];
         let shard = &self.inner.shards[r.shard as usize];
         let pq = |e: &dyn std::fmt::Display| LoaderError::Parquet {
@@ -401,7 +430,7 @@ impl Job {
         // Row selection: runs of selected / skipped rows.
         let mut selectors = Vec::new();
         let mut next = 0u32;
-        for &l in &local_rows {
+        for &l in local_rows {
             if l > next {
                 selectors.push(RowSelector::skip((l - next) as usize));
             }
@@ -454,12 +483,10 @@ impl Job {
             )));
         }
         // Log-mel: page-level fast path, Arrow reader otherwise.
-        let mut logmel = vec![0f32; n * logmel_len];
-        let fast =
-            super::pages::decode_logmel(shard, r.rg as usize, logmel_len, &local_rows, &mut logmel)
-                .map_err(|e| pq(&format!("column '{}': {e}", col::LOGMEL)))?;
+        let fast = super::pages::decode_logmel(shard, r.rg as usize, logmel_len, local_rows, dests)
+            .map_err(|e| pq(&format!("column '{}': {e}", col::LOGMEL)))?;
         if !fast {
-            let mut at = 0;
+            let mut rows = dests.iter_mut();
             for batch in read(&shard.logmel_mask)? {
                 let batch = batch.map_err(|e| pq(&e))?;
                 let list = batch
@@ -467,21 +494,21 @@ impl Job {
                     .expect("projected")
                     .as_fixed_size_list();
                 let values = list.values().as_primitive::<Float32Type>().values();
-                let m = values.len().min(logmel.len() - at);
-                logmel[at..at + m].copy_from_slice(&values[..m]);
-                at += m;
+                if values.len() != list.len() * logmel_len {
+                    return Err(pq(&"log-mel rows of the wrong length".to_string()));
+                }
+                for v in values.chunks_exact(logmel_len) {
+                    let dest = rows
+                        .next()
+                        .ok_or_else(|| pq(&"more log-mel rows than selected"))?;
+                    dest.copy_from_slice(v);
+                }
             }
-            if at != logmel.len() {
+            if rows.next().is_some() {
                 return Err(pq(&"log-mel rows missing".to_string()));
             }
         }
         shard.release_row_group(r.rg as usize);
-        Ok(Decoded {
-            rg: rg_id,
-            local_rows,
-            logmel,
-            logits,
-            has_logits,
-        })
+        Ok(RowGroupLogits { logits, has_logits })
     }
 }

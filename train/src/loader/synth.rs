@@ -89,20 +89,26 @@ pub fn synth_logits(row: u32, c: usize) -> f32 {
     row as f32 * 0.01 + c as f32
 }
 
-/// Writer properties like the pipeline's: zstd-1, `BYTE_STREAM_SPLIT` and no dictionary or
-/// statistics on the two float leaves, `row_group_rows` rows per row group.
-pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
+/// Writer properties like the pipeline's (`pipeline features --compression`): uncompressed
+/// PLAIN floats (the default), or with `zstd` zstd-1 and `BYTE_STREAM_SPLIT` on the two float
+/// leaves; no dictionary or statistics on those leaves, `row_group_rows` rows per row group.
+pub fn writer_properties(row_group_rows: usize, zstd: bool) -> WriterProperties {
+    let compression = if zstd {
+        Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level"))
+    } else {
+        Compression::UNCOMPRESSED
+    };
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(1).expect("valid level"),
-        ))
+        .set_compression(compression)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)));
     for c in [col::LOGMEL, col::TEACHER_LOGITS] {
         let path = ColumnPath::new(vec![c.into(), "list".into(), "item".into()]);
         b = b
             .set_column_dictionary_enabled(path.clone(), false)
-            .set_column_statistics_enabled(path.clone(), EnabledStatistics::None)
-            .set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+            .set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
+        if zstd {
+            b = b.set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+        }
     }
     b.build()
 }
@@ -212,20 +218,22 @@ pub fn synth_meta(frontend: FrontEndConfig) -> ShardMeta {
 /// returns its manifest. Rows are spread over the shards in order and made one row group at a
 /// time (bounded memory, whatever the set's size).
 pub fn write_shard_set(dir: &Path, spec: &SynthSpec) -> Result<Manifest> {
+    write_shard_set_with(dir, spec, writer_properties(spec.row_group_rows, false))
+}
+
+/// [`write_shard_set`] with other writer properties (e.g. [`writer_properties`] with zstd).
+pub fn write_shard_set_with(
+    dir: &Path,
+    spec: &SynthSpec,
+    props: WriterProperties,
+) -> Result<Manifest> {
     let meta = synth_meta(spec.frontend.clone());
     let rows = synth_rows(spec);
-    write_with(
-        dir,
-        &meta,
-        rows.len(),
-        spec.n_shards,
-        spec.row_group_rows,
-        |range| {
-            range
-                .map(|row| make_record(spec, &meta, row as u32, &rows[row]))
-                .collect()
-        },
-    )
+    write_with(dir, &meta, rows.len(), spec.n_shards, props, |range| {
+        range
+            .map(|row| make_record(spec, &meta, row as u32, &rows[row]))
+            .collect()
+    })
 }
 
 /// Writes `records` as `n_shards` shards into `dir` with a manifest.
@@ -241,7 +249,7 @@ pub fn write_records(
         meta,
         records.len(),
         n_shards,
-        row_group_rows,
+        writer_properties(row_group_rows, false),
         |range| records[range].to_vec(),
     )
 }
@@ -252,7 +260,7 @@ fn write_with(
     meta: &ShardMeta,
     n_rows: usize,
     n_shards: usize,
-    row_group_rows: usize,
+    props: WriterProperties,
     make: impl Fn(std::ops::Range<usize>) -> Vec<ClipRecord>,
 ) -> Result<Manifest> {
     let io = |p: &Path, e: &dyn std::fmt::Display| LoaderError::Io {
@@ -260,7 +268,7 @@ fn write_with(
         problem: e.to_string(),
     };
     let per_shard = n_rows.div_ceil(n_shards.max(1)).max(1);
-    let rg = row_group_rows.max(1);
+    let rg = props.max_row_group_row_count().unwrap_or(1024).max(1);
     let mut shards = Vec::new();
     for (s, first) in (0..n_rows).step_by(per_shard).enumerate() {
         let last = (first + per_shard).min(n_rows);
@@ -268,7 +276,7 @@ fn write_with(
         let path = dir.join(&name);
         let tmp = dir.join(format!("{name}.tmp"));
         let file = File::create(&tmp).map_err(|e| io(&tmp, &e))?;
-        let mut w = ArrowWriter::try_new(file, meta.schema(), Some(writer_properties(rg)))
+        let mut w = ArrowWriter::try_new(file, meta.schema(), Some(props.clone()))
             .map_err(|e| io(&tmp, &e))?;
         for start in (first..last).step_by(rg) {
             let records = make(start..(start + rg).min(last));

@@ -428,10 +428,17 @@ fn batch_tensors_hold_the_rows_values_and_teacher_mask() {
     let (m, t) = (fe.n_mels, fe.n_frames());
     let len = m * t;
     let (mut with, mut without) = (0, 0);
-    for b in loader.epoch(0) {
+    // Two epochs, odd batches moved into tensors and even ones copied: recycled, moved-out
+    // and fresh buffers all carry the right rows.
+    for b in (0..2).flat_map(|e| loader.epoch(e)) {
         let b = b.unwrap();
         let n = b.len();
-        let tb = b.to_tensors(&device);
+        let rows = b.rows().to_vec();
+        let tb = if b.index() % 2 == 1 {
+            b.into_tensors(&device)
+        } else {
+            b.to_tensors(&device)
+        };
         assert_eq!(tb.logmel.dims(), [n, 1, m, t]);
         assert_eq!(tb.teacher_logits.dims(), [n, 10]);
         let logmel = tb.logmel.into_data();
@@ -452,8 +459,8 @@ fn batch_tensors_hold_the_rows_values_and_teacher_mask() {
             .convert::<i64>()
             .try_to_vec::<i64>()
             .unwrap();
-        assert_eq!(tb.rows, b.rows());
-        for (j, &row) in b.rows().iter().enumerate() {
+        assert_eq!(tb.rows, rows);
+        for (j, &row) in rows.iter().enumerate() {
             let r = &f.records[row as usize];
             for k in 0..len {
                 assert_eq!(logmel[j * len + k], synth_logmel(row, k));

@@ -98,7 +98,8 @@ pub fn qat_finetune(
         for batch in loader.epoch(epoch) {
             let batch = batch?;
             let device = model_device(&model);
-            let tb = batch.to_tensors(&device);
+            let rows = batch.len();
+            let tb = batch.into_tensors(&device);
             let x = cfg.augment.apply(tb.logmel, &mut rng);
             let logits = qat_forward(student(&model)?, x, &mut obs);
             let loss = match &cfg.kd {
@@ -112,8 +113,8 @@ pub fn qat_finetune(
             if !v.is_finite() {
                 return Err(QatTrainError::Diverged { step, loss: v });
             }
-            loss_sum += v as f64 * batch.len() as f64;
-            n += batch.len();
+            loss_sum += v as f64 * rows as f64;
+            n += rows;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(cfg.lr, model, grads);
             step += 1;
