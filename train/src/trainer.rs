@@ -438,6 +438,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
         seed: cfg.seed,
         shuffle: true,
         drop_last: false,
+        prefetch_next_epoch: true,
         ..LoaderConfig::default()
     };
     let probe = crate::loader::Loader::new(&set, cfg.selection(), loader_cfg.clone())?;

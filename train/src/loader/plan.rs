@@ -185,6 +185,11 @@ pub struct LoaderConfig {
     /// window until it holds this many rows of the epoch; rows are permuted within a window.
     /// Also the unit of decoding, so it bounds the decoded memory.
     pub shuffle_window: usize,
+    /// Keep decoding into the next epoch when an epoch's last batch is produced, so that a
+    /// consumer iterating epoch after epoch (training) never waits at an epoch boundary. Off
+    /// for one-pass loaders (evaluation), where the work would be wasted.
+    #[serde(default)]
+    pub prefetch_next_epoch: bool,
 }
 
 impl Default for LoaderConfig {
@@ -196,6 +201,7 @@ impl Default for LoaderConfig {
             drop_last: false,
             prefetch: 3,
             shuffle_window: 1024,
+            prefetch_next_epoch: false,
         }
     }
 }

@@ -26,6 +26,27 @@ pub struct Loader {
     position: Arc<Mutex<(u64, u64)>>,
     pool_tx: Sender<Buffers>,
     pool_rx: Arc<Mutex<Receiver<Buffers>>>,
+    /// With [`LoaderConfig::prefetch_next_epoch`]: the producer of a finished epoch, already
+    /// decoding the next one, waiting for [`Loader::epoch`] to ask for it.
+    parked: Arc<Mutex<Option<Stream>>>,
+}
+
+/// A running producer thread and the receiving end of its batches.
+struct Stream {
+    rx: Option<Receiver<Result<HostBatch>>>,
+    handle: Option<JoinHandle<()>>,
+    /// The epoch whose batches come next.
+    next_epoch: u64,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // Closing the channel makes the producer's next send fail, so it stops.
+        self.rx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Loader {
@@ -52,6 +73,7 @@ impl Loader {
             position: Arc::new(Mutex::new((0, 0))),
             pool_tx,
             pool_rx: Arc::new(Mutex::new(pool_rx)),
+            parked: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -129,7 +151,27 @@ impl Loader {
     /// The batches of epoch `epoch` starting at batch `first_batch`.
     pub fn epoch_from(&self, epoch: u64, first_batch: u64) -> EpochIter {
         let n_batches = self.batches_per_epoch();
-        *self.position.lock().expect("position lock") = (epoch, first_batch.min(n_batches));
+        let first_batch = first_batch.min(n_batches);
+        *self.position.lock().expect("position lock") = (epoch, first_batch);
+        // The parked producer when it is already on this epoch; any other one is stopped.
+        let parked = self.parked.lock().expect("parked lock").take();
+        let stream = match parked {
+            Some(s) if s.next_epoch == epoch && first_batch == 0 => s,
+            _ => self.start(epoch, first_batch),
+        };
+        EpochIter {
+            stream: Some(stream),
+            parked: Arc::clone(&self.parked),
+            continuous: self.cfg.prefetch_next_epoch,
+            position: Arc::clone(&self.position),
+            epoch,
+            n_batches,
+            remaining: n_batches - first_batch,
+        }
+    }
+
+    /// Starts a producer thread at batch `first_batch` of epoch `epoch`.
+    fn start(&self, epoch: u64, first_batch: u64) -> Stream {
         let (tx, rx) = sync_channel(self.cfg.prefetch.max(1));
         let job = Job {
             inner: Arc::clone(&self.set.inner),
@@ -144,48 +186,72 @@ impl Loader {
             .name(format!("loader-epoch-{epoch}"))
             .spawn(move || job.run(&tx))
             .expect("spawning the loader thread");
-        EpochIter {
+        Stream {
             rx: Some(rx),
             handle: Some(handle),
-            position: Arc::clone(&self.position),
-            epoch,
-            n_batches,
+            next_epoch: epoch,
         }
     }
 }
 
-/// The batches of one epoch, decoded ahead by a background thread. Dropping it stops the
-/// thread.
+/// The batches of one epoch, decoded ahead by a background thread. Dropping it before its end
+/// stops the thread; at its end the thread is parked, already decoding the next epoch, when
+/// [`LoaderConfig::prefetch_next_epoch`] is on.
 pub struct EpochIter {
-    rx: Option<Receiver<Result<HostBatch>>>,
-    handle: Option<JoinHandle<()>>,
+    stream: Option<Stream>,
+    parked: Arc<Mutex<Option<Stream>>>,
+    continuous: bool,
     position: Arc<Mutex<(u64, u64)>>,
     epoch: u64,
     n_batches: u64,
+    /// Batches of this epoch still to come.
+    remaining: u64,
+}
+
+impl EpochIter {
+    /// Ends the epoch: parks the producer for the next epoch, or stops it.
+    fn finish(&mut self) {
+        if let Some(mut s) = self.stream.take()
+            && self.continuous
+        {
+            s.next_epoch = self.epoch + 1;
+            *self.parked.lock().expect("parked lock") = Some(s);
+        }
+    }
 }
 
 impl Iterator for EpochIter {
     type Item = Result<HostBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let rx = self.rx.as_ref()?;
-        match rx.recv() {
-            Ok(item) => {
-                if let Ok(b) = &item {
-                    let next = b.index() + 1;
-                    *self.position.lock().expect("position lock") = if next >= self.n_batches {
-                        (self.epoch + 1, 0)
-                    } else {
-                        (self.epoch, next)
-                    };
+        if self.remaining == 0 {
+            self.finish();
+            return None;
+        }
+        let stream = self.stream.as_mut()?;
+        match stream.rx.as_ref()?.recv() {
+            Ok(Ok(b)) => {
+                let next = b.index() + 1;
+                *self.position.lock().expect("position lock") = if next >= self.n_batches {
+                    (self.epoch + 1, 0)
                 } else {
-                    self.rx = None;
+                    (self.epoch, next)
+                };
+                self.remaining -= 1;
+                if self.remaining == 0 {
+                    self.finish();
                 }
-                Some(item)
+                Some(Ok(b))
+            }
+            Ok(Err(e)) => {
+                self.stream = None;
+                Some(Err(e))
             }
             Err(_) => {
-                self.rx = None;
-                let handle = self.handle.take()?;
+                // The producer ended early: a panic is an error, anything else the end.
+                let mut s = self.stream.take()?;
+                s.rx = None;
+                let handle = s.handle.take()?;
                 match handle.join() {
                     Ok(()) => None,
                     Err(p) => Some(Err(LoaderError::Thread(
@@ -196,16 +262,6 @@ impl Iterator for EpochIter {
                     ))),
                 }
             }
-        }
-    }
-}
-
-impl Drop for EpochIter {
-    fn drop(&mut self) {
-        // Closing the channel makes the producer's next send fail, so it stops.
-        self.rx = None;
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
         }
     }
 }
@@ -228,6 +284,17 @@ struct RowGroupLogits {
     logits: Vec<f32>,
     /// Whether row `k` has teacher logits.
     has_logits: Vec<bool>,
+}
+
+/// A row group to decode: its id, its selected local rows (ascending) and their log-mel slots.
+type RowGroupJob<'a> = (u32, Vec<u32>, Vec<&'a mut [f32]>);
+
+/// An epoch's order and the position ranges of its windows still to produce.
+struct EpochWindows {
+    order: Vec<u32>,
+    windows: Vec<std::ops::Range<usize>>,
+    /// End of the produced positions (the last partial batch dropped with `drop_last`).
+    end: usize,
 }
 
 /// Batches under construction: `batches[i]` is batch `first + i` of the epoch.
@@ -254,19 +321,19 @@ impl Job {
         buf
     }
 
-    fn produce(&self, tx: &SyncSender<Result<HostBatch>>) -> Result<()> {
+    /// The epoch order of `epoch` and its windows' position ranges, from batch `first_batch`.
+    fn epoch_windows(&self, epoch: u64, first_batch: u64) -> EpochWindows {
         let order = self
             .plan
-            .epoch_order(&self.inner, self.cfg.seed, self.epoch, &self.cfg);
+            .epoch_order(&self.inner, self.cfg.seed, epoch, &self.cfg);
         let bs = self.cfg.batch_size;
         let end = if self.cfg.drop_last {
             order.order.len() / bs * bs
         } else {
             order.order.len()
         };
-        let start = (self.first_batch as usize).saturating_mul(bs).min(end);
-        // The windows' position ranges in the epoch order, clipped to [start, end).
-        let windows: Vec<std::ops::Range<usize>> = order
+        let start = (first_batch as usize).saturating_mul(bs).min(end);
+        let windows = order
             .windows
             .iter()
             .filter_map(|w| {
@@ -274,31 +341,62 @@ impl Job {
                 (lo < hi).then_some(lo..hi)
             })
             .collect();
-        let order_rows: &[u32] = &order.order;
+        EpochWindows {
+            order: order.order,
+            windows,
+            end,
+        }
+    }
+
+    /// Produces the batches of `self.epoch` from `self.first_batch` and, with
+    /// `prefetch_next_epoch`, of the following epochs until the consumer is gone.
+    ///
+    /// The windows (of this epoch, then of the next) form one sequence: window k + 1 is decoded
+    /// (rayon, one task per row group) straight into its batches while the finished batches of
+    /// window k are sent, so decoding overlaps the consumer, also across an epoch boundary.
+    fn produce(&self, tx: &SyncSender<Result<HostBatch>>) -> Result<()> {
+        let bs = self.cfg.batch_size;
+        let continuous = self.cfg.prefetch_next_epoch && self.plan.epoch_len() > 0;
+        let mut epoch = self.epoch;
+        let mut cur = self.epoch_windows(epoch, self.first_batch);
         let mut open = Open {
             first: self.first_batch,
             batches: Vec::new(),
         };
-        // Window k + 1 is decoded (rayon, one task per row group) straight into its batches
-        // while the finished batches of window k are sent, so decoding overlaps the consumer.
-        if let Some(w) = windows.first() {
-            self.fill_window(order_rows, w.clone(), &mut open)?;
+        let mut w = 0;
+        if let Some(range) = cur.windows.first() {
+            self.fill_window(&cur.order, range.clone(), &mut open)?;
         }
-        for w in 1..=windows.len() {
-            // Every batch but a partial last one is complete.
-            let last_pos = windows[w - 1].end;
-            let complete = if last_pos == end {
-                open.batches.len()
-            } else {
-                (last_pos / bs) as usize - open.first as usize
+        loop {
+            // The finished batches of window w: all but a partial last one.
+            let complete = match cur.windows.get(w) {
+                Some(range) if range.end != cur.end => range.end / bs - open.first as usize,
+                _ => open.batches.len(),
             };
             let done: Vec<Buffers> = open.batches.drain(..complete).collect();
             let first_done = open.first;
             open.first += complete as u64;
+            // The next window: of this epoch, else of the next (a fresh epoch order).
+            let mut next_epoch = None;
+            let next_range = if w + 1 < cur.windows.len() {
+                Some(cur.windows[w + 1].clone())
+            } else if continuous {
+                let following = self.epoch_windows(epoch + 1, 0);
+                open = Open {
+                    first: 0,
+                    batches: Vec::new(),
+                };
+                let range = following.windows.first().cloned();
+                next_epoch = Some(following);
+                range
+            } else {
+                None
+            };
+            let order: &[u32] = next_epoch.as_ref().map_or(&cur.order, |e| &e.order);
             let (filled, stopped) = std::thread::scope(|s| {
-                let ahead = windows.get(w).map(|range| {
+                let ahead = next_range.map(|range| {
                     let open = &mut open;
-                    s.spawn(move || self.fill_window(order_rows, range.clone(), open))
+                    s.spawn(move || self.fill_window(order, range, open))
                 });
                 let mut stopped = false;
                 for (i, buf) in done.into_iter().enumerate() {
@@ -314,8 +412,19 @@ impl Job {
                 return Ok(());
             }
             filled.transpose()?;
+            match next_epoch {
+                Some(e) => {
+                    cur = e;
+                    epoch += 1;
+                    w = 0;
+                    if cur.windows.is_empty() {
+                        return Ok(());
+                    }
+                }
+                None if w + 1 < cur.windows.len() => w += 1,
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// Fills the epoch positions `range` of `order` into the open batches (opening new ones):
@@ -367,7 +476,7 @@ impl Job {
             }
         }
         // One job per row group: its selected local rows (ascending) and their slots.
-        let mut jobs: Vec<(u32, Vec<u32>, Vec<&mut [f32]>)> = Vec::new();
+        let mut jobs: Vec<RowGroupJob> = Vec::new();
         for &(rg, local, pos) in &by_rg {
             let dest = slots[pos - first_pos]
                 .take()

@@ -34,7 +34,9 @@ pub(crate) struct Shard {
     /// Path of the file.
     pub path: PathBuf,
     /// The map itself (for `madvise`).
-    map: Arc<Mmap>,
+    pub(crate) map: Arc<Mmap>,
+    /// The open file (positioned reads of uncompressed log-mel, see [`super::pages`]).
+    pub(crate) file: File,
     /// The whole file as zero-copy bytes over the map.
     pub bytes: Bytes,
     /// Parsed footer (with offset index when present), reused for every row-group read.
@@ -420,6 +422,7 @@ fn open_shard(path: &Path) -> Result<(Shard, ShardMeta)> {
         Shard {
             path: path.to_path_buf(),
             map,
+            file,
             bytes,
             reader_meta,
             logits_mask,

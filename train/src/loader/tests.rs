@@ -41,6 +41,7 @@ fn cfg(batch_size: usize, seed: u64) -> LoaderConfig {
         drop_last: false,
         prefetch: 2,
         shuffle_window: 40,
+        prefetch_next_epoch: false,
     }
 }
 
@@ -651,5 +652,42 @@ fn page_fast_path_and_arrow_fallback_agree() {
             }
         }
         assert_eq!(seen, loader.epoch_len());
+    }
+}
+
+#[test]
+fn prefetching_the_next_epoch_gives_the_same_batches() {
+    let f = fixture(SynthSpec::tiny(150));
+    for drop_last in [false, true] {
+        let plain = |c: LoaderConfig| Loader::new(&f.set, sel(0.6, true), c).unwrap();
+        let mut c = cfg(16, 5);
+        c.drop_last = drop_last;
+        let reference = plain(c.clone());
+        c.prefetch_next_epoch = true;
+        let continuous = plain(c);
+        let rows = |it: EpochIter| -> Vec<(u64, Vec<u32>)> {
+            it.map(|b| {
+                let b = b.unwrap();
+                (b.index(), b.rows().to_vec())
+            })
+            .collect()
+        };
+        // In order (the parked producer is reused), repeated, skipped, and from a batch.
+        for (e, from) in [(0, 0), (1, 0), (2, 0), (2, 0), (5, 0), (6, 2), (7, 0)] {
+            let want = rows(reference.epoch_from(e, from));
+            assert!(!want.is_empty());
+            assert_eq!(
+                rows(continuous.epoch_from(e, from)),
+                want,
+                "epoch {e} from {from}"
+            );
+            assert_eq!(continuous.state().epoch, e + 1);
+        }
+        // An epoch abandoned midway, then asked for again: whole and in order.
+        let mut it = continuous.epoch(8);
+        it.next().unwrap().unwrap();
+        drop(it);
+        assert_eq!(rows(continuous.epoch(8)), rows(reference.epoch(8)));
+        assert_eq!(rows(continuous.epoch(9)), rows(reference.epoch(9)));
     }
 }
