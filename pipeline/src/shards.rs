@@ -35,10 +35,10 @@
 //!
 //!   The read column above decodes whole files; the training loader reads one row (of
 //!   several variants) per clip in shuffled order, and there the codec decides its speed:
-//!   `LOADER_BENCH_CLIPS=3000 cargo bench -p train --bench loader` (batch 256, into burn
-//!   tensors, on the 2-core machine beside a training run) gave 21,200-22,800 samples/s
-//!   uncompressed and 13,700-14,200 with zstd-1 + BYTE_STREAM_SPLIT, which decompresses
-//!   every page it touches (whole pages of
+//!   `cargo bench -p train --bench loader` (batch 256, into burn tensors, idle 2-core
+//!   machine) gave 32,800-37,700 samples/s on the demo shards uncompressed and 12,300 on the
+//!   same shards with zstd-1 + BYTE_STREAM_SPLIT (6,000 synthetic clips: 41,600 vs 19,900),
+//!   which decompresses every page it touches (whole pages of
 //!   about 15 rows, also those of the variants not drawn) while uncompressed pages are
 //!   slices of the memory map and only the drawn rows are copied. The target of
 //!   20,000 samples/s needs uncompressed pages, so **uncompressed** (PLAIN floats) is the
