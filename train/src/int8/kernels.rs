@@ -1607,7 +1607,7 @@ impl MambaKernel {
     /// Scratch floats needed by [`MambaKernel::run`].
     pub fn scratch_len(&self) -> usize {
         let (di, n, r, l) = (self.di, self.n, self.r, self.l);
-        4 * di * l + (r + 2 * n) * l + 2 * l * n + 2 * di * n + 2 * di
+        5 * di * l + (r + 2 * n) * l + 2 * l * n + 2 * di * n + 2 * di
     }
 
     /// Runs the mixer on `xz` `[2*di, L]` into `y` `[di, L]` with the widest kernels this CPU
@@ -1658,6 +1658,7 @@ impl MambaKernel {
         let (delta, rest) = rest.split_at_mut(di * l);
         let (u_tm, rest) = rest.split_at_mut(l * di);
         let (delta_tm, rest) = rest.split_at_mut(l * di);
+        let (y_tm, rest) = rest.split_at_mut(l * di);
         let (bt, rest) = rest.split_at_mut(l * n);
         let (ct, rest) = rest.split_at_mut(l * n);
         let (h, rest) = rest.split_at_mut(n * di);
@@ -1702,8 +1703,14 @@ impl MambaKernel {
         // h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t.
         #[cfg(target_arch = "x86_64")]
         let done = if isa == Isa::Avx512 && n == 16 {
+            // Time-major inputs and output: each step loads and stores contiguous channels.
+            transpose(u, u_tm, di, l);
+            transpose(delta, delta_tm, di, l);
             // SAFETY: `isa` is the level of the enclosing `target_feature` function.
-            unsafe { simd::scan16_avx512(di, l, delta, u, &xdbl[r * l..], a_t, &self.d, y) };
+            unsafe {
+                simd::scan16_avx512(di, l, delta_tm, u_tm, &xdbl[r * l..], a_t, &self.d, y_tm)
+            };
+            transpose(y_tm, y, l, di);
             true
         } else {
             false
@@ -1958,9 +1965,10 @@ mod simd {
     /// [`super::fast_exp2`]`(delta (a log2 e))` (13 vector ops per state and step instead of 19
     /// for the Cephes form; the results differ from the other paths by rounding only),
     /// `y_t = D u_t + <h_t, C_t>` summed in two interleaved partial sums. Reads the
-    /// channel-major `delta`, `u` `[di, L]` by gathers and `B`, `C` (`bc`: `[2 * 16, L]`, the
-    /// rows of `x_dbl` after `dt`) by broadcast loads, `a_t` `[16, di]`; scatters `y`
-    /// `[di, L]`: no transposes.
+    /// time-major `delta`, `u` `[L, di]` by (masked) vector loads and `B`, `C` (`bc`:
+    /// `[2 * 16, L]`, the rows of `x_dbl` after `dt`) by broadcast loads, `a_t` `[16, di]`;
+    /// writes the time-major `y` `[L, di]` by masked stores (measured: gathers and scatters
+    /// on the channel-major layout cost more than transposing in and out).
     ///
     /// # Safety
     /// The CPU must support AVX-512 F/VL and FMA.
@@ -2001,10 +2009,9 @@ mod simd {
     }
 
     macro_rules! scan16_block_impl {
-        ($name:ident, $w:literal, $v:ty, $vi:ty, $m:ty, $setzero:ident, $set1:ident,
+        ($name:ident, $w:literal, $v:ty, $m:ty, $setzero:ident, $set1:ident,
          $loadu:ident, $maskz_loadu:ident, $mul:ident, $add:ident, $sub:ident, $max:ident,
-         $fmadd:ident, $round:ident, $scalef:ident, $gather:ident, $scatter:ident,
-         $set1i:ident, $mulloi:ident, $iota:expr) => {
+         $fmadd:ident, $round:ident, $scalef:ident, $mask_storeu:ident) => {
             /// One channel block (`nl <= W` channels from `c0`) of [`scan16_avx512`].
             ///
             /// # Safety
@@ -2032,8 +2039,6 @@ mod simd {
                 } else {
                     ((1u32 << nl) - 1) as $m
                 };
-                // Lane j reads channel c0 + j: element offset j * L.
-                let lane: $vi = $mulloi($iota, $set1i(l as i32));
                 // A log2(e) of the block in a local table read by memory operands (h takes 16
                 // registers).
                 let mut ab = [[0.0f32; $w]; N];
@@ -2043,24 +2048,23 @@ mod simd {
                     }
                 }
                 let abp = ab.as_ptr() as *const f32;
-                // SAFETY (masked loads, gathers, scatters): lanes `j < nl` touch channel
+                // SAFETY (masked loads and stores): lanes `j < nl` touch channel
                 // `c0 + j < di` at `t < L`, inside the lengths asserted by the caller;
                 // masked-off lanes are not accessed.
                 let dsk = unsafe { $maskz_loadu(mask, d_skip.as_ptr().add(c0)) };
                 let (dp, up, yp) = unsafe {
                     (
-                        delta.as_ptr().add(c0 * l),
-                        u.as_ptr().add(c0 * l),
-                        y.as_mut_ptr().add(c0 * l),
+                        delta.as_ptr().add(c0),
+                        u.as_ptr().add(c0),
+                        y.as_mut_ptr().add(c0),
                     )
                 };
                 let mut h = [$setzero(); N];
                 for t in 0..l {
-                    let zero = $setzero();
                     let (d, uv) = unsafe {
                         (
-                            $gather::<4>(zero, mask, lane, dp.add(t)),
-                            $gather::<4>(zero, mask, lane, up.add(t)),
+                            $maskz_loadu(mask, dp.add(t * di)),
+                            $maskz_loadu(mask, up.add(t * di)),
                         )
                     };
                     let du = $mul(d, uv);
@@ -2108,7 +2112,7 @@ mod simd {
                     state!(13, y1);
                     state!(14, y0);
                     state!(15, y1);
-                    unsafe { $scatter::<4>(yp.add(t), mask, lane, $add(y0, y1)) };
+                    unsafe { $mask_storeu(yp.add(t * di), mask, $add(y0, y1)) };
                 }
             }
         };
@@ -2118,7 +2122,6 @@ mod simd {
         scan_block_w16,
         16,
         __m512,
-        __m512i,
         __mmask16,
         _mm512_setzero_ps,
         _mm512_set1_ps,
@@ -2131,18 +2134,13 @@ mod simd {
         _mm512_fmadd_ps,
         _mm512_roundscale_ps,
         _mm512_scalef_ps,
-        _mm512_mask_i32gather_ps,
-        _mm512_mask_i32scatter_ps,
-        _mm512_set1_epi32,
-        _mm512_mullo_epi32,
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+        _mm512_mask_storeu_ps
     );
 
     scan16_block_impl!(
         scan_block_w8,
         8,
         __m256,
-        __m256i,
         __mmask8,
         _mm256_setzero_ps,
         _mm256_set1_ps,
@@ -2155,11 +2153,7 @@ mod simd {
         _mm256_fmadd_ps,
         _mm256_roundscale_ps,
         _mm256_scalef_ps,
-        _mm256_mmask_i32gather_ps,
-        _mm256_mask_i32scatter_ps,
-        _mm256_set1_epi32,
-        _mm256_mullo_epi32,
-        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+        _mm256_mask_storeu_ps
     );
 
     scan_block_impl!(

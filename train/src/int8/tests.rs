@@ -13,8 +13,8 @@ use super::engine::{ExecMode, Reference};
 use super::format::{self, FORMAT_VERSION};
 use super::graph::{Activation, BufKind, Graph, ModelMeta, TensorMap};
 use super::kernels::{
-    ConvGeom, FixedMul, MambaKernel, conv2d_direct, fast_exp, fast_ln, layer_norm_cols, pad_input,
-    silu, softplus,
+    ConvGeom, FixedMul, Isa, MambaKernel, conv2d_direct, fast_exp, fast_ln, layer_norm_cols,
+    pad_input, silu, softplus,
 };
 use super::{Int8Error, Int8Model, QParams};
 
@@ -219,10 +219,19 @@ fn layer_norm_matches_naive_per_token() {
 
 /// Mamba's reference `selective_scan_ref` on PyTorch's token-major layout, in f64 with std exp.
 #[test]
-#[allow(clippy::needless_range_loop)]
 fn mamba_mixer_matches_a_token_major_f64_reference() {
-    let mut rng = StdRng::seed_from_u64(4);
-    let (di, n, r, k, l) = (6, 5, 2, 4, 13);
+    // d_state 16 takes the AVX-512 register scan (channel blocks of 16 and a masked 8).
+    for (di, n) in [(6, 5), (24, 16), (5, 16), (40, 16)] {
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+            check_mixer(di, n, isa);
+        }
+    }
+}
+
+#[allow(clippy::needless_range_loop)]
+fn check_mixer(di: usize, n: usize, isa: Isa) {
+    let mut rng = StdRng::seed_from_u64(4 + di as u64);
+    let (r, k, l) = (2, 4, 13);
     let mk = MambaKernel {
         di,
         n,
@@ -242,7 +251,7 @@ fn mamba_mixer_matches_a_token_major_f64_reference() {
     let xz = randv(&mut rng, 2 * di * l, 1.5);
     let mut y = vec![0.0; di * l];
     let mut scratch = vec![0.0; mk.scratch_len()];
-    mk.run(&xz, &mut y, &mut scratch);
+    mk.run_isa(isa, &xz, &mut y, &mut scratch);
     // Token-major reference.
     let x = |t: usize, c: usize| xz[c * l + t] as f64;
     let z = |t: usize, c: usize| xz[(di + c) * l + t] as f64;
@@ -285,7 +294,7 @@ fn mamba_mixer_matches_a_token_major_f64_reference() {
             let got = y[c * l + t] as f64;
             assert!(
                 (got - want).abs() < 1e-4 * want.abs().max(1.0),
-                "t {t} c {c}: {got} vs {want}"
+                "{isa:?} di {di} n {n} t {t} c {c}: {got} vs {want}"
             );
         }
     }
