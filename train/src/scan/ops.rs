@@ -171,62 +171,16 @@ fn tokens_forward<B: Backend>(
     from_host::<B>(y, vec![dims.batch, dims.len, di], &device)
 }
 
-/// Backward step of the token-major scan (same parents as [`SelectiveScanBackward`]).
-#[derive(Debug)]
-struct SelectiveScanTokensBackward;
-
-impl<B: Backend> Backward<B, 6> for SelectiveScanTokensBackward {
-    type State = ScanState<B>;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 6>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let dy = grads.consume::<B>(&ops.node);
-        let [u, delta, a, b, c, d] = ops.state;
-        let dims = token_dims_of::<B>(&u, &a);
-        let device = u.device();
-        let ScanDims {
-            batch,
-            d_inner,
-            d_state,
-            len,
-        } = dims;
-        let g = cpu::backward(
-            dims,
-            &channel_major::<B>(&u, dims, d_inner),
-            &channel_major::<B>(&delta, dims, d_inner),
-            &host_view::<B>(&a),
-            &channel_major::<B>(&b, dims, d_state),
-            &channel_major::<B>(&c, dims, d_state),
-            &host_view::<B>(&d),
-            &channel_major::<B>(&dy, dims, d_inner),
-        );
-        let back = |v: &[f32], width: usize| transpose_batched(v, batch, width, len);
-        let outs: [(Vec<f32>, Vec<usize>); 6] = [
-            (back(&g.du, d_inner), vec![batch, len, d_inner]),
-            (back(&g.ddelta, d_inner), vec![batch, len, d_inner]),
-            (g.da, vec![d_inner, d_state]),
-            (back(&g.db, d_state), vec![batch, len, d_state]),
-            (back(&g.dc, d_state), vec![batch, len, d_state]),
-            (g.dd, vec![d_inner]),
-        ];
-        for (parent, (grad, shape)) in ops.parents.into_iter().zip(outs) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, from_host::<B>(grad, shape, &device));
-            }
-        }
-    }
-}
-
 /// Saved forward inputs (reference-counted primitives, no copies) for the backward step.
 type ScanState<B> = [FloatTensor<B>; 6];
 
-/// Backward step of the fused scan (six parents: u, delta, A, B, C, D).
+/// Backward step of the fused scan (six parents: u, delta, A, B, C, D), for either layout:
+/// `token_major` for `u`, `delta`, `B`, `C`, `y` as `[B, L, width]` (transposed to the kernel's
+/// channel-major layout and the gradients back), else channel-major `[B, width, L]`.
 #[derive(Debug)]
-struct SelectiveScanBackward;
+struct SelectiveScanBackward {
+    token_major: bool,
+}
 
 impl<B: Backend> Backward<B, 6> for SelectiveScanBackward {
     type State = ScanState<B>;
@@ -239,30 +193,48 @@ impl<B: Backend> Backward<B, 6> for SelectiveScanBackward {
     ) {
         let dy = grads.consume::<B>(&ops.node);
         let [u, delta, a, b, c, d] = ops.state;
-        let dims = dims_of::<B>(&u, &a);
+        let dims = if self.token_major {
+            token_dims_of::<B>(&u, &a)
+        } else {
+            dims_of::<B>(&u, &a)
+        };
         let device = u.device();
-        let g = cpu::backward(
-            dims,
-            &host_view::<B>(&u),
-            &host_view::<B>(&delta),
-            &host_view::<B>(&a),
-            &host_view::<B>(&b),
-            &host_view::<B>(&c),
-            &host_view::<B>(&d),
-            &host_view::<B>(&dy),
-        );
         let ScanDims {
             batch,
             d_inner,
             d_state,
             len,
         } = dims;
+        // A `[B, *, width]` input in the kernel's channel-major layout, and a channel-major
+        // gradient back in the input's layout with its shape.
+        let token_major = self.token_major;
+        let to_kernel = |t, width| kernel_layout::<B>(t, dims, width, token_major);
+        let from_kernel = |g: Vec<f32>, width: usize| -> (Vec<f32>, Vec<usize>) {
+            if self.token_major {
+                (
+                    transpose_batched(&g, batch, width, len),
+                    vec![batch, len, width],
+                )
+            } else {
+                (g, vec![batch, width, len])
+            }
+        };
+        let g = cpu::backward(
+            dims,
+            &to_kernel(&u, d_inner),
+            &to_kernel(&delta, d_inner),
+            &host_view::<B>(&a),
+            &to_kernel(&b, d_state),
+            &to_kernel(&c, d_state),
+            &host_view::<B>(&d),
+            &to_kernel(&dy, d_inner),
+        );
         let outs: [(Vec<f32>, Vec<usize>); 6] = [
-            (g.du, vec![batch, d_inner, len]),
-            (g.ddelta, vec![batch, d_inner, len]),
+            from_kernel(g.du, d_inner),
+            from_kernel(g.ddelta, d_inner),
             (g.da, vec![d_inner, d_state]),
-            (g.db, vec![batch, d_state, len]),
-            (g.dc, vec![batch, d_state, len]),
+            from_kernel(g.db, d_state),
+            from_kernel(g.dc, d_state),
             (g.dd, vec![d_inner]),
         ];
         for (parent, (grad, shape)) in ops.parents.into_iter().zip(outs) {
@@ -270,6 +242,21 @@ impl<B: Backend> Backward<B, 6> for SelectiveScanBackward {
                 grads.register::<B>(node.id, from_host::<B>(grad, shape, &device));
             }
         }
+    }
+}
+
+/// A `[B, *, width]` scan input in the kernel's channel-major layout: transposed from
+/// token-major, borrowed as it is otherwise.
+fn kernel_layout<B: Backend>(
+    t: &FloatTensor<B>,
+    dims: ScanDims,
+    width: usize,
+    token_major: bool,
+) -> std::borrow::Cow<'_, [f32]> {
+    if token_major {
+        channel_major::<B>(t, dims, width).into()
+    } else {
+        host_view::<B>(t)
     }
 }
 
@@ -304,7 +291,7 @@ impl<B: Backend + SelectiveScanOps, C: CheckpointStrategy> SelectiveScanOps for 
         d: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         record_scan::<B, C, _>(
-            SelectiveScanBackward,
+            SelectiveScanBackward { token_major: false },
             [u, delta, a, b, c, d],
             |[u, delta, a, b, c, d]| B::selective_scan_fused(u, delta, a, b, c, d),
         )
@@ -319,7 +306,7 @@ impl<B: Backend + SelectiveScanOps, C: CheckpointStrategy> SelectiveScanOps for 
         d: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         record_scan::<B, C, _>(
-            SelectiveScanTokensBackward,
+            SelectiveScanBackward { token_major: true },
             [u, delta, a, b, c, d],
             |[u, delta, a, b, c, d]| B::selective_scan_tokens_fused(u, delta, a, b, c, d),
         )
