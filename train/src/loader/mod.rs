@@ -6,9 +6,22 @@
 //!                                           columns into a row index (never the log-mel)
 //! Loader::new(&set, Selection, LoaderConfig) select rows (set, split, devices), group by clip
 //! loader.epoch(e)                           plan the epoch (variant draw + block shuffle), then a
-//!                                           background thread decodes row groups and fills
-//!                                           recycled batch buffers -> HostBatch -> burn tensors
+//!                                           background thread decodes each drawn row straight
+//!                                           into its slot of a batch buffer -> HostBatch ->
+//!                                           burn tensors (moved, not copied: into_tensors)
 //! ```
+//!
+//! # Reading
+//!
+//! The row groups of a window are decoded in parallel (rayon), each drawn row's log-mel
+//! written straight into its batch slot: from uncompressed PLAIN pages (the pipeline's default)
+//! by `pread` of just that row's bytes, so the map's data pages are never faulted in; from
+//! compressed or BYTE_STREAM_SPLIT pages by decoding the pages that hold drawn rows; any other
+//! layout through the Arrow reader. Window k + 1 is decoded while the batches of window k are
+//! sent, and with [`LoaderConfig::prefetch_next_epoch`] (the trainer's setting) the thread goes
+//! on into the next epoch, so a consumer never waits at an epoch boundary. Resident memory is
+//! bounded by the window, the prefetch queue and the batches the consumer holds, not by the
+//! size of the set.
 //!
 //! # Variant sampling (IRMamba / CP-JKU DIR augmentation)
 //!
@@ -28,8 +41,8 @@
 //! So every row group is decoded exactly once per epoch and reads stay sequential within a
 //! row group, while each batch mixes rows of several random row groups from anywhere in the set.
 //! Two rows can share a batch only if their row groups land in the same or neighbouring windows;
-//! a larger window mixes better and costs `shuffle_window * logmel_len * 4` bytes of decoded
-//! memory. Shards should be written in a shuffled clip order (not sorted by scene) so that a
+//! a larger window mixes better and costs about `shuffle_window * logmel_len * 4` bytes of batch
+//! buffers in flight. Shards should be written in a shuffled clip order (not sorted by scene) so that a
 //! row group is not label-homogeneous.
 //!
 //! The order depends only on `(seed, epoch, selection, shard set)`, never on thread timing, so
