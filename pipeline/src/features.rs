@@ -744,7 +744,10 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
                 format!("{}: cannot remove stale temporary file", tmp.display())
             })?;
         }
-        if let Some(entry) = shards::shard_is_complete(&path, old_manifest.as_ref(), &meta)? {
+        // A complete shard is kept unless it was written with another --compression.
+        if let Some(entry) = shards::shard_is_complete(&path, old_manifest.as_ref(), &meta)?
+            && shards::shard_codec(&path)? == Some(args.compression.codec())
+        {
             fresh.push(entry);
             summary.shards_kept += 1;
             pb.inc(rows.len() as u64);

@@ -431,6 +431,14 @@ pub fn shard_is_complete(
     }))
 }
 
+/// The codec of the shard file `path` (from its footer), see [`Codec::of_file`].
+pub fn shard_codec(path: &Path) -> Result<Option<Codec>, ShardError> {
+    let file = File::open(path).map_err(io(path))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(pq(path))?;
+    Ok(Codec::of_file(builder.metadata()))
+}
+
 /// An exclusive lock on the manifest of a folder (`manifest.json.lock`, created with
 /// `create_new`); released on drop. A lock older than ten minutes is considered stale.
 pub struct ManifestLock {

@@ -638,6 +638,22 @@ fn resume_after_interruption_gives_identical_shards() {
         rows.iter()
             .all(|r| r.variant != "replay-sim" || r.set == "train")
     );
+
+    // Another --compression rewrites every shard in that layout, with the same rows; asked
+    // again, it keeps them.
+    let zstd = ["--replay-sim", "--compression", "zstd"];
+    let s4 = run_features(&args(t.root(), &full, &irs, &zstd)).unwrap();
+    assert_eq!((s4.shards_kept, s4.shards_written), (0, s.shards_written));
+    let want = Some(pipeline::shards::ShardCompression::Zstd.codec());
+    for name in &names {
+        assert_eq!(
+            pipeline::shards::shard_codec(&full.join(name)).unwrap(),
+            want
+        );
+    }
+    assert_eq!(read_set(&full), rows);
+    let s5 = run_features(&args(t.root(), &full, &irs, &zstd)).unwrap();
+    assert_eq!((s5.shards_kept, s5.shards_written), (s.shards_written, 0));
 }
 
 #[test]
