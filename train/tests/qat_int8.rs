@@ -114,6 +114,7 @@ fn straight_through_gradient_is_identity() {
 
 #[test]
 fn folded_conv_bn_equals_conv_then_bn() {
+    let _rng = device_rng();
     let dev = default_device();
     let mut rng = StdRng::seed_from_u64(3);
     for (cfg, cin) in [
@@ -170,7 +171,21 @@ fn small_student(shared: bool) -> IrMambaConfig {
     c
 }
 
+/// The device's random generator is process-wide, burn initializes parameters lazily (at their
+/// first use), and the test harness runs tests on parallel threads: every test that draws from
+/// the generator holds this lock for its whole run, so that a seeded model is the same in every
+/// run (without it the students differed from run to run, and with them the count of near-tie
+/// predictions that flip under quantization).
+static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn device_rng() -> std::sync::MutexGuard<'static, ()> {
+    DEVICE_RNG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Random BN statistics so that folding matters, then QAT observers calibrated on `batches`.
+/// Callers hold [`device_rng`].
 fn random_student(shared: bool, seed: u64, dev: &Device) -> Model {
     dev.seed(seed);
     let cfg = ModelConfig::IrMamba(small_student(shared));
@@ -193,6 +208,7 @@ fn logmels(rng: &mut StdRng, n: usize, n_mels: usize, n_frames: usize) -> Vec<f3
 }
 
 fn engine_vs_fake_quant(shared: bool) {
+    let _rng = device_rng();
     let dev = default_device();
     let model = random_student(shared, 7, &dev);
     let Model::IrMamba(m) = &model else {
@@ -280,6 +296,7 @@ fn int8_engine_matches_fake_quant_student_shared_mamba() {
 
 #[test]
 fn export_without_observers_is_refused() {
+    let _rng = device_rng();
     let dev = default_device();
     let model = random_student(false, 3, &dev);
     let qm = QatModel {
