@@ -1704,13 +1704,13 @@ impl MambaKernel {
         #[cfg(target_arch = "x86_64")]
         let done = if isa == Isa::Avx512 && n == 16 {
             // Time-major inputs and output: each step loads and stores contiguous channels.
-            transpose(u, u_tm, di, l);
-            transpose(delta, delta_tm, di, l);
+            transpose_isa(isa, u, u_tm, di, l);
+            transpose_isa(isa, delta, delta_tm, di, l);
             // SAFETY: `isa` is the level of the enclosing `target_feature` function.
             unsafe {
                 simd::scan16_avx512(di, l, delta_tm, u_tm, &xdbl[r * l..], a_t, &self.d, y_tm)
             };
-            transpose(y_tm, y, l, di);
+            transpose_isa(isa, y_tm, y, l, di);
             true
         } else {
             false
@@ -1721,10 +1721,10 @@ impl MambaKernel {
             // Time-major copies so that each scan step runs over contiguous channels, in
             // blocks of W (then 8, then 1) whose outputs stay in registers across the d_state
             // lanes.
-            transpose(u, u_tm, di, l);
-            transpose(delta, delta_tm, di, l);
-            transpose(&xdbl[r * l..(r + n) * l], bt, n, l);
-            transpose(&xdbl[(r + n) * l..(r + 2 * n) * l], ct, n, l);
+            transpose_isa(isa, u, u_tm, di, l);
+            transpose_isa(isa, delta, delta_tm, di, l);
+            transpose_isa(isa, &xdbl[r * l..(r + n) * l], bt, n, l);
+            transpose_isa(isa, &xdbl[(r + n) * l..(r + 2 * n) * l], ct, n, l);
             self.scan_steps::<M, W>(isa, delta_tm, u_tm, bt, ct, a_t, h, du, acc, y);
         }
         // Gate: y *= silu(z).
@@ -1878,6 +1878,64 @@ mod simd {
     use std::arch::x86_64::*;
 
     const MAGIC: f32 = 12_582_912.0;
+
+    /// [`super::transpose`] with each 8 x 8 tile transposed in eight ymm registers (unpack,
+    /// shuffle, then 128-bit lane permutes: the classic 24-instruction sequence), the edges
+    /// element by element.
+    ///
+    /// # Safety
+    /// The CPU must support AVX.
+    #[target_feature(enable = "avx")]
+    pub unsafe fn transpose_avx(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+        let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+        let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+        for i0 in (0..r8).step_by(8) {
+            for j0 in (0..c8).step_by(8) {
+                // SAFETY: rows i0..i0 + 8 <= rows and columns j0..j0 + 8 <= cols of `src`
+                // ([rows, cols]); rows j0..j0 + 8 and columns i0..i0 + 8 of `dst` ([cols, rows]).
+                unsafe {
+                    let ld = |i: usize| _mm256_loadu_ps(src.as_ptr().add((i0 + i) * cols + j0));
+                    let (r0, r1, r2, r3) = (ld(0), ld(1), ld(2), ld(3));
+                    let (r4, r5, r6, r7) = (ld(4), ld(5), ld(6), ld(7));
+                    let t0 = _mm256_unpacklo_ps(r0, r1);
+                    let t1 = _mm256_unpackhi_ps(r0, r1);
+                    let t2 = _mm256_unpacklo_ps(r2, r3);
+                    let t3 = _mm256_unpackhi_ps(r2, r3);
+                    let t4 = _mm256_unpacklo_ps(r4, r5);
+                    let t5 = _mm256_unpackhi_ps(r4, r5);
+                    let t6 = _mm256_unpacklo_ps(r6, r7);
+                    let t7 = _mm256_unpackhi_ps(r6, r7);
+                    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                    let out = [
+                        _mm256_permute2f128_ps::<0x20>(s0, s4),
+                        _mm256_permute2f128_ps::<0x20>(s1, s5),
+                        _mm256_permute2f128_ps::<0x20>(s2, s6),
+                        _mm256_permute2f128_ps::<0x20>(s3, s7),
+                        _mm256_permute2f128_ps::<0x31>(s0, s4),
+                        _mm256_permute2f128_ps::<0x31>(s1, s5),
+                        _mm256_permute2f128_ps::<0x31>(s2, s6),
+                        _mm256_permute2f128_ps::<0x31>(s3, s7),
+                    ];
+                    for (j, v) in out.into_iter().enumerate() {
+                        _mm256_storeu_ps(dst.as_mut_ptr().add((j0 + j) * rows + i0), v);
+                    }
+                }
+            }
+        }
+        for i in 0..rows {
+            let first = if i < r8 { c8 } else { 0 };
+            for j in first..cols {
+                dst[j * rows + i] = src[i * cols + j];
+            }
+        }
+    }
 
     macro_rules! scan_block_impl {
         ($name:ident, $feat:literal, $w:literal, $v:ty, $vi:ty, $set1:ident, $loadu:ident,
@@ -2203,6 +2261,19 @@ mod simd {
     );
 }
 
+/// [`transpose`] with the 8 x 8 register tiles of `simd::transpose_avx` when `isa` has AVX2.
+#[inline(always)]
+fn transpose_isa(isa: Isa, src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.or_supported() >= Isa::Avx2 {
+        // SAFETY: `or_supported` checked that the CPU has AVX2 (hence AVX).
+        unsafe { simd::transpose_avx(src, dst, rows, cols) };
+        return;
+    }
+    let _ = isa;
+    transpose(src, dst, rows, cols);
+}
+
 /// `dst[j, i] = src[i, j]` for `src` `[rows, cols]`.
 ///
 /// In 8 x 8 tiles held in a local array, which the compiler turns into register shuffles, the
@@ -2252,15 +2323,17 @@ mod dispatch_tests {
             (9, 16),
         ] {
             let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
-            let mut dst = vec![-1.0; rows * cols];
-            transpose(&src, &mut dst, rows, cols);
-            for i in 0..rows {
-                for j in 0..cols {
-                    assert_eq!(
-                        dst[j * rows + i],
-                        src[i * cols + j],
-                        "{rows}x{cols} ({i}, {j})"
-                    );
+            for isa in [Isa::Portable, Isa::Avx2] {
+                let mut dst = vec![-1.0; rows * cols];
+                transpose_isa(isa, &src, &mut dst, rows, cols);
+                for i in 0..rows {
+                    for j in 0..cols {
+                        assert_eq!(
+                            dst[j * rows + i],
+                            src[i * cols + j],
+                            "{isa:?} {rows}x{cols} ({i}, {j})"
+                        );
+                    }
                 }
             }
         }
