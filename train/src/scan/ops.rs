@@ -53,7 +53,7 @@ impl_for_cpu_backends!(SelectiveScanOps {
         c: FloatTensor<Self>,
         d: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        host_forward::<Self>(u, delta, a, b, c, d)
+        host_forward::<Self>(false, [u, delta, a, b, c, d])
     }
 
     fn selective_scan_tokens_fused(
@@ -64,43 +64,48 @@ impl_for_cpu_backends!(SelectiveScanOps {
         c: FloatTensor<Self>,
         d: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        tokens_forward::<Self>(u, delta, a, b, c, d)
+        host_forward::<Self>(true, [u, delta, a, b, c, d])
     }
 });
 
-/// Dimensions of a (validated) scan call from the primitive shapes.
-fn dims_of<B: Backend>(u: &FloatTensor<B>, a: &FloatTensor<B>) -> ScanDims {
+/// Dimensions of a (validated) scan call from the primitive shapes: `u` is `[B, d_inner, L]`,
+/// or `[B, L, d_inner]` when `token_major`; `a` is `[d_inner, d_state]`.
+fn dims_of<B: Backend>(u: &FloatTensor<B>, a: &FloatTensor<B>, token_major: bool) -> ScanDims {
     let (su, sa) = (u.shape(), a.shape());
+    let (d_inner, len) = if token_major {
+        (su[2], su[1])
+    } else {
+        (su[1], su[2])
+    };
     ScanDims {
         batch: su[0],
-        d_inner: su[1],
+        d_inner,
         d_state: sa[1],
-        len: su[2],
+        len,
     }
 }
 
-/// Forward scan on any backend through host buffers.
-fn host_forward<B: Backend>(
-    u: FloatTensor<B>,
-    delta: FloatTensor<B>,
-    a: FloatTensor<B>,
-    b: FloatTensor<B>,
-    c: FloatTensor<B>,
-    d: FloatTensor<B>,
-) -> FloatTensor<B> {
-    let dims = dims_of::<B>(&u, &a);
+/// Forward scan on any backend through host buffers, for either layout (see
+/// [`SelectiveScanBackward`]): inputs `[u, delta, A, B, C, D]`.
+fn host_forward<B: Backend>(token_major: bool, inputs: [FloatTensor<B>; 6]) -> FloatTensor<B> {
+    let [u, delta, a, b, c, d] = &inputs;
+    let dims = dims_of::<B>(u, a, token_major);
     let device = u.device();
-    let (u, delta, a, b, c, d) = (
-        host_view::<B>(&u),
-        host_view::<B>(&delta),
-        host_view::<B>(&a),
-        host_view::<B>(&b),
-        host_view::<B>(&c),
-        host_view::<B>(&d),
+    let (di, n) = (dims.d_inner, dims.d_state);
+    let to_kernel = |t, width| kernel_layout::<B>(t, dims, width, token_major);
+    let mut y = vec![0.0f32; dims.batch * di * dims.len];
+    cpu::forward(
+        dims,
+        &to_kernel(u, di),
+        &to_kernel(delta, di),
+        &host_view::<B>(a),
+        &to_kernel(b, n),
+        &to_kernel(c, n),
+        &host_view::<B>(d),
+        &mut y,
     );
-    let mut y = vec![0.0f32; dims.batch * dims.d_inner * dims.len];
-    cpu::forward(dims, &u, &delta, &a, &b, &c, &d, &mut y);
-    from_host::<B>(y, vec![dims.batch, dims.d_inner, dims.len], &device)
+    let (y, shape) = from_kernel(y, dims, di, token_major);
+    from_host::<B>(y, shape, &device)
 }
 
 /// `src: [batch, rows, cols]` -> `[batch, cols, rows]`, 32 x 32 tiles, parallel over batch.
@@ -128,47 +133,9 @@ fn transpose_batched(src: &[f32], batch: usize, rows: usize, cols: usize) -> Vec
     dst
 }
 
-/// Dimensions of a token-major scan call (`u: [B, L, d_inner]`, `a: [d_inner, d_state]`).
-fn token_dims_of<B: Backend>(u: &FloatTensor<B>, a: &FloatTensor<B>) -> ScanDims {
-    let (su, sa) = (u.shape(), a.shape());
-    ScanDims {
-        batch: su[0],
-        d_inner: su[2],
-        d_state: sa[1],
-        len: su[1],
-    }
-}
-
 /// Channel-major host copy of a token-major `[B, L, width]` tensor.
 fn channel_major<B: Backend>(t: &FloatTensor<B>, dims: ScanDims, width: usize) -> Vec<f32> {
     transpose_batched(&host_view::<B>(t), dims.batch, dims.len, width)
-}
-
-/// Token-major forward: transposes to the kernel's channel-major layout and back.
-fn tokens_forward<B: Backend>(
-    u: FloatTensor<B>,
-    delta: FloatTensor<B>,
-    a: FloatTensor<B>,
-    b: FloatTensor<B>,
-    c: FloatTensor<B>,
-    d: FloatTensor<B>,
-) -> FloatTensor<B> {
-    let dims = token_dims_of::<B>(&u, &a);
-    let device = u.device();
-    let (di, n) = (dims.d_inner, dims.d_state);
-    let mut y = vec![0.0f32; dims.batch * di * dims.len];
-    cpu::forward(
-        dims,
-        &channel_major::<B>(&u, dims, di),
-        &channel_major::<B>(&delta, dims, di),
-        &host_view::<B>(&a),
-        &channel_major::<B>(&b, dims, n),
-        &channel_major::<B>(&c, dims, n),
-        &host_view::<B>(&d),
-        &mut y,
-    );
-    let y = transpose_batched(&y, dims.batch, di, dims.len);
-    from_host::<B>(y, vec![dims.batch, dims.len, di], &device)
 }
 
 /// Saved forward inputs (reference-counted primitives, no copies) for the backward step.
@@ -193,32 +160,14 @@ impl<B: Backend> Backward<B, 6> for SelectiveScanBackward {
     ) {
         let dy = grads.consume::<B>(&ops.node);
         let [u, delta, a, b, c, d] = ops.state;
-        let dims = if self.token_major {
-            token_dims_of::<B>(&u, &a)
-        } else {
-            dims_of::<B>(&u, &a)
-        };
+        let token_major = self.token_major;
+        let dims = dims_of::<B>(&u, &a, token_major);
         let device = u.device();
-        let ScanDims {
-            batch,
-            d_inner,
-            d_state,
-            len,
-        } = dims;
+        let (d_inner, d_state) = (dims.d_inner, dims.d_state);
         // A `[B, *, width]` input in the kernel's channel-major layout, and a channel-major
         // gradient back in the input's layout with its shape.
-        let token_major = self.token_major;
         let to_kernel = |t, width| kernel_layout::<B>(t, dims, width, token_major);
-        let from_kernel = |g: Vec<f32>, width: usize| -> (Vec<f32>, Vec<usize>) {
-            if self.token_major {
-                (
-                    transpose_batched(&g, batch, width, len),
-                    vec![batch, len, width],
-                )
-            } else {
-                (g, vec![batch, width, len])
-            }
-        };
+        let back = |g, width| from_kernel(g, dims, width, token_major);
         let g = cpu::backward(
             dims,
             &to_kernel(&u, d_inner),
@@ -230,11 +179,11 @@ impl<B: Backend> Backward<B, 6> for SelectiveScanBackward {
             &to_kernel(&dy, d_inner),
         );
         let outs: [(Vec<f32>, Vec<usize>); 6] = [
-            from_kernel(g.du, d_inner),
-            from_kernel(g.ddelta, d_inner),
+            back(g.du, d_inner),
+            back(g.ddelta, d_inner),
             (g.da, vec![d_inner, d_state]),
-            from_kernel(g.db, d_state),
-            from_kernel(g.dc, d_state),
+            back(g.db, d_state),
+            back(g.dc, d_state),
             (g.dd, vec![d_inner]),
         ];
         for (parent, (grad, shape)) in ops.parents.into_iter().zip(outs) {
@@ -257,6 +206,24 @@ fn kernel_layout<B: Backend>(
         channel_major::<B>(t, dims, width).into()
     } else {
         host_view::<B>(t)
+    }
+}
+
+/// A channel-major `[B, width, L]` kernel output back in the inputs' layout, with its shape.
+fn from_kernel(
+    g: Vec<f32>,
+    dims: ScanDims,
+    width: usize,
+    token_major: bool,
+) -> (Vec<f32>, Vec<usize>) {
+    let ScanDims { batch, len, .. } = dims;
+    if token_major {
+        (
+            transpose_batched(&g, batch, width, len),
+            vec![batch, len, width],
+        )
+    } else {
+        (g, vec![batch, width, len])
     }
 }
 
