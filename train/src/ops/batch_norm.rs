@@ -8,7 +8,7 @@
 //! channels), reading Flex's storage in place.
 
 use super::batch_norm_cpu::{self as cpu, BnDims};
-use super::{from_host, host_view};
+use super::{from_host, host_view, register_host_grads};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -124,16 +124,15 @@ impl<B: Backend> Backward<B, 3> for BatchNormBackward {
             &host_view::<B>(&dy),
             px.is_some(),
         );
-        let outs = [
-            (px, g.dx, shape),
-            (pg, g.dgamma, vec![d.channels]),
-            (pb, g.dbeta, vec![d.channels]),
-        ];
-        for (parent, grad, shape) in outs {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, from_host::<B>(grad, shape, &device));
-            }
-        }
+        register_host_grads::<B>(
+            grads,
+            &device,
+            [
+                (px.map(|n| n.id), g.dx, shape),
+                (pg.map(|n| n.id), g.dgamma, vec![d.channels]),
+                (pb.map(|n| n.id), g.dbeta, vec![d.channels]),
+            ],
+        );
     }
 }
 

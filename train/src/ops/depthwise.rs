@@ -8,7 +8,7 @@
 //! backward step runs [`super::depthwise_cpu::backward`].
 
 use super::depthwise_cpu::{self as cpu, DwDims};
-use super::{from_host, host_view};
+use super::{from_host, host_view, register_host_grads};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -124,16 +124,19 @@ impl<B: Backend> Backward<B, 3> for DepthwiseConvBackward {
             &host_view::<B>(&dy),
             px.is_some(),
         );
-        let outs = [
-            (px, g.dx, vec![d.batch, d.channels, d.input[0], d.input[1]]),
-            (pw, g.dw, w_shape),
-            (pb, g.db, vec![d.channels]),
-        ];
-        for (parent, grad, shape) in outs {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, from_host::<B>(grad, shape, &device));
-            }
-        }
+        register_host_grads::<B>(
+            grads,
+            &device,
+            [
+                (
+                    px.map(|n| n.id),
+                    g.dx,
+                    vec![d.batch, d.channels, d.input[0], d.input[1]],
+                ),
+                (pw.map(|n| n.id), g.dw, w_shape),
+                (pb.map(|n| n.id), g.db, vec![d.channels]),
+            ],
+        );
     }
 }
 

@@ -368,6 +368,26 @@ pub(crate) fn from_host<B: Backend>(
     B::float_from_data(TensorData::new(v, shape), device)
 }
 
+/// The last step of a fused op's backward: registers each tracked parent's host gradient
+/// (`None`: the parent is not tracked) as a tensor of its shape on `device`.
+pub(crate) fn register_host_grads<B: Backend>(
+    grads: &mut burn::backend::autodiff::grads::Gradients,
+    device: &B::Device,
+    outs: impl IntoIterator<
+        Item = (
+            Option<burn::backend::autodiff::NodeId>,
+            Vec<f32>,
+            Vec<usize>,
+        ),
+    >,
+) {
+    for (id, grad, shape) in outs {
+        if let Some(id) = id {
+            grads.register::<B>(id, from_host::<B>(grad, shape, device));
+        }
+    }
+}
+
 /// Training-mode BatchNorm over the channel axis of `x: [B, C, ...]` with the batch's own
 /// statistics, then ReLU when `relu`; differentiable for `x`, `gamma` and `beta` under
 /// autodiff (one graph node, hand-written backward).

@@ -9,7 +9,7 @@
 #![allow(deprecated)]
 
 use super::cpu::{self, ScanDims};
-use crate::ops::{from_host, host_view, impl_for_cpu_backends};
+use crate::ops::{from_host, host_view, impl_for_cpu_backends, register_host_grads};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -186,11 +186,14 @@ impl<B: Backend> Backward<B, 6> for SelectiveScanBackward {
             back(g.dc, d_state),
             (g.dd, vec![d_inner]),
         ];
-        for (parent, (grad, shape)) in ops.parents.into_iter().zip(outs) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, from_host::<B>(grad, shape, &device));
-            }
-        }
+        let ids = ops.parents.map(|p| p.map(|n| n.id));
+        register_host_grads::<B>(
+            grads,
+            &device,
+            ids.into_iter()
+                .zip(outs)
+                .map(|(id, (grad, shape))| (id, grad, shape)),
+        );
     }
 }
 
