@@ -352,20 +352,16 @@ impl Int8Model {
                         .map(|&s| FixedMul::new(qi.scale as f64 * s as f64 / qo.scale as f64))
                         .collect();
                     let (lo, hi) = act_clamp(*act, &qo);
-                    let mut k = QConvKernel {
+                    let k = QConvKernel::new(
                         geom,
-                        weight: w.iter().map(|&v| v as i16).collect(),
-                        bias: b.clone(),
+                        w.iter().map(|&v| v as i16).collect(),
+                        b.clone(),
                         mul,
-                        zp_in: qi.zero_point,
-                        zp_out: qo.zero_point,
+                        qi.zero_point,
+                        qo.zero_point,
                         lo,
                         hi,
-                        pairs: Vec::new(),
-                        bias_zp: Vec::new(),
-                        w4: Vec::new(),
-                    };
-                    k.prepare();
+                    );
                     sz.xp = sz.xp.max(k.xp_len());
                     sz.acc = sz.acc.max(k.acc_len());
                     Kernel::Conv {
