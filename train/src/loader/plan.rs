@@ -75,6 +75,11 @@ pub struct Fold {
 }
 
 impl Fold {
+    /// True for `1 <= index <= count` with `count >= 2`.
+    pub fn is_valid(&self) -> bool {
+        self.count >= 2 && (1..=self.count).contains(&self.index)
+    }
+
     /// Stable 64-bit key of a location identifier (FNV-1a of its UTF-8 bytes, then the
     /// splitmix64 finaliser).
     pub fn key(identifier: &str) -> u64 {
@@ -135,10 +140,11 @@ impl std::str::FromStr for Fold {
         let (k, n) = s.split_once('/').ok_or_else(bad)?;
         let index: u32 = k.trim().parse().map_err(|_| bad())?;
         let count: u32 = n.trim().parse().map_err(|_| bad())?;
-        if count < 2 || index == 0 || index > count {
+        let fold = Self { index, count };
+        if !fold.is_valid() {
             return Err(bad());
         }
-        Ok(Self { index, count })
+        Ok(fold)
     }
 }
 
@@ -269,7 +275,7 @@ impl Plan {
             )));
         }
         if let Some(f) = sel.fold.map(|f| f.fold())
-            && (f.count < 2 || f.index == 0 || f.index > f.count)
+            && !f.is_valid()
         {
             return Err(LoaderError::Config(format!(
                 "holdout fold {f} is not a fold k/K"
