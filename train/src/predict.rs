@@ -79,7 +79,8 @@ pub fn check_folds(folds: &[Fold]) -> Result<()> {
     let k = folds.first().map_or(0, |f| f.count);
     let mut seen = vec![false; k as usize];
     for f in folds {
-        if f.count != k || std::mem::replace(&mut seen[f.index as usize - 1], true) {
+        if !f.is_valid() || f.count != k || std::mem::replace(&mut seen[f.index as usize - 1], true)
+        {
             return Err(TrainError::Config(format!(
                 "out-of-fold runs must be the folds 1/K..K/K of one K, each once; got [{}]",
                 folds

@@ -341,4 +341,8 @@ fn out_of_fold_logits_come_from_the_run_that_left_the_clip_out() {
     assert!(check_folds(&[f(1, 2), f(1, 2)]).is_err());
     assert!(check_folds(&[f(1, 3), f(2, 3)]).is_err());
     assert!(check_folds(&[f(1, 2), f(2, 3)]).is_err());
+    assert!(
+        check_folds(&[f(0, 2), f(3, 2)]).is_err(),
+        "an invalid fold is an error, no panic"
+    );
 }
