@@ -137,6 +137,9 @@ pub fn predict_out_of_fold(
             Ok(())
         })
     };
+    let outside_split = set
+        .rows()
+        .any(|r| r.variant == Variant::Original && r.set == ClipSet::Train && !in_split(r.row));
     for &clip_set in sets {
         for (fold, model) in members {
             if clip_set != ClipSet::Train {
@@ -151,10 +154,7 @@ pub fn predict_out_of_fold(
             };
             run(model, held_out, false)?;
             // ... and, like the test set, the training clips outside the split (if any).
-            let outside = set.rows().any(|r| {
-                r.variant == Variant::Original && r.set == ClipSet::Train && !in_split(r.row)
-            });
-            if outside {
+            if outside_split {
                 run(model, originals(ClipSet::Train), true)?;
             }
         }
