@@ -1929,12 +1929,7 @@ mod simd {
                 }
             }
         }
-        for i in 0..rows {
-            let first = if i < r8 { c8 } else { 0 };
-            for j in first..cols {
-                dst[j * rows + i] = src[i * cols + j];
-            }
-        }
+        super::transpose_edges(src, dst, rows, cols);
     }
 
     macro_rules! scan_block_impl {
@@ -2298,6 +2293,14 @@ pub fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
             }
         }
     }
+    transpose_edges(src, dst, rows, cols);
+}
+
+/// The elements of [`transpose`] outside the 8 x 8 tiles (columns past the last whole tile
+/// of the tiled rows, and the rows past the last whole tile), one by one.
+#[inline(always)]
+fn transpose_edges(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
     for i in 0..rows {
         let first = if i < r8 { c8 } else { 0 };
         for j in first..cols {
