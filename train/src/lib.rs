@@ -3,6 +3,8 @@
 //! The training half of the ASC toolkit: a memory-mapped shard loader, the IRMamba student
 //! (and reference models) in burn, the KD/QAT trainer, evaluation, int8 export and inference.
 
+/// The fused Mamba mixer (conv1d, projections, scan, gate) with its backward pass.
+pub mod mixer;
 /// Fused depthwise convolutions (2-D and Mamba's causal 1-D) with hand-written backward passes.
 pub mod ops;
 /// Mamba selective scan: reference tensor-op graph and fused kernel with hand-written backward.

@@ -48,7 +48,7 @@ pub enum Activation {
 /// `s = (m - 1) / (m + 1)`, `|s| <= 0.172`, by its odd series to `s^9` (truncation < 1e-9).
 /// Absolute error below 1e-7 (for `e < 1e-7`, `1 + e` rounds to 1 and the result is 0).
 #[inline(always)]
-fn ln_1p_unit(e: f32) -> f32 {
+pub(crate) fn ln_1p_unit(e: f32) -> f32 {
     let y = 1.0 + e;
     let k = if y > std::f32::consts::SQRT_2 {
         1.0

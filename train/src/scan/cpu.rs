@@ -126,7 +126,7 @@ pub fn exp_fast(x: f32) -> f32 {
 
 /// [`exp_fast`] with fused multiply-adds when `FMA` (only inside `target_feature(fma)` code).
 #[inline(always)]
-fn exp_poly<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn exp_poly<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -152,7 +152,7 @@ fn exp_poly<const FMA: bool>(x: f32) -> f32 {
 /// `a * b + c`: one fused instruction when `FMA` (callers guarantee the `fma` target feature;
 /// without it `f32::mul_add` is a libm call that blocks vectorisation), else multiply then add.
 #[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
@@ -662,6 +662,83 @@ pub fn backward_with(
         }
     }
     g
+}
+
+/// The scan of one sequence at a time, for fused callers (the Mamba mixer, [`crate::mixer`])
+/// that run it inside their own per-sequence task and instruction-set instance: holds the
+/// padded `A` and the scratch of both passes. Layouts as in [`forward`] with `batch = 1`.
+pub(crate) struct SeqScan {
+    dims: ScanDims,
+    a_pad: Vec<f32>,
+    fwd: FwdScratch,
+    bwd: BwdScratch,
+}
+
+impl SeqScan {
+    /// Scratch for sequences of `len` tokens with `A: [d_inner, d_state]`.
+    pub(crate) fn new(d_inner: usize, d_state: usize, len: usize, a: &[f32]) -> Self {
+        let dims = ScanDims {
+            batch: 1,
+            d_inner,
+            d_state,
+            len,
+        };
+        assert_eq!(a.len(), d_inner * d_state, "selective scan: A size");
+        SeqScan {
+            dims,
+            a_pad: pad_a(a, d_inner, d_state),
+            fwd: FwdScratch::new(dims),
+            bwd: BwdScratch::new(dims),
+        }
+    }
+
+    /// [`forward`] of one sequence: `u`, `delta`, `y`: `[d_inner, L]`; `b`, `c`: `[d_state, L]`.
+    #[inline(always)]
+    pub(crate) fn forward<const FMA: bool>(
+        &mut self,
+        [u, delta, b, c, d]: [&[f32]; 5],
+        y: &mut [f32],
+    ) {
+        let cx = Ctx {
+            dims: self.dims,
+            u,
+            delta,
+            a: &self.a_pad,
+            b,
+            c,
+            d,
+        };
+        fwd_batch::<FMA>(&cx, &mut self.fwd, 0, y);
+    }
+
+    /// [`backward`] of one sequence: writes `du`, `ddelta` (`[d_inner, L]`), `db`, `dc`
+    /// (`[d_state, L]`) and adds this sequence's `dA` then `dD` to `part`
+    /// (`[d_inner * d_state + d_inner]`).
+    #[inline(always)]
+    pub(crate) fn backward<const FMA: bool>(
+        &mut self,
+        [u, delta, b, c, d]: [&[f32]; 5],
+        dy: &[f32],
+        [du, ddelta, db, dc, part]: [&mut [f32]; 5],
+    ) {
+        let cx = Ctx {
+            dims: self.dims,
+            u,
+            delta,
+            a: &self.a_pad,
+            b,
+            c,
+            d,
+        };
+        let o = BwdOut {
+            du,
+            ddelta,
+            db,
+            dc,
+            part,
+        };
+        bwd_batch::<FMA>(&cx, dy, &mut self.bwd, 0, o);
+    }
 }
 
 /// Panics with a clear message when a buffer does not match `dims` (shapes are checked with

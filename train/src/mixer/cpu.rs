@@ -1,0 +1,686 @@
+//! The fused Mamba mixer kernel over contiguous `f32` buffers: forward and hand-written
+//! backward, one sequence per rayon task.
+//!
+//! Layouts (row-major, as burn hands them over): `xz`: `[S, L, 2 d_inner]` (the `x` half then
+//! the gate `z`); `conv_w`: `[d_inner, 1, K]`; `conv_b`, `dt_b`, `d`: `[d_inner]`; `x_proj`:
+//! `[d_inner, R + 2N]` (burn's `Linear` weight, `[d_in, d_out]`); `dt_proj`: `[R, d_inner]`;
+//! `a`: `[d_inner, N]`; output `[S, L, d_inner]`.
+//!
+//! Inside a task everything runs channel-major (`[rows, L]`, rows of one sequence stay in
+//! L1/L2): the `x` half is transposed once, the causal conv, SiLU, the projections (row
+//! `axpy`s over `L`), softplus and the scan ([`crate::scan::cpu::SeqScan`]) follow, and the gate
+//! writes the token-major output. The forward pass keeps only the scan's output `y` (before
+//! the gate, `[S, d_inner, L]`); the backward pass recomputes the cheap parts (conv, SiLU,
+//! projections, softplus) from `xz` instead of storing six more activations.
+//!
+//! Instruction sets as in [`crate::scan::cpu`]: generic `#[inline(always)]` bodies instanced
+//! for AVX-512 and AVX2 (with FMA) and for the baseline target.
+
+// Row loops index several buffers in lockstep; clearer than multi-way zips.
+#![allow(clippy::needless_range_loop)]
+
+use rayon::prelude::*;
+
+use crate::ops::activation::ln_1p_unit;
+use crate::scan::cpu::{Isa, SeqScan, exp_poly, madd};
+
+/// Sizes of one mixer call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MixerDims {
+    /// Number of sequences `S` (batch times parallel groups).
+    pub seqs: usize,
+    /// Sequence length `L`.
+    pub len: usize,
+    /// Inner width `d_inner`.
+    pub d_inner: usize,
+    /// SSM state size `N`.
+    pub d_state: usize,
+    /// Rank `R` of the dt projection.
+    pub dt_rank: usize,
+    /// Causal conv width `K`.
+    pub d_conv: usize,
+}
+
+impl MixerDims {
+    /// Width of `x_proj`'s output, `R + 2N`.
+    pub fn proj_width(&self) -> usize {
+        self.dt_rank + 2 * self.d_state
+    }
+
+    /// Length of one sequence's partial weight gradients (see [`MixerGrads`] for the order).
+    fn part_len(&self) -> usize {
+        let (di, n, r, k) = (self.d_inner, self.d_state, self.dt_rank, self.d_conv);
+        di * k + di + di * self.proj_width() + r * di + di + di * n + di
+    }
+}
+
+/// The mixer's parameters (layouts in the module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct MixerWeights<'a> {
+    /// Causal depthwise conv weight `[d_inner, 1, K]`.
+    pub conv_w: &'a [f32],
+    /// Conv bias `[d_inner]`.
+    pub conv_b: &'a [f32],
+    /// `x_proj` weight `[d_inner, R + 2N]`.
+    pub x_proj: &'a [f32],
+    /// `dt_proj` weight `[R, d_inner]`.
+    pub dt_proj: &'a [f32],
+    /// `dt_proj` bias `[d_inner]`.
+    pub dt_b: &'a [f32],
+    /// `A = -exp(A_log)`, `[d_inner, N]`.
+    pub a: &'a [f32],
+    /// Skip `D`, `[d_inner]`.
+    pub d: &'a [f32],
+}
+
+/// Gradients of a scalar loss with respect to the mixer's input and parameters.
+#[derive(Clone, Debug, Default)]
+pub struct MixerGrads {
+    /// `dL/dxz`: `[S, L, 2 d_inner]`.
+    pub dxz: Vec<f32>,
+    /// `[d_inner, 1, K]`.
+    pub conv_w: Vec<f32>,
+    /// `[d_inner]`.
+    pub conv_b: Vec<f32>,
+    /// `[d_inner, R + 2N]`.
+    pub x_proj: Vec<f32>,
+    /// `[R, d_inner]`.
+    pub dt_proj: Vec<f32>,
+    /// `[d_inner]`.
+    pub dt_b: Vec<f32>,
+    /// `[d_inner, N]`.
+    pub a: Vec<f32>,
+    /// `[d_inner]`.
+    pub d: Vec<f32>,
+}
+
+/// `1 / (1 + e^-x)`.
+#[inline(always)]
+fn sigmoid<const FMA: bool>(x: f32) -> f32 {
+    1.0 / (1.0 + exp_poly::<FMA>(-x))
+}
+
+/// `sum_i a_i b_i` with 16 independent partial sums (a scalar accumulator is one serial chain
+/// of dependent adds that LLVM may not reorder, hence does not vectorise).
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (a16.remainder(), b16.remainder());
+    for (x, y) in a16.zip(b16) {
+        for i in 0..16 {
+            acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
+        }
+    }
+    let mut tail = 0.0f32;
+    for (&x, &y) in ra.iter().zip(rb) {
+        tail = madd::<FMA>(x, y, tail);
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `sum_i a_i`, 16 partial sums (see [`dot`]).
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let a16 = a.chunks_exact(16);
+    let tail: f32 = a16.remainder().iter().sum();
+    for x in a16 {
+        for i in 0..16 {
+            acc[i] += x[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `dst[j * dst_ld + i] = src[i * src_ld + j]` for `i < rows`, `j < cols`: a transpose between
+/// strided row-major views, in 8 x 8 tiles held in a local array (the compiler turns them into
+/// register shuffles; element by element, the column writes of a `[48, 512]` plane collide in
+/// two L1 sets), the edges element by element.
+#[inline(always)]
+pub(crate) fn transpose_strided(
+    src: &[f32],
+    src_ld: usize,
+    dst: &mut [f32],
+    dst_ld: usize,
+    rows: usize,
+    cols: usize,
+) {
+    const T: usize = 8;
+    let (r8, c8) = (rows / T * T, cols / T * T);
+    for i0 in (0..r8).step_by(T) {
+        for j0 in (0..c8).step_by(T) {
+            let mut tile = [[0f32; T]; T];
+            for (i, t) in tile.iter_mut().enumerate() {
+                t.copy_from_slice(&src[(i0 + i) * src_ld + j0..][..T]);
+            }
+            for j in 0..T {
+                let out = &mut dst[(j0 + j) * dst_ld + i0..][..T];
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = tile[i][j];
+                }
+            }
+        }
+    }
+    for i in 0..rows {
+        let first = if i < r8 { c8 } else { 0 };
+        for j in first..cols {
+            dst[j * dst_ld + i] = src[i * src_ld + j];
+        }
+    }
+}
+
+/// Columns `off..off + width` of the token-major `src` (`[len, ld]`) into the channel-major
+/// `dst` (`[width, len]`).
+#[inline(always)]
+fn to_channel_major(src: &[f32], ld: usize, off: usize, width: usize, len: usize, dst: &mut [f32]) {
+    transpose_strided(&src[off..], ld, dst, len, len, width);
+}
+
+/// The channel-major `src` (`[width, len]`) into columns `off..off + width` of the token-major
+/// `dst` (`[len, ld]`).
+#[inline(always)]
+fn to_token_major(src: &[f32], width: usize, len: usize, dst: &mut [f32], ld: usize, off: usize) {
+    transpose_strided(src, len, &mut dst[off..], ld, width, len);
+}
+
+/// Per-thread channel-major buffers of one sequence.
+struct Scratch {
+    scan: SeqScan,
+    /// The `x` half, `[d_inner, L]`.
+    x: Vec<f32>,
+    /// Conv output before SiLU, `[d_inner, L]`.
+    xc: Vec<f32>,
+    /// `u = SiLU(xc)`, `[d_inner, L]`.
+    u: Vec<f32>,
+    /// `x_proj(u)`: dt, B, C rows, `[R + 2N, L]`.
+    proj: Vec<f32>,
+    /// `dt_proj(dt)` before softplus, `[d_inner, L]`.
+    dtp: Vec<f32>,
+    /// `delta = softplus(dtp)`, `[d_inner, L]`.
+    delta: Vec<f32>,
+    /// The gate `z`, `[d_inner, L]`.
+    z: Vec<f32>,
+    /// The gated output (forward) or `dz` (backward), `[d_inner, L]`.
+    g: Vec<f32>,
+    /// Backward only: `dy` (gated), `du`, `ddelta`, `[d_inner, L]` each; `d proj`, `[R + 2N, L]`.
+    dy: Vec<f32>,
+    du: Vec<f32>,
+    ddelta: Vec<f32>,
+    dproj: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(dims: MixerDims, a: &[f32], backward: bool) -> Self {
+        let plane = dims.d_inner * dims.len;
+        let back = if backward { plane } else { 0 };
+        Scratch {
+            scan: SeqScan::new(dims.d_inner, dims.d_state, dims.len, a),
+            x: vec![0.0; plane],
+            xc: vec![0.0; plane],
+            u: vec![0.0; plane],
+            proj: vec![0.0; dims.proj_width() * dims.len],
+            dtp: vec![0.0; plane],
+            delta: vec![0.0; plane],
+            z: vec![0.0; plane],
+            g: vec![0.0; plane],
+            dy: vec![0.0; back],
+            du: vec![0.0; back],
+            ddelta: vec![0.0; back],
+            dproj: vec![
+                0.0;
+                if backward {
+                    dims.proj_width() * dims.len
+                } else {
+                    0
+                }
+            ],
+        }
+    }
+}
+
+/// Recomputes the scan inputs of one sequence from its `xz` (`[L, 2 d_inner]`): `x`, `xc`, `u`,
+/// `proj`, `dtp`, `delta` in `s`.
+///
+/// `xc[c, t] = conv_b[c] + sum_j conv_w[c, j] x[c, t + j - (K - 1)]` (zeros before `t = 0`);
+/// `u = SiLU(xc)`; `proj[k, t] = sum_c x_proj[c, k] u[c, t]`;
+/// `dtp[c, t] = dt_b[c] + sum_r dt_proj[r, c] proj[r, t]`; `delta = softplus(dtp)`.
+#[inline(always)]
+fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s: &mut Scratch) {
+    let MixerDims {
+        len,
+        d_inner: di,
+        dt_rank: r,
+        d_conv: k,
+        ..
+    } = dims;
+    let pw = dims.proj_width();
+    to_channel_major(xz, 2 * di, 0, di, len, &mut s.x);
+    to_channel_major(xz, 2 * di, di, di, len, &mut s.z);
+    for c in 0..di {
+        let x = &s.x[c * len..(c + 1) * len];
+        let xc = &mut s.xc[c * len..(c + 1) * len];
+        let wc = &w.conv_w[c * k..(c + 1) * k];
+        xc.fill(w.conv_b[c]);
+        for j in 0..k {
+            // Tap j reads x[t - (K - 1 - j)].
+            let shift = k - 1 - j;
+            if shift >= len {
+                continue;
+            }
+            for (o, &v) in xc[shift..].iter_mut().zip(&x[..len - shift]) {
+                *o = madd::<FMA>(wc[j], v, *o);
+            }
+        }
+        let u = &mut s.u[c * len..(c + 1) * len];
+        for (o, &v) in u.iter_mut().zip(xc.iter()) {
+            *o = v * sigmoid::<FMA>(v);
+        }
+    }
+    s.proj.fill(0.0);
+    for c in 0..di {
+        let u = &s.u[c * len..(c + 1) * len];
+        for j in 0..pw {
+            let wv = w.x_proj[c * pw + j];
+            for (o, &v) in s.proj[j * len..(j + 1) * len].iter_mut().zip(u) {
+                *o = madd::<FMA>(wv, v, *o);
+            }
+        }
+    }
+    for c in 0..di {
+        let dtp = &mut s.dtp[c * len..(c + 1) * len];
+        dtp.fill(w.dt_b[c]);
+        for q in 0..r {
+            let wv = w.dt_proj[q * di + c];
+            for (o, &v) in dtp.iter_mut().zip(&s.proj[q * len..(q + 1) * len]) {
+                *o = madd::<FMA>(wv, v, *o);
+            }
+        }
+        // softplus(v) = max(v, 0) + ln(1 + e^-|v|).
+        let delta = &mut s.delta[c * len..(c + 1) * len];
+        for (o, &v) in delta.iter_mut().zip(dtp.iter()) {
+            *o = v.max(0.0) + ln_1p_unit(exp_poly::<FMA>(-v.abs()));
+        }
+    }
+}
+
+/// Forward pass of one sequence: `xz` `[L, 2 d_inner]` -> `out` `[L, d_inner]`; the scan
+/// output (before the gate) goes to `y` `[d_inner, L]`.
+#[inline(always)]
+fn fwd_seq<const FMA: bool>(
+    dims: MixerDims,
+    w: &MixerWeights,
+    xz: &[f32],
+    s: &mut Scratch,
+    y: &mut [f32],
+    out: &mut [f32],
+) {
+    let MixerDims {
+        len, d_inner: di, ..
+    } = dims;
+    let r = dims.dt_rank;
+    let n = dims.d_state;
+    scan_inputs::<FMA>(dims, w, xz, s);
+    let (b, c) = (
+        &s.proj[r * len..(r + n) * len],
+        &s.proj[(r + n) * len..(r + 2 * n) * len],
+    );
+    s.scan.forward::<FMA>([&s.u, &s.delta, b, c, w.d], y);
+    // out = y * SiLU(z), channel-major, then into the token-major output.
+    for ((g, &yv), &zv) in s.g.iter_mut().zip(y.iter()).zip(&s.z) {
+        *g = yv * zv * sigmoid::<FMA>(zv);
+    }
+    to_token_major(&s.g, di, len, out, di, 0);
+}
+
+/// Backward pass of one sequence: from `dout` `[L, d_inner]` and the saved scan output `y`,
+/// writes `dxz` `[L, 2 d_inner]` and adds the parameter gradients to `part` (order of
+/// [`MixerGrads`], `conv_w` to `d`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bwd_seq<const FMA: bool>(
+    dims: MixerDims,
+    w: &MixerWeights,
+    xz: &[f32],
+    y: &[f32],
+    dout: &[f32],
+    s: &mut Scratch,
+    dxz: &mut [f32],
+    part: &mut [f32],
+) {
+    let MixerDims {
+        len,
+        d_inner: di,
+        d_state: n,
+        dt_rank: r,
+        d_conv: k,
+        ..
+    } = dims;
+    let pw = dims.proj_width();
+    scan_inputs::<FMA>(dims, w, xz, s);
+    let (g_conv_w, rest) = part.split_at_mut(di * k);
+    let (g_conv_b, rest) = rest.split_at_mut(di);
+    let (g_x_proj, rest) = rest.split_at_mut(di * pw);
+    let (g_dt_proj, rest) = rest.split_at_mut(r * di);
+    let (g_dt_b, g_scan) = rest.split_at_mut(di);
+
+    // Gate: out = y * SiLU(z): dy = dout * SiLU(z), dz = dout * y * SiLU'(z),
+    // SiLU'(z) = sigma(z) (1 + z (1 - sigma(z))).
+    to_channel_major(dout, di, 0, di, len, &mut s.dy);
+    for (((dy, dz), &yv), &zv) in s.dy.iter_mut().zip(s.g.iter_mut()).zip(y).zip(&s.z) {
+        let gv = *dy;
+        let sg = sigmoid::<FMA>(zv);
+        *dy = gv * zv * sg;
+        *dz = gv * yv * sg * (1.0 + zv * (1.0 - sg));
+    }
+    to_token_major(&s.g, di, len, dxz, 2 * di, di);
+
+    // Scan: du, ddelta, dB, dC (straight into the dt / B / C rows of dproj), dA and dD.
+    {
+        let (b, c) = (
+            &s.proj[r * len..(r + n) * len],
+            &s.proj[(r + n) * len..(r + 2 * n) * len],
+        );
+        let (_, dbc) = s.dproj.split_at_mut(r * len);
+        let (db, dc) = dbc.split_at_mut(n * len);
+        s.scan.backward::<FMA>(
+            [&s.u, &s.delta, b, c, w.d],
+            &s.dy,
+            [&mut s.du, &mut s.ddelta, db, dc, g_scan],
+        );
+    }
+
+    // Softplus' = sigma; dt_proj: d dt_b[c] = sum_t ddtp, d dt_proj[q, c] = sum_t ddtp dt[q],
+    // d dt[q, t] = sum_c dt_proj[q, c] ddtp[c, t]. ddtp overwrites ddelta.
+    s.dproj[..r * len].fill(0.0);
+    for c in 0..di {
+        let ddtp = &mut s.ddelta[c * len..(c + 1) * len];
+        let dtp = &s.dtp[c * len..(c + 1) * len];
+        for (g, &v) in ddtp.iter_mut().zip(dtp) {
+            *g *= sigmoid::<FMA>(v);
+        }
+        g_dt_b[c] += sum(ddtp);
+        for q in 0..r {
+            let dt = &s.proj[q * len..(q + 1) * len];
+            g_dt_proj[q * di + c] += dot::<FMA>(ddtp, dt);
+            let wv = w.dt_proj[q * di + c];
+            for (o, &g) in s.dproj[q * len..(q + 1) * len].iter_mut().zip(ddtp.iter()) {
+                *o = madd::<FMA>(wv, g, *o);
+            }
+        }
+    }
+
+    // x_proj: d x_proj[c, j] = sum_t u[c, t] dproj[j, t]; du[c, t] += sum_j x_proj[c, j] dproj[j, t].
+    for c in 0..di {
+        let u = &s.u[c * len..(c + 1) * len];
+        let du = &mut s.du[c * len..(c + 1) * len];
+        for j in 0..pw {
+            let dp = &s.dproj[j * len..(j + 1) * len];
+            g_x_proj[c * pw + j] += dot::<FMA>(dp, u);
+            let wv = w.x_proj[c * pw + j];
+            for (o, &g) in du.iter_mut().zip(dp) {
+                *o = madd::<FMA>(wv, g, *o);
+            }
+        }
+    }
+
+    // SiLU then the causal conv: dxc = du * SiLU'(xc) (into du); d conv_b[c] = sum_t dxc;
+    // d conv_w[c, j] = sum_t dxc[t] x[t - (K - 1 - j)]; dx[t'] = sum_j conv_w[c, j] dxc[t' + K - 1 - j].
+    for c in 0..di {
+        let xc = &s.xc[c * len..(c + 1) * len];
+        let dxc = &mut s.du[c * len..(c + 1) * len];
+        for (g, &v) in dxc.iter_mut().zip(xc) {
+            let sg = sigmoid::<FMA>(v);
+            *g *= sg * (1.0 + v * (1.0 - sg));
+        }
+        g_conv_b[c] += sum(dxc);
+        let x = &s.x[c * len..(c + 1) * len];
+        // dx (channel-major) reuses the dy row of this channel, no longer needed.
+        let dx = &mut s.dy[c * len..(c + 1) * len];
+        dx.fill(0.0);
+        for j in 0..k {
+            let shift = k - 1 - j;
+            if shift >= len {
+                continue;
+            }
+            g_conv_w[c * k + j] += dot::<FMA>(&dxc[shift..], &x[..len - shift]);
+            let wv = w.conv_w[c * k + j];
+            for (o, &g) in dx[..len - shift].iter_mut().zip(&dxc[shift..]) {
+                *o = madd::<FMA>(wv, g, *o);
+            }
+        }
+    }
+    to_token_major(&s.dy, di, len, dxz, 2 * di, 0);
+}
+
+/// Instances of the per-sequence bodies for each instruction set.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{MixerDims, MixerWeights, Scratch, bwd_seq, fwd_seq};
+
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn fwd_avx512(
+        dims: MixerDims,
+        w: &MixerWeights,
+        xz: &[f32],
+        s: &mut Scratch,
+        y: &mut [f32],
+        out: &mut [f32],
+    ) {
+        fwd_seq::<true>(dims, w, xz, s, y, out)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fwd_avx2(
+        dims: MixerDims,
+        w: &MixerWeights,
+        xz: &[f32],
+        s: &mut Scratch,
+        y: &mut [f32],
+        out: &mut [f32],
+    ) {
+        fwd_seq::<true>(dims, w, xz, s, y, out)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn bwd_avx512(
+        dims: MixerDims,
+        w: &MixerWeights,
+        xz: &[f32],
+        y: &[f32],
+        dout: &[f32],
+        s: &mut Scratch,
+        dxz: &mut [f32],
+        part: &mut [f32],
+    ) {
+        bwd_seq::<true>(dims, w, xz, y, dout, s, dxz, part)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn bwd_avx2(
+        dims: MixerDims,
+        w: &MixerWeights,
+        xz: &[f32],
+        y: &[f32],
+        dout: &[f32],
+        s: &mut Scratch,
+        dxz: &mut [f32],
+        part: &mut [f32],
+    ) {
+        bwd_seq::<true>(dims, w, xz, y, dout, s, dxz, part)
+    }
+}
+
+/// Panics with a clear message when a buffer does not match `dims` (the public API checks
+/// shapes with typed errors first; this guards the kernel's own contract).
+fn check_lengths(dims: MixerDims, w: &MixerWeights, xz: &[f32]) {
+    let MixerDims {
+        seqs,
+        len,
+        d_inner: di,
+        d_state: n,
+        dt_rank: r,
+        d_conv: k,
+    } = dims;
+    let checks = [
+        ("xz", xz.len(), seqs * len * 2 * di),
+        ("conv weight", w.conv_w.len(), di * k),
+        ("conv bias", w.conv_b.len(), di),
+        ("x_proj", w.x_proj.len(), di * dims.proj_width()),
+        ("dt_proj", w.dt_proj.len(), r * di),
+        ("dt bias", w.dt_b.len(), di),
+        ("A", w.a.len(), di * n),
+        ("D", w.d.len(), di),
+    ];
+    for (name, got, want) in checks {
+        assert_eq!(
+            got, want,
+            "Mamba mixer: {name} has {got} values, expected {want}"
+        );
+    }
+}
+
+/// Forward pass with instruction set `isa` (falls back to the portable body where `isa` is
+/// not available): returns the output `[S, L, d_inner]` and the scan output before the gate,
+/// `[S, d_inner, L]` (the backward pass's saved state).
+pub fn forward_with(
+    isa: Isa,
+    dims: MixerDims,
+    w: &MixerWeights,
+    xz: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    check_lengths(dims, w, xz);
+    let isa = if isa.is_available() {
+        isa
+    } else {
+        Isa::Portable
+    };
+    let plane = dims.len * dims.d_inner;
+    let mut out = vec![0.0f32; dims.seqs * plane];
+    let mut y = vec![0.0f32; dims.seqs * plane];
+    if plane == 0 || dims.seqs == 0 {
+        return (out, y);
+    }
+    out.par_chunks_mut(plane)
+        .zip(y.par_chunks_mut(plane))
+        .zip(xz.par_chunks(2 * plane))
+        .for_each_init(
+            || Scratch::new(dims, w.a, false),
+            |s, ((out, y), xz)| match isa {
+                // SAFETY: `isa` is available on this CPU (checked above).
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { x86::fwd_avx512(dims, w, xz, s, y, out) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { x86::fwd_avx2(dims, w, xz, s, y, out) },
+                _ => fwd_seq::<false>(dims, w, xz, s, y, out),
+            },
+        );
+    (out, y)
+}
+
+/// [`forward_with`] on the widest instruction set of this CPU.
+pub fn forward(dims: MixerDims, w: &MixerWeights, xz: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    forward_with(Isa::detect(), dims, w, xz)
+}
+
+/// Backward pass with instruction set `isa`: gradients of `sum(dout ⊙ out)` from the forward
+/// inputs, the saved scan output `y` (`[S, d_inner, L]`) and `dout` (`[S, L, d_inner]`).
+pub fn backward_with(
+    isa: Isa,
+    dims: MixerDims,
+    w: &MixerWeights,
+    xz: &[f32],
+    y: &[f32],
+    dout: &[f32],
+) -> MixerGrads {
+    check_lengths(dims, w, xz);
+    let plane = dims.len * dims.d_inner;
+    assert_eq!(
+        y.len(),
+        dims.seqs * plane,
+        "Mamba mixer: saved scan output size"
+    );
+    assert_eq!(
+        dout.len(),
+        dims.seqs * plane,
+        "Mamba mixer: output gradient size"
+    );
+    let isa = if isa.is_available() {
+        isa
+    } else {
+        Isa::Portable
+    };
+    let part = dims.part_len();
+    let mut dxz = vec![0.0f32; dims.seqs * 2 * plane];
+    let mut partials = vec![0.0f32; dims.seqs * part];
+    if plane > 0 {
+        dxz.par_chunks_mut(2 * plane)
+            .zip(partials.par_chunks_mut(part))
+            .zip(xz.par_chunks(2 * plane))
+            .zip(y.par_chunks(plane).zip(dout.par_chunks(plane)))
+            .for_each_init(
+                || Scratch::new(dims, w.a, true),
+                |s, (((dxz, part), xz), (y, dout))| match isa {
+                    // SAFETY: `isa` is available on this CPU (checked above).
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => unsafe { x86::bwd_avx512(dims, w, xz, y, dout, s, dxz, part) },
+                    // SAFETY: as above.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => unsafe { x86::bwd_avx2(dims, w, xz, y, dout, s, dxz, part) },
+                    _ => bwd_seq::<false>(dims, w, xz, y, dout, s, dxz, part),
+                },
+            );
+    }
+    // Sum the per-sequence partials (fixed order: deterministic).
+    let mut total = vec![0.0f32; part];
+    for p in partials.chunks_exact(part) {
+        for (acc, v) in total.iter_mut().zip(p) {
+            *acc += v;
+        }
+    }
+    let MixerDims {
+        d_inner: di,
+        d_state: n,
+        dt_rank: r,
+        d_conv: k,
+        ..
+    } = dims;
+    let mut rest = total.as_slice();
+    let mut take = |len: usize| {
+        let (head, tail) = rest.split_at(len);
+        rest = tail;
+        head.to_vec()
+    };
+    MixerGrads {
+        conv_w: take(di * k),
+        conv_b: take(di),
+        x_proj: take(di * dims.proj_width()),
+        dt_proj: take(r * di),
+        dt_b: take(di),
+        a: take(di * n),
+        d: take(di),
+        dxz,
+    }
+}
+
+/// [`backward_with`] on the widest instruction set of this CPU.
+pub fn backward(
+    dims: MixerDims,
+    w: &MixerWeights,
+    xz: &[f32],
+    y: &[f32],
+    dout: &[f32],
+) -> MixerGrads {
+    backward_with(Isa::detect(), dims, w, xz, y, dout)
+}
