@@ -135,7 +135,6 @@ fn profile_blocks(cfg: &ModelConfig, b: usize) {
 /// Cumulative forward + backward times of the pieces of one PMB (shared-weight formulation on
 /// its first Mamba): where the time of a Mamba block goes.
 fn profile_pmb(cfg: &ModelConfig, b: usize) {
-    use train::ops::{silu, softplus};
     let dev = training_device();
     let Model::IrMamba(m) = cfg.init(10, &dev) else {
         return;
@@ -145,10 +144,9 @@ fn profile_pmb(cfg: &ModelConfig, b: usize) {
     let [c, h, w] = [48, 32, 16];
     let (len, p) = (h * w, blk.groups);
     let d = c / p;
-    let (di, r, n) = (mb.d_inner, mb.dt_rank, mb.d_state);
     let x = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &dev).require_grad();
-    // Stages: 0 LayerNorm + group reshape, 1 in_proj, 2 conv1d + SiLU, 3 x_proj/dt_proj/softplus
-    // 4 selective scan, 5 gating + out_proj, 6 the whole block.
+    // Stages: 0 LayerNorm + group reshape, 1 in_proj, 2 the fused mixer (conv1d, SiLU,
+    // x_proj, dt_proj, softplus, scan, gate), 3 out_proj.
     let upto = |stage: usize| -> Tensor<3> {
         let tokens = blk
             .norm
@@ -164,44 +162,18 @@ fn profile_pmb(cfg: &ModelConfig, b: usize) {
         if stage == 1 {
             return xz;
         }
-        let xi = xz.clone().narrow(2, 0, di);
-        let z = xz.narrow(2, di, di);
-        // As `Mamba::mixer`: fused SiLU/softplus, token-major scan.
-        let xc = silu(train::ops::conv1d_causal_forward(
-            &mb.conv1d,
-            xi.swap_dims(1, 2),
-        ))
-        .swap_dims(1, 2); // [B, L, di]
+        let y = mb.mixer(xz);
         if stage == 2 {
-            return xc;
-        }
-        let x_dbl = mb.x_proj.forward(xc.clone());
-        let dt = x_dbl.clone().narrow(2, 0, r);
-        let bm = x_dbl.clone().narrow(2, r, n);
-        let cm = x_dbl.narrow(2, r + n, n);
-        let delta = softplus(mb.dt_proj.forward(dt));
-        if stage == 3 {
-            return delta + bm.sum_dim(2) + cm.sum_dim(2) + xc;
-        }
-        let a = mb.a_log.val().exp().neg();
-        let y = train::scan::selective_scan_tokens(xc, delta, a, bm, cm, mb.d.val());
-        if stage == 4 {
             return y;
         }
-        mb.out_proj.forward(y * silu(z))
+        mb.out_proj.forward(y)
     };
     println!(
-        "PMB breakdown, batch {b} ({} sequences of {len} tokens, d_inner {di}), cumulative fwd+bwd:",
-        b * p
+        "PMB breakdown, batch {b} ({} sequences of {len} tokens, d_inner {}), cumulative fwd+bwd:",
+        b * p,
+        mb.d_inner
     );
-    let names = [
-        "norm+reshape",
-        "+in_proj",
-        "+conv1d+silu",
-        "+x/dt_proj",
-        "+scan",
-        "+gate+out_proj",
-    ];
+    let names = ["norm+reshape", "+in_proj", "+mixer", "+out_proj"];
     for (stage, name) in names.iter().enumerate() {
         let run = || {
             let _g = upto(stage).sum().backward();
@@ -217,6 +189,9 @@ fn profile_pmb(cfg: &ModelConfig, b: usize) {
 }
 
 fn main() {
+    if std::env::var_os("ASC_BENCH_SYSTEM_MALLOC").is_none() {
+        train::backend::keep_freed_buffers();
+    }
     let name = std::env::var("ASC_BENCH_MODEL").unwrap_or_else(|_| "s1".into());
     let cfg = ModelConfig::preset(&name).expect("ASC_BENCH_MODEL: a preset name");
     println!(
@@ -229,6 +204,9 @@ fn main() {
             "train step  batch {b:>3}: {:>8.1} samples/s",
             train_step_rate(&cfg, b)
         );
+    }
+    if std::env::var_os("ASC_BENCH_TRAIN_ONLY").is_some() {
+        return;
     }
     println!(
         "inference   batch 256: {:>8.1} samples/s",

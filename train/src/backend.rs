@@ -30,3 +30,23 @@ pub fn default_device() -> Device {
 pub fn training_device() -> Device {
     default_device().autodiff()
 }
+
+/// Keeps freed tensor buffers in the process heap instead of returning them to the kernel.
+///
+/// A training step allocates and frees hundreds of activation buffers of 1-32 MB. glibc's
+/// `malloc` serves such sizes with fresh `mmap`s and `munmap`s them on `free`, so every step
+/// page-faults and zeroes all its activations again (a fifth of the step's time in `perf`:
+/// page faults, `clear_page`, cgroup accounting). With the `mmap` threshold above any tensor and
+/// trimming off, the heap keeps the buffers for reuse; resident memory stays at the high-water
+/// mark of one step. A no-op on targets other than glibc. Call once, at the start of `main`.
+pub fn keep_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes allocator tuning parameters; it is called before any
+    // other thread exists (start of `main`), and its result only reports success.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+        // One arena: rayon workers free buffers that the main thread allocated and vice versa.
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}

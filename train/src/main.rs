@@ -198,6 +198,7 @@ struct TrainArgs {
 }
 
 fn main() -> ExitCode {
+    train::backend::keep_freed_buffers();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -146,7 +146,8 @@ impl MambaConfig {
 impl Mamba {
     /// `[B, L, d_model] -> [B, L, d_model]`: `out_proj(mixer(in_proj(u)))`.
     pub fn forward(&self, u: Tensor<3>) -> Tensor<3> {
-        self.out_proj.forward(self.mixer(self.in_proj.forward(u)))
+        let xz = crate::ops::linear_tokens(&self.in_proj, u);
+        crate::ops::linear_tokens(&self.out_proj, self.mixer(xz))
     }
 
     /// The float part between `in_proj` and `out_proj`: `xz: [B, L, 2 d_inner] -> y * SiLU(z)`
@@ -154,25 +155,27 @@ impl Mamba {
     /// skip, gating). Split out so that QAT ([`crate::qat`]) can fake-quantize `in_proj` and
     /// `out_proj` and keep this part in floating point, as the int8 engine does.
     pub fn mixer(&self, xz: Tensor<3>) -> Tensor<3> {
-        let [batch, len, _] = xz.dims();
-        let (di, r, n) = (self.d_inner, self.dt_rank, self.d_state);
-        let x = xz.clone().narrow(2, 0, di);
-        let z = xz.narrow(2, di, di);
-        // Causal depthwise conv over time on [B, di, L]: left padding d_conv - 1.
-        let x = crate::ops::conv1d_causal_forward(&self.conv1d, x.swap_dims(1, 2));
-        let x = crate::ops::silu(x).swap_dims(1, 2); // [B, L, di]
-        // x_proj (`[di, R + 2N]`, no bias) applied as three products with column slices of its
-        // weight: the same dt, B, C as narrowing `x_proj(x)`, without the three full-size
-        // zero-padded gradients that narrowing the activation costs in the backward pass.
-        let w = self.x_proj.weight.val().unsqueeze_dim::<3>(0); // [1, di, R + 2N]
-        let proj = |start: usize, width: usize| x.clone().matmul(w.clone().narrow(2, start, width));
-        let (dt, b, c) = (proj(0, r), proj(r, n), proj(r + n, n)); // [B, L, R], [B, L, N] x 2
-        let delta = crate::ops::softplus(self.dt_proj.forward(dt)); // [B, L, di]
-        let a = self.a_log.val().exp().neg(); // A = -exp(A_log)
-        // Token-major scan: no transposed views of delta, B, C or y in the graph.
-        let y = crate::scan::selective_scan_tokens(x, delta, a, b, c, self.d.val());
-        debug_assert_eq!(y.dims(), [batch, len, di]);
-        y * crate::ops::silu(z)
+        crate::mixer::mamba_mixer(xz, self.mixer_params())
+    }
+
+    /// The mixer's parameters as tensors (`A = -exp(A_log)`: the exponential stays in the
+    /// graph, so `A_log` receives its gradient through it).
+    pub fn mixer_params(&self) -> crate::mixer::MixerParams {
+        crate::mixer::MixerParams {
+            conv_w: self.conv1d.weight.val(),
+            conv_b: match &self.conv1d.bias {
+                Some(b) => b.val(),
+                None => Tensor::zeros([self.d_inner], &self.d.device()),
+            },
+            x_proj: self.x_proj.weight.val(),
+            dt_proj: self.dt_proj.weight.val(),
+            dt_b: match &self.dt_proj.bias {
+                Some(b) => b.val(),
+                None => Tensor::zeros([self.d_inner], &self.d.device()),
+            },
+            a: self.a_log.val().exp().neg(),
+            d: self.d.val(),
+        }
     }
 
     /// Records the block's layers for a sequence of `tokens` tokens.

@@ -100,7 +100,7 @@ impl ParallelMamba {
                 .collect();
             Tensor::cat(outs, 2)
         };
-        let y = self.proj.forward(self.norm.forward(mixed)); // [B, L, C_out]
+        let y = crate::ops::linear_tokens(&self.proj, self.norm.forward(mixed)); // [B, L, C_out]
         let c_out = y.dims()[2];
         y.swap_dims(1, 2).reshape([batch, c_out, h, w])
     }

@@ -41,12 +41,16 @@ pub mod batch_norm_cpu;
 #[allow(deprecated)]
 mod depthwise;
 pub mod depthwise_cpu;
+#[allow(deprecated)]
+mod matmul;
+pub mod matmul_cpu;
 #[cfg(test)]
 mod tests;
 
 pub use activation::ActivationOps;
 pub use batch_norm::BatchNormOps;
 pub use depthwise::DepthwiseConvOps;
+pub use matmul::SharedMatmulOps;
 
 use std::borrow::Cow;
 
@@ -268,21 +272,59 @@ pub fn depthwise_conv1d_causal_reference(
     )
 }
 
-/// Pointwise (1x1, stride 1, unpadded, one group) convolution as one batched matrix product:
-/// `y[b] = W x[b]` with `W: [C_out, C_in]` and `x[b]: [C_in, H W]` (then `+ bias`). Flex runs
-/// it (and its backward, two more products) through its GEMM, about 3x faster than its
-/// convolution's forward + backward at the inverted residual blocks' shapes.
+/// Pointwise (1x1, stride 1, unpadded, one group) convolution: `y[b] = W x[b]` with
+/// `W: [C_out, C_in]` and `x[b]: [C_in, H W]` (then `+ bias`), one shared-weight product per
+/// batch element on the rayon pool ([`matmul_cpu`]), differentiable with a hand-written
+/// backward pass (`dx[b] = W^T dy[b]`, `dW = sum_b dy[b] x[b]^T`) that needs no transposed
+/// copies.
 pub fn pointwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
     let [b, c_in, h, w] = x.dims();
-    let [c_out, ..] = weight.dims();
-    let y = weight
-        .reshape([1, c_out, c_in])
-        .matmul(x.reshape([b, c_in, h * w]));
+    let [c_out, w_in, kh, kw] = weight.dims();
+    assert!(
+        w_in == c_in && [kh, kw] == [1, 1],
+        "pointwise conv: weight {:?} for {c_in} input channels",
+        weight.dims()
+    );
+    let plan = matmul_cpu::SharedMatmul::pointwise(b, c_in, c_out, h * w);
+    let y = <Dispatch as SharedMatmulOps>::shared_matmul_fused(
+        x.reshape([b, c_in, h * w]).into_dispatch(),
+        weight.reshape([c_out, c_in]).into_dispatch(),
+        plan,
+        [b, c_out, h * w],
+    );
+    let y = Tensor::<3>::from_dispatch(y);
     let y = match bias {
         Some(bias) => y + bias.reshape([1, c_out, 1]),
         None => y,
     };
     y.reshape([b, c_out, h, w])
+}
+
+/// `linear.forward(x)` on token-major `x: [S, L, d_in]`: one shared-weight product per
+/// sequence on the rayon pool ([`matmul_cpu`]), differentiable with a hand-written backward
+/// pass; equal to burn's `Linear::forward`.
+pub fn linear_tokens(linear: &burn::nn::Linear, x: Tensor<3>) -> Tensor<3> {
+    let [s, l, d_in] = x.dims();
+    let [w_in, d_out] = linear.weight.dims();
+    assert_eq!(
+        w_in, d_in,
+        "linear: weight [{w_in}, {d_out}] for {d_in} input features"
+    );
+    if s * l == 0 {
+        return linear.forward(x);
+    }
+    let plan = matmul_cpu::SharedMatmul::rows(s * l, l, d_in, d_out);
+    let y = <Dispatch as SharedMatmulOps>::shared_matmul_fused(
+        x.into_dispatch(),
+        linear.weight.val().into_dispatch(),
+        plan,
+        [s, l, d_out],
+    );
+    let y = Tensor::<3>::from_dispatch(y);
+    match &linear.bias {
+        Some(bias) => y + bias.val().reshape([1, 1, d_out]),
+        None => y,
+    }
 }
 
 /// `conv.forward(x)`, through [`depthwise_conv2d`] when `conv` is a depthwise convolution

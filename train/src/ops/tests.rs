@@ -514,26 +514,68 @@ fn pointwise_conv_matches_burn_conv2d_forward_and_gradients() {
             .with_padding(padding)
             .with_bias(bias)
             .init(&device);
-        let (b, h, w) = (3, 4, 6);
-        let xv = rand_vec(&mut rng, b * 5 * h * w);
-        let gv = rand_vec(&mut rng, b * 7 * h * w);
+        // 3 batch elements, and 37 (more than the 16 groups of the weight-gradient sum, in
+        // groups of unequal size).
+        for (b, h, w) in [(3, 4, 6), (37, 3, 5)] {
+            let xv = rand_vec(&mut rng, b * 5 * h * w);
+            let gv = rand_vec(&mut rng, b * 7 * h * w);
+            let run = |fused: bool| {
+                let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), [b, 5, h, w]), &device)
+                    .require_grad();
+                let y = if fused {
+                    super::conv2d_forward(&conv, x.clone())
+                } else {
+                    conv.forward(x.clone())
+                };
+                let g = Tensor::<4>::from_data(TensorData::new(gv.clone(), [b, 7, h, w]), &device);
+                let grads = (y.clone() * g).sum().backward();
+                let mut out = vec![
+                    host(y),
+                    host(x.grad(&grads).expect("dx")),
+                    host(conv.weight.val().grad(&grads).expect("dw")),
+                ];
+                if let Some(bias) = &conv.bias {
+                    out.push(host(bias.val().grad(&grads).expect("db")));
+                }
+                out
+            };
+            let (ours, reference) = (run(true), run(false));
+            assert_eq!(ours.len(), reference.len());
+            for (i, (a, r)) in ours.iter().zip(&reference).enumerate() {
+                let e = rel_err(a, r);
+                assert!(e < 1e-5, "bias {bias}, batch {b}: output {i} rel err {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_tokens_matches_burn_linear_forward_and_gradients() {
+    use burn::module::Module;
+    use burn::nn::LinearConfig;
+    let device = Device::default().autodiff();
+    let mut rng = StdRng::seed_from_u64(22);
+    for (bias, [s, l, d_in, d_out]) in [(false, [3, 7, 5, 9]), (true, [40, 2, 6, 4])] {
+        let lin = LinearConfig::new(d_in, d_out).with_bias(bias).init(&device);
+        let xv = rand_vec(&mut rng, s * l * d_in);
+        let gv = rand_vec(&mut rng, s * l * d_out);
         let run = |fused: bool| {
-            let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), [b, 5, h, w]), &device)
+            let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [s, l, d_in]), &device)
                 .require_grad();
             let y = if fused {
-                super::conv2d_forward(&conv, x.clone())
+                super::linear_tokens(&lin, x.clone())
             } else {
-                conv.forward(x.clone())
+                lin.forward(x.clone())
             };
-            let g = Tensor::<4>::from_data(TensorData::new(gv.clone(), [b, 7, h, w]), &device);
+            let g = Tensor::<3>::from_data(TensorData::new(gv.clone(), [s, l, d_out]), &device);
             let grads = (y.clone() * g).sum().backward();
             let mut out = vec![
                 host(y),
                 host(x.grad(&grads).expect("dx")),
-                host(conv.weight.val().grad(&grads).expect("dw")),
+                host(lin.weight.val().grad(&grads).expect("dw")),
             ];
-            if let Some(bias) = &conv.bias {
-                out.push(host(bias.val().grad(&grads).expect("db")));
+            if let Some(b) = &lin.bias {
+                out.push(host(b.val().grad(&grads).expect("db")));
             }
             out
         };
@@ -541,8 +583,20 @@ fn pointwise_conv_matches_burn_conv2d_forward_and_gradients() {
         assert_eq!(ours.len(), reference.len());
         for (i, (a, r)) in ours.iter().zip(&reference).enumerate() {
             let e = rel_err(a, r);
-            assert!(e < 1e-5, "bias {bias}: output {i} rel err {e}");
+            assert!(
+                e < 1e-5,
+                "linear {s}x{l}x{d_in}->{d_out}: output {i} rel err {e}"
+            );
         }
+        // Without autodiff: the same values.
+        let plain = Device::default();
+        let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [s, l, d_in]), &plain);
+        let lin_plain = lin.valid();
+        let e = rel_err(
+            &host(super::linear_tokens(&lin_plain, x.clone())),
+            &host(lin_plain.forward(x)),
+        );
+        assert!(e < 1e-6, "inference linear rel err {e}");
     }
 }
 

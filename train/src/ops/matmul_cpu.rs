@@ -1,0 +1,262 @@
+//! Products with a shared weight matrix over many row blocks, `Y_c = X_c M` for each block
+//! `c`, and their backward pass, on the `gemm` crate's kernels with rayon over the blocks.
+//!
+//! It covers the two layouts the models use without any copy or transpose: the pointwise
+//! (1x1) convolution on `[B, C_in, P]` maps (`X_c = x[b]^T`, `M = W^T`) and the linear layer
+//! on token-major `[N, d_in]` rows (`X_c` = a block of rows, `M = W`). Strided views carry the
+//! transposes into the kernels' packing.
+//!
+//! Backward: `dX_c = dY_c M^T` per block (parallel), `dM = sum_c X_c^T dY_c` as fixed groups of
+//! blocks accumulated in order, then summed in order (deterministic whatever the thread count).
+
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+/// Row and column strides of a matrix view, in elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    /// Distance between consecutive rows.
+    pub rs: usize,
+    /// Distance between consecutive columns.
+    pub cs: usize,
+}
+
+impl View {
+    /// Largest element offset of a `rows x cols` view, plus one.
+    fn extent(self, rows: usize, cols: usize) -> usize {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * self.rs + (cols - 1) * self.cs + 1
+        }
+    }
+
+    /// The transposed view.
+    fn t(self) -> View {
+        View {
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// Geometry of one call: `blocks` products `[rows, inner] x [inner, outer]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedMatmul {
+    /// Number of row blocks.
+    pub blocks: usize,
+    /// Rows per block.
+    pub rows: usize,
+    /// Columns of `X_c` = rows of `M`.
+    pub inner: usize,
+    /// Columns of `M` and `Y_c`.
+    pub outer: usize,
+    /// View of each `X_c` and the distance between blocks.
+    pub x: View,
+    /// Distance between consecutive `X_c`.
+    pub x_block: usize,
+    /// View of `M` (`[inner, outer]`).
+    pub m: View,
+    /// View of each `Y_c`.
+    pub y: View,
+    /// Distance between consecutive `Y_c`.
+    pub y_block: usize,
+}
+
+impl SharedMatmul {
+    /// Pointwise convolution `y[b] = W x[b]` for `x: [B, C_in, P]`, `W: [C_out, C_in]`,
+    /// `y: [B, C_out, P]` (all contiguous).
+    pub fn pointwise(batch: usize, c_in: usize, c_out: usize, p: usize) -> Self {
+        SharedMatmul {
+            blocks: batch,
+            rows: p,
+            inner: c_in,
+            outer: c_out,
+            x: View { rs: 1, cs: p },
+            x_block: c_in * p,
+            m: View { rs: 1, cs: c_in },
+            y: View { rs: 1, cs: p },
+            y_block: c_out * p,
+        }
+    }
+
+    /// Linear map `y = x W` on `x: [N, d_in]`, `W: [d_in, d_out]` (burn's `Linear` layout),
+    /// `y: [N, d_out]`, in blocks of `rows` rows (`N` a multiple of `rows`).
+    pub fn rows(n: usize, rows: usize, d_in: usize, d_out: usize) -> Self {
+        assert!(
+            rows > 0 && n.is_multiple_of(rows),
+            "shared matmul: {n} rows in blocks of {rows}"
+        );
+        SharedMatmul {
+            blocks: n / rows,
+            rows,
+            inner: d_in,
+            outer: d_out,
+            x: View { rs: d_in, cs: 1 },
+            x_block: rows * d_in,
+            m: View { rs: d_out, cs: 1 },
+            y: View { rs: d_out, cs: 1 },
+            y_block: rows * d_out,
+        }
+    }
+
+    fn x_len(&self) -> usize {
+        self.blocks * self.x_block
+    }
+
+    fn y_len(&self) -> usize {
+        self.blocks * self.y_block
+    }
+
+    fn m_len(&self) -> usize {
+        self.inner * self.outer
+    }
+
+    /// Panics unless the buffers hold the views: each block's view inside its own block (so
+    /// blocks do not overlap), `M`'s inside `M` (guards the raw-pointer kernel calls).
+    fn check(&self, x: usize, m: usize, y: usize) {
+        assert_eq!(x, self.x_len(), "shared matmul: input size");
+        assert_eq!(m, self.m_len(), "shared matmul: weight size");
+        assert_eq!(y, self.y_len(), "shared matmul: output size");
+        assert!(
+            self.x.extent(self.rows, self.inner) <= self.x_block
+                && self.y.extent(self.rows, self.outer) <= self.y_block
+                && self.m.extent(self.inner, self.outer) <= m,
+            "shared matmul: a view exceeds its block"
+        );
+    }
+}
+
+/// `dst (+)= lhs rhs` for `[m, k] x [k, n]` views (`accumulate`: add to `dst`), one thread.
+///
+/// # Safety
+/// Each view must lie inside its slice (checked by the callers through [`SharedMatmul::check`]).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_views(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dv: View,
+    accumulate: bool,
+    lhs: &[f32],
+    lv: View,
+    rhs: &[f32],
+    rv: View,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the caller guarantees the views fit the slices; `gemm` reads `lhs`/`rhs` and
+    // writes `dst` only inside them. `alpha` scales the old `dst` (read only when
+    // `accumulate`), `beta` the product.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dv.cs as isize,
+            dv.rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lv.cs as isize,
+            lv.rs as isize,
+            rhs.as_ptr(),
+            rv.cs as isize,
+            rv.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// `Y_c = X_c M` for every block, in parallel.
+pub fn forward(p: &SharedMatmul, x: &[f32], m: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; p.y_len()];
+    p.check(x.len(), m.len(), y.len());
+    if p.blocks == 0 || p.y_block == 0 {
+        return y;
+    }
+    y.par_chunks_mut(p.y_block)
+        .zip(x.par_chunks(p.x_block.max(1)))
+        .for_each(|(yc, xc)| {
+            // SAFETY: `check` verified that each block's views lie inside its chunk and `M`.
+            unsafe { gemm_views(p.rows, p.outer, p.inner, yc, p.y, false, xc, p.x, m, p.m) }
+        });
+    y
+}
+
+/// Number of groups the `dM` reduction is split into (fixed: the sum order does not depend on
+/// the number of threads).
+const GROUPS: usize = 16;
+
+/// Gradients `(dX, dM)` of `sum(dY ⊙ Y)`; `dM` in `M`'s view.
+pub fn backward(p: &SharedMatmul, x: &[f32], m: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    p.check(x.len(), m.len(), dy.len());
+    let mut dx = vec![0.0f32; p.x_len()];
+    let mut dm = vec![0.0f32; p.m_len()];
+    if p.blocks == 0 || p.rows == 0 {
+        return (dx, dm);
+    }
+    // dX_c = dY_c M^T: [rows, outer] x [outer, inner].
+    if p.x_block > 0 {
+        dx.par_chunks_mut(p.x_block)
+            .zip(dy.par_chunks(p.y_block.max(1)))
+            .for_each(|(dxc, dyc)| {
+                // SAFETY: as in `forward`, with the roles of the views exchanged.
+                unsafe {
+                    gemm_views(
+                        p.rows,
+                        p.inner,
+                        p.outer,
+                        dxc,
+                        p.x,
+                        false,
+                        dyc,
+                        p.y,
+                        m,
+                        p.m.t(),
+                    )
+                }
+            });
+    }
+    // dM = sum_c X_c^T dY_c: [inner, rows] x [rows, outer], per group of blocks.
+    let groups = GROUPS.min(p.blocks);
+    let per = p.blocks.div_ceil(groups);
+    let mut partials = vec![0.0f32; groups * p.m_len()];
+    partials
+        .par_chunks_mut(p.m_len().max(1))
+        .enumerate()
+        .for_each(|(g, part)| {
+            for c in g * per..((g + 1) * per).min(p.blocks) {
+                let xc = &x[c * p.x_block..];
+                let dyc = &dy[c * p.y_block..];
+                // SAFETY: block `c` is inside `x` and `dy` (`check`); `part` holds `M`'s view.
+                unsafe {
+                    gemm_views(
+                        p.inner,
+                        p.outer,
+                        p.rows,
+                        part,
+                        p.m,
+                        c > g * per,
+                        xc,
+                        p.x.t(),
+                        dyc,
+                        p.y,
+                    )
+                }
+            }
+        });
+    for part in partials.chunks_exact(p.m_len().max(1)) {
+        for (acc, v) in dm.iter_mut().zip(part) {
+            *acc += v;
+        }
+    }
+    (dx, dm)
+}
