@@ -22,6 +22,7 @@
 use rayon::prelude::*;
 
 use crate::ops::activation::ln_1p_unit;
+use crate::ops::zeros_par;
 use crate::scan::cpu::{Isa, SeqScan, exp_poly, madd};
 
 /// Sizes of one mixer call.
@@ -566,8 +567,8 @@ pub fn forward_with(
         Isa::Portable
     };
     let plane = dims.len * dims.d_inner;
-    let mut out = vec![0.0f32; dims.seqs * plane];
-    let mut y = vec![0.0f32; dims.seqs * plane];
+    let mut out = zeros_par(dims.seqs * plane);
+    let mut y = zeros_par(dims.seqs * plane);
     if plane == 0 || dims.seqs == 0 {
         return (out, y);
     }
@@ -622,7 +623,7 @@ pub fn backward_with(
         Isa::Portable
     };
     let part = dims.part_len();
-    let mut dxz = vec![0.0f32; dims.seqs * 2 * plane];
+    let mut dxz = zeros_par(dims.seqs * 2 * plane);
     let mut partials = vec![0.0f32; dims.seqs * part];
     if plane > 0 {
         dxz.par_chunks_mut(2 * plane)

@@ -107,7 +107,7 @@ pub fn forward_host(kind: Activation, x: &[f32], y: &mut [f32]) {
 /// `dx = dy f'(x)` over a slice.
 pub fn backward_host(kind: Activation, x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), dy.len(), "activation: length mismatch");
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = super::zeros_par(x.len());
     dx.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
         .for_each(|(dx, (x, dy))| match kind {
@@ -130,7 +130,7 @@ fn host_forward<B: Backend>(kind: Activation, x: FloatTensor<B>) -> FloatTensor<
     let shape = x.shape().to_vec();
     let device = x.device();
     let xv = host_view::<B>(&x);
-    let mut y = vec![0.0f32; xv.len()];
+    let mut y = super::zeros_par(xv.len());
     forward_host(kind, &xv, &mut y);
     from_host::<B>(y, shape, &device)
 }

@@ -64,7 +64,7 @@ fn host_forward<B: Backend>(
     let d = dims_of::<B>(&x);
     let shape = x.shape().to_vec();
     let device = x.device();
-    let mut y = vec![0.0f32; d.len()];
+    let mut y = super::zeros_par(d.len());
     let (mean, var) = cpu::forward(
         d,
         &host_view::<B>(&x),

@@ -183,7 +183,7 @@ pub fn backward(
     let mut dx = Vec::new();
     if need_dx {
         let n = d.per_channel() as f32;
-        dx = vec![0.0f32; d.len()];
+        dx = super::zeros_par(d.len());
         // Pass 2: dx = gamma inv_std / N (N dz - dbeta - xhat dgamma).
         dx.par_chunks_mut(s)
             .zip(x.par_chunks(s).zip(dy.par_chunks(s)))

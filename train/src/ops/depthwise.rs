@@ -85,7 +85,7 @@ fn host_forward<B: Backend>(
         },
     );
     let device = x.device();
-    let mut y = vec![0.0f32; d.y_len()];
+    let mut y = super::zeros_par(d.y_len());
     cpu::forward(
         d,
         &host_view::<B>(&x),

@@ -218,7 +218,7 @@ pub fn backward(
     let part = taps + 1;
     let mut g = DwGrads {
         dx: if want_dx {
-            vec![0.0; d.x_len()]
+            super::zeros_par(d.x_len())
         } else {
             Vec::new()
         },

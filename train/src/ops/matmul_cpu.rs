@@ -177,7 +177,7 @@ unsafe fn gemm_views(
 
 /// `Y_c = X_c M` for every block, in parallel.
 pub fn forward(p: &SharedMatmul, x: &[f32], m: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0f32; p.y_len()];
+    let mut y = super::zeros_par(p.y_len());
     p.check(x.len(), m.len(), y.len());
     if p.blocks == 0 || p.y_block == 0 {
         return y;
@@ -198,7 +198,7 @@ const GROUPS: usize = 16;
 /// Gradients `(dX, dM)` of `sum(dY ⊙ Y)`; `dM` in `M`'s view.
 pub fn backward(p: &SharedMatmul, x: &[f32], m: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     p.check(x.len(), m.len(), dy.len());
-    let mut dx = vec![0.0f32; p.x_len()];
+    let mut dx = super::zeros_par(p.x_len());
     let mut dm = vec![0.0f32; p.m_len()];
     if p.blocks == 0 || p.rows == 0 {
         return (dx, dm);
