@@ -129,6 +129,7 @@ fn bench_kernel(name: &str, shape: [usize; 4], stride: [usize; 2]) {
 }
 
 fn main() {
+    train::backend::keep_freed_buffers();
     println!(
         "{} threads, {} timed iterations after a warm-up (Flex backend)",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -136,6 +137,9 @@ fn main() {
     );
     bench_kernel("irb1.dw", [64, 64, 64, 16], [1, 1]);
     bench_kernel("irb2.dw", [64, 120, 64, 16], [2, 1]);
+    if std::env::var_os("ASC_BENCH_KERNEL_ONLY").is_some() {
+        return;
+    }
     bench2d("stem.dw2", [64, 8, 128, 32], [2, 2]);
     bench2d("irb1.dw", [64, 64, 64, 16], [1, 1]);
     bench2d("irb2.dw", [64, 120, 64, 16], [2, 1]);
