@@ -4,7 +4,9 @@
 //! - a per-block forward / forward+backward time profile of `s1` (stem, IRBs, each PMB, head).
 //!
 //! `cargo bench -p train --bench model`; `ASC_BENCH_ITERS` (default 3) timed iterations after
-//! one warm-up; `ASC_BENCH_MODEL` (default `s1`) picks the preset.
+//! one warm-up; `ASC_BENCH_MODEL` (default `s1`) picks the preset; `ASC_BENCH_TRAIN_ONLY=1`
+//! stops after the training steps; `ASC_BENCH_SYSTEM_MALLOC=1` leaves glibc's allocator as it
+//! is (the trainer calls [`train::backend::keep_freed_buffers`]).
 
 use std::time::Instant;
 
