@@ -9,6 +9,8 @@ pub mod mixer;
 pub mod ops;
 /// Mamba selective scan: reference tensor-op graph and fused kernel with hand-written backward.
 pub mod scan;
+#[cfg(test)]
+mod test_util;
 
 /// Backend selection (Flex by default; NdArray behind the `ndarray` feature).
 pub mod backend;

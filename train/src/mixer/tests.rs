@@ -4,6 +4,7 @@
 use super::cpu::{self, MixerDims, MixerWeights};
 use super::{MixerParams, MixerShapeError, mamba_mixer, mamba_mixer_reference, try_mamba_mixer};
 use crate::scan::cpu::Isa;
+use crate::test_util::{host, rel_err};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -88,23 +89,6 @@ fn params(case: &Case, device: &Device, grad: bool) -> (Tensor<3>, MixerParams) 
         d: rg(Tensor::from_data(t(7), device), grad),
     };
     (xz, p)
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().expect("f32 tensor")
-}
-
-/// Norm-based relative error `||x - y|| / ||y||`.
-fn rel_err(x: &[f32], y: &[f32]) -> f64 {
-    assert_eq!(x.len(), y.len());
-    let num: f64 = x
-        .iter()
-        .zip(y)
-        .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let den: f64 = y.iter().map(|&q| (q as f64).powi(2)).sum::<f64>().sqrt();
-    num / den.max(1e-12)
 }
 
 /// Output and the gradients of `sum(w ⊙ out)` for all eight inputs.

@@ -5,28 +5,12 @@ use super::{
     DepthwiseError, depthwise_conv1d_causal, depthwise_conv1d_causal_reference, depthwise_conv2d,
     depthwise_conv2d_reference, try_depthwise_conv1d_causal, try_depthwise_conv2d,
 };
+use crate::test_util::{host, rel_err};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().expect("f32 tensor")
-}
-
-/// Norm-based relative error `||x - y|| / max(||y||, 1e-12)`.
-fn rel_err(x: &[f32], y: &[f32]) -> f64 {
-    assert_eq!(x.len(), y.len());
-    let num: f64 = x
-        .iter()
-        .zip(y)
-        .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let den: f64 = y.iter().map(|&q| (q as f64).powi(2)).sum::<f64>().sqrt();
-    num / den.max(1e-12)
 }
 
 /// One 2-D test case: `[B, C, H, W]`, kernel, stride, padding.

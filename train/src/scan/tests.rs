@@ -1,6 +1,7 @@
 //! Fused scan vs the tensor-op reference, finite differences of an f64 scalar scan.
 
 use super::{ScanShapeError, selective_scan, selective_scan_naive, try_selective_scan};
+use crate::test_util::{host, rel_err};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -91,23 +92,6 @@ fn tensors(
             grad[5],
         ),
     )
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().expect("f32 tensor")
-}
-
-/// Norm-based relative error `||x - y|| / max(||y||, 1e-12)`.
-fn rel_err(x: &[f32], y: &[f32]) -> f64 {
-    assert_eq!(x.len(), y.len());
-    let num: f64 = x
-        .iter()
-        .zip(y)
-        .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let den: f64 = y.iter().map(|&q| (q as f64).powi(2)).sum::<f64>().sqrt();
-    num / den.max(1e-12)
 }
 
 /// Plain f64 scalar scan, `loss = sum(w ⊙ y)`: the independent reference for finite differences.
