@@ -26,6 +26,7 @@ fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    train::backend::keep_freed_buffers();
     let mut rng = StdRng::seed_from_u64(0);
     let mut uni = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
         (0..n).map(|_| rng.random_range(lo..hi)).collect()

@@ -2256,6 +2256,32 @@ mod simd {
     );
 }
 
+/// The engine's AVX-512 register scan with `d_state` 16 (`simd::scan16_avx512`) for float
+/// callers outside the engine (the training mixer's forward pass, [`crate::mixer`]): time-major
+/// `delta`, `u`, `y` `[L, di]`, `bc` the `B` then `C` rows `[2 * 16, L]`, `a_t` = `A^T`
+/// `[16, di]`, `d` `[di]`. Returns `false`, leaving `y` untouched, where this CPU has no
+/// AVX-512 (or `ASC_INT8_ISA` caps it below).
+#[allow(clippy::too_many_arguments)]
+pub fn scan16_time_major(
+    di: usize,
+    l: usize,
+    delta: &[f32],
+    u: &[f32],
+    bc: &[f32],
+    a_t: &[f32],
+    d: &[f32],
+    y: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() >= Isa::Avx512 {
+        // SAFETY: `detect` checked AVX-512 F/VL and FMA; `scan16_avx512` asserts the lengths.
+        unsafe { simd::scan16_avx512(di, l, delta, u, bc, a_t, d, y) };
+        return true;
+    }
+    let _ = (di, l, delta, u, bc, a_t, d, y);
+    false
+}
+
 /// [`transpose`] with the 8 x 8 register tiles of `simd::transpose_avx` when `isa` has AVX2.
 #[inline(always)]
 fn transpose_isa(isa: Isa, src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {

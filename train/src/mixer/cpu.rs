@@ -204,6 +204,8 @@ struct Scratch {
     z: Vec<f32>,
     /// The gated output (forward) or `dz` (backward), `[d_inner, L]`.
     g: Vec<f32>,
+    /// Forward only: time-major `u`, `delta`, `y` and `A^T` for [`scan_time_major`].
+    time_major: Vec<f32>,
     /// Backward only: `dy` (gated), `du`, `ddelta`, `[d_inner, L]` each; `d proj`, `[R + 2N, L]`.
     dy: Vec<f32>,
     du: Vec<f32>,
@@ -225,6 +227,7 @@ impl Scratch {
             delta: vec![0.0; plane],
             z: vec![0.0; plane],
             g: vec![0.0; plane],
+            time_major: Vec::new(),
             dy: vec![0.0; back],
             du: vec![0.0; back],
             ddelta: vec![0.0; back],
@@ -305,10 +308,40 @@ fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s
     }
 }
 
+/// The forward scan of one sequence on the int8 engine's AVX-512 register scan
+/// ([`crate::int8::kernels::scan16_time_major`]; `d_state` 16): about 5x faster than the
+/// channel-major kernel, whose per-step horizontal sums it avoids by keeping channels in the
+/// vector lanes. `u`, `delta` are transposed to time-major and `y` back. Returns `false`
+/// (nothing written) where the CPU has no AVX-512.
+#[inline(always)]
+fn scan_time_major(dims: MixerDims, w: &MixerWeights, s: &mut Scratch, y: &mut [f32]) -> bool {
+    let MixerDims {
+        len,
+        d_inner: di,
+        d_state: n,
+        dt_rank: r,
+        ..
+    } = dims;
+    let tm = &mut s.time_major;
+    tm.resize(3 * di * len + n * di, 0.0);
+    let (u_tm, rest) = tm.split_at_mut(di * len);
+    let (delta_tm, rest) = rest.split_at_mut(di * len);
+    let (y_tm, a_t) = rest.split_at_mut(di * len);
+    transpose_strided(&s.u, len, u_tm, di, di, len);
+    transpose_strided(&s.delta, len, delta_tm, di, di, len);
+    transpose_strided(w.a, n, a_t, di, di, n);
+    let bc = &s.proj[r * len..(r + 2 * n) * len];
+    if !crate::int8::kernels::scan16_time_major(di, len, delta_tm, u_tm, bc, a_t, w.d, y_tm) {
+        return false;
+    }
+    transpose_strided(y_tm, di, y, len, len, di);
+    true
+}
+
 /// Forward pass of one sequence: `xz` `[L, 2 d_inner]` -> `out` `[L, d_inner]`; the scan
 /// output (before the gate) goes to `y` `[d_inner, L]`.
 #[inline(always)]
-fn fwd_seq<const FMA: bool>(
+fn fwd_seq<const FMA: bool, const AVX512: bool>(
     dims: MixerDims,
     w: &MixerWeights,
     xz: &[f32],
@@ -322,11 +355,13 @@ fn fwd_seq<const FMA: bool>(
     let r = dims.dt_rank;
     let n = dims.d_state;
     scan_inputs::<FMA>(dims, w, xz, s);
-    let (b, c) = (
-        &s.proj[r * len..(r + n) * len],
-        &s.proj[(r + n) * len..(r + 2 * n) * len],
-    );
-    s.scan.forward::<FMA>([&s.u, &s.delta, b, c, w.d], y);
+    if !(n == 16 && AVX512 && scan_time_major(dims, w, s, y)) {
+        let (b, c) = (
+            &s.proj[r * len..(r + n) * len],
+            &s.proj[(r + n) * len..(r + 2 * n) * len],
+        );
+        s.scan.forward::<FMA>([&s.u, &s.delta, b, c, w.d], y);
+    }
     // out = y * SiLU(z), channel-major, then into the token-major output.
     for ((g, &yv), &zv) in s.g.iter_mut().zip(y.iter()).zip(&s.z) {
         *g = yv * zv * sigmoid::<FMA>(zv);
@@ -470,7 +505,7 @@ mod x86 {
         y: &mut [f32],
         out: &mut [f32],
     ) {
-        fwd_seq::<true>(dims, w, xz, s, y, out)
+        fwd_seq::<true, true>(dims, w, xz, s, y, out)
     }
 
     /// # Safety
@@ -484,7 +519,7 @@ mod x86 {
         y: &mut [f32],
         out: &mut [f32],
     ) {
-        fwd_seq::<true>(dims, w, xz, s, y, out)
+        fwd_seq::<true, false>(dims, w, xz, s, y, out)
     }
 
     /// # Safety
@@ -584,7 +619,7 @@ pub fn forward_with(
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { x86::fwd_avx2(dims, w, xz, s, y, out) },
-                _ => fwd_seq::<false>(dims, w, xz, s, y, out),
+                _ => fwd_seq::<false, false>(dims, w, xz, s, y, out),
             },
         );
     (out, y)
