@@ -18,6 +18,9 @@ use burn::tensor::{Device, Tensor};
 use super::mamba::{Mamba, MambaConfig};
 use crate::complexity::Tally;
 
+/// Epsilon of the PMB's LayerNorm (burn's and PyTorch's default).
+pub const LAYER_NORM_EPS: f64 = 1e-5;
+
 /// Parallel Mamba block: LayerNorm, `P` channel groups through Mamba, LayerNorm, Linear.
 #[derive(Module, Debug)]
 pub struct ParallelMamba {
@@ -55,7 +58,9 @@ impl ParallelMambaConfig {
         let d_model = self.c_in / self.groups;
         let n_mamba = if self.shared { 1 } else { self.groups };
         ParallelMamba {
-            norm: LayerNormConfig::new(self.c_in).init(device),
+            norm: LayerNormConfig::new(self.c_in)
+                .with_epsilon(LAYER_NORM_EPS)
+                .init(device),
             mamba: (0..n_mamba)
                 .map(|_| {
                     MambaConfig::new(d_model)
@@ -76,9 +81,11 @@ impl ParallelMamba {
         let [batch, c, h, w] = x.dims();
         let (len, p) = (h * w, self.groups);
         let d = c / p;
-        let tokens = self
-            .norm
-            .forward(x.reshape([batch, c, len]).swap_dims(1, 2)); // [B, L, C]
+        let tokens = crate::ops::layer_norm(
+            &self.norm,
+            LAYER_NORM_EPS,
+            x.reshape([batch, c, len]).swap_dims(1, 2),
+        ); // [B, L, C]
         let skip = self.skip_scale.val().reshape([1, 1, 1]);
         let mixed = if self.mamba.len() == 1 {
             // Shared weights: the P groups are P more sequences of the batch.
@@ -100,7 +107,10 @@ impl ParallelMamba {
                 .collect();
             Tensor::cat(outs, 2)
         };
-        let y = crate::ops::linear_tokens(&self.proj, self.norm.forward(mixed)); // [B, L, C_out]
+        let y = crate::ops::linear_tokens(
+            &self.proj,
+            crate::ops::layer_norm(&self.norm, LAYER_NORM_EPS, mixed),
+        ); // [B, L, C_out]
         let c_out = y.dims()[2];
         y.swap_dims(1, 2).reshape([batch, c_out, h, w])
     }

@@ -42,6 +42,8 @@ pub mod batch_norm_cpu;
 mod depthwise;
 pub mod depthwise_cpu;
 #[allow(deprecated)]
+pub mod layer_norm;
+#[allow(deprecated)]
 mod matmul;
 pub mod matmul_cpu;
 #[cfg(test)]
@@ -50,6 +52,7 @@ mod tests;
 pub use activation::ActivationOps;
 pub use batch_norm::BatchNormOps;
 pub use depthwise::DepthwiseConvOps;
+pub use layer_norm::LayerNormOps;
 pub use matmul::SharedMatmulOps;
 
 use std::borrow::Cow;
@@ -298,6 +301,25 @@ pub fn pointwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>
         None => y,
     };
     y.reshape([b, c_out, h, w])
+}
+
+/// `norm.forward(x)` for burn's `LayerNorm` over the last axis of `x: [S, L, C]` as one fused
+/// op ([`layer_norm`]); `epsilon` must be the one `norm` was built with (burn keeps it
+/// private); a LayerNorm without bias uses zeros.
+pub fn layer_norm(norm: &burn::nn::LayerNorm, epsilon: f64, x: Tensor<3>) -> Tensor<3> {
+    let c = x.dims()[2];
+    let gamma = norm.gamma.val();
+    assert_eq!(gamma.dims(), [c], "layer norm: gamma for {c} features");
+    let beta = match &norm.beta {
+        Some(b) => b.val(),
+        None => Tensor::zeros([c], &x.device()),
+    };
+    Tensor::from_dispatch(<Dispatch as LayerNormOps>::layer_norm_fused(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    ))
 }
 
 /// `linear.forward(x)` on token-major `x: [S, L, d_in]`: one shared-weight product per

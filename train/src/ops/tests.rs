@@ -636,3 +636,65 @@ fn fused_silu_and_softplus_match_burn_values_and_gradients() {
         );
     }
 }
+
+#[test]
+fn fused_layer_norm_matches_burn_layer_norm_values_and_gradients() {
+    use burn::module::{Module, Param};
+    use burn::nn::LayerNormConfig;
+    let device = Device::default().autodiff();
+    let mut rng = StdRng::seed_from_u64(23);
+    // More rows than one rayon block (256), rows with a large offset (cancellation).
+    for (i, [s, l, c]) in [[2, 5, 7], [3, 200, 24]].into_iter().enumerate() {
+        let mut norm = LayerNormConfig::new(c).init(&device);
+        norm.gamma = Param::from_tensor(Tensor::from_data(
+            TensorData::new(rand_vec(&mut rng, c), [c]),
+            &device,
+        ));
+        norm.beta = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(rand_vec(&mut rng, c), [c]),
+            &device,
+        )));
+        let xv: Vec<f32> = rand_vec(&mut rng, s * l * c)
+            .iter()
+            .map(|v| v * 3.0 + 10.0 * i as f32)
+            .collect();
+        let gv = rand_vec(&mut rng, s * l * c);
+        let run = |fused: bool| {
+            let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [s, l, c]), &device)
+                .require_grad();
+            let y = if fused {
+                super::layer_norm(&norm, 1e-5, x.clone())
+            } else {
+                norm.forward(x.clone())
+            };
+            let g = Tensor::<3>::from_data(TensorData::new(gv.clone(), [s, l, c]), &device);
+            let grads = (y.clone() * g).sum().backward();
+            vec![
+                host(y),
+                host(x.grad(&grads).expect("dx")),
+                host(norm.gamma.val().grad(&grads).expect("dgamma")),
+                host(
+                    norm.beta
+                        .as_ref()
+                        .expect("beta")
+                        .val()
+                        .grad(&grads)
+                        .expect("dbeta"),
+                ),
+            ]
+        };
+        let (ours, reference) = (run(true), run(false));
+        for (k, (a, r)) in ours.iter().zip(&reference).enumerate() {
+            let e = rel_err(a, r);
+            assert!(e < 1e-5, "layer norm {s}x{l}x{c}: output {k} rel err {e}");
+        }
+        let plain = Device::default();
+        let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [s, l, c]), &plain);
+        let valid = norm.valid();
+        let e = rel_err(
+            &host(super::layer_norm(&valid, 1e-5, x.clone())),
+            &host(valid.forward(x)),
+        );
+        assert!(e < 1e-6, "inference layer norm rel err {e}");
+    }
+}
