@@ -8,7 +8,7 @@
 //!
 //! Inside a task everything runs channel-major (`[rows, L]`, rows of one sequence stay in
 //! L1/L2): the `x` half is transposed once, the causal conv, SiLU, the projections (row
-//! `axpy`s over `L`), softplus and the scan ([`crate::scan::cpu::SeqScan`]) follow, and the gate
+//! `axpy`s over `L`), softplus and the scan (`scan::cpu::SeqScan`) follow, and the gate
 //! writes the token-major output. The forward pass keeps only the scan's output `y` (before
 //! the gate, `[S, d_inner, L]`); the backward pass recomputes the cheap parts (conv, SiLU,
 //! projections, softplus) from `xz` instead of storing six more activations.

@@ -9,6 +9,9 @@
 //!   ReLU, two passes forward and two backward ([`batch_norm_cpu`]) instead of the generic
 //!   tensor-op formulation that Flex runs over channel-swapped strided views.
 //! - [`silu`], [`softplus`]: the Mamba mixer's activations, one vectorised pass each way.
+//! - [`pointwise_conv2d`], [`linear_tokens`]: products with a shared weight matrix per batch
+//!   element / sequence on the rayon pool ([`matmul_cpu`]), transposes as strides.
+//! - [`layer_norm()`]: LayerNorm over the last axis, one pass each way ([`layer_norm`]).
 //! - [`depthwise_conv2d_reference`], [`depthwise_conv1d_causal_reference`]: the same contracts
 //!   through burn's grouped `conv2d` / `conv1d` (the reference for the tests).
 
