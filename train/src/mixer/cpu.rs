@@ -21,6 +21,7 @@
 
 use rayon::prelude::*;
 
+use crate::int8::kernels::transpose_strided;
 use crate::ops::activation::ln_1p_unit;
 use crate::ops::zeros_par;
 use crate::scan::cpu::{Isa, SeqScan, exp_poly, madd};
@@ -132,43 +133,6 @@ fn sum(a: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// `dst[j * dst_ld + i] = src[i * src_ld + j]` for `i < rows`, `j < cols`: a transpose between
-/// strided row-major views, in 8 x 8 tiles held in a local array (the compiler turns them into
-/// register shuffles; element by element, the column writes of a `[48, 512]` plane collide in
-/// two L1 sets), the edges element by element.
-#[inline(always)]
-pub(crate) fn transpose_strided(
-    src: &[f32],
-    src_ld: usize,
-    dst: &mut [f32],
-    dst_ld: usize,
-    rows: usize,
-    cols: usize,
-) {
-    const T: usize = 8;
-    let (r8, c8) = (rows / T * T, cols / T * T);
-    for i0 in (0..r8).step_by(T) {
-        for j0 in (0..c8).step_by(T) {
-            let mut tile = [[0f32; T]; T];
-            for (i, t) in tile.iter_mut().enumerate() {
-                t.copy_from_slice(&src[(i0 + i) * src_ld + j0..][..T]);
-            }
-            for j in 0..T {
-                let out = &mut dst[(j0 + j) * dst_ld + i0..][..T];
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = tile[i][j];
-                }
-            }
-        }
-    }
-    for i in 0..rows {
-        let first = if i < r8 { c8 } else { 0 };
-        for j in first..cols {
-            dst[j * dst_ld + i] = src[i * src_ld + j];
-        }
-    }
 }
 
 /// Columns `off..off + width` of the token-major `src` (`[len, ld]`) into the channel-major
