@@ -118,34 +118,3 @@ pub fn selective_scan(
         Err(e) => panic!("{e}"),
     }
 }
-
-/// [`selective_scan`] on token-major tensors, the layout Mamba's linear projections produce:
-/// `u`, `delta`: `[batch, L, d_inner]`; `a`: `[d_inner, d_state]`; `b`, `c`: `[batch, L,
-/// d_state]`; `d`: `[d_inner]`. Returns `y`: `[batch, L, d_inner]`. Same kernels; the layout
-/// change happens on the host inside the op (tiled transposes), so the graph holds no
-/// `swap_dims` views.
-///
-/// # Panics
-/// On inconsistent shapes (checked as for [`selective_scan`] after transposition).
-pub fn selective_scan_tokens(
-    u: Tensor<3>,
-    delta: Tensor<3>,
-    a: Tensor<2>,
-    b: Tensor<3>,
-    c: Tensor<3>,
-    d: Tensor<1>,
-) -> Tensor<3> {
-    let t = |x: &Tensor<3>| x.clone().swap_dims(1, 2);
-    if let Err(e) = check_scan_shapes(&t(&u), &t(&delta), &a, &t(&b), &t(&c), &d) {
-        panic!("{e}");
-    }
-    let y = <Dispatch as SelectiveScanOps>::selective_scan_tokens_fused(
-        u.into_dispatch(),
-        delta.into_dispatch(),
-        a.into_dispatch(),
-        b.into_dispatch(),
-        c.into_dispatch(),
-        d.into_dispatch(),
-    );
-    Tensor::from_dispatch(y)
-}
