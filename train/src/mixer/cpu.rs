@@ -22,9 +22,9 @@
 use rayon::prelude::*;
 
 use crate::int8::kernels::transpose_strided;
-use crate::ops::activation::ln_1p_unit;
+use crate::ops::activation::{sigmoid, silu, silu_grad, softplus};
 use crate::ops::zeros_par;
-use crate::scan::cpu::{Isa, SeqScan, exp_poly, madd};
+use crate::scan::cpu::{Isa, SeqScan, madd};
 
 /// Sizes of one mixer call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,12 +94,6 @@ pub struct MixerGrads {
     pub a: Vec<f32>,
     /// `[d_inner]`.
     pub d: Vec<f32>,
-}
-
-/// `1 / (1 + e^-x)`.
-#[inline(always)]
-fn sigmoid<const FMA: bool>(x: f32) -> f32 {
-    1.0 / (1.0 + exp_poly::<FMA>(-x))
 }
 
 /// `sum_i a_i b_i` with 16 independent partial sums (a scalar accumulator is one serial chain
@@ -242,7 +236,7 @@ fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s
         }
         let u = &mut s.u[c * len..(c + 1) * len];
         for (o, &v) in u.iter_mut().zip(xc.iter()) {
-            *o = v * sigmoid::<FMA>(v);
+            *o = silu::<FMA>(v);
         }
     }
     s.proj.fill(0.0);
@@ -264,10 +258,9 @@ fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s
                 *o = madd::<FMA>(wv, v, *o);
             }
         }
-        // softplus(v) = max(v, 0) + ln(1 + e^-|v|).
         let delta = &mut s.delta[c * len..(c + 1) * len];
         for (o, &v) in delta.iter_mut().zip(dtp.iter()) {
-            *o = v.max(0.0) + ln_1p_unit(exp_poly::<FMA>(-v.abs()));
+            *o = softplus::<FMA>(v);
         }
     }
 }
@@ -328,7 +321,7 @@ fn fwd_seq<const FMA: bool, const AVX512: bool>(
     }
     // out = y * SiLU(z), channel-major, then into the token-major output.
     for ((g, &yv), &zv) in s.g.iter_mut().zip(y.iter()).zip(&s.z) {
-        *g = yv * zv * sigmoid::<FMA>(zv);
+        *g = yv * silu::<FMA>(zv);
     }
     to_token_major(&s.g, di, len, out, di, 0);
 }
@@ -430,8 +423,7 @@ fn bwd_seq<const FMA: bool>(
         let xc = &s.xc[c * len..(c + 1) * len];
         let dxc = &mut s.du[c * len..(c + 1) * len];
         for (g, &v) in dxc.iter_mut().zip(xc) {
-            let sg = sigmoid::<FMA>(v);
-            *g *= sg * (1.0 + v * (1.0 - sg));
+            *g *= silu_grad::<FMA>(v);
         }
         g_conv_b[c] += sum(dxc);
         let x = &s.x[c * len..(c + 1) * len];

@@ -1,47 +1,13 @@
-//! SiLU and softplus as fused element-wise ops with hand-written derivatives (burn backend
-//! extension).
-//!
-//! burn composes both from several tensor ops (sigmoid, exp, log, mul), each a pass over memory
-//! with its own allocation, forward and backward: about 32 ms for SiLU on the `[128, 512, 48]`
-//! activations of the first parallel Mamba block on two cores. Here each is one rayon pass with
-//! the vectorising [`exp_fast`]:
+//! SiLU, its derivative, sigmoid and softplus as branch-free scalar functions that vectorise
+//! inside the fused kernels' loops (the Mamba mixer, [`crate::mixer::cpu`]):
 //!
 //! - SiLU `y = x sigma(x)`, `dy/dx = sigma(x) (1 + x (1 - sigma(x)))`;
 //! - softplus `y = ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|)`, `dy/dx = sigma(x)`;
 //!
-//! with `sigma(x) = 1 / (1 + e^-x)`.
+//! with `sigma(x) = 1 / (1 + e^-x)` and `exp` the polynomial [`crate::scan::cpu::exp_poly`]
+//! (`FMA`: fused multiply-adds, only inside `target_feature(fma)` code).
 
-use super::{from_host, host_view};
-use crate::scan::cpu::exp_fast;
-use burn::backend::autodiff::{
-    Autodiff,
-    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
-    grads::Gradients,
-    ops::{Backward, Ops, OpsKind},
-};
-use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTensor};
-use rayon::prelude::*;
-
-/// Elements per rayon task.
-const CHUNK: usize = 1 << 14;
-
-/// Backends that can run the fused activations.
-#[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Autodiff)]
-pub trait ActivationOps: Backend {
-    /// `x sigma(x)`, element-wise.
-    fn silu_fused(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// `ln(1 + e^x)`, element-wise.
-    fn softplus_fused(x: FloatTensor<Self>) -> FloatTensor<Self>;
-}
-
-/// Which activation a graph node holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// `x sigma(x)`.
-    Silu,
-    /// `ln(1 + e^x)`.
-    Softplus,
-}
+use crate::scan::cpu::exp_poly;
 
 /// `ln(1 + e)` for `e` in `[0, 1]`, branch-free so that loops vectorise: with `y = 1 + e`
 /// scaled into `[1/sqrt 2, sqrt 2]` (`y = 2^k m`, `k` in {0, 1}), `ln m = 2 atanh(s)`,
@@ -66,13 +32,37 @@ pub(crate) fn ln_1p_unit(e: f32) -> f32 {
     2.0 * s * p + k * std::f32::consts::LN_2
 }
 
+/// `sigma(x) = 1 / (1 + e^-x)`.
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp_fast(-x))
+pub(crate) fn sigmoid<const FMA: bool>(x: f32) -> f32 {
+    1.0 / (1.0 + exp_poly::<FMA>(-x))
+}
+
+/// SiLU `x sigma(x)`.
+#[inline(always)]
+pub(crate) fn silu<const FMA: bool>(x: f32) -> f32 {
+    x * sigmoid::<FMA>(x)
+}
+
+/// The derivative of SiLU, `sigma(x) (1 + x (1 - sigma(x)))`.
+#[inline(always)]
+pub(crate) fn silu_grad<const FMA: bool>(x: f32) -> f32 {
+    let s = sigmoid::<FMA>(x);
+    s * (1.0 + x * (1.0 - s))
+}
+
+/// Softplus `ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|)` (its derivative is [`sigmoid`]).
+#[inline(always)]
+pub(crate) fn softplus<const FMA: bool>(x: f32) -> f32 {
+    x.max(0.0) + ln_1p_unit(exp_poly::<FMA>(-x.abs()))
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::test_util::{host, rel_err};
+    use burn::tensor::{Device, Tensor, TensorData};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
     #[test]
     fn ln_1p_unit_matches_f64_ln_1p_on_the_unit_interval() {
         let mut worst = 0f64;
@@ -83,117 +73,60 @@ mod tests {
         }
         assert!(worst < 2e-7, "max abs error {worst}");
     }
-}
 
-/// `y = f(x)` over a slice.
-pub fn forward_host(kind: Activation, x: &[f32], y: &mut [f32]) {
-    assert_eq!(x.len(), y.len(), "activation: length mismatch");
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| match kind {
-            Activation::Silu => {
-                for (o, &v) in y.iter_mut().zip(x) {
-                    *o = v * sigmoid(v);
-                }
+    #[test]
+    fn silu_and_softplus_match_f64_and_burn_values_and_gradients() {
+        let device = Device::default().autodiff();
+        let mut rng = StdRng::seed_from_u64(8);
+        // Wide range, including large magnitudes where the naive formulas overflow.
+        let mut xv: Vec<f32> = (0..3 * 5 * 41)
+            .map(|_| rng.random_range(-12.0..12.0))
+            .collect();
+        xv[..6].copy_from_slice(&[-100.0, -30.0, 0.0, 1e-6, 30.0, 100.0]);
+        for softplus in [false, true] {
+            let (y, dx): (Vec<f32>, Vec<f32>) = xv
+                .iter()
+                .map(|&v| {
+                    if softplus {
+                        (super::softplus::<false>(v), super::sigmoid::<false>(v))
+                    } else {
+                        (super::silu::<false>(v), super::silu_grad::<false>(v))
+                    }
+                })
+                .unzip();
+            // Elementwise, against an f64 evaluation where burn's composition overflows.
+            for i in 0..xv.len() {
+                let v = xv[i] as f64;
+                let s = 1.0 / (1.0 + (-v).exp());
+                let (want, dwant) = if softplus {
+                    (v.max(0.0) + (-v.abs()).exp().ln_1p(), s)
+                } else {
+                    (v * s, s * (1.0 + v * (1.0 - s)))
+                };
+                assert!(
+                    (y[i] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "y({v})"
+                );
+                assert!(
+                    (dx[i] as f64 - dwant).abs() <= 1e-5 * dwant.abs().max(1.0),
+                    "dy({v})"
+                );
             }
-            Activation::Softplus => {
-                for (o, &v) in y.iter_mut().zip(x) {
-                    *o = v.max(0.0) + ln_1p_unit(exp_fast(-v.abs()));
-                }
-            }
-        });
-}
-
-/// `dx = dy f'(x)` over a slice.
-pub fn backward_host(kind: Activation, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    assert_eq!(x.len(), dy.len(), "activation: length mismatch");
-    let mut dx = super::zeros_par(x.len());
-    dx.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-        .for_each(|(dx, (x, dy))| match kind {
-            Activation::Silu => {
-                for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
-                    let s = sigmoid(v);
-                    *o = g * s * (1.0 + v * (1.0 - s));
-                }
-            }
-            Activation::Softplus => {
-                for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
-                    *o = g * sigmoid(v);
-                }
-            }
-        });
-    dx
-}
-
-fn host_forward<B: Backend>(kind: Activation, x: FloatTensor<B>) -> FloatTensor<B> {
-    let shape = x.shape().to_vec();
-    let device = x.device();
-    let xv = host_view::<B>(&x);
-    let mut y = super::zeros_par(xv.len());
-    forward_host(kind, &xv, &mut y);
-    from_host::<B>(y, shape, &device)
-}
-
-impl_for_cpu_backends!(ActivationOps {
-    fn silu_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        host_forward::<Self>(Activation::Silu, x)
-    }
-    fn softplus_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        host_forward::<Self>(Activation::Softplus, x)
-    }
-});
-
-/// Backward step (one parent); the state is the forward input and the activation.
-#[derive(Debug)]
-struct ActivationBackward;
-
-impl<B: Backend> Backward<B, 1> for ActivationBackward {
-    type State = (FloatTensor<B>, Activation);
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let dy = grads.consume::<B>(&ops.node);
-        let (x, kind) = ops.state;
-        let [parent] = ops.parents;
-        if let Some(node) = parent {
-            let shape = x.shape().to_vec();
-            let device = x.device();
-            let dx = backward_host(kind, &host_view::<B>(&x), &host_view::<B>(&dy));
-            grads.register::<B>(node.id, from_host::<B>(dx, shape, &device));
+            // And burn's own ops (values, autodiff derivatives) away from the extremes.
+            let x = Tensor::<1>::from_data(TensorData::new(xv.clone(), [xv.len()]), &device)
+                .require_grad();
+            let y_ref = if softplus {
+                burn::tensor::activation::softplus(x.clone(), 1.0)
+            } else {
+                burn::tensor::activation::silu(x.clone())
+            };
+            let grads = y_ref.clone().sum().backward();
+            let (y_ref, dx_ref) = (host(y_ref), host(x.grad(&grads).expect("dx")));
+            assert!(rel_err(&y[6..], &y_ref[6..]) < 1e-5, "softplus {softplus}");
+            assert!(
+                rel_err(&dx[6..], &dx_ref[6..]) < 1e-5,
+                "softplus {softplus}"
+            );
         }
-    }
-}
-
-fn autodiff_forward<B: Backend + ActivationOps, C: CheckpointStrategy>(
-    kind: Activation,
-    x: FloatTensor<Autodiff<B, C>>,
-) -> FloatTensor<Autodiff<B, C>> {
-    let nodes = [x.node()];
-    let px = x.into_primitive();
-    let y = match kind {
-        Activation::Silu => B::silu_fused(px.clone()),
-        Activation::Softplus => B::softplus_fused(px.clone()),
-    };
-    match ActivationBackward
-        .prepare::<C>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((px, kind), y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    }
-}
-
-impl<B: Backend + ActivationOps, C: CheckpointStrategy> ActivationOps for Autodiff<B, C> {
-    fn silu_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        autodiff_forward::<B, C>(Activation::Silu, x)
-    }
-    fn softplus_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        autodiff_forward::<B, C>(Activation::Softplus, x)
     }
 }

@@ -8,7 +8,6 @@
 //! - [`batch_norm_train`]: training-mode BatchNorm (batch statistics) with an optional fused
 //!   ReLU, two passes forward and two backward ([`batch_norm_cpu`]) instead of the generic
 //!   tensor-op formulation that Flex runs over channel-swapped strided views.
-//! - [`silu`], [`softplus`]: the Mamba mixer's activations, one vectorised pass each way.
 //! - [`pointwise_conv2d`], [`linear_tokens`]: products with a shared weight matrix per batch
 //!   element / sequence on the rayon pool ([`matmul_cpu`]), transposes as strides.
 //! - [`layer_norm()`]: LayerNorm over the last axis, one pass each way ([`layer_norm`]).
@@ -36,7 +35,6 @@ pub(crate) use impl_for_cpu_backends;
 
 // The backend-extension attributes of these modules name burn's deprecated NdArray backend,
 // which the project still offers behind the `ndarray` feature.
-#[allow(deprecated)]
 pub mod activation;
 #[allow(deprecated)]
 mod batch_norm;
@@ -52,7 +50,6 @@ pub mod matmul_cpu;
 #[cfg(test)]
 mod tests;
 
-pub use activation::ActivationOps;
 pub use batch_norm::BatchNormOps;
 pub use depthwise::DepthwiseConvOps;
 pub use layer_norm::LayerNormOps;
@@ -496,16 +493,4 @@ pub fn batch_norm_train<const D: usize>(
         Tensor::from_dispatch(mean),
         Tensor::from_dispatch(var),
     )
-}
-
-/// SiLU `x sigma(x)` as one fused op (see [`activation`]); equals burn's `silu`.
-pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    Tensor::from_dispatch(<Dispatch as ActivationOps>::silu_fused(x.into_dispatch()))
-}
-
-/// Softplus `ln(1 + e^x)` as one fused op (see [`activation`]); equals burn's `softplus(x, 1)`.
-pub fn softplus<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    Tensor::from_dispatch(<Dispatch as ActivationOps>::softplus_fused(
-        x.into_dispatch(),
-    ))
 }

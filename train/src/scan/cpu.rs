@@ -8,7 +8,7 @@
 //! not a multiple of 16), so that every inner loop runs over one fixed-size block of 16 states:
 //! one AVX-512 register, two AVX2 registers or four SSE2 registers. Padded lanes carry `A = B =
 //! C = 0`, hence `h = 0` there and they contribute nothing. `exp(delta_t * A_n)` is evaluated by a
-//! branch-free polynomial ([`exp_fast`]) that vectorises.
+//! branch-free polynomial ([`exp_poly`]) that vectorises.
 //!
 //! Instruction sets: the crate is compiled for baseline x86-64 (SSE2). The per-batch bodies are
 //! written once as `#[inline(always)]` generic functions and instantiated inside
@@ -118,13 +118,8 @@ type Lanes = [f32; LANES];
 /// Branch-free `exp` for `f32` (Cephes `expf` scheme): `exp(x) = 2^k * p(r)`,
 /// `k = round(x / ln 2)`, `r = x - k ln 2`, `p` a degree-6 polynomial on `|r| <= ln 2 / 2`.
 /// Relative error about 2e-7; inputs are clamped to `[-87, 88]` (no denormals, no overflow).
-/// Written without branches or libm calls so that loops over it vectorise.
-#[inline(always)]
-pub fn exp_fast(x: f32) -> f32 {
-    exp_poly::<false>(x)
-}
-
-/// [`exp_fast`] with fused multiply-adds when `FMA` (only inside `target_feature(fma)` code).
+/// Written without branches or libm calls so that loops over it vectorise; fused
+/// multiply-adds when `FMA` (only inside `target_feature(fma)` code).
 #[inline(always)]
 pub(crate) fn exp_poly<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
