@@ -543,14 +543,16 @@ fn check_lengths(dims: MixerDims, w: &MixerWeights, xz: &[f32]) {
 }
 
 /// Forward pass with instruction set `isa` (falls back to the portable body where `isa` is
-/// not available): returns the output `[S, L, d_inner]` and the scan output before the gate,
-/// `[S, d_inner, L]` (the backward pass's saved state).
+/// not available): returns the output `[S, L, d_inner]` and, when `keep_scan`, the scan output
+/// before the gate, `[S, d_inner, L]` (the backward pass's saved state; without it each task
+/// writes the scan output to its own scratch).
 pub fn forward_with(
     isa: Isa,
     dims: MixerDims,
     w: &MixerWeights,
     xz: &[f32],
-) -> (Vec<f32>, Vec<f32>) {
+    keep_scan: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     check_lengths(dims, w, xz);
     let isa = if isa.is_available() {
         isa
@@ -559,31 +561,45 @@ pub fn forward_with(
     };
     let plane = dims.len * dims.d_inner;
     let mut out = zeros_par(dims.seqs * plane);
-    let mut y = zeros_par(dims.seqs * plane);
+    let mut y = keep_scan.then(|| zeros_par(dims.seqs * plane));
     if plane == 0 || dims.seqs == 0 {
         return (out, y);
     }
-    out.par_chunks_mut(plane)
-        .zip(y.par_chunks_mut(plane))
-        .zip(xz.par_chunks(2 * plane))
-        .for_each_init(
-            || Scratch::new(dims, w.a, false),
-            |s, ((out, y), xz)| match isa {
-                // SAFETY: `isa` is available on this CPU (checked above).
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { x86::fwd_avx512(dims, w, xz, s, y, out) },
-                // SAFETY: as above.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { x86::fwd_avx2(dims, w, xz, s, y, out) },
-                _ => fwd_seq::<false, false>(dims, w, xz, s, y, out),
-            },
-        );
+    let run = |s: &mut Scratch, xz: &[f32], y: &mut [f32], out: &mut [f32]| match isa {
+        // SAFETY: `isa` is available on this CPU (checked above).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::fwd_avx512(dims, w, xz, s, y, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::fwd_avx2(dims, w, xz, s, y, out) },
+        _ => fwd_seq::<false, false>(dims, w, xz, s, y, out),
+    };
+    let scratch = || Scratch::new(dims, w.a, false);
+    match y.as_mut() {
+        Some(y) => out
+            .par_chunks_mut(plane)
+            .zip(y.par_chunks_mut(plane))
+            .zip(xz.par_chunks(2 * plane))
+            .for_each_init(scratch, |s, ((out, y), xz)| run(s, xz, y, out)),
+        None => out
+            .par_chunks_mut(plane)
+            .zip(xz.par_chunks(2 * plane))
+            .for_each_init(
+                || (scratch(), vec![0.0f32; plane]),
+                |(s, y), (out, xz)| run(s, xz, y, out),
+            ),
+    }
     (out, y)
 }
 
 /// [`forward_with`] on the widest instruction set of this CPU.
-pub fn forward(dims: MixerDims, w: &MixerWeights, xz: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    forward_with(Isa::detect(), dims, w, xz)
+pub fn forward(
+    dims: MixerDims,
+    w: &MixerWeights,
+    xz: &[f32],
+    keep_scan: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    forward_with(Isa::detect(), dims, w, xz, keep_scan)
 }
 
 /// Backward pass with instruction set `isa`: gradients of `sum(dout ⊙ out)` from the forward

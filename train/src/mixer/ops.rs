@@ -46,7 +46,7 @@ impl_for_cpu_backends!(MambaMixerOps {
         a: FloatTensor<Self>,
         d: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        host_forward::<Self>(&[xz, conv_w, conv_b, x_proj, dt_proj, dt_b, a, d]).0
+        host_forward::<Self>(&[xz, conv_w, conv_b, x_proj, dt_proj, dt_b, a, d], false).0
     }
 });
 
@@ -86,15 +86,18 @@ fn with_host<B: Backend, T>(
     f(dims, &w, &xz)
 }
 
-/// Forward pass through host buffers: the output `[S, L, d_inner]` and the saved scan output
-/// `[S, d_inner, L]`.
-fn host_forward<B: Backend>(inputs: &Inputs<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+/// Forward pass through host buffers: the output `[S, L, d_inner]` and, when `keep_scan`,
+/// the saved scan output `[S, d_inner, L]` for the backward step.
+fn host_forward<B: Backend>(
+    inputs: &Inputs<B>,
+    keep_scan: bool,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let device = inputs[0].device();
     let dims = dims_of::<B>(inputs);
-    let (out, y) = with_host::<B, _>(inputs, cpu::forward);
+    let (out, y) = with_host::<B, _>(inputs, |dims, w, xz| cpu::forward(dims, w, xz, keep_scan));
     (
         from_host::<B>(out, vec![dims.seqs, dims.len, dims.d_inner], &device),
-        from_host::<B>(y, vec![dims.seqs, dims.d_inner, dims.len], &device),
+        y.map(|y| from_host::<B>(y, vec![dims.seqs, dims.d_inner, dims.len], &device)),
     )
 }
 
@@ -152,7 +155,8 @@ impl<B: Backend + MambaMixerOps, C: CheckpointStrategy> MambaMixerOps for Autodi
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (out, y) = host_forward::<B>(&prims);
+                let (out, y) = host_forward::<B>(&prims, true);
+                let y = y.expect("forward kept the scan output");
                 prep.finish((prims, y), out)
             }
             OpsKind::UnTracked(prep) => {

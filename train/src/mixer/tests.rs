@@ -177,13 +177,20 @@ fn every_instruction_set_gives_the_same_mixer() {
         d,
     };
     let dout = out_weights(&case, 8);
-    let (out_p, y_p) = cpu::forward_with(Isa::Portable, case.dims, &w, xz);
+    let (out_p, y_p) = cpu::forward_with(Isa::Portable, case.dims, &w, xz, true);
+    let y_p = y_p.expect("kept scan output");
     let g_p = cpu::backward_with(Isa::Portable, case.dims, &w, xz, &y_p, &dout);
     for isa in [Isa::Avx2, Isa::Avx512]
         .into_iter()
         .filter(|i| i.is_available())
     {
-        let (out, y) = cpu::forward_with(isa, case.dims, &w, xz);
+        let (out, y) = cpu::forward_with(isa, case.dims, &w, xz, true);
+        let y = y.expect("kept scan output");
+        let (out_only, none) = cpu::forward_with(isa, case.dims, &w, xz, false);
+        assert!(
+            none.is_none() && out_only == out,
+            "{isa:?}: output without the saved state"
+        );
         assert!(rel_err(&out, &out_p) <= 1e-6, "{isa:?}: output");
         assert!(rel_err(&y, &y_p) <= 1e-6, "{isa:?}: scan output");
         let g = cpu::backward_with(isa, case.dims, &w, xz, &y, &dout);
