@@ -150,9 +150,12 @@ fn profile_pmb(cfg: &ModelConfig, b: usize) {
     // Stages: 0 LayerNorm + group reshape, 1 in_proj, 2 the fused mixer (conv1d, SiLU,
     // x_proj, dt_proj, softplus, scan, gate), 3 out_proj.
     let upto = |stage: usize| -> Tensor<3> {
-        let tokens = blk
-            .norm
-            .forward(x.clone().reshape([b, c, len]).swap_dims(1, 2));
+        // As `ParallelMamba::forward`: the fused LayerNorm and shared-weight products.
+        let tokens = train::ops::layer_norm(
+            &blk.norm,
+            train::model::pvm::LAYER_NORM_EPS,
+            x.clone().reshape([b, c, len]).swap_dims(1, 2),
+        );
         let g = tokens
             .reshape([b, len, p, d])
             .swap_dims(1, 2)
@@ -160,7 +163,7 @@ fn profile_pmb(cfg: &ModelConfig, b: usize) {
         if stage == 0 {
             return g;
         }
-        let xz = mb.in_proj.forward(g);
+        let xz = train::ops::linear_tokens(&mb.in_proj, g);
         if stage == 1 {
             return xz;
         }
@@ -168,7 +171,7 @@ fn profile_pmb(cfg: &ModelConfig, b: usize) {
         if stage == 2 {
             return y;
         }
-        mb.out_proj.forward(y)
+        train::ops::linear_tokens(&mb.out_proj, y)
     };
     println!(
         "PMB breakdown, batch {b} ({} sequences of {len} tokens, d_inner {}), cumulative fwd+bwd:",
