@@ -116,16 +116,12 @@ fn min_time(n: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// The hot kernels alone at IRMamba's largest shapes, per ISA (minimum over runs, in us): the
-/// Mamba mixer of `pmb1` (d_inner 24, d_state 16, L 512), the depthwise 3x3 of `irb1`
-/// (64 x 64 x 16), the stride-2 stem conv (1 -> 8 on 256 x 64) and the pointwise expand of
-/// `irb2` (48 -> 96 on 64 x 16).
-fn kernel_table(best: Isa) {
-    let mut rng = StdRng::seed_from_u64(9);
+/// The Mamba mixer of `pmb1` (d_inner 24, d_state 16, dt_rank 1, L 512) with random weights.
+fn pmb1_mixer(rng: &mut StdRng) -> MambaKernel {
     let mut randv =
         |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-a..=a)).collect() };
     let (di, n, r, l) = (24, 16, 1, 512);
-    let mk = MambaKernel {
+    MambaKernel {
         di,
         n,
         r,
@@ -138,8 +134,40 @@ fn kernel_table(best: Isa) {
         dt_b: randv(di, 2.0),
         a: (0..di * n).map(|i| -((i % n + 1) as f32)).collect(),
         d: randv(di, 1.0),
-    };
-    let xz = randv(2 * di * l, 2.0);
+    }
+}
+
+/// `ASC_BENCH_MIXER_ONLY=1`: the `pmb1` mixer kernel alone for about 3 s (min and median in us).
+fn mixer_only() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let mk = pmb1_mixer(&mut rng);
+    let xz: Vec<f32> = (0..2 * mk.di * mk.l)
+        .map(|_| rng.random_range(-2.0f32..=2.0))
+        .collect();
+    let mut scratch = vec![0.0; mk.scratch_len()];
+    let mut y = vec![0.0; mk.di * mk.l];
+    let isa = Isa::detect();
+    let (med, _) = time(20000, 100, |_| mk.run_isa(isa, &xz, &mut y, &mut scratch));
+    let min = min_time(2000, || mk.run_isa(isa, &xz, &mut y, &mut scratch));
+    println!(
+        "mixer(24x512) {}: min {:.1} us, median {:.1} us",
+        isa.name(),
+        min * 1e6,
+        med * 1e6
+    );
+}
+
+/// The hot kernels alone at IRMamba's largest shapes, per ISA (minimum over runs, in us): the
+/// Mamba mixer of `pmb1` (d_inner 24, d_state 16, L 512), the depthwise 3x3 of `irb1`
+/// (64 x 64 x 16), the stride-2 stem conv (1 -> 8 on 256 x 64) and the pointwise expand of
+/// `irb2` (48 -> 96 on 64 x 16).
+fn kernel_table(best: Isa) {
+    let mut rng = StdRng::seed_from_u64(9);
+    let mk = pmb1_mixer(&mut rng);
+    let (di, l) = (mk.di, mk.l);
+    let xz: Vec<f32> = (0..2 * di * l)
+        .map(|_| rng.random_range(-2.0f32..=2.0))
+        .collect();
     let mut scratch = vec![0.0; mk.scratch_len()];
     let mut y = vec![0.0; di * l];
     let conv = |cin: usize, cout: usize, groups: usize, h: usize, w: usize, k: usize, s: usize| {
@@ -203,6 +231,11 @@ fn kernel_table(best: Isa) {
 }
 
 fn main() {
+    if std::env::var_os("ASC_BENCH_MIXER_ONLY").is_some() {
+        // The pmb1 mixer kernel alone at the dispatched ISA, for profilers.
+        mixer_only();
+        return;
+    }
     let cfg = RandomNetConfig::irmamba();
     let (graph, tensors) = random_irmamba(&cfg, 42);
     let len = cfg.n_mels * cfg.n_frames;

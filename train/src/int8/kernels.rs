@@ -159,25 +159,26 @@ pub fn fast_exp_with<M: MulAdd>(x: f32) -> f32 {
     y * f32::from_bits(((ni + 127) as u32) << 23)
 }
 
-/// Coefficients of the degree-5 polynomial `p(f) ~ 2^f` on `[-1/2, 1/2]` (`c0 + c1 f + ...`),
+/// Coefficients of the degree-5 polynomial `p(f) ~ 2^f` on `[0, 1)` (`c0 + c1 f + ...`),
 /// fitted for the least maximal relative error (Lawson-weighted least squares on Chebyshev
-/// nodes); evaluated in f32 with fused multiply-adds the relative error stays below 2.2e-7.
+/// nodes); evaluated in f32 with fused multiply-adds the relative error stays below 2e-7.
 pub const EXP2_POLY: [f32; 6] = [
-    1.000_000_1,
-    0.693_146_94,
-    0.240_221_2,
-    0.055_507_135,
-    0.009_675_541,
-    0.001_327_646_7,
+    0.999_999_94,
+    0.693_153_1,
+    0.240_153_61,
+    0.055_826_318,
+    0.008_989_341,
+    0.001_877_576_6,
 ];
 
-/// `2^x` for `x >= -126` (clamped there): `2^round(x) * p(x - round(x))` with [`EXP2_POLY`]
+/// `2^x` for `x >= -126` (clamped there): `2^floor(x) * p(x - floor(x))` with [`EXP2_POLY`]
 /// (the scalar form of the AVX-512 scan's exponential, which evaluates `exp(d a)` as
-/// `2^(d (a log2 e))`).
+/// `2^(d (a log2 e))` with `vreduceps` for `x - floor(x)` and `vscalefps`, which floors its
+/// exponent itself; below -126 that form goes on into subnormals and zero).
 #[inline(always)]
 pub fn fast_exp2(x: f32) -> f32 {
     let x = x.clamp(-126.0, 127.0);
-    let n = round_even(x);
+    let n = x.floor();
     let f = x - n;
     let mut p = EXP2_POLY[5];
     for &c in EXP2_POLY[..5].iter().rev() {
@@ -2015,7 +2016,7 @@ mod simd {
     /// the 16 states of a block of channels stay in 16 registers over all `L` steps, blocks of
     /// 16 channels in zmm and the last block of at most 8 in ymm (masked; a ymm op costs half
     /// a zmm op where 512-bit FMAs issue on one port), `exp(delta a)` as
-    /// [`super::fast_exp2`]`(delta (a log2 e))` (13 vector ops per state and step instead of 19
+    /// [`super::fast_exp2`]`(delta (a log2 e))` (11 vector ops per state and step instead of 19
     /// for the Cephes form; the results differ from the other paths by rounding only),
     /// `y_t = D u_t + <h_t, C_t>` summed in two interleaved partial sums. Reads the
     /// time-major `delta`, `u` `[L, di]` by (masked) vector loads and `B`, `C` (`bc`:
@@ -2024,8 +2025,8 @@ mod simd {
     /// on the channel-major layout cost more than transposing in and out).
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F/VL and FMA.
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    /// The CPU must support AVX-512 F/DQ/VL and FMA.
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn scan16_avx512(
         di: usize,
@@ -2063,14 +2064,14 @@ mod simd {
 
     macro_rules! scan16_block_impl {
         ($name:ident, $w:literal, $v:ty, $m:ty, $setzero:ident, $set1:ident,
-         $loadu:ident, $maskz_loadu:ident, $mul:ident, $add:ident, $sub:ident, $max:ident,
-         $fmadd:ident, $round:ident, $scalef:ident, $mask_storeu:ident) => {
+         $loadu:ident, $maskz_loadu:ident, $mul:ident, $add:ident,
+         $fmadd:ident, $reduce:ident, $scalef:ident, $mask_storeu:ident) => {
             /// One channel block (`nl <= W` channels from `c0`) of [`scan16_avx512`].
             ///
             /// # Safety
-            /// The CPU must support AVX-512 F/VL and FMA; `c0 + nl <= di` and the lengths
+            /// The CPU must support AVX-512 F/DQ/VL and FMA; `c0 + nl <= di` and the lengths
             /// asserted by [`scan16_avx512`].
-            #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+            #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn $name(
                 c0: usize,
@@ -2085,7 +2086,6 @@ mod simd {
                 y: &mut [f32],
             ) {
                 const N: usize = 16;
-                let lo = $set1(-126.0);
                 let [q0, q1, q2, q3, q4, q5] = super::EXP2_POLY.map(|c| $set1(c));
                 let mask: $m = if nl == $w {
                     !0
@@ -2135,16 +2135,17 @@ mod simd {
                                 )
                             };
                             // exp(d a) = 2^x, x = d (a log2 e) <= 0 (d >= 0 from softplus,
-                            // a < 0), as `fast_exp2`: n = round(x), 2^n p(x - n).
-                            let x = $max($mul(d, a), lo);
-                            let nf = $round::<0x08>(x);
-                            let f = $sub(x, nf);
+                            // a < 0), as `fast_exp2`: f = x - floor(x) (vreduceps, round
+                            // down, precision exception suppressed), 2^floor(x) p(f)
+                            // (vscalefps floors x itself; far below -126 it gives 0).
+                            let x = $mul(d, a);
+                            let f = $reduce::<0x09>(x);
                             let mut p = $fmadd(q5, f, q4);
                             p = $fmadd(p, f, q3);
                             p = $fmadd(p, f, q2);
                             p = $fmadd(p, f, q1);
                             p = $fmadd(p, f, q0);
-                            let e = $scalef(p, nf);
+                            let e = $scalef(p, x);
                             h[$s] = $fmadd(e, h[$s], $mul(du, b));
                             $y = $fmadd(h[$s], c, $y);
                         }};
@@ -2182,10 +2183,8 @@ mod simd {
         _mm512_maskz_loadu_ps,
         _mm512_mul_ps,
         _mm512_add_ps,
-        _mm512_sub_ps,
-        _mm512_max_ps,
         _mm512_fmadd_ps,
-        _mm512_roundscale_ps,
+        _mm512_reduce_ps,
         _mm512_scalef_ps,
         _mm512_mask_storeu_ps
     );
@@ -2201,10 +2200,8 @@ mod simd {
         _mm256_maskz_loadu_ps,
         _mm256_mul_ps,
         _mm256_add_ps,
-        _mm256_sub_ps,
-        _mm256_max_ps,
         _mm256_fmadd_ps,
-        _mm256_roundscale_ps,
+        _mm256_reduce_ps,
         _mm256_scalef_ps,
         _mm256_mask_storeu_ps
     );
@@ -2274,7 +2271,7 @@ pub fn scan16_time_major(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() >= Isa::Avx512 {
-        // SAFETY: `detect` checked AVX-512 F/VL and FMA; `scan16_avx512` asserts the lengths.
+        // SAFETY: `detect` checked AVX-512 F/DQ/VL and FMA; `scan16_avx512` asserts the lengths.
         unsafe { simd::scan16_avx512(di, l, delta, u, bc, a_t, d, y) };
         return true;
     }
