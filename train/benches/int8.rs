@@ -3,7 +3,8 @@
 //! expand 2; random weights), next to the same network in plain f32 and in fake-quant f32
 //! (the reference executor), plus the batch throughput on all cores.
 //!
-//! Run: `cargo bench -p train --bench int8`.
+//! Run: `cargo bench -p train --bench int8` (`ASC_BENCH_KERNEL_ONLY=mixer` or `=dw`: one kernel
+//! alone, for profilers).
 
 use std::time::Instant;
 
@@ -21,8 +22,8 @@ fn logmel(rng: &mut StdRng, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Median and mean seconds per call of `f` over `n` calls after `warm` warm-up calls.
-fn time(n: usize, warm: usize, mut f: impl FnMut(usize)) -> (f64, f64) {
+/// Median, mean and minimum seconds per call of `f` over `n` calls after `warm` warm-up calls.
+fn time(n: usize, warm: usize, mut f: impl FnMut(usize)) -> (f64, f64, f64) {
     for i in 0..warm {
         f(i);
     }
@@ -35,7 +36,7 @@ fn time(n: usize, warm: usize, mut f: impl FnMut(usize)) -> (f64, f64) {
         .collect();
     let mean = t.iter().sum::<f64>() / n as f64;
     t.sort_by(f64::total_cmp);
-    (t[n / 2], mean)
+    (t[n / 2], mean, t[0])
 }
 
 /// Integer multiply-adds of the convolutions and linear layers, and state updates of the scans.
@@ -137,8 +138,9 @@ fn pmb1_mixer(rng: &mut StdRng) -> MambaKernel {
     }
 }
 
-/// `ASC_BENCH_MIXER_ONLY=1`: the `pmb1` mixer kernel alone for about 3 s (min and median in us).
-fn mixer_only() {
+/// `ASC_BENCH_KERNEL_ONLY=mixer` (the `pmb1` mixer) or `=dw` (the 3x3 depthwise of `irb1`,
+/// 64 channels on 64 x 16): that kernel alone, 20000 runs (median, and the mixer's minimum, in us).
+fn kernel_only(kernel: &str) {
     let mut rng = StdRng::seed_from_u64(9);
     let mk = pmb1_mixer(&mut rng);
     let xz: Vec<f32> = (0..2 * mk.di * mk.l)
@@ -147,7 +149,44 @@ fn mixer_only() {
     let mut scratch = vec![0.0; mk.scratch_len()];
     let mut y = vec![0.0; mk.di * mk.l];
     let isa = Isa::detect();
-    let (med, _) = time(20000, 100, |_| mk.run_isa(isa, &xz, &mut y, &mut scratch));
+    if kernel == "dw" {
+        let geom = ConvGeom {
+            cin: 64,
+            cout: 64,
+            groups: 64,
+            h: 64,
+            w: 16,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            ph: 1,
+            pw: 1,
+        };
+        let k = QConvKernel::new(
+            geom,
+            (0..64 * 9)
+                .map(|_| rng.random_range(-128i16..=127))
+                .collect(),
+            (0..64).map(|_| rng.random_range(-3000..3000)).collect(),
+            (0..64)
+                .map(|_| FixedMul::new(rng.random_range(1e-4..4e-3)))
+                .collect(),
+            3,
+            0,
+            0,
+            127,
+        );
+        let x: Vec<u8> = (0..64 * 64 * 16).map(|i| (i * 7 % 128) as u8).collect();
+        let mut out = vec![0u8; 64 * 64 * 16];
+        let (mut xp, mut acc) = (vec![0i16; k.xp_len()], vec![0i32; k.acc_len()]);
+        let (med, _, _) = time(20000, 100, |_| {
+            k.run_isa(isa, &x, &mut out, &mut xp, &mut acc)
+        });
+        println!("dw 64ch 64x16: median {:.1} us", med * 1e6);
+        return;
+    }
+    let (med, _, _) = time(20000, 100, |_| mk.run_isa(isa, &xz, &mut y, &mut scratch));
     let min = min_time(2000, || mk.run_isa(isa, &xz, &mut y, &mut scratch));
     println!(
         "mixer(24x512) {}: min {:.1} us, median {:.1} us",
@@ -231,9 +270,9 @@ fn kernel_table(best: Isa) {
 }
 
 fn main() {
-    if std::env::var_os("ASC_BENCH_MIXER_ONLY").is_some() {
-        // The pmb1 mixer kernel alone at the dispatched ISA, for profilers.
-        mixer_only();
+    if let Ok(kernel) = std::env::var("ASC_BENCH_KERNEL_ONLY") {
+        // One hot kernel alone at the dispatched ISA, for profilers.
+        kernel_only(&kernel);
         return;
     }
     let cfg = RandomNetConfig::irmamba();
@@ -285,16 +324,17 @@ fn main() {
             continue;
         }
         model.set_isa(isa);
-        let (med, mean) = pool.install(|| {
+        let (med, mean, min) = pool.install(|| {
             time(n, 20, |i| {
                 drop(model.infer(&clips[i % clips.len()]).expect("runs"))
             })
         });
         println!(
-            "int8 engine, {:<8} 1 thread: median {:.3} ms/clip, mean {:.3} ms/clip",
+            "int8 engine, {:<8} 1 thread: median {:.3} ms/clip, mean {:.3} ms/clip, min {:.3} ms/clip",
             isa.name(),
             med * 1e3,
-            mean * 1e3
+            mean * 1e3,
+            min * 1e3
         );
         println!("  time per op kind (1 clip):");
         for (op, t) in model.profile(&clips[0], 50).expect("runs") {
@@ -305,7 +345,7 @@ fn main() {
     per_layer(&model, &clips[0]);
     kernel_table(best);
     let mut fl = Reference::new(&graph, &tensors, false).expect("valid");
-    let (med, mean) = time(n / 2, 10, |i| {
+    let (med, mean, _) = time(n / 2, 10, |i| {
         std::hint::black_box(fl.run(&clips[i % clips.len()], ExecMode::Float, None));
     });
     println!(
@@ -315,7 +355,7 @@ fn main() {
         mean * 1e3
     );
     let mut fq = Reference::new(model.graph(), model.tensors(), true).expect("valid");
-    let (med, mean) = time(n / 4, 5, |i| {
+    let (med, mean, _) = time(n / 4, 5, |i| {
         std::hint::black_box(fq.run(&clips[i % clips.len()], ExecMode::FakeQuant, None));
     });
     println!(
@@ -325,7 +365,7 @@ fn main() {
     );
     let batch: Vec<f32> = clips.concat();
     let threads = rayon::current_num_threads();
-    let (med, _) = time(10, 2, |_| drop(model.infer_batch(&batch).expect("runs")));
+    let (med, _, _) = time(10, 2, |_| drop(model.infer_batch(&batch).expect("runs")));
     println!(
         "int8 infer_batch, {threads} threads:     {:.3} ms/clip ({:.0} clips/s)",
         med * 1e3 / clips.len() as f64,
