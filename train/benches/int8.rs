@@ -3,8 +3,8 @@
 //! expand 2; random weights), next to the same network in plain f32 and in fake-quant f32
 //! (the reference executor), plus the batch throughput on all cores.
 //!
-//! Run: `cargo bench -p train --bench int8` (`ASC_BENCH_KERNEL_ONLY=mixer` or `=dw`: one kernel
-//! alone, for profilers).
+//! Run: `cargo bench -p train --bench int8` (`ASC_BENCH_KERNEL_ONLY=mixer`, `=dw` or `=stem2`:
+//! one kernel alone, for profilers).
 
 use std::time::Instant;
 
@@ -138,8 +138,8 @@ fn pmb1_mixer(rng: &mut StdRng) -> MambaKernel {
     }
 }
 
-/// `ASC_BENCH_KERNEL_ONLY=mixer` (the `pmb1` mixer) or `=dw` (the 3x3 depthwise of `irb1`,
-/// 64 channels on 64 x 16): that kernel alone, 20000 runs (median, and the mixer's minimum, in us).
+/// `ASC_BENCH_KERNEL_ONLY=mixer` (the `pmb1` mixer), `=dw` (the 3x3 depthwise of `irb1`) or
+/// `=stem2` (the stride-2 depthwise of `stem2`): that kernel alone, 20000 runs (median, and the mixer's minimum, in us).
 fn kernel_only(kernel: &str) {
     let mut rng = StdRng::seed_from_u64(9);
     let mk = pmb1_mixer(&mut rng);
@@ -149,27 +149,34 @@ fn kernel_only(kernel: &str) {
     let mut scratch = vec![0.0; mk.scratch_len()];
     let mut y = vec![0.0; mk.di * mk.l];
     let isa = Isa::detect();
-    if kernel == "dw" {
+    // Depthwise 3x3: irb1's (64 channels on 64 x 16) or stem2's (8 channels on 128 x 32,
+    // stride 2).
+    let dw = match kernel {
+        "dw" => Some((64, 64, 16, 1)),
+        "stem2" => Some((8, 128, 32, 2)),
+        _ => None,
+    };
+    if let Some((c, h, w, s)) = dw {
         let geom = ConvGeom {
-            cin: 64,
-            cout: 64,
-            groups: 64,
-            h: 64,
-            w: 16,
+            cin: c,
+            cout: c,
+            groups: c,
+            h,
+            w,
             kh: 3,
             kw: 3,
-            sh: 1,
-            sw: 1,
+            sh: s,
+            sw: s,
             ph: 1,
             pw: 1,
         };
         let k = QConvKernel::new(
             geom,
-            (0..64 * 9)
+            (0..c * 9)
                 .map(|_| rng.random_range(-128i16..=127))
                 .collect(),
-            (0..64).map(|_| rng.random_range(-3000..3000)).collect(),
-            (0..64)
+            (0..c).map(|_| rng.random_range(-3000..3000)).collect(),
+            (0..c)
                 .map(|_| FixedMul::new(rng.random_range(1e-4..4e-3)))
                 .collect(),
             3,
@@ -177,13 +184,16 @@ fn kernel_only(kernel: &str) {
             0,
             127,
         );
-        let x: Vec<u8> = (0..64 * 64 * 16).map(|i| (i * 7 % 128) as u8).collect();
-        let mut out = vec![0u8; 64 * 64 * 16];
+        let x: Vec<u8> = (0..c * h * w).map(|i| (i * 7 % 128) as u8).collect();
+        let mut out = vec![0u8; c * geom.ho() * geom.wo()];
         let (mut xp, mut acc) = (vec![0i16; k.xp_len()], vec![0i32; k.acc_len()]);
         let (med, _, _) = time(20000, 100, |_| {
             k.run_isa(isa, &x, &mut out, &mut xp, &mut acc)
         });
-        println!("dw 64ch 64x16: median {:.1} us", med * 1e6);
+        println!(
+            "depthwise {c}ch {h}x{w} stride {s}: median {:.1} us",
+            med * 1e6
+        );
         return;
     }
     let (med, _, _) = time(20000, 100, |_| mk.run_isa(isa, &xz, &mut y, &mut scratch));

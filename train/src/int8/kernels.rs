@@ -1070,8 +1070,15 @@ impl QConvKernel {
                     let n = (g.w - ix0).div_ceil(g.sw);
                     let dst = &mut chan[row0 + q * d.plane + j0..][..n];
                     if g.sw == 2 {
-                        for (j, o) in dst.iter_mut().enumerate() {
-                            *o = src[ix0 + 2 * j];
+                        // Every other byte, as pairs (an interleaved load that vectorizes;
+                        // indexing `src[ix0 + 2 j]` ran a byte per iteration, most of the
+                        // stride-2 stem layers' time).
+                        let pairs = &src[ix0..];
+                        for (o, pair) in dst.iter_mut().zip(pairs.chunks_exact(2)) {
+                            *o = pair[0];
+                        }
+                        if pairs.len() % 2 == 1 {
+                            dst[n - 1] = pairs[pairs.len() - 1];
                         }
                     } else {
                         for (j, o) in dst.iter_mut().enumerate() {
