@@ -6,7 +6,8 @@
 //! `cargo bench -p train --bench model`; `ASC_BENCH_ITERS` (default 3) timed iterations after
 //! one warm-up; `ASC_BENCH_MODEL` (default `s1`) picks the preset; `ASC_BENCH_TRAIN_ONLY=1`
 //! stops after the training steps; `ASC_BENCH_SYSTEM_MALLOC=1` leaves glibc's allocator as it
-//! is (the trainer calls [`train::backend::keep_freed_buffers`]).
+//! is (the trainer calls [`train::backend::keep_freed_buffers`]); `ASC_BENCH_BLOCK=irb2` times
+//! only irb2's forward + backward, five times (for profilers).
 
 use std::time::Instant;
 
@@ -199,6 +200,16 @@ fn main() {
     }
     let name = std::env::var("ASC_BENCH_MODEL").unwrap_or_else(|_| "s1".into());
     let cfg = ModelConfig::preset(&name).expect("ASC_BENCH_MODEL: a preset name");
+    if std::env::var("ASC_BENCH_BLOCK").as_deref() == Ok("irb2") {
+        // irb2's forward + backward alone (batch 64), for profilers.
+        let Model::IrMamba(m) = cfg.init(10, &training_device()) else {
+            return;
+        };
+        for _ in 0..5 {
+            time_block("irb2", &m.irb2, [64, 48, 64, 16], |s, x| s.forward(x));
+        }
+        return;
+    }
     println!(
         "model {name}, {} threads, {} timed iterations after a warm-up",
         std::thread::available_parallelism().map_or(1, |n| n.get()),

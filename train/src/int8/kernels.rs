@@ -1238,43 +1238,67 @@ mod qsimd {
     #[derive(Clone, Copy)]
     pub struct Requant {
         m: __m512i,
+        /// `2^(shift-1) + zo 2^shift`: rounding and the output zero point in one add.
         round: __m512i,
+        /// `shift` for the even lanes.
         shift: __m128i,
-        zo: __m512i,
+        /// The odd lanes: right by `shift - 32` where `shift >= 32`, else left by `32 - shift`.
+        shift_odd: __m128i,
+        odd_left: bool,
         lo: __m512i,
-        hi: __m512i,
+        /// `None` when `hi` is 255: the unsigned saturating narrow clamps there.
+        hi: Option<__m512i>,
     }
 
     impl Requant {
         /// The constants of `clamp(zo + m.apply(acc), lo, hi)`; `None` when the mantissa does
-        /// not fit the signed 32-bit multiplier of `vpmuldq` (then the scalar path runs).
+        /// not fit the signed 32-bit multiplier of `vpmuldq`, the zero point does not fold into
+        /// the rounding constant (`shift > 54`, a multiplier below 2^-24) or the clamp range is
+        /// not within `0..=255` (then the scalar path runs).
         #[target_feature(enable = "avx512f")]
         pub fn new(m: FixedMul, zo: i32, lo: i32, hi: i32) -> Option<Self> {
-            if m.m > i32::MAX as i64 || m.m < 0 {
+            if m.m > i32::MAX as i64 || m.m < 0 || m.shift > 54 {
+                return None;
+            }
+            if !(0..=255).contains(&lo) || !(lo..=255).contains(&hi) || !(-255..=255).contains(&zo)
+            {
                 return None;
             }
             Some(Self {
                 m: _mm512_set1_epi64(m.m),
-                round: _mm512_set1_epi64(1i64 << (m.shift - 1)),
+                round: _mm512_set1_epi64((1i64 << (m.shift - 1)) + ((zo as i64) << m.shift)),
                 shift: _mm_cvtsi32_si128(m.shift as i32),
-                zo: _mm512_set1_epi32(zo),
+                shift_odd: _mm_cvtsi32_si128((m.shift as i32 - 32).abs()),
+                odd_left: m.shift < 32,
                 lo: _mm512_set1_epi32(lo),
-                hi: _mm512_set1_epi32(hi),
+                hi: (hi < 255).then(|| _mm512_set1_epi32(hi)),
             })
         }
 
         /// `clamp(zo + ((acc * m + 2^(shift-1)) >> shift), lo, hi)` per lane, exactly as
         /// [`FixedMul::apply`] (64-bit products, arithmetic shift, low 32 bits), as 16 bytes.
-        #[target_feature(enable = "avx512f")]
+        /// `zo` rides in the rounding constant (`floor((p + r + zo 2^s) / 2^s) =
+        /// floor((p + r) / 2^s) + zo`, exact); the odd lanes shift so that bits
+        /// `shift..shift + 32` of their sums land in the high half of each 64-bit lane, where
+        /// the blend takes them.
+        #[target_feature(enable = "avx512f,avx512bw")]
         #[inline]
         pub fn apply(&self, acc: __m512i) -> __m128i {
             let even = mul_epi32(acc, self.m);
             let odd = mul_epi32(_mm512_srli_epi64::<32>(acc), self.m);
             let even = _mm512_sra_epi64(_mm512_add_epi64(even, self.round), self.shift);
-            let odd = _mm512_sra_epi64(_mm512_add_epi64(odd, self.round), self.shift);
-            let v = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64::<32>(odd));
-            let v = _mm512_add_epi32(v, self.zo);
-            _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, self.lo), self.hi))
+            let odd = _mm512_add_epi64(odd, self.round);
+            let odd = if self.odd_left {
+                _mm512_sll_epi64(odd, self.shift_odd)
+            } else {
+                _mm512_sra_epi64(odd, self.shift_odd)
+            };
+            let v = _mm512_max_epi32(_mm512_mask_blend_epi32(0xAAAA, even, odd), self.lo);
+            match self.hi {
+                // Lanes are >= lo >= 0 here: unsigned saturation is the clamp at 255.
+                None => _mm512_cvtusepi32_epi8(v),
+                Some(hi) => _mm512_cvtepi32_epi8(_mm512_min_epi32(v, hi)),
+            }
         }
     }
 
@@ -2531,8 +2555,16 @@ mod dispatch_tests {
                     .map(|_| rng.random_range(-128i16..=127))
                     .collect(),
                 bias: (0..cout).map(|_| rng.random_range(-3000..3000)).collect(),
+                // Every third channel with a multiplier near or above 1/2 (a shift below 32,
+                // the other branch of the SIMD requantization).
                 mul: (0..cout)
-                    .map(|_| FixedMul::new(rng.random_range(1e-4..4e-3)))
+                    .map(|j| {
+                        FixedMul::new(if j % 3 == 2 {
+                            rng.random_range(0.02..2.0)
+                        } else {
+                            rng.random_range(1e-4..4e-3)
+                        })
+                    })
                     .collect(),
                 zp_in: rng.random_range(0..if full { 256 } else { 40 }),
                 zp_out: rng.random_range(0..20),
