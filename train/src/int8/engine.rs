@@ -10,8 +10,8 @@ use super::Int8Error;
 use super::format;
 use super::graph::{Activation, BufKind, Graph, ModelMeta, Op, QParams, TensorData, TensorMap};
 use super::kernels::{
-    ConvGeom, FixedMul, Isa, MambaKernel, QAddKernel, QConvKernel, conv2d_direct, layer_norm_cols,
-    max_pool2d, pad_input, round_even_i32,
+    ConvGeom, FixedMul, Isa, MambaKernel, MixerInput, QAddKernel, QConvKernel, conv2d_direct,
+    layer_norm_cols, max_pool2d, pad_input, round_even_i32,
 };
 
 /// An op prepared for the integer executor.
@@ -25,11 +25,14 @@ enum Kernel {
         lo: i32,
         hi: i32,
     },
+    /// `fused`: the only reader is the next op, a Mamba mixer that dequantizes the codes
+    /// itself ([`MixerInput::Codes`]); nothing runs here and `output` stays unwritten.
     Dequantize {
         input: usize,
         output: usize,
         scale: f32,
         zp: i32,
+        fused: bool,
     },
     Conv {
         input: usize,
@@ -84,10 +87,13 @@ enum Kernel {
         output: usize,
         alpha: f32,
     },
+    /// `codes`: the int8 input `(buffer, scale, zero point)` when the preceding `Dequantize`
+    /// is fused into the mixer (then `input`, its float output, is not read).
     Mamba {
         input: usize,
         output: usize,
         k: Box<MambaKernel>,
+        codes: Option<(usize, f32, i32)>,
     },
 }
 
@@ -319,6 +325,7 @@ impl Int8Model {
                         output: *output,
                         scale: q.scale,
                         zp: q.zero_point,
+                        fused: false,
                     }
                 }
                 Op::QConv2d {
@@ -470,11 +477,13 @@ impl Int8Model {
                         input: *input,
                         output: *output,
                         k: Box::new(k),
+                        codes: None,
                     }
                 }
             };
             kernels.push(k);
         }
+        fuse_dequantize_into_mixers(&graph, &mut kernels);
         Ok(Self {
             meta,
             graph,
@@ -738,6 +747,37 @@ impl Int8Model {
     }
 }
 
+/// Fuses each `Dequantize` whose float output only the next op reads, a Mamba mixer, into that
+/// mixer ([`MixerInput::Codes`]): the same values, without writing and re-reading an
+/// `[2 d_inner, L]` float buffer per chunk.
+fn fuse_dequantize_into_mixers(graph: &Graph, kernels: &mut [Kernel]) {
+    for i in 1..kernels.len() {
+        let (head, tail) = kernels.split_at_mut(i);
+        let (
+            Kernel::Dequantize {
+                input: q_in,
+                output: f_out,
+                scale,
+                zp,
+                fused,
+            },
+            Kernel::Mamba { input, codes, .. },
+        ) = (&mut head[i - 1], &mut tail[0])
+        else {
+            continue;
+        };
+        let readers = graph
+            .ops
+            .iter()
+            .filter(|op| op.inputs().contains(f_out))
+            .count();
+        if *input == *f_out && readers == 1 && *f_out != graph.output {
+            *fused = true;
+            *codes = Some((*q_in, *scale, *zp));
+        }
+    }
+}
+
 fn take(slots: &mut [Slot], i: usize) -> Slot {
     std::mem::replace(&mut slots[i], Slot::F(Vec::new()))
 }
@@ -843,6 +883,7 @@ fn run_kernel_body(
                 *o = (r + zp).clamp(*lo, *hi) as u8;
             }
         }
+        (Kernel::Dequantize { fused: true, .. }, _) => {}
         (
             Kernel::Dequantize {
                 input, scale, zp, ..
@@ -932,7 +973,22 @@ fn run_kernel_body(
                 *o = va + alpha * vb;
             }
         }
-        (Kernel::Mamba { input, k, .. }, Slot::F(y)) => k.run_isa(isa, f(&slots[*input]), y, fs),
+        (
+            Kernel::Mamba {
+                input, k, codes, ..
+            },
+            Slot::F(y),
+        ) => {
+            let xz = match *codes {
+                Some((i, scale, zp)) => MixerInput::Codes {
+                    q: q(&slots[i]),
+                    scale,
+                    zp,
+                },
+                None => MixerInput::F32(f(&slots[*input])),
+            };
+            k.run_input(isa, xz, y, fs)
+        }
         _ => unreachable!("validated buffer kinds"),
     }
     slots[out_idx] = out;

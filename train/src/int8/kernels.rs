@@ -1657,6 +1657,55 @@ pub fn layer_norm_cols(
     }
 }
 
+/// The input `xz` (`[2 d_inner, L]`) of [`MambaKernel`]: floats, or the int8 codes of the
+/// `in_proj` output, dequantized row by row inside the mixer (`scale (q - zp)`, exactly as the
+/// engine's `Dequantize` op) instead of by a separate pass over an `[2 d_inner, L]` float
+/// buffer.
+#[derive(Debug, Clone, Copy)]
+pub enum MixerInput<'a> {
+    /// Float values.
+    F32(&'a [f32]),
+    /// Affine int8 codes.
+    Codes {
+        /// The codes, `[2 d_inner, L]`.
+        q: &'a [u8],
+        /// Scale.
+        scale: f32,
+        /// Zero point.
+        zp: i32,
+    },
+}
+
+impl MixerInput<'_> {
+    /// Values in the input.
+    pub fn len(&self) -> usize {
+        match self {
+            MixerInput::F32(x) => x.len(),
+            MixerInput::Codes { q, .. } => q.len(),
+        }
+    }
+
+    /// True when the input holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row `r` (`l` values): the float row itself, or its codes dequantized into `buf`.
+    #[inline(always)]
+    fn row<'b>(&'b self, r: usize, l: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        match *self {
+            MixerInput::F32(x) => &x[r * l..(r + 1) * l],
+            MixerInput::Codes { q, scale, zp } => {
+                let buf = &mut buf[..l];
+                for (o, &v) in buf.iter_mut().zip(&q[r * l..(r + 1) * l]) {
+                    *o = scale * (v as i32 - zp) as f32;
+                }
+                buf
+            }
+        }
+    }
+}
+
 /// The float Mamba mixer, prepared (see [`super::graph::Op::MambaMixer`]).
 #[derive(Debug, Clone)]
 pub struct MambaKernel {
@@ -1690,7 +1739,7 @@ impl MambaKernel {
     /// Scratch floats needed by [`MambaKernel::run`].
     pub fn scratch_len(&self) -> usize {
         let (di, n, r, l) = (self.di, self.n, self.r, self.l);
-        5 * di * l + (r + 2 * n) * l + 2 * l * n + 2 * di * n + 2 * di
+        5 * di * l + (r + 2 * n) * l + 2 * l * n + 2 * di * n + 2 * di + l
     }
 
     /// Runs the mixer on `xz` `[2*di, L]` into `y` `[di, L]` with the widest kernels this CPU
@@ -1701,6 +1750,18 @@ impl MambaKernel {
 
     /// [`MambaKernel::run`] with the kernels of `isa` (or the widest supported level below).
     pub fn run_isa(&self, isa: Isa, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+        self.run_input(isa, MixerInput::F32(xz), y, scratch)
+    }
+
+    /// [`MambaKernel::run_isa`] on either kind of [`MixerInput`].
+    pub fn run_input(&self, isa: Isa, xz: MixerInput, y: &mut [f32], scratch: &mut [f32]) {
+        assert!(
+            xz.len() >= 2 * self.di * self.l,
+            "mixer input: {} values for [{}, {}]",
+            xz.len(),
+            2 * self.di,
+            self.l
+        );
         match isa.or_supported() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `or_supported` checked that the CPU has the features enabled there.
@@ -1714,13 +1775,13 @@ impl MambaKernel {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(&self, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+    unsafe fn run_avx2(&self, xz: MixerInput, y: &mut [f32], scratch: &mut [f32]) {
         self.run_body::<Fused, 8>(Isa::Avx2, xz, y, scratch)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    unsafe fn run_avx512(&self, xz: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+    unsafe fn run_avx512(&self, xz: MixerInput, y: &mut [f32], scratch: &mut [f32]) {
         self.run_body::<Fused, 16>(Isa::Avx512, xz, y, scratch)
     }
 
@@ -1731,7 +1792,7 @@ impl MambaKernel {
     fn run_body<M: MulAdd, const W: usize>(
         &self,
         isa: Isa,
-        xz: &[f32],
+        xz: MixerInput,
         y: &mut [f32],
         scratch: &mut [f32],
     ) {
@@ -1747,13 +1808,13 @@ impl MambaKernel {
         let (h, rest) = rest.split_at_mut(n * di);
         let (a_t, rest) = rest.split_at_mut(n * di);
         let (du, rest) = rest.split_at_mut(di);
-        let acc = &mut rest[..di];
-        let (x, z) = xz.split_at(di * l);
+        let (acc, rest) = rest.split_at_mut(di);
+        let row = &mut rest[..l];
         let y = &mut y[..di * l];
         // Causal depthwise conv1d (PyTorch Conv1d, padding k-1, first L outputs) + SiLU:
         // u[c, t] = silu(b[c] + sum_j w[c, j] x[c, t + j - (k - 1)]).
         for c in 0..di {
-            let (xr, ur) = (&x[c * l..(c + 1) * l], &mut u[c * l..(c + 1) * l]);
+            let (xr, ur) = (xz.row(c, l, row), &mut u[c * l..(c + 1) * l]);
             ur.fill(self.conv_b[c]);
             for j in 0..k {
                 let wv = self.conv_w[c * k + j];
@@ -1811,8 +1872,10 @@ impl MambaKernel {
             self.scan_steps::<M, W>(isa, delta_tm, u_tm, bt, ct, a_t, h, du, acc, y);
         }
         // Gate: y *= silu(z).
-        for (o, &zz) in y.iter_mut().zip(z) {
-            *o *= silu_with::<M>(zz);
+        for (c, yr) in y.chunks_exact_mut(l).enumerate() {
+            for (o, &zz) in yr.iter_mut().zip(xz.row(di + c, l, row)) {
+                *o *= silu_with::<M>(zz);
+            }
         }
     }
 
@@ -2674,6 +2737,40 @@ mod dispatch_tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn mixer_on_codes_equals_mixer_on_their_dequantized_values() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let (di, n, r, l) = (24, 16, 1, 40);
+        let mut randv =
+            |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-a..=a)).collect() };
+        let mk = MambaKernel {
+            di,
+            n,
+            r,
+            k: 4,
+            l,
+            conv_w: randv(di * 4, 0.8),
+            conv_b: randv(di, 0.2),
+            x_proj: randv((r + 2 * n) * di, 0.5),
+            dt_w: randv(di * r, 0.7),
+            dt_b: randv(di, 2.0),
+            a: (0..di * n).map(|i| -((i % n + 1) as f32)).collect(),
+            d: randv(di, 1.0),
+        };
+        let q: Vec<u8> = (0..2 * di * l).map(|i| (i * 37 % 256) as u8).collect();
+        let (scale, zp) = (0.021f32, 131);
+        let xz: Vec<f32> = q.iter().map(|&v| scale * (v as i32 - zp) as f32).collect();
+        let mut scratch = vec![0.0; mk.scratch_len()];
+        for isa in std::iter::once(Isa::Portable).chain(levels()) {
+            let (mut want, mut got) = (vec![0.0; di * l], vec![1.0; di * l]);
+            mk.run_isa(isa, &xz, &mut want, &mut scratch);
+            let codes = MixerInput::Codes { q: &q, scale, zp };
+            mk.run_input(isa, codes, &mut got, &mut scratch);
+            assert_eq!(got, want, "{isa:?}");
+            assert!(want.iter().any(|v| v.abs() > 1e-3), "non-trivial output");
         }
     }
 
