@@ -1116,12 +1116,14 @@ impl QConvKernel {
                             *r = (offs[ky * g.kw], i32::from_le_bytes(q));
                         }
                         // SAFETY: as above (VNNI level); every row's 64-byte loads stay inside
-                        // `chan` (`DwGeom` slack).
-                        unsafe { qsimd::channelwise_rows_vnni(chan, &rows[..g.kh], b, &rq, wide) };
-                    } else {
-                        // SAFETY: as above; `DwGeom` leaves every tap's reach inside `chan`.
-                        unsafe { qsimd::channelwise(chan, offs, w, b, &rq, wide) };
+                        // `chan` (`DwGeom` slack: positions below `ho * wph <= d.wide`).
+                        let yc = &mut y[co * ho * wo..(co + 1) * ho * wo];
+                        let rows = &rows[..g.kh];
+                        unsafe { qsimd::channelwise_rows_vnni(chan, rows, b, &rq, d.wph, wo, yc) };
+                        continue;
                     }
+                    // SAFETY: as above; `DwGeom` leaves every tap's reach inside `chan`.
+                    unsafe { qsimd::channelwise(chan, offs, w, b, &rq, wide) };
                     for oy in 0..ho {
                         copy_short(
                             &mut y[(co * ho + oy) * wo..][..wo],
@@ -1347,24 +1349,33 @@ mod qsimd {
     }
 
     /// One output channel of a channel-wise convolution with unit column stride and at most 4
-    /// columns per kernel row, with VNNI: for kernel row `(offset, quad)` the 4 bytes
-    /// `chan[offset + i .. offset + i + 4]` of output `i` are gathered into its i32 lane (a
-    /// dword permute then an in-lane byte shuffle of one 64-byte load) and `vpdpbusd` adds
-    /// their products with the row's weight quad (exact: u8 x i8 products summed in i32).
+    /// columns per kernel row, with VNNI, written straight into its `[Ho, wo]` output `y`
+    /// (rows of up to 16 outputs per vector, the last one masked; the padded planes have rows
+    /// of `wph` bytes): for kernel row `(offset, quad)` the 4 bytes
+    /// `chan[offset + p .. offset + p + 4]` of wide position `p = oy wph + ox` are gathered into
+    /// its i32 lane (a dword permute then an in-lane byte shuffle of one 64-byte load) and
+    /// `vpdpbusd` adds their products with the row's weight quad (exact: u8 x i8 products summed
+    /// in i32).
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F/BW and VNNI; `wide.len()` is a multiple of 16 and
-    /// `offset + wide.len() + 64 <= chan.len()` for every row.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    /// The CPU must support AVX-512 F/BW/VL and VNNI; `wo <= wph` and
+    /// `offset + Ho wph + 64 <= chan.len()` for every row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn channelwise_rows_vnni(
         chan: &[u8],
         rows: &[(usize, i32)],
         b: i32,
         rq: &Requant,
-        wide: &mut [u8],
+        wph: usize,
+        wo: usize,
+        y: &mut [u8],
     ) {
-        let n = wide.len();
-        assert!(n.is_multiple_of(16) && rows.iter().all(|&(o, _)| o + n + 64 <= chan.len()));
+        let ho = y.len() / wo.max(1);
+        assert!(
+            wo <= wph
+                && y.len() == ho * wo
+                && rows.iter().all(|&(o, _)| o + ho * wph + 64 <= chan.len())
+        );
         // 128-bit lane k of the permuted vector holds source bytes 4k .. 4k + 16; the byte
         // shuffle then puts bytes 4j + i .. of lane k at i32 lane 4k + j.
         let dw = _mm512_setr_epi32(0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6);
@@ -1375,16 +1386,29 @@ mod qsimd {
         for (d, &(_, q)) in wq.iter_mut().zip(rows) {
             *d = _mm512_set1_epi32(q);
         }
-        for s in (0..n).step_by(16) {
-            let mut acc = _mm512_set1_epi32(b);
-            for (&(o, _), &q) in rows.iter().zip(&wq) {
-                // SAFETY: `o + s + 64 <= o + n + 64 <= chan.len()` (asserted).
-                let v = unsafe { _mm512_loadu_si512(chan.as_ptr().add(o + s) as *const __m512i) };
-                let x4 = _mm512_shuffle_epi8(_mm512_permutexvar_epi32(dw, v), sh);
-                acc = _mm512_dpbusd_epi32(acc, x4, q);
+        for oy in 0..ho {
+            for ox in (0..wo).step_by(16) {
+                let s = oy * wph + ox;
+                let mut acc = _mm512_set1_epi32(b);
+                for (&(o, _), &q) in rows.iter().zip(&wq) {
+                    // SAFETY: `o + s + 64 <= o + ho wph + 64 <= chan.len()` (asserted).
+                    let v =
+                        unsafe { _mm512_loadu_si512(chan.as_ptr().add(o + s) as *const __m512i) };
+                    let x4 = _mm512_shuffle_epi8(_mm512_permutexvar_epi32(dw, v), sh);
+                    acc = _mm512_dpbusd_epi32(acc, x4, q);
+                }
+                let k = (wo - ox).min(16);
+                let mask: __mmask16 = if k == 16 { !0 } else { (1u16 << k) - 1 };
+                // SAFETY: bytes `oy wo + ox .. + k <= ho wo = y.len()`; masked-off lanes are
+                // not written.
+                unsafe {
+                    _mm_mask_storeu_epi8(
+                        y.as_mut_ptr().add(oy * wo + ox) as *mut i8,
+                        mask,
+                        rq.apply(acc),
+                    )
+                };
             }
-            // SAFETY: `s + 16 <= n = wide.len()`.
-            unsafe { _mm_storeu_si128(wide.as_mut_ptr().add(s) as *mut __m128i, rq.apply(acc)) };
         }
     }
 
