@@ -13,8 +13,8 @@ use super::engine::{ExecMode, Reference};
 use super::format::{self, FORMAT_VERSION};
 use super::graph::{Activation, BufKind, Graph, ModelMeta, TensorMap};
 use super::kernels::{
-    ConvGeom, FixedMul, Isa, MambaKernel, conv2d_direct, fast_exp, fast_ln, layer_norm_cols,
-    pad_input, silu, softplus,
+    ConvGeom, FixedMul, Isa, MambaKernel, conv2d_direct, fast_exp, layer_norm_cols, pad_input,
+    silu, softplus,
 };
 use super::{Int8Error, Int8Model, QParams};
 
@@ -66,12 +66,6 @@ fn fast_math_matches_std() {
             "silu({x}) = {si}, ref {si_ref}"
         );
         x += 0.0137;
-    }
-    for &v in &[1e-30f32, 1e-5, 0.3, 0.7, 1.0, 1.5, 2.0, 123.4, 3e30] {
-        assert!(
-            (fast_ln(v) - v.ln()).abs() < 1e-6 * v.ln().abs().max(1.0),
-            "ln({v})"
-        );
     }
 }
 
