@@ -4,7 +4,7 @@
 //! (the reference executor), plus the batch throughput on all cores.
 //!
 //! Run: `cargo bench -p train --bench int8` (`ASC_BENCH_KERNEL_ONLY=mixer`, `=dw` or `=stem2`:
-//! one kernel alone, for profilers).
+//! one kernel alone, for profilers; `ASC_BENCH_INT8_MODEL=MODEL.asc8`: an exported model).
 
 use std::time::Instant;
 
@@ -279,7 +279,48 @@ fn kernel_table(best: Isa) {
     }
 }
 
+/// `ASC_BENCH_INT8_MODEL=MODEL.asc8`: an exported model instead of the random network (one
+/// thread: median, mean and minimum per clip over random log-mel clips, then its per-layer
+/// profile).
+fn exported_model(path: &str) {
+    let model = train::int8::Int8Model::load(std::path::Path::new(path)).expect("loads");
+    let pm = model.param_memory();
+    println!(
+        "{path}: {} ops, {} params, {} B at 8 bit",
+        model.graph().ops.len(),
+        pm.params(),
+        pm.dcase_8bit_bytes()
+    );
+    let mut rng = StdRng::seed_from_u64(1);
+    let clips: Vec<Vec<f32>> = (0..64)
+        .map(|_| logmel(&mut rng, model.input_len()))
+        .collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    for _ in 0..3 {
+        let (med, mean, min) = pool.install(|| {
+            time(400, 20, |i| {
+                drop(model.infer(&clips[i % clips.len()]).expect("runs"))
+            })
+        });
+        println!(
+            "int8 engine, {} 1 thread: median {:.3} ms/clip, mean {:.3} ms/clip, min {:.3} ms/clip",
+            model.isa().name(),
+            med * 1e3,
+            mean * 1e3,
+            min * 1e3
+        );
+    }
+    per_layer(&model, &clips[0]);
+}
+
 fn main() {
+    if let Ok(path) = std::env::var("ASC_BENCH_INT8_MODEL") {
+        exported_model(&path);
+        return;
+    }
     if let Ok(kernel) = std::env::var("ASC_BENCH_KERNEL_ONLY") {
         // One hot kernel alone at the dispatched ISA, for profilers.
         kernel_only(&kernel);
