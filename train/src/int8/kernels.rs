@@ -2627,6 +2627,13 @@ mod simd {
     );
 }
 
+/// The engine's AVX-512 mixer pieces for float callers outside the engine (the training
+/// mixer, [`crate::mixer`]): `silu_inplace`, `softplus_inplace`, `gate` (`y *= silu(z)`) and
+/// `matmul_rows` (`out = w x`, `w` `[rows, k]`, `x` `[k, L]`). Unsafe: callers check
+/// `Isa::detect() >= Isa::Avx512` (AVX-512 F/BW/DQ/VL and FMA) first.
+#[cfg(target_arch = "x86_64")]
+pub(crate) use simd::{gate, matmul_rows as matmul_rows_avx512, silu_inplace, softplus_inplace};
+
 /// The engine's AVX-512 register scan with `d_state` 16 (`simd::scan16_avx512`) for float
 /// callers outside the engine (the training mixer's forward pass, [`crate::mixer`]): time-major
 /// `delta`, `u`, `y` `[L, di]`, `bc` the `B` then `C` rows `[2 * 16, L]`, `a_t` = `A^T`

@@ -164,6 +164,11 @@ struct Scratch {
     g: Vec<f32>,
     /// Forward only: time-major `u`, `delta`, `y` and `A^T` for [`scan_time_major`].
     time_major: Vec<f32>,
+    /// Whether the engine's AVX-512 SiLU, softplus, gate and `x_proj` kernels run (the AVX-512
+    /// instance on a CPU with AVX-512 F/BW/DQ/VL).
+    avx512: bool,
+    /// `x_proj^T`, `[R + 2N, d_inner]`, for those kernels.
+    x_proj_t: Vec<f32>,
     /// Backward only: `dy` (gated), `du`, `ddelta`, `[d_inner, L]` each; `d proj`, `[R + 2N, L]`.
     dy: Vec<f32>,
     du: Vec<f32>,
@@ -172,8 +177,16 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(dims: MixerDims, a: &[f32], backward: bool) -> Self {
+    fn new(dims: MixerDims, a: &[f32], backward: bool, isa: Isa) -> Self {
         let plane = dims.d_inner * dims.len;
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = isa == Isa::Avx512
+            && crate::int8::kernels::Isa::detect() >= crate::int8::kernels::Isa::Avx512;
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx512 = {
+            let _ = isa;
+            false
+        };
         let back = if backward { plane } else { 0 };
         Scratch {
             scan: SeqScan::new(dims.d_inner, dims.d_state, dims.len, a),
@@ -186,6 +199,8 @@ impl Scratch {
             z: vec![0.0; plane],
             g: vec![0.0; plane],
             time_major: Vec::new(),
+            avx512,
+            x_proj_t: vec![0.0; dims.proj_width() * dims.d_inner],
             dy: vec![0.0; back],
             du: vec![0.0; back],
             ddelta: vec![0.0; back],
@@ -235,17 +250,35 @@ fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s
             }
         }
         let u = &mut s.u[c * len..(c + 1) * len];
+        #[cfg(target_arch = "x86_64")]
+        if s.avx512 {
+            u.copy_from_slice(xc);
+            // SAFETY: `s.avx512` holds only where the engine's AVX-512 level is available.
+            unsafe { crate::int8::kernels::silu_inplace(u) };
+            continue;
+        }
         for (o, &v) in u.iter_mut().zip(xc.iter()) {
             *o = silu::<FMA>(v);
         }
     }
-    s.proj.fill(0.0);
-    for c in 0..di {
-        let u = &s.u[c * len..(c + 1) * len];
-        for j in 0..pw {
-            let wv = w.x_proj[c * pw + j];
-            for (o, &v) in s.proj[j * len..(j + 1) * len].iter_mut().zip(u) {
-                *o = madd::<FMA>(wv, v, *o);
+    #[cfg(target_arch = "x86_64")]
+    if s.avx512 {
+        // Register-blocked: proj = x_proj^T u, the same sums in the same order as below.
+        transpose_strided(w.x_proj, pw, &mut s.x_proj_t, di, di, pw);
+        // SAFETY: as above.
+        unsafe {
+            crate::int8::kernels::matmul_rows_avx512(&s.x_proj_t, &s.u, &mut s.proj, pw, di, len)
+        };
+    }
+    if !s.avx512 {
+        s.proj.fill(0.0);
+        for c in 0..di {
+            let u = &s.u[c * len..(c + 1) * len];
+            for j in 0..pw {
+                let wv = w.x_proj[c * pw + j];
+                for (o, &v) in s.proj[j * len..(j + 1) * len].iter_mut().zip(u) {
+                    *o = madd::<FMA>(wv, v, *o);
+                }
             }
         }
     }
@@ -259,6 +292,13 @@ fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s
             }
         }
         let delta = &mut s.delta[c * len..(c + 1) * len];
+        #[cfg(target_arch = "x86_64")]
+        if s.avx512 {
+            delta.copy_from_slice(dtp);
+            // SAFETY: as above.
+            unsafe { crate::int8::kernels::softplus_inplace(delta) };
+            continue;
+        }
         for (o, &v) in delta.iter_mut().zip(dtp.iter()) {
             *o = softplus::<FMA>(v);
         }
@@ -320,8 +360,16 @@ fn fwd_seq<const FMA: bool, const AVX512: bool>(
         s.scan.forward::<FMA>([&s.u, &s.delta, b, c, w.d], y);
     }
     // out = y * SiLU(z), channel-major, then into the token-major output.
-    for ((g, &yv), &zv) in s.g.iter_mut().zip(y.iter()).zip(&s.z) {
-        *g = yv * silu::<FMA>(zv);
+    #[cfg(target_arch = "x86_64")]
+    if s.avx512 {
+        s.g.copy_from_slice(y);
+        // SAFETY: `s.avx512` holds only where the engine's AVX-512 level is available.
+        unsafe { crate::int8::kernels::gate(&mut s.g, &s.z) };
+    }
+    if !s.avx512 {
+        for ((g, &yv), &zv) in s.g.iter_mut().zip(y.iter()).zip(&s.z) {
+            *g = yv * silu::<FMA>(zv);
+        }
     }
     to_token_major(&s.g, di, len, out, di, 0);
 }
@@ -574,7 +622,7 @@ pub fn forward_with(
         Isa::Avx2 => unsafe { x86::fwd_avx2(dims, w, xz, s, y, out) },
         _ => fwd_seq::<false, false>(dims, w, xz, s, y, out),
     };
-    let scratch = || Scratch::new(dims, w.a, false);
+    let scratch = || Scratch::new(dims, w.a, false, isa);
     match y.as_mut() {
         Some(y) => out
             .par_chunks_mut(plane)
@@ -638,7 +686,7 @@ pub fn backward_with(
             .zip(xz.par_chunks(2 * plane))
             .zip(y.par_chunks(plane).zip(dout.par_chunks(plane)))
             .for_each_init(
-                || Scratch::new(dims, w.a, true),
+                || Scratch::new(dims, w.a, true, isa),
                 |s, (((dxz, part), xz), (y, dout))| match isa {
                     // SAFETY: `isa` is available on this CPU (checked above).
                     #[cfg(target_arch = "x86_64")]
