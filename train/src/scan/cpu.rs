@@ -300,6 +300,9 @@ struct BwdScratch {
     dct: Vec<f32>,
     /// Hidden states of one block: row 0 is `h_0 = 0`, row `t + 1` is `h_t`.
     hs: Vec<f32>,
+    /// `e_t = exp(delta_t A)` of one block, row `t`, kept from the recomputation for the
+    /// reverse pass (an exponential per state and step fewer).
+    es: Vec<f32>,
 }
 
 impl BwdScratch {
@@ -311,6 +314,7 @@ impl BwdScratch {
             dbt: vec![0.0; n],
             dct: vec![0.0; n],
             hs: vec![0.0; (dims.len + 1) * LANES],
+            es: vec![0.0; dims.len * LANES],
         }
     }
 }
@@ -372,11 +376,13 @@ fn bwd_batch<const FMA: bool>(cx: &Ctx, dy: &[f32], s: &mut BwdScratch, bi: usiz
                 let (dt, ut) = (dl_r[t], u_r[t]);
                 let dtu = dt * ut;
                 let b_t = blk(bk, t);
+                let mut e = [0.0f32; LANES];
                 for n in 0..LANES {
-                    let e = exp_poly::<FMA>(dt * a_k[n]);
-                    h[n] = madd::<FMA>(e, h[n], dtu * b_t[n]);
+                    e[n] = exp_poly::<FMA>(dt * a_k[n]);
+                    h[n] = madd::<FMA>(e[n], h[n], dtu * b_t[n]);
                 }
                 *blk_mut(&mut s.hs, t + 1) = h;
+                *blk_mut(&mut s.es, t) = e;
             }
 
             // Reverse-time recurrence; dh carries e_{t+1} ⊙ dh_{t+1} into step t.
@@ -392,10 +398,7 @@ fn bwd_batch<const FMA: bool>(cx: &Ctx, dy: &[f32], s: &mut BwdScratch, bi: usiz
                 // Local copies of the accumulators keep every lane loop alias-free (vectorised).
                 let mut db_l = *blk(dbk, t);
                 let mut dc_l = *blk(dck, t);
-                let mut e = [0.0f32; LANES];
-                for n in 0..LANES {
-                    e[n] = exp_poly::<FMA>(dt * a_k[n]);
-                }
+                let e = *blk(&s.es, t);
                 let mut p = [0.0f32; LANES];
                 let mut q = [0.0f32; LANES];
                 let mut pa = [0.0f32; LANES];
