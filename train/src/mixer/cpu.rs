@@ -14,7 +14,9 @@
 //! projections, softplus) from `xz` instead of storing six more activations.
 //!
 //! Instruction sets as in [`crate::scan::cpu`]: generic `#[inline(always)]` bodies instanced
-//! for AVX-512 and AVX2 (with FMA) and for the baseline target.
+//! for AVX-512 and AVX2 (with FMA) and for the baseline target. The AVX-512 instance also runs
+//! the int8 engine's AVX-512 kernels where the CPU has them (F/BW/DQ/VL): the register scan
+//! in the forward pass, SiLU, softplus, the forward gate and the register-blocked `x_proj`.
 
 // Row loops index several buffers in lockstep; clearer than multi-way zips.
 #![allow(clippy::needless_range_loop)]
