@@ -34,7 +34,7 @@ pub const INT8_FILE: &str = "model.asc8";
 /// `train qat`: quantization-aware fine-tuning of a finished float run.
 #[derive(Args, Debug)]
 pub struct QatArgs {
-    /// Run folder of a finished float run (runs/<name>, with model.bpk).
+    /// Run folder of a finished float run (`runs/<name>`, with `model.bpk`).
     #[arg(long)]
     pub model: PathBuf,
     /// Shard folder [default: the run's own].
@@ -54,7 +54,7 @@ pub struct QatArgs {
 /// `train export`: the QAT model of a run -> `.asc8`.
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// Run folder with a `qat/` folder (runs/<name>).
+    /// Run folder with a `qat/` folder (`runs/<name>`).
     #[arg(long)]
     pub model: PathBuf,
     /// Output int8 model file.

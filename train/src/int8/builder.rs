@@ -1,6 +1,6 @@
 //! Building int8 models: [`GraphBuilder`] assembles a float graph from folded float weights,
 //! [`calibrate`] observes activation ranges with the float reference executor, and
-//! [`quantize_model`] turns graph + ranges into an [`Int8Model`] (fbgemm conventions). The
+//! [`quantize_model`] turns graph + ranges into an [`Int8Model`](super::Int8Model) (fbgemm conventions). The
 //! exporter of the burn student calls the same three with its QAT weights and observer ranges.
 //! [`random_irmamba`] builds an IRMamba-shaped network with random weights for tests and benches.
 

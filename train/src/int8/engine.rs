@@ -506,7 +506,7 @@ impl Int8Model {
         self.isa = isa.or_supported();
     }
 
-    /// Reads an `.asc8` file (see [`format`]), refusing corrupt or inconsistent files.
+    /// Reads an `.asc8` file (see [`mod@super::format`]), refusing corrupt or inconsistent files.
     pub fn load(path: &Path) -> Result<Self, Int8Error> {
         let (meta, graph, tensors) = format::read(path)?;
         Self::from_parts(meta, graph, tensors, &path.display().to_string())

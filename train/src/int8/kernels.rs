@@ -2686,7 +2686,7 @@ pub fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
 /// strided row-major views (the training mixer moves column ranges of token-major rows), in
 /// 8 x 8 tiles held in a local array, which the compiler turns into register shuffles
 /// (element by element, the column writes of a `[48, 512]` plane collide in two L1 sets),
-/// then [`transpose_edges`].
+/// then the edges one by one.
 #[inline(always)]
 pub fn transpose_strided(
     src: &[f32],

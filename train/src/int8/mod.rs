@@ -3,7 +3,7 @@
 //! The IRMamba student is fine-tuned with fbgemm-style quantization-aware training (conv+BN
 //! folded, weights symmetric per output channel in int8, activations per tensor in affine
 //! uint8 with the reduced range `0..=127`, moving-average min/max observers), exported to an
-//! `.asc8` file ([`format`], documented in `FORMAT.md`) and run here without burn.
+//! `.asc8` file ([`mod@format`], documented in `FORMAT.md`) and run here without burn.
 //!
 //! * [`graph`]: the op graph (a sequential list of ops over indexed activation buffers) and its
 //!   validation.

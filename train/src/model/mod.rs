@@ -40,11 +40,11 @@
 //! - **Head**: 1x1 conv 128 -> classes with BN (no bias), global average pooling (as the
 //!   baseline).
 //!
-//! | preset | PMBs (groups per block)  | shared | IRB `t`   | params  | report  | MACs (+scan)   | torchinfo | report |
-//! |--------|--------------------------|--------|-----------|---------|---------|----------------|-----------|--------|
-//! | s1     | 48:[2] 64:[2] 72:[2]     | no     | 2, 2.5, 2 | 107,431 | 107.46K | 28.78M (3.21M) | 16.49M    | 16.9M  |
-//! | s2     | 48:[6] 64:[2,2] 72:[1,6] | yes    | 2, 2, 2   | 121,889 | 121.9K  | 29.24M (4.24M) | 14.76M    | 17.3M  |
-//! | s3     | 48:[8] 64:[2,16] 72:[2]  | no     | 1.5, 2, 3 | 126,408 | 126.41K | 25.03M (4.01M) | 13.36M    | 16.8M  |
+//! | preset | PMBs (groups per block)    | shared | IRB `t`   | params  | report  | MACs (+scan)   | torchinfo | report |
+//! |--------|----------------------------|--------|-----------|---------|---------|----------------|-----------|--------|
+//! | s1     | `48:[2] 64:[2] 72:[2]`     | no     | 2, 2.5, 2 | 107,431 | 107.46K | 28.78M (3.21M) | 16.49M    | 16.9M  |
+//! | s2     | `48:[6] 64:[2,2] 72:[1,6]` | yes    | 2, 2, 2   | 121,889 | 121.9K  | 29.24M (4.24M) | 14.76M    | 17.3M  |
+//! | s3     | `48:[8] 64:[2,16] 72:[2]`  | no     | 1.5, 2, 3 | 126,408 | 126.41K | 25.03M (4.01M) | 13.36M    | 16.8M  |
 //!
 //! MACs are counted by [`crate::complexity`] for a 1 x 256 x 65 input: with sequence Linears
 //! counted per token (true MACs) plus the selective scan (in brackets), all presets stay under

@@ -4,7 +4,7 @@
 //! - SiLU `y = x sigma(x)`, `dy/dx = sigma(x) (1 + x (1 - sigma(x)))`;
 //! - softplus `y = ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|)`, `dy/dx = sigma(x)`;
 //!
-//! with `sigma(x) = 1 / (1 + e^-x)` and `exp` the polynomial [`crate::scan::cpu::exp_poly`]
+//! with `sigma(x) = 1 / (1 + e^-x)` and `exp` the polynomial `crate::scan::cpu::exp_poly`
 //! (`FMA`: fused multiply-adds, only inside `target_feature(fma)` code).
 
 use crate::scan::cpu::exp_poly;

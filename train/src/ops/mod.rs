@@ -10,7 +10,7 @@
 //!   tensor-op formulation that Flex runs over channel-swapped strided views.
 //! - [`pointwise_conv2d`], [`linear_tokens`]: products with a shared weight matrix per batch
 //!   element / sequence on the rayon pool ([`matmul_cpu`]), transposes as strides.
-//! - [`layer_norm()`]: LayerNorm over the last axis, one pass each way ([`layer_norm`]).
+//! - [`layer_norm()`]: LayerNorm over the last axis, one pass each way ([`mod@layer_norm`]).
 //! - [`depthwise_conv2d_reference`], [`depthwise_conv1d_causal_reference`]: the same contracts
 //!   through burn's grouped `conv2d` / `conv1d` (the reference for the tests).
 
@@ -304,7 +304,7 @@ pub fn pointwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>
 }
 
 /// `norm.forward(x)` for burn's `LayerNorm` over the last axis of `x: [S, L, C]` as one fused
-/// op ([`layer_norm`]); `epsilon` must be the one `norm` was built with (burn keeps it
+/// op ([`mod@layer_norm`]); `epsilon` must be the one `norm` was built with (burn keeps it
 /// private); a LayerNorm without bias uses zeros.
 pub fn layer_norm(norm: &burn::nn::LayerNorm, epsilon: f64, x: Tensor<3>) -> Tensor<3> {
     let c = x.dims()[2];

@@ -8,7 +8,7 @@
 //! not a multiple of 16), so that every inner loop runs over one fixed-size block of 16 states:
 //! one AVX-512 register, two AVX2 registers or four SSE2 registers. Padded lanes carry `A = B =
 //! C = 0`, hence `h = 0` there and they contribute nothing. `exp(delta_t * A_n)` is evaluated by a
-//! branch-free polynomial ([`exp_poly`]) that vectorises.
+//! branch-free polynomial (`exp_poly`) that vectorises.
 //!
 //! Instruction sets: the crate is compiled for baseline x86-64 (SSE2). The per-batch bodies are
 //! written once as `#[inline(always)]` generic functions and instantiated inside
