@@ -992,7 +992,6 @@ struct DwGeom {
     plane: usize,
     chan: usize,
     wide: usize,
-    cin: usize,
 }
 
 impl DwGeom {
@@ -1011,20 +1010,20 @@ impl DwGeom {
             plane,
             chan,
             wide,
-            cin: g.cin,
         }
     }
 
-    /// Bytes of scratch: the planes of every input channel, then one wide output plane.
+    /// Bytes of scratch: the planes of one input channel, then one wide output plane.
     fn scratch_len(&self) -> usize {
-        self.cin * self.chan + self.wide
+        self.chan + self.wide
     }
 }
 
 impl QConvKernel {
     /// Channel-wise layers ([`QConvKernel::is_channelwise`]: depthwise, or a one-channel input):
-    /// the input is copied once into `u8` stride-phase planes ([`DwGeom`]) padded with the code
-    /// `zp_in`; then for each output channel and each chunk of [`DW_CHUNK`] wide outputs the
+    /// each input channel in turn is copied into `u8` stride-phase planes ([`DwGeom`]) padded
+    /// with the code `zp_in`; then for each output channel reading it and each chunk of
+    /// [`DW_CHUNK`] wide outputs the
     /// i32 accumulators stay in registers over all taps (`u8 x i16` products fit in i16:
     /// `255 * 128 < 2^15`), start from the zero-point-folded bias and are requantized at once.
     #[inline(always)]
@@ -1033,10 +1032,20 @@ impl QConvKernel {
         let g = &self.geom;
         let d = DwGeom::new(g);
         let (ho, wo) = (g.ho(), g.wo());
-        let (planes, rest) = scratch.split_at_mut(g.cin * d.chan);
+        let (chan, rest) = scratch.split_at_mut(d.chan);
         let wide = &mut rest[..d.wide];
         let zp = self.zp_in.clamp(0, 255) as u8;
-        for (c, chan) in planes.chunks_exact_mut(d.chan).enumerate() {
+        let taps = g.kh * g.kw;
+        let mut offs = [0usize; MAX_TAPS];
+        for (t, o) in offs.iter_mut().enumerate().take(taps) {
+            let (ky, kx) = (t / g.kw, t % g.kw);
+            *o = ((ky % g.sh) * g.sw + kx % g.sw) * d.plane + (ky / g.sh) * d.wph + kx / g.sw;
+        }
+        let offs = &offs[..taps];
+        let cog = g.cout / g.groups;
+        // One input channel at a time: its plane, then the output channels that read it (all
+        // of them for a one-channel input), while the plane is in L1.
+        for c in 0..g.cin {
             chan.fill(zp);
             // Padded row py = iy + ph lies in row phase py % sh at plane row py / sh, both
             // stepped along (a division per row cost a third of a 64 x 16 depthwise layer).
@@ -1081,69 +1090,65 @@ impl QConvKernel {
                     }
                 }
             }
-        }
-        let taps = g.kh * g.kw;
-        let mut offs = [0usize; MAX_TAPS];
-        for (t, o) in offs.iter_mut().enumerate().take(taps) {
-            let (ky, kx) = (t / g.kw, t % g.kw);
-            *o = ((ky % g.sh) * g.sw + kx % g.sw) * d.plane + (ky / g.sh) * d.wph + kx / g.sw;
-        }
-        let offs = &offs[..taps];
-        let cog = g.cout / g.groups;
-        for co in 0..g.cout {
-            let chan = &planes[co / cog * d.chan..][..d.chan];
-            let w = &self.weight[co * taps..(co + 1) * taps];
-            let (b, m) = (self.bias_zp[co], self.mul[co]);
-            #[cfg(target_arch = "x86_64")]
-            if isa >= Isa::Avx512 {
-                // SAFETY: `isa` is the level of the enclosing `target_feature` function.
-                if let Some(rq) = unsafe { qsimd::Requant::new(m, self.zp_out, self.lo, self.hi) } {
-                    if isa == Isa::Avx512Vnni && g.sw == 1 && g.kw <= 4 {
-                        // Kernel rows: the plane of row phase ky % sh, row ky / sh, and the
-                        // row's weights as one i8 quad (zero-filled past kw).
-                        let mut rows = [(0usize, 0i32); MAX_TAPS];
-                        for (ky, r) in rows.iter_mut().enumerate().take(g.kh) {
-                            let mut q = [0u8; 4];
-                            for (kx, v) in q.iter_mut().enumerate().take(g.kw) {
-                                *v = w[ky * g.kw + kx] as i8 as u8;
+            let chan = &*chan;
+            for co in c * cog..(c + 1) * cog {
+                let w = &self.weight[co * taps..(co + 1) * taps];
+                let (b, m) = (self.bias_zp[co], self.mul[co]);
+                #[cfg(target_arch = "x86_64")]
+                if isa >= Isa::Avx512 {
+                    // SAFETY: `isa` is the level of the enclosing `target_feature` function.
+                    if let Some(rq) =
+                        unsafe { qsimd::Requant::new(m, self.zp_out, self.lo, self.hi) }
+                    {
+                        if isa == Isa::Avx512Vnni && g.sw == 1 && g.kw <= 4 {
+                            // Kernel rows: the plane of row phase ky % sh, row ky / sh, and the
+                            // row's weights as one i8 quad (zero-filled past kw).
+                            let mut rows = [(0usize, 0i32); MAX_TAPS];
+                            for (ky, r) in rows.iter_mut().enumerate().take(g.kh) {
+                                let mut q = [0u8; 4];
+                                for (kx, v) in q.iter_mut().enumerate().take(g.kw) {
+                                    *v = w[ky * g.kw + kx] as i8 as u8;
+                                }
+                                *r = (offs[ky * g.kw], i32::from_le_bytes(q));
                             }
-                            *r = (offs[ky * g.kw], i32::from_le_bytes(q));
+                            // SAFETY: as above (VNNI level); every row's 64-byte loads stay inside
+                            // `chan` (`DwGeom` slack: positions below `ho * wph <= d.wide`).
+                            let yc = &mut y[co * ho * wo..(co + 1) * ho * wo];
+                            let rows = &rows[..g.kh];
+                            unsafe {
+                                qsimd::channelwise_rows_vnni(chan, rows, b, &rq, d.wph, wo, yc)
+                            };
+                            continue;
                         }
-                        // SAFETY: as above (VNNI level); every row's 64-byte loads stay inside
-                        // `chan` (`DwGeom` slack: positions below `ho * wph <= d.wide`).
-                        let yc = &mut y[co * ho * wo..(co + 1) * ho * wo];
-                        let rows = &rows[..g.kh];
-                        unsafe { qsimd::channelwise_rows_vnni(chan, rows, b, &rq, d.wph, wo, yc) };
+                        // SAFETY: as above; `DwGeom` leaves every tap's reach inside `chan`.
+                        unsafe { qsimd::channelwise(chan, offs, w, b, &rq, wide) };
+                        for oy in 0..ho {
+                            copy_short(
+                                &mut y[(co * ho + oy) * wo..][..wo],
+                                &wide[oy * d.wph..][..wo],
+                            );
+                        }
                         continue;
                     }
-                    // SAFETY: as above; `DwGeom` leaves every tap's reach inside `chan`.
-                    unsafe { qsimd::channelwise(chan, offs, w, b, &rq, wide) };
-                    for oy in 0..ho {
-                        copy_short(
-                            &mut y[(co * ho + oy) * wo..][..wo],
-                            &wide[oy * d.wph..][..wo],
-                        );
-                    }
-                    continue;
                 }
-            }
-            for (s, out) in wide.chunks_exact_mut(DW_CHUNK).enumerate() {
-                let s = s * DW_CHUNK;
-                let mut a = [b; DW_CHUNK];
-                for (&o, &wv) in offs.iter().zip(w) {
-                    let xs: &[u8; DW_CHUNK] =
-                        chan[o + s..o + s + DW_CHUNK].try_into().expect("chunk");
-                    for (aj, &v) in a.iter_mut().zip(xs) {
-                        *aj = aj.wrapping_add((v as i16).wrapping_mul(wv) as i32);
+                for (s, out) in wide.chunks_exact_mut(DW_CHUNK).enumerate() {
+                    let s = s * DW_CHUNK;
+                    let mut a = [b; DW_CHUNK];
+                    for (&o, &wv) in offs.iter().zip(w) {
+                        let xs: &[u8; DW_CHUNK] =
+                            chan[o + s..o + s + DW_CHUNK].try_into().expect("chunk");
+                        for (aj, &v) in a.iter_mut().zip(xs) {
+                            *aj = aj.wrapping_add((v as i16).wrapping_mul(wv) as i32);
+                        }
                     }
+                    requantize(m, self.zp_out, self.lo, self.hi, &a, out);
                 }
-                requantize(m, self.zp_out, self.lo, self.hi, &a, out);
-            }
-            for oy in 0..ho {
-                copy_short(
-                    &mut y[(co * ho + oy) * wo..][..wo],
-                    &wide[oy * d.wph..][..wo],
-                );
+                for oy in 0..ho {
+                    copy_short(
+                        &mut y[(co * ho + oy) * wo..][..wo],
+                        &wide[oy * d.wph..][..wo],
+                    );
+                }
             }
         }
     }
