@@ -2744,6 +2744,7 @@ fn transpose_edges(
 mod dispatch_tests {
     //! The dispatched AVX2 / AVX-512 kernels against the portable path (and a naive loop).
     use super::*;
+    use crate::int8::tests::randv;
 
     #[test]
     fn tiled_transpose_matches_the_definition() {
@@ -2936,30 +2937,33 @@ mod dispatch_tests {
         }
     }
 
+    /// A mixer with random weights (conv width 4) and `A = -(1..n)` jittered per channel.
+    fn random_mixer(rng: &mut StdRng, di: usize, n: usize, r: usize, l: usize) -> MambaKernel {
+        MambaKernel {
+            di,
+            n,
+            r,
+            k: 4,
+            l,
+            conv_w: randv(rng, di * 4, 0.8),
+            conv_b: randv(rng, di, 0.2),
+            x_proj: randv(rng, (r + 2 * n) * di, 0.5),
+            dt_w: randv(rng, di * r, 0.7),
+            dt_b: randv(rng, di, 2.0),
+            a: (0..di * n)
+                .map(|i| -((i % n + 1) as f32) * (1.0 + 0.3 * ((i * 7) % 5) as f32 / 5.0))
+                .collect(),
+            d: randv(rng, di, 1.0),
+        }
+    }
+
     #[test]
     fn dispatched_mamba_mixer_matches_the_portable_path() {
         let mut rng = StdRng::seed_from_u64(12);
-        let mut randv =
-            |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-a..=a)).collect() };
         // d_inner 24 = one 16-block + one 8-block; 37 = two 16-blocks + 5 scalar lanes.
         for (di, n, r, l) in [(24, 16, 1, 70), (37, 16, 3, 33), (8, 5, 2, 9)] {
-            let mk = MambaKernel {
-                di,
-                n,
-                r,
-                k: 4,
-                l,
-                conv_w: randv(di * 4, 0.8),
-                conv_b: randv(di, 0.2),
-                x_proj: randv((r + 2 * n) * di, 0.5),
-                dt_w: randv(di * r, 0.7),
-                dt_b: randv(di, 2.0),
-                a: (0..di * n)
-                    .map(|i| -((i % n + 1) as f32) * (1.0 + 0.3 * ((i * 7) % 5) as f32 / 5.0))
-                    .collect(),
-                d: randv(di, 1.0),
-            };
-            let xz = randv(2 * di * l, 2.0);
+            let mk = random_mixer(&mut rng, di, n, r, l);
+            let xz = randv(&mut rng, 2 * di * l, 2.0);
             let mut scratch = vec![0.0; mk.scratch_len()];
             let mut want = vec![0.0; di * l];
             mk.run_isa(Isa::Portable, &xz, &mut want, &mut scratch);
@@ -3049,22 +3053,7 @@ mod dispatch_tests {
     fn mixer_on_codes_equals_mixer_on_their_dequantized_values() {
         let mut rng = StdRng::seed_from_u64(21);
         let (di, n, r, l) = (24, 16, 1, 40);
-        let mut randv =
-            |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-a..=a)).collect() };
-        let mk = MambaKernel {
-            di,
-            n,
-            r,
-            k: 4,
-            l,
-            conv_w: randv(di * 4, 0.8),
-            conv_b: randv(di, 0.2),
-            x_proj: randv((r + 2 * n) * di, 0.5),
-            dt_w: randv(di * r, 0.7),
-            dt_b: randv(di, 2.0),
-            a: (0..di * n).map(|i| -((i % n + 1) as f32)).collect(),
-            d: randv(di, 1.0),
-        };
+        let mk = random_mixer(&mut rng, di, n, r, l);
         let q: Vec<u8> = (0..2 * di * l).map(|i| (i * 37 % 256) as u8).collect();
         let (scale, zp) = (0.021f32, 131);
         let xz: Vec<f32> = q.iter().map(|&v| scale * (v as i32 - zp) as f32).collect();

@@ -32,7 +32,7 @@ fn meta(n_mels: usize, n_classes: usize) -> ModelMeta {
     }
 }
 
-fn randv(rng: &mut StdRng, n: usize, a: f32) -> Vec<f32> {
+pub(super) fn randv(rng: &mut StdRng, n: usize, a: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-a..=a)).collect()
 }
 
