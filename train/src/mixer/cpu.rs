@@ -45,16 +45,42 @@ pub struct MixerDims {
     pub d_conv: usize,
 }
 
+/// Names of `xz` and the seven parameters, in the order of [`MixerDims::shapes`] (the order of
+/// [`MixerGrads`]' parameter fields too).
+pub const INPUTS: [&str; 8] = [
+    "xz", "conv_w", "conv_b", "x_proj", "dt_proj", "dt_b", "a", "d",
+];
+
 impl MixerDims {
     /// Width of `x_proj`'s output, `R + 2N`.
     pub fn proj_width(&self) -> usize {
         self.dt_rank + 2 * self.d_state
     }
 
+    /// Shapes of `xz` and the seven parameters ([`INPUTS`]), layouts in the module docs.
+    pub fn shapes(&self) -> [Vec<usize>; 8] {
+        let (di, n, r, k) = (self.d_inner, self.d_state, self.dt_rank, self.d_conv);
+        [
+            vec![self.seqs, self.len, 2 * di],
+            vec![di, 1, k],
+            vec![di],
+            vec![di, self.proj_width()],
+            vec![r, di],
+            vec![di],
+            vec![di, n],
+            vec![di],
+        ]
+    }
+
+    /// Sizes of the seven parameters, in the order of [`MixerGrads`].
+    fn param_lens(&self) -> [usize; 7] {
+        let [_, params @ ..] = self.shapes();
+        params.map(|s| s.iter().product())
+    }
+
     /// Length of one sequence's partial weight gradients (see [`MixerGrads`] for the order).
     fn part_len(&self) -> usize {
-        let (di, n, r, k) = (self.d_inner, self.d_state, self.dt_rank, self.d_conv);
-        di * k + di + di * self.proj_width() + r * di + di + di * n + di
+        self.param_lens().iter().sum()
     }
 }
 
@@ -566,25 +592,18 @@ mod x86 {
 /// Panics with a clear message when a buffer does not match `dims` (the public API checks
 /// shapes with typed errors first; this guards the kernel's own contract).
 fn check_lengths(dims: MixerDims, w: &MixerWeights, xz: &[f32]) {
-    let MixerDims {
-        seqs,
-        len,
-        d_inner: di,
-        d_state: n,
-        dt_rank: r,
-        d_conv: k,
-    } = dims;
-    let checks = [
-        ("xz", xz.len(), seqs * len * 2 * di),
-        ("conv weight", w.conv_w.len(), di * k),
-        ("conv bias", w.conv_b.len(), di),
-        ("x_proj", w.x_proj.len(), di * dims.proj_width()),
-        ("dt_proj", w.dt_proj.len(), r * di),
-        ("dt bias", w.dt_b.len(), di),
-        ("A", w.a.len(), di * n),
-        ("D", w.d.len(), di),
+    let got = [
+        xz.len(),
+        w.conv_w.len(),
+        w.conv_b.len(),
+        w.x_proj.len(),
+        w.dt_proj.len(),
+        w.dt_b.len(),
+        w.a.len(),
+        w.d.len(),
     ];
-    for (name, got, want) in checks {
+    for ((name, shape), got) in INPUTS.iter().zip(dims.shapes()).zip(got) {
+        let want: usize = shape.iter().product();
         assert_eq!(
             got, want,
             "Mamba mixer: {name} has {got} values, expected {want}"
@@ -707,27 +726,20 @@ pub fn backward_with(
             *acc += v;
         }
     }
-    let MixerDims {
-        d_inner: di,
-        d_state: n,
-        dt_rank: r,
-        d_conv: k,
-        ..
-    } = dims;
     let mut rest = total.as_slice();
-    let mut take = |len: usize| {
+    let [conv_w, conv_b, x_proj, dt_proj, dt_b, a, d] = dims.param_lens().map(|len| {
         let (head, tail) = rest.split_at(len);
         rest = tail;
         head.to_vec()
-    };
+    });
     MixerGrads {
-        conv_w: take(di * k),
-        conv_b: take(di),
-        x_proj: take(di * dims.proj_width()),
-        dt_proj: take(r * di),
-        dt_b: take(di),
-        a: take(di * n),
-        d: take(di),
+        conv_w,
+        conv_b,
+        x_proj,
+        dt_proj,
+        dt_b,
+        a,
+        d,
         dxz,
     }
 }

@@ -73,16 +73,25 @@ impl MixerParams {
         if n == 0 || r == 0 || k == 0 {
             return Err(MixerShapeError::Empty);
         }
-        let checks: [(&'static str, Vec<usize>, Vec<usize>); 7] = [
-            ("xz", vec![s, l, two_di], vec![s, l, 2 * di]),
-            ("conv_w", self.conv_w.dims().to_vec(), vec![di, 1, k]),
-            ("conv_b", self.conv_b.dims().to_vec(), vec![di]),
-            ("x_proj", self.x_proj.dims().to_vec(), vec![di, r + 2 * n]),
-            ("dt_proj", self.dt_proj.dims().to_vec(), vec![r, di]),
-            ("dt_b", self.dt_b.dims().to_vec(), vec![di]),
-            ("d", self.d.dims().to_vec(), vec![di]),
+        let dims = cpu::MixerDims {
+            seqs: s,
+            len: l,
+            d_inner: di,
+            d_state: n,
+            dt_rank: r,
+            d_conv: k,
+        };
+        let actual = [
+            vec![s, l, two_di],
+            self.conv_w.dims().to_vec(),
+            self.conv_b.dims().to_vec(),
+            self.x_proj.dims().to_vec(),
+            self.dt_proj.dims().to_vec(),
+            self.dt_b.dims().to_vec(),
+            self.a.dims().to_vec(),
+            self.d.dims().to_vec(),
         ];
-        for (input, actual, expected) in checks {
+        for ((input, actual), expected) in cpu::INPUTS.into_iter().zip(actual).zip(dims.shapes()) {
             if actual != expected {
                 return Err(MixerShapeError::Mismatch {
                     input,

@@ -14,29 +14,6 @@ struct Case {
     v: [Vec<f32>; 8],
 }
 
-impl Case {
-    fn shapes(&self) -> [Vec<usize>; 8] {
-        let MixerDims {
-            seqs,
-            len,
-            d_inner: di,
-            d_state: n,
-            dt_rank: r,
-            d_conv: k,
-        } = self.dims;
-        [
-            vec![seqs, len, 2 * di],
-            vec![di, 1, k],
-            vec![di],
-            vec![di, r + 2 * n],
-            vec![r, di],
-            vec![di],
-            vec![di, n],
-            vec![di],
-        ]
-    }
-}
-
 /// Realistic ranges: the dt bias puts softplus(dt) near Mamba's initial time steps, `A` =
 /// -(1..N) jittered, weights of unit-variance-preserving scale.
 fn random_case(seed: u64, seqs: usize, len: usize, di: usize, n: usize, r: usize) -> Case {
@@ -73,7 +50,7 @@ fn random_case(seed: u64, seqs: usize, len: usize, di: usize, n: usize, r: usize
 
 /// The case's tensors on `device` (all tracked when `grad`).
 fn params(case: &Case, device: &Device, grad: bool) -> (Tensor<3>, MixerParams) {
-    let sh = case.shapes();
+    let sh = case.dims.shapes();
     let t = |i: usize| TensorData::new(case.v[i].clone(), sh[i].clone());
     fn rg<const D: usize>(t: Tensor<D>, on: bool) -> Tensor<D> {
         if on { t.require_grad() } else { t }
