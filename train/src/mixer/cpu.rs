@@ -195,7 +195,7 @@ struct Scratch {
     /// Whether the engine's AVX-512 SiLU, softplus, gate and `x_proj` kernels run (the AVX-512
     /// instance on a CPU with AVX-512 F/BW/DQ/VL).
     avx512: bool,
-    /// `x_proj^T`, `[R + 2N, d_inner]`, for those kernels.
+    /// `x_proj^T`, `[R + 2N, d_inner]`, for those kernels (transposed once per task).
     x_proj_t: Vec<f32>,
     /// Backward only: `dy` (gated), `du`, `ddelta`, `[d_inner, L]` each; `d proj`, `[R + 2N, L]`.
     dy: Vec<f32>,
@@ -205,7 +205,7 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(dims: MixerDims, a: &[f32], backward: bool, isa: Isa) -> Self {
+    fn new(dims: MixerDims, w: &MixerWeights, backward: bool, isa: Isa) -> Self {
         let plane = dims.d_inner * dims.len;
         #[cfg(target_arch = "x86_64")]
         let avx512 = isa == Isa::Avx512
@@ -217,7 +217,7 @@ impl Scratch {
         };
         let back = if backward { plane } else { 0 };
         Scratch {
-            scan: SeqScan::new(dims.d_inner, dims.d_state, dims.len, a),
+            scan: SeqScan::new(dims.d_inner, dims.d_state, dims.len, w.a),
             x: vec![0.0; plane],
             xc: vec![0.0; plane],
             u: vec![0.0; plane],
@@ -228,7 +228,14 @@ impl Scratch {
             g: vec![0.0; plane],
             time_major: Vec::new(),
             avx512,
-            x_proj_t: vec![0.0; dims.proj_width() * dims.d_inner],
+            x_proj_t: if avx512 {
+                let (pw, di) = (dims.proj_width(), dims.d_inner);
+                let mut t = vec![0.0; pw * di];
+                transpose_strided(w.x_proj, pw, &mut t, di, di, pw);
+                t
+            } else {
+                Vec::new()
+            },
             dy: vec![0.0; back],
             du: vec![0.0; back],
             ddelta: vec![0.0; back],
@@ -292,7 +299,6 @@ fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s
     #[cfg(target_arch = "x86_64")]
     if s.avx512 {
         // Register-blocked: proj = x_proj^T u, the same sums in the same order as below.
-        transpose_strided(w.x_proj, pw, &mut s.x_proj_t, di, di, pw);
         // SAFETY: as above.
         unsafe {
             crate::int8::kernels::matmul_rows_avx512(&s.x_proj_t, &s.u, &mut s.proj, pw, di, len)
@@ -643,7 +649,7 @@ pub fn forward_with(
         Isa::Avx2 => unsafe { x86::fwd_avx2(dims, w, xz, s, y, out) },
         _ => fwd_seq::<false, false>(dims, w, xz, s, y, out),
     };
-    let scratch = || Scratch::new(dims, w.a, false, isa);
+    let scratch = || Scratch::new(dims, w, false, isa);
     match y.as_mut() {
         Some(y) => out
             .par_chunks_mut(plane)
@@ -707,7 +713,7 @@ pub fn backward_with(
             .zip(xz.par_chunks(2 * plane))
             .zip(y.par_chunks(plane).zip(dout.par_chunks(plane)))
             .for_each_init(
-                || Scratch::new(dims, w.a, true, isa),
+                || Scratch::new(dims, w, true, isa),
                 |s, (((dxz, part), xz), (y, dout))| match isa {
                     // SAFETY: `isa` is available on this CPU (checked above).
                     #[cfg(target_arch = "x86_64")]
