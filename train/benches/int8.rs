@@ -6,8 +6,9 @@
 //! Run: `cargo bench -p train --bench int8` (`ASC_BENCH_KERNEL_ONLY=mixer`, `=dw` or `=stem2`:
 //! one kernel alone, for profilers; `ASC_BENCH_INT8_MODEL=MODEL.asc8`: an exported model).
 
-use std::time::Instant;
+mod common;
 
+use common::{min_time, time};
 use data_specs::{FrontEndConfig, Vocabulary};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -20,23 +21,6 @@ fn logmel(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n)
         .map(|i| -4.0 + 3.0 * ((i % 23) as f32 / 23.0) + rng.random_range(-2.0f32..2.0))
         .collect()
-}
-
-/// Median, mean and minimum seconds per call of `f` over `n` calls after `warm` warm-up calls.
-fn time(n: usize, warm: usize, mut f: impl FnMut(usize)) -> (f64, f64, f64) {
-    for i in 0..warm {
-        f(i);
-    }
-    let mut t: Vec<f64> = (0..n)
-        .map(|i| {
-            let s = Instant::now();
-            f(i);
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    let mean = t.iter().sum::<f64>() / n as f64;
-    t.sort_by(f64::total_cmp);
-    (t[n / 2], mean, t[0])
 }
 
 /// Integer multiply-adds of the convolutions and linear layers, and state updates of the scans.
@@ -103,18 +87,6 @@ fn per_layer(model: &train::int8::Int8Model, clip: &[f32]) {
         .map(|(b, t)| format!("{b} {:.3}", t * 1e3))
         .collect();
     println!("  per block (ms): {}", line.join(", "));
-}
-
-/// Minimum seconds per call of `f` over `n` calls (the least disturbed run on a shared machine).
-fn min_time(n: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..n)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 /// The Mamba mixer of `pmb1` (d_inner 24, d_state 16, dt_rank 1, L 512) with random weights.

@@ -5,25 +5,12 @@
 //!
 //! `cargo bench -p train --bench mixer`
 
-use std::time::Instant;
+mod common;
 
+use common::time_ms;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use train::mixer::cpu::{self, MixerDims, MixerWeights};
 use train::scan::cpu::{self as scan, Isa, ScanDims};
-
-/// Median wall time in ms of `reps` runs after one warm-up.
-fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut v: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     train::backend::keep_freed_buffers();

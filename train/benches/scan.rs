@@ -10,8 +10,10 @@
 //! buffers, every available instruction set) at the training sizes, in ms and ns per state update
 //! (`batch * d_inner * d_state * L` updates per pass). `SCAN_BENCH_KERNEL_ONLY=1` stops after it.
 
+mod common;
+
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use std::time::Instant;
+use common::time_ms;
 use train::scan::cpu::{self, Isa, ScanDims};
 use train::scan::{selective_scan, selective_scan_naive};
 
@@ -19,20 +21,6 @@ type ScanFn = fn(Tensor<3>, Tensor<3>, Tensor<2>, Tensor<3>, Tensor<3>, Tensor<1
 
 const D_INNER: usize = 24;
 const D_STATE: usize = 16;
-
-/// Median wall time in ms of `reps` runs after one warm-up.
-fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut v: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Forward-only and forward+backward times of `scan` at `[batch, D_INNER, len]`.
 fn bench(scan: ScanFn, batch: usize, len: usize, reps: usize) -> (f64, f64) {
