@@ -93,8 +93,9 @@ fn host_forward<B: Backend>(
     keep_scan: bool,
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let device = inputs[0].device();
-    let dims = dims_of::<B>(inputs);
-    let (out, y) = with_host::<B, _>(inputs, |dims, w, xz| cpu::forward(dims, w, xz, keep_scan));
+    let (dims, (out, y)) = with_host::<B, _>(inputs, |dims, w, xz| {
+        (dims, cpu::forward(dims, w, xz, keep_scan))
+    });
     (
         from_host::<B>(out, vec![dims.seqs, dims.len, dims.d_inner], &device),
         y.map(|y| from_host::<B>(y, vec![dims.seqs, dims.d_inner, dims.len], &device)),
