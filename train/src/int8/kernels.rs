@@ -1226,6 +1226,14 @@ impl QConvKernel {
     }
 }
 
+/// The mask of the first `min(k, 16)` of 16 lanes (the tail of a row in masked AVX-512 loads
+/// and stores).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lanes16(k: usize) -> u16 {
+    if k >= 16 { !0 } else { (1u16 << k) - 1 }
+}
+
 /// Explicit AVX-512 integer kernels: the fused fixed-point requantization of 16 i32 lanes and
 /// the channel-wise convolution of one output channel.
 #[cfg(target_arch = "x86_64")]
@@ -1336,7 +1344,7 @@ mod qsimd {
         let mut i = 0;
         while i < n {
             let k = (n - i).min(16);
-            let mask: __mmask16 = if k == 16 { !0 } else { (1u16 << k) - 1 };
+            let mask: __mmask16 = super::lanes16(k);
             // SAFETY: lanes `i..i + k <= n` of both slices; masked-off lanes are not accessed.
             unsafe {
                 let a = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(i));
@@ -1397,7 +1405,7 @@ mod qsimd {
                     acc = _mm512_dpbusd_epi32(acc, x4, q);
                 }
                 let k = (wo - ox).min(16);
-                let mask: __mmask16 = if k == 16 { !0 } else { (1u16 << k) - 1 };
+                let mask: __mmask16 = super::lanes16(k);
                 // SAFETY: bytes `oy wo + ox .. + k <= ho wo = y.len()`; masked-off lanes are
                 // not written.
                 unsafe {
@@ -2260,8 +2268,7 @@ mod simd {
         let mut t0 = 0;
         while t0 < l {
             let n = (l - t0).min(32);
-            let lanes = |m: usize| -> __mmask16 { if m >= 16 { !0 } else { (1u16 << m) - 1 } };
-            let (m0, m1) = (lanes(n), lanes(n.saturating_sub(16)));
+            let (m0, m1) = (super::lanes16(n), super::lanes16(n.saturating_sub(16)));
             let mut acc = [[_mm512_setzero_ps(); 2]; R];
             for c in 0..k {
                 // SAFETY: columns `t0..t0 + n <= l` of row `c < k` of `x` (`k * l`) and
@@ -2348,7 +2355,7 @@ mod simd {
         let mut i = 0;
         while i < n {
             let k = (n - i).min(16);
-            let mask: __mmask16 = if k == 16 { !0 } else { (1u16 << k) - 1 };
+            let mask: __mmask16 = super::lanes16(k);
             // SAFETY: lanes `i..i + k <= n` of `y` (and of `z` when not empty); masked-off lanes
             // are not accessed.
             unsafe {
