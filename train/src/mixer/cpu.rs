@@ -25,7 +25,8 @@ use rayon::prelude::*;
 
 use crate::int8::kernels::transpose_strided;
 use crate::ops::activation::{sigmoid, silu, silu_grad, softplus};
-use crate::ops::zeros_par;
+use crate::ops::matmul_cpu::{View, gemm_strided};
+use crate::ops::{lanes, zeros_par};
 use crate::scan::cpu::{Isa, SeqScan, madd};
 
 /// Sizes of one mixer call.
@@ -124,39 +125,6 @@ pub struct MixerGrads {
     pub d: Vec<f32>,
 }
 
-/// `sum_i a_i b_i` with 16 independent partial sums (a scalar accumulator is one serial chain
-/// of dependent adds that LLVM may not reorder, hence does not vectorise).
-#[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (a16.remainder(), b16.remainder());
-    for (x, y) in a16.zip(b16) {
-        for i in 0..16 {
-            acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
-        }
-    }
-    let mut tail = 0.0f32;
-    for (&x, &y) in ra.iter().zip(rb) {
-        tail = madd::<FMA>(x, y, tail);
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `sum_i a_i`, 16 partial sums (see [`dot`]).
-#[inline(always)]
-fn sum(a: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let a16 = a.chunks_exact(16);
-    let tail: f32 = a16.remainder().iter().sum();
-    for x in a16 {
-        for i in 0..16 {
-            acc[i] += x[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Columns `off..off + width` of the token-major `src` (`[len, ld]`) into the channel-major
 /// `dst` (`[width, len]`).
 #[inline(always)]
@@ -190,8 +158,12 @@ struct Scratch {
     z: Vec<f32>,
     /// The gated output (forward) or `dz` (backward), `[d_inner, L]`.
     g: Vec<f32>,
-    /// Forward only: time-major `u`, `delta`, `y` and `A^T` for [`scan_time_major`].
+    /// Time-major `u`, `delta`, `y` and `A^T` for [`scan_time_major`] (forward); `u`,
+    /// `delta`, `dy`, `du`, `ddelta` and `A^T` for [`scan_backward_time_major`] (backward).
     time_major: Vec<f32>,
+    /// Backward only: states and decays of the time-major scan backward (made on first use).
+    #[cfg(target_arch = "x86_64")]
+    time_major_bwd: Option<crate::scan::time_major::TimeMajorBwd>,
     /// Whether the engine's AVX-512 SiLU, softplus, gate and `x_proj` kernels run (the AVX-512
     /// instance on a CPU with AVX-512 F/BW/DQ/VL).
     avx512: bool,
@@ -227,6 +199,8 @@ impl Scratch {
             z: vec![0.0; plane],
             g: vec![0.0; plane],
             time_major: Vec::new(),
+            #[cfg(target_arch = "x86_64")]
+            time_major_bwd: None,
             avx512,
             x_proj_t: if avx512 {
                 let (pw, di) = (dims.proj_width(), dims.d_inner);
@@ -369,6 +343,70 @@ fn scan_time_major(dims: MixerDims, w: &MixerWeights, s: &mut Scratch, y: &mut [
     true
 }
 
+/// The scan backward of one sequence on the time-major AVX-512 kernel
+/// ([`crate::scan::time_major`], `d_state` 16; about twice as fast as the channel-major
+/// kernel's per-step horizontal sums): from `s.dy`, `s.u`, `s.delta` and the `B`, `C` rows of
+/// `s.proj`, writes `s.du`, `s.ddelta` and the `B`, `C` rows of `s.dproj`, adds `dA` then `dD`
+/// to `g_scan`. Returns `false` (nothing written) without the AVX-512 kernels or for another
+/// `d_state`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn scan_backward_time_major(
+    dims: MixerDims,
+    w: &MixerWeights,
+    s: &mut Scratch,
+    g_scan: &mut [f32],
+) -> bool {
+    use crate::scan::time_major::{self, Bwd16In, Bwd16Out, TimeMajorBwd};
+    let MixerDims {
+        len,
+        d_inner: di,
+        d_state: n,
+        dt_rank: r,
+        ..
+    } = dims;
+    if !(s.avx512 && n == time_major::N) {
+        return false;
+    }
+    let plane = di * len;
+    let tm = &mut s.time_major;
+    tm.resize(5 * plane + n * di, 0.0);
+    let (u_tm, rest) = tm.split_at_mut(plane);
+    let (delta_tm, rest) = rest.split_at_mut(plane);
+    let (dy_tm, rest) = rest.split_at_mut(plane);
+    let (du_tm, rest) = rest.split_at_mut(plane);
+    let (ddelta_tm, a_t) = rest.split_at_mut(plane);
+    transpose_strided(&s.u, len, u_tm, di, di, len);
+    transpose_strided(&s.delta, len, delta_tm, di, di, len);
+    transpose_strided(&s.dy, len, dy_tm, di, di, len);
+    transpose_strided(w.a, n, a_t, di, di, n);
+    let scratch = s
+        .time_major_bwd
+        .get_or_insert_with(|| TimeMajorBwd::new(len));
+    let (da, dd) = g_scan.split_at_mut(di * n);
+    let input = Bwd16In {
+        delta: delta_tm,
+        u: u_tm,
+        dy: dy_tm,
+        bc: &s.proj[r * len..(r + 2 * n) * len],
+        a_t,
+        d: w.d,
+    };
+    let mut out = Bwd16Out {
+        du: du_tm,
+        ddelta: ddelta_tm,
+        dbc: &mut s.dproj[r * len..(r + 2 * n) * len],
+        da,
+        dd,
+    };
+    // SAFETY: `s.avx512` holds only where the engine's AVX-512 level (F/BW/DQ/VL, FMA) is
+    // available; `backward16` asserts the lengths.
+    unsafe { time_major::backward16(di, len, &input, scratch, &mut out) };
+    transpose_strided(du_tm, di, &mut s.du, len, len, di);
+    transpose_strided(ddelta_tm, di, &mut s.ddelta, len, len, di);
+    true
+}
+
 /// Forward pass of one sequence: `xz` `[L, 2 d_inner]` -> `out` `[L, d_inner]`; the scan
 /// output (before the gate) goes to `y` `[d_inner, L]`.
 #[inline(always)]
@@ -451,7 +489,11 @@ fn bwd_seq<const FMA: bool>(
     to_token_major(&s.g, di, len, dxz, 2 * di, di);
 
     // Scan: du, ddelta, dB, dC (straight into the dt / B / C rows of dproj), dA and dD.
-    {
+    #[cfg(target_arch = "x86_64")]
+    let done = scan_backward_time_major(dims, w, s, g_scan);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = false;
+    if !done {
         let (b, c) = (
             &s.proj[r * len..(r + n) * len],
             &s.proj[(r + n) * len..(r + 2 * n) * len],
@@ -474,10 +516,10 @@ fn bwd_seq<const FMA: bool>(
         for (g, &v) in ddtp.iter_mut().zip(dtp) {
             *g *= sigmoid::<FMA>(v);
         }
-        g_dt_b[c] += sum(ddtp);
+        g_dt_b[c] += lanes::sum(ddtp);
         for q in 0..r {
             let dt = &s.proj[q * len..(q + 1) * len];
-            g_dt_proj[q * di + c] += dot::<FMA>(ddtp, dt);
+            g_dt_proj[q * di + c] += lanes::dot::<FMA>(ddtp, dt);
             let wv = w.dt_proj[q * di + c];
             for (o, &g) in s.dproj[q * len..(q + 1) * len].iter_mut().zip(ddtp.iter()) {
                 *o = madd::<FMA>(wv, g, *o);
@@ -485,19 +527,30 @@ fn bwd_seq<const FMA: bool>(
         }
     }
 
-    // x_proj: d x_proj[c, j] = sum_t u[c, t] dproj[j, t]; du[c, t] += sum_j x_proj[c, j] dproj[j, t].
-    for c in 0..di {
-        let u = &s.u[c * len..(c + 1) * len];
-        let du = &mut s.du[c * len..(c + 1) * len];
-        for j in 0..pw {
-            let dp = &s.dproj[j * len..(j + 1) * len];
-            g_x_proj[c * pw + j] += dot::<FMA>(dp, u);
-            let wv = w.x_proj[c * pw + j];
-            for (o, &g) in du.iter_mut().zip(dp) {
-                *o = madd::<FMA>(wv, g, *o);
-            }
-        }
-    }
+    // x_proj: d x_proj[c, j] += sum_t u[c, t] dproj[j, t] (u dproj^T), du[c, t] += sum_j
+    // x_proj[c, j] dproj[j, t] (x_proj dproj): two products on gemm's register-blocked
+    // kernels (as dots and axpys over rows, one serial FMA chain per dot on AVX-512).
+    let row = |ld| View { rs: ld, cs: 1 };
+    gemm_strided(
+        [di, pw, len],
+        g_x_proj,
+        row(pw),
+        true,
+        &s.u,
+        row(len),
+        &s.dproj,
+        View { rs: 1, cs: len },
+    );
+    gemm_strided(
+        [di, len, pw],
+        &mut s.du,
+        row(len),
+        true,
+        w.x_proj,
+        row(pw),
+        &s.dproj,
+        row(len),
+    );
 
     // SiLU then the causal conv: dxc = du * SiLU'(xc) (into du); d conv_b[c] = sum_t dxc;
     // d conv_w[c, j] = sum_t dxc[t] x[t - (K - 1 - j)]; dx[t'] = sum_j conv_w[c, j] dxc[t' + K - 1 - j].
@@ -507,7 +560,7 @@ fn bwd_seq<const FMA: bool>(
         for (g, &v) in dxc.iter_mut().zip(xc) {
             *g *= silu_grad::<FMA>(v);
         }
-        g_conv_b[c] += sum(dxc);
+        g_conv_b[c] += lanes::sum(dxc);
         let x = &s.x[c * len..(c + 1) * len];
         // dx (channel-major) reuses the dy row of this channel, no longer needed.
         let dx = &mut s.dy[c * len..(c + 1) * len];
@@ -517,7 +570,7 @@ fn bwd_seq<const FMA: bool>(
             if shift >= len {
                 continue;
             }
-            g_conv_w[c * k + j] += dot::<FMA>(&dxc[shift..], &x[..len - shift]);
+            g_conv_w[c * k + j] += lanes::dot::<FMA>(&dxc[shift..], &x[..len - shift]);
             let wv = w.conv_w[c * k + j];
             for (o, &g) in dx[..len - shift].iter_mut().zip(&dxc[shift..]) {
                 *o = madd::<FMA>(wv, g, *o);

@@ -122,10 +122,16 @@ fn out_weights(case: &Case, seed: u64) -> Vec<f32> {
 #[test]
 fn fused_mixer_matches_the_composed_reference_forward_and_backward() {
     // d_state 16 (one full block) and 5 (a padded block), dt_rank 1 and 2, sequences shorter
-    // and longer than the conv.
-    for (i, &(seqs, len, di, n, r)) in [(3, 24, 8, 16, 2), (2, 37, 12, 5, 1), (2, 3, 4, 16, 2)]
-        .iter()
-        .enumerate()
+    // and longer than the conv; d_inner 40: the time-major AVX-512 kernels' two full channel
+    // blocks and a masked one (the sums over channels across blocks).
+    for (i, &(seqs, len, di, n, r)) in [
+        (3, 24, 8, 16, 2),
+        (2, 37, 12, 5, 1),
+        (2, 3, 4, 16, 2),
+        (2, 19, 40, 16, 2),
+    ]
+    .iter()
+    .enumerate()
     {
         let case = random_case(40 + i as u64, seqs, len, di, n, r);
         let w = out_weights(&case, 90 + i as u64);

@@ -14,11 +14,14 @@
 //! `dx = gamma_c / (N sqrt(var_c + eps)) * (N dz - dbeta_c - xhat dgamma_c)`.
 //!
 //! Work is split over channels with rayon; each channel reads its `batch` contiguous rows of
-//! length `S`. Sums accumulate per row in `f32` and across rows in `f64`; the variance is a
-//! second, centred pass (no `E[x^2] - E[x]^2` cancellation). `z` is recomputed in the backward
-//! pass from `x` and the statistics, so nothing but the forward inputs is kept.
+//! length `S`. Sums accumulate per row in `f32` ([`super::lanes`]: 16 partial sums) and across
+//! rows in `f64`; the variance is a second, centred pass (no `E[x^2] - E[x]^2` cancellation).
+//! `z` is recomputed in the backward pass from `x` and the statistics, so nothing but the
+//! forward inputs is kept.
 
 use rayon::prelude::*;
+
+use super::lanes::{self, LANES};
 
 /// Sizes of one BatchNorm call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,11 +89,9 @@ pub fn batch_stats(d: BnDims, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .into_par_iter()
         .map(|c| {
             let rows = (0..d.batch).map(|b| &x[d.row(b, c)..d.row(b, c) + d.spatial]);
-            let sum: f64 = rows.clone().map(|r| r.iter().sum::<f32>() as f64).sum();
+            let sum: f64 = rows.clone().map(|r| lanes::sum(r) as f64).sum();
             let mean = (sum / n) as f32;
-            let ss: f64 = rows
-                .map(|r| r.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() as f64)
-                .sum();
+            let ss: f64 = rows.map(|r| lanes::sum_sq_dev(r, mean) as f64).sum();
             (mean, (ss / n) as f32)
         })
         .collect();
@@ -138,6 +139,13 @@ pub fn forward(
     (mean, var)
 }
 
+/// `dz = dy [z > 0]` where the ReLU is fused, else `dy`: a select on values already loaded
+/// (no branch, no conditional load), so the loops around it vectorise.
+#[inline(always)]
+fn relu_grad(relu: bool, z: f32, dy: f32) -> f32 {
+    if relu & (z <= 0.0) { 0.0 } else { dy }
+}
+
 /// Backward pass: gradients for `x`, `gamma` and `beta` from the forward inputs, the batch
 /// statistics the forward returned, and `dy`. `dx` is only computed when `need_dx`.
 #[allow(clippy::too_many_arguments)]
@@ -166,15 +174,26 @@ pub fn backward(
             for b in 0..d.batch {
                 let o = d.row(b, c);
                 let (xr, dyr) = (&x[o..o + s], &dy[o..o + s]);
-                let (mut rb, mut rg) = (0f32, 0f32);
-                for (&v, &gy) in xr.iter().zip(dyr) {
+                // Sixteen partial sums each (see `lanes`); the tail in one more.
+                let (mut rb, mut rg) = ([0f32; LANES], [0f32; LANES]);
+                let (xc, dyc) = (xr.chunks_exact(LANES), dyr.chunks_exact(LANES));
+                let (mut tb, mut tg) = (0f32, 0f32);
+                for (&v, &gy) in xc.remainder().iter().zip(dyc.remainder()) {
                     let xh = (v - m) * is;
-                    let dz = if relu && g * xh + bt <= 0.0 { 0.0 } else { gy };
-                    rb += dz;
-                    rg += dz * xh;
+                    let dz = relu_grad(relu, g * xh + bt, gy);
+                    tb += dz;
+                    tg += dz * xh;
                 }
-                sb += rb as f64;
-                sg += rg as f64;
+                for (xv, gv) in xc.zip(dyc) {
+                    for i in 0..LANES {
+                        let xh = (xv[i] - m) * is;
+                        let dz = relu_grad(relu, g * xh + bt, gv[i]);
+                        rb[i] += dz;
+                        rg[i] += dz * xh;
+                    }
+                }
+                sb += (lanes::fold(rb) + tb) as f64;
+                sg += (lanes::fold(rg) + tg) as f64;
             }
             (sg as f32, sb as f32)
         })
@@ -195,7 +214,7 @@ pub fn backward(
                 let (mb, mg) = (dbeta[c] / n, dgamma[c] / n);
                 for ((o, &v), &gy) in dxr.iter_mut().zip(xr).zip(dyr) {
                     let xh = (v - m) * is;
-                    let dz = if relu && g * xh + bt <= 0.0 { 0.0 } else { gy };
+                    let dz = relu_grad(relu, g * xh + bt, gy);
                     *o = k * (dz - mb - xh * mg);
                 }
             });

@@ -126,26 +126,6 @@ fn row_forward(y: &mut [f32], xr: &[f32], w: &[f32], sw: usize) {
     }
 }
 
-/// Dot product with eight independent accumulators (vectorisable; fixed summation order).
-#[inline(always)]
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f32; LANES];
-    let xc = x.chunks_exact(LANES);
-    let yc = y.chunks_exact(LANES);
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (xs, ys) in xc.zip(yc) {
-        for i in 0..LANES {
-            acc[i] += xs[i] * ys[i];
-        }
-    }
-    let mut tail = 0.0;
-    for (xv, yv) in xr.iter().zip(yr) {
-        tail += xv * yv;
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 fn check(d: &DwDims, x: &[f32], w: &[f32], bias: &[f32]) {
     assert!(
         d.stride[0] >= 1 && d.stride[1] >= 1,
@@ -187,10 +167,12 @@ pub fn forward(d: DwDims, x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32]) {
     );
 }
 
-/// Per-thread scratch of the backward pass: the padded input and input-gradient planes.
+/// Per-thread scratch of the backward pass: the padded input and input-gradient planes, and
+/// the `dw` partial sums of one plane (`[taps, output width]`).
 struct BwdScratch {
     xp: Vec<f32>,
     dxp: Vec<f32>,
+    acc: Vec<f32>,
 }
 
 /// Backward pass: gradients of `sum(dy ⊙ y)`.
@@ -239,25 +221,28 @@ pub fn backward(
             let dy_p = &dy[p * out_plane..(p + 1) * out_plane];
             let w_c = &w[c * taps..(c + 1) * taps];
             let (dw_p, db_p) = part_p.split_at_mut(taps);
-            db_p[0] = dy_p.iter().sum();
+            db_p[0] = super::lanes::sum(dy_p);
             let with_dx = dx_p.is_some();
             if with_dx {
                 s.dxp.fill(0.0);
             }
+            // dw: one partial sum per tap and output column (independent lanes, no serial
+            // chain), summed over the columns once per plane.
+            s.acc.fill(0.0);
             for (oh, g_row) in dy_p.chunks_exact(ow_n).enumerate() {
                 for i in 0..kh {
                     let r = oh * sh + i;
                     let xr = &s.xp[r * wp..(r + 1) * wp];
                     for j in 0..kw {
-                        let t = i * kw + j;
+                        let acc = &mut s.acc[(i * kw + j) * ow_n..(i * kw + j + 1) * ow_n];
                         if sw == 1 {
-                            dw_p[t] += dot(g_row, &xr[j..j + ow_n]);
-                        } else {
-                            let mut acc = 0.0f32;
-                            for (o, &gv) in g_row.iter().enumerate() {
-                                acc += gv * xr[o * sw + j];
+                            for ((a, &gv), &xv) in acc.iter_mut().zip(g_row).zip(&xr[j..j + ow_n]) {
+                                *a += gv * xv;
                             }
-                            dw_p[t] += acc;
+                        } else {
+                            for (o, (a, &gv)) in acc.iter_mut().zip(g_row).enumerate() {
+                                *a += gv * xr[o * sw + j];
+                            }
                         }
                     }
                     if with_dx {
@@ -277,6 +262,9 @@ pub fn backward(
                     }
                 }
             }
+            for (dw, acc) in dw_p.iter_mut().zip(s.acc.chunks_exact(ow_n)) {
+                *dw = super::lanes::sum(acc);
+            }
             if let Some(dx_p) = dx_p {
                 for r in 0..h {
                     dx_p[r * wd..(r + 1) * wd]
@@ -286,6 +274,7 @@ pub fn backward(
         };
     let init = || BwdScratch {
         xp: vec![0.0; hp * wp],
+        acc: vec![0.0; taps * ow_n],
         dxp: if want_dx {
             vec![0.0; hp * wp]
         } else {

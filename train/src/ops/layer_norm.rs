@@ -10,6 +10,7 @@
 //! `dx = (g - mean(g) - x̂ mean(g x̂)) / sqrt(σ² + ε)` with `g = dy γ`;
 //! `dγ = Σ dy x̂`, `dβ = Σ dy` over the rows (per-block partial sums, summed in block order).
 
+use super::lanes::{self, LANES};
 use super::{from_host, host_view, register_host_grads, zeros_par};
 use burn::backend::autodiff::{
     Autodiff,
@@ -39,8 +40,8 @@ pub trait LayerNormOps: Backend {
 #[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lanes::sum(x) / n;
+    let var = lanes::sum_sq_dev(x, mean) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -91,21 +92,23 @@ pub fn backward_host(
                 .zip(dyb.chunks_exact(c))
             {
                 let (mean, rstd) = row_stats(xr, eps);
-                let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-                for (((&v, &d), &g), (dgv, dbv)) in xr
+                // Row sums in 16 partial sums (see `lanes`): `sum dy g`, `sum dy g xhat`.
+                let (mut sg, mut sgx) = ([0.0f32; LANES], [0.0f32; LANES]);
+                for (i, (((&v, &d), &g), (dgv, dbv))) in xr
                     .iter()
                     .zip(dyr)
                     .zip(gamma)
                     .zip(dg.iter_mut().zip(db.iter_mut()))
+                    .enumerate()
                 {
                     let xh = (v - mean) * rstd;
                     *dgv += d * xh;
                     *dbv += d;
-                    sum_g += d * g;
-                    sum_gx += d * g * xh;
+                    sg[i % LANES] += d * g;
+                    sgx[i % LANES] += d * g * xh;
                 }
                 let n = c as f32;
-                let (mg, mgx) = (sum_g / n, sum_gx / n);
+                let (mg, mgx) = (lanes::fold(sg) / n, lanes::fold(sgx) / n);
                 for (((o, &v), &d), &g) in dxr.iter_mut().zip(xr).zip(dyr).zip(gamma) {
                     let xh = (v - mean) * rstd;
                     *o = rstd * (d * g - mg - xh * mgx);

@@ -127,6 +127,33 @@ impl SharedMatmul {
     }
 }
 
+/// `dst (+)= lhs rhs` for `[m, k] x [k, n]` strided views (`accumulate`: add to `dst`) on the
+/// calling thread, for kernels that run their own small products inside a rayon task (the
+/// Mamba mixer's `x_proj` backward).
+///
+/// # Panics
+/// When a view does not lie inside its slice.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_strided(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    dv: View,
+    accumulate: bool,
+    lhs: &[f32],
+    lv: View,
+    rhs: &[f32],
+    rv: View,
+) {
+    assert!(
+        dv.extent(m, n) <= dst.len()
+            && lv.extent(m, k) <= lhs.len()
+            && rv.extent(k, n) <= rhs.len(),
+        "gemm: a view exceeds its slice"
+    );
+    // SAFETY: every view lies inside its slice (asserted above).
+    unsafe { gemm_views(m, n, k, dst, dv, accumulate, lhs, lv, rhs, rv) }
+}
+
 /// `dst (+)= lhs rhs` for `[m, k] x [k, n]` views (`accumulate`: add to `dst`), one thread.
 ///
 /// # Safety

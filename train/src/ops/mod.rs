@@ -42,6 +42,7 @@ pub mod batch_norm_cpu;
 #[allow(deprecated)]
 mod depthwise;
 pub mod depthwise_cpu;
+pub mod lanes;
 #[allow(deprecated)]
 pub mod layer_norm;
 #[allow(deprecated)]

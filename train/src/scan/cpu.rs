@@ -34,6 +34,8 @@
 
 use rayon::prelude::*;
 
+use crate::ops::lanes::fold;
+
 /// Sizes of one selective-scan call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScanDims {
@@ -149,20 +151,6 @@ pub(crate) fn exp_poly<const FMA: bool>(x: f32) -> f32 {
 #[inline(always)]
 pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA { a.mul_add(b, c) } else { a * b + c }
-}
-
-/// Pairwise (tree) sum of one block: `log2(16)` vector steps, fixed order.
-#[inline(always)]
-fn hsum(x: &Lanes) -> f32 {
-    let mut s8 = [0.0f32; 8];
-    for i in 0..8 {
-        s8[i] = x[i] + x[i + 8];
-    }
-    let mut s4 = [0.0f32; 4];
-    for i in 0..4 {
-        s4[i] = s8[i] + s8[i + 4];
-    }
-    (s4[0] + s4[2]) + (s4[1] + s4[3])
 }
 
 /// Block `t` of a `[.., 16]` buffer.
@@ -285,7 +273,7 @@ fn fwd_batch<const FMA: bool>(cx: &Ctx, s: &mut FwdScratch, bi: usize, y_b: &mut
                     h[n] = madd::<FMA>(e, h[n], dtu * b_t[n]);
                     hc[n] = h[n] * c_t[n];
                 }
-                y_r[t] += hsum(&hc);
+                y_r[t] += fold(hc);
             }
         }
     }
@@ -414,8 +402,8 @@ fn bwd_batch<const FMA: bool>(cx: &Ctx, dy: &[f32], s: &mut BwdScratch, bi: usiz
                 }
                 *blk_mut(dbk, t) = db_l;
                 *blk_mut(dck, t) = dc_l;
-                let dh_b = hsum(&q);
-                let p_a = hsum(&pa);
+                let dh_b = fold(q);
+                let p_a = fold(pa);
                 du_r[t] = madd::<FMA>(dt, dh_b, du_r[t]);
                 ddl_r[t] += madd::<FMA>(ut, dh_b, p_a);
             }

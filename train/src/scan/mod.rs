@@ -13,6 +13,8 @@ mod naive;
 mod ops;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod time_major;
 
 pub use naive::selective_scan_naive;
 pub use ops::SelectiveScanOps;
