@@ -64,16 +64,19 @@ fn host_forward<B: Backend>(
     let d = dims_of::<B>(&x);
     let shape = x.shape().to_vec();
     let device = x.device();
-    let mut y = super::zeros_par(d.len());
-    let (mean, var) = cpu::forward(
-        d,
-        &host_view::<B>(&x),
-        &host_view::<B>(&gamma),
-        &host_view::<B>(&beta),
-        epsilon as f32,
-        relu,
-        &mut y,
+    let (x, gamma, beta) = (
+        host_view::<B>(&x),
+        host_view::<B>(&gamma),
+        host_view::<B>(&beta),
     );
+    let mut stats = (Vec::new(), Vec::new());
+    // SAFETY: `cpu::forward` writes every element of `y` (it asserts its length first).
+    let y = unsafe {
+        super::written_by(d.len(), |y| {
+            stats = cpu::forward(d, &x, &gamma, &beta, epsilon as f32, relu, y)
+        })
+    };
+    let (mean, var) = stats;
     (
         from_host::<B>(y, shape, &device),
         from_host::<B>(mean, vec![d.channels], &device),

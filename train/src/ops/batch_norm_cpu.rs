@@ -19,6 +19,8 @@
 //! `z` is recomputed in the backward pass from `x` and the statistics, so nothing but the
 //! forward inputs is kept.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::lanes::{self, LANES};
@@ -107,7 +109,7 @@ pub fn forward(
     beta: &[f32],
     eps: f32,
     relu: bool,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
 ) -> (Vec<f32>, Vec<f32>) {
     check(&d, x, gamma, beta);
     assert_eq!(y.len(), d.len(), "batch norm: y has the wrong length");
@@ -128,11 +130,11 @@ pub fn forward(
             let (a, b) = (scale[c], shift[c]);
             if relu {
                 for (o, &v) in yr.iter_mut().zip(xr) {
-                    *o = (a * v + b).max(0.0);
+                    o.write((a * v + b).max(0.0));
                 }
             } else {
                 for (o, &v) in yr.iter_mut().zip(xr) {
-                    *o = a * v + b;
+                    o.write(a * v + b);
                 }
             }
         });
@@ -202,22 +204,25 @@ pub fn backward(
     let mut dx = Vec::new();
     if need_dx {
         let n = d.per_channel() as f32;
-        dx = super::zeros_par(d.len());
         // Pass 2: dx = gamma inv_std / N (N dz - dbeta - xhat dgamma).
-        dx.par_chunks_mut(s)
-            .zip(x.par_chunks(s).zip(dy.par_chunks(s)))
-            .enumerate()
-            .for_each(|(row, (dxr, (xr, dyr)))| {
-                let c = row % d.channels;
-                let (m, is, g, bt) = (mean[c], inv_std[c], gamma[c], beta[c]);
-                let k = g * is;
-                let (mb, mg) = (dbeta[c] / n, dgamma[c] / n);
-                for ((o, &v), &gy) in dxr.iter_mut().zip(xr).zip(dyr) {
-                    let xh = (v - m) * is;
-                    let dz = relu_grad(relu, g * xh + bt, gy);
-                    *o = k * (dz - mb - xh * mg);
-                }
-            });
+        let pass2 = |dx: &mut [MaybeUninit<f32>]| {
+            dx.par_chunks_mut(s)
+                .zip(x.par_chunks(s).zip(dy.par_chunks(s)))
+                .enumerate()
+                .for_each(|(row, (dxr, (xr, dyr)))| {
+                    let c = row % d.channels;
+                    let (m, is, g, bt) = (mean[c], inv_std[c], gamma[c], beta[c]);
+                    let k = g * is;
+                    let (mb, mg) = (dbeta[c] / n, dgamma[c] / n);
+                    for ((o, &v), &gy) in dxr.iter_mut().zip(xr).zip(dyr) {
+                        let xh = (v - m) * is;
+                        let dz = relu_grad(relu, g * xh + bt, gy);
+                        o.write(k * (dz - mb - xh * mg));
+                    }
+                });
+        };
+        // SAFETY: the rows of `S` values cover `dx` (`len = batch * C * S`), each written.
+        dx = unsafe { super::written_by(d.len(), pass2) };
     }
     BnGrads { dx, dgamma, dbeta }
 }

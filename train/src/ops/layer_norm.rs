@@ -10,8 +10,10 @@
 //! `dx = (g - mean(g) - x̂ mean(g x̂)) / sqrt(σ² + ε)` with `g = dy γ`;
 //! `dγ = Σ dy x̂`, `dβ = Σ dy` over the rows (per-block partial sums, summed in block order).
 
+use std::mem::MaybeUninit;
+
 use super::lanes::{self, LANES};
-use super::{from_host, host_view, register_host_grads, zeros_par};
+use super::{from_host, host_view, register_host_grads, written_by};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -52,18 +54,20 @@ pub fn forward_host(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32
         c > 0 && x.len().is_multiple_of(c) && beta.len() == c,
         "layer norm: sizes"
     );
-    let mut y = zeros_par(x.len());
-    y.par_chunks_mut(ROWS * c)
-        .zip(x.par_chunks(ROWS * c))
-        .for_each(|(yb, xb)| {
-            for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
-                let (mean, rstd) = row_stats(xr, eps);
-                for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
-                    *o = (v - mean) * rstd * g + b;
+    let rows = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(ROWS * c)
+            .zip(x.par_chunks(ROWS * c))
+            .for_each(|(yb, xb)| {
+                for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+                    let (mean, rstd) = row_stats(xr, eps);
+                    for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
+                        o.write((v - mean) * rstd * g + b);
+                    }
                 }
-            }
-        });
-    y
+            })
+    };
+    // SAFETY: `x.len()` is a multiple of `c` (asserted), so the rows of `c` cover `y`.
+    unsafe { written_by(x.len(), rows) }
 }
 
 /// Backward pass: `(dx, dgamma, dbeta)` of `sum(dy ⊙ y)`.
@@ -79,9 +83,10 @@ pub fn backward_host(
         "layer norm: sizes"
     );
     let blocks = x.len().div_ceil(ROWS * c);
-    let mut dx = zeros_par(x.len());
+    let mut dx = Vec::with_capacity(x.len());
     let mut partials = vec![0.0f32; blocks * 2 * c];
-    dx.par_chunks_mut(ROWS * c)
+    dx.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(ROWS * c)
         .zip(x.par_chunks(ROWS * c).zip(dy.par_chunks(ROWS * c)))
         .zip(partials.par_chunks_mut(2 * c))
         .for_each(|((dxb, (xb, dyb)), part)| {
@@ -111,10 +116,12 @@ pub fn backward_host(
                 let (mg, mgx) = (lanes::fold(sg) / n, lanes::fold(sgx) / n);
                 for (((o, &v), &d), &g) in dxr.iter_mut().zip(xr).zip(dyr).zip(gamma) {
                     let xh = (v - mean) * rstd;
-                    *o = rstd * (d * g - mg - xh * mgx);
+                    o.write(rstd * (d * g - mg - xh * mgx));
                 }
             }
         });
+    // SAFETY: the rows of `c` (`x.len()` a multiple of `c`, asserted) cover `dx`, each written.
+    unsafe { dx.set_len(x.len()) };
     let mut dgamma = vec![0.0f32; c];
     let mut dbeta = vec![0.0f32; c];
     for part in partials.chunks_exact(2 * c) {

@@ -151,7 +151,7 @@ pub(crate) fn gemm_strided(
         "gemm: a view exceeds its slice"
     );
     // SAFETY: every view lies inside its slice (asserted above).
-    unsafe { gemm_views(m, n, k, dst, dv, accumulate, lhs, lv, rhs, rv) }
+    unsafe { gemm_views(m, n, k, dst.as_mut_ptr(), dv, accumulate, lhs, lv, rhs, rv) }
 }
 
 /// `dst (+)= lhs rhs` for `[m, k] x [k, n]` views (`accumulate`: add to `dst`), one thread.
@@ -163,7 +163,7 @@ unsafe fn gemm_views(
     m: usize,
     n: usize,
     k: usize,
-    dst: &mut [f32],
+    dst: *mut f32,
     dv: View,
     accumulate: bool,
     lhs: &[f32],
@@ -182,7 +182,7 @@ unsafe fn gemm_views(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             dv.cs as isize,
             dv.rs as isize,
             accumulate,
@@ -202,20 +202,65 @@ unsafe fn gemm_views(
     }
 }
 
-/// `Y_c = X_c M` for every block, in parallel.
-pub fn forward(p: &SharedMatmul, x: &[f32], m: &[f32]) -> Vec<f32> {
-    let mut y = super::zeros_par(p.y_len());
-    p.check(x.len(), m.len(), y.len());
-    if p.blocks == 0 || p.y_block == 0 {
+/// A buffer of `n` floats for blocks of `block` elements whose view `v` (`rows x cols`) each
+/// covers densely (row- or column-major, no gaps): filled by `fill` without a zero-fill first
+/// (gemm with `read_dst = false` writes every element of a view); any other geometry gets
+/// zeros first.
+fn output(
+    n: usize,
+    block: usize,
+    v: View,
+    [rows, cols]: [usize; 2],
+    fill: impl FnOnce(*mut f32),
+) -> Vec<f32> {
+    let dense = block == rows * cols
+        && ((v.rs == cols && v.cs == 1) || (v.rs == 1 && v.cs == rows))
+        && n.is_multiple_of(block.max(1));
+    if !dense || n == 0 {
+        let mut y = super::zeros_par(n);
+        fill(y.as_mut_ptr());
         return y;
     }
-    y.par_chunks_mut(p.y_block)
-        .zip(x.par_chunks(p.x_block.max(1)))
-        .for_each(|(yc, xc)| {
-            // SAFETY: `check` verified that each block's views lie inside its chunk and `M`.
-            unsafe { gemm_views(p.rows, p.outer, p.inner, yc, p.y, false, xc, p.x, m, p.m) }
+    // SAFETY: every block of the buffer is one dense view, which `fill`'s products write
+    // completely (`read_dst = false`: written, never read before).
+    unsafe { super::written_by(n, |y| fill(y.as_mut_ptr() as *mut f32)) }
+}
+
+/// Raw output pointer shared by the block tasks (each writes only its own block).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint blocks of the buffer behind the pointer.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `Y_c = X_c M` for every block, in parallel.
+pub fn forward(p: &SharedMatmul, x: &[f32], m: &[f32]) -> Vec<f32> {
+    p.check(x.len(), m.len(), p.y_len());
+    if p.inner == 0 {
+        return super::zeros_par(p.y_len());
+    }
+    output(p.y_len(), p.y_block, p.y, [p.rows, p.outer], |y| {
+        let y = OutPtr(y);
+        (0..p.blocks).into_par_iter().for_each(|c| {
+            let (y, xc) = (y, &x[c * p.x_block..]);
+            // SAFETY: `check` verified that each block's views lie inside its block and
+            // `M`; block `c` of `y` starts at `c * y_block`, inside its `blocks * y_block`.
+            unsafe {
+                gemm_views(
+                    p.rows,
+                    p.outer,
+                    p.inner,
+                    y.0.add(c * p.y_block),
+                    p.y,
+                    false,
+                    xc,
+                    p.x,
+                    m,
+                    p.m,
+                )
+            }
         });
-    y
+    })
 }
 
 /// Number of groups the `dM` reduction is split into (fixed: the sum order does not depend on
@@ -225,32 +270,34 @@ const GROUPS: usize = 16;
 /// Gradients `(dX, dM)` of `sum(dY ⊙ Y)`; `dM` in `M`'s view.
 pub fn backward(p: &SharedMatmul, x: &[f32], m: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     p.check(x.len(), m.len(), dy.len());
-    let mut dx = super::zeros_par(p.x_len());
     let mut dm = vec![0.0f32; p.m_len()];
+    // dX_c = dY_c M^T: [rows, outer] x [outer, inner].
+    if p.outer == 0 {
+        return (super::zeros_par(p.x_len()), dm);
+    }
+    let dx = output(p.x_len(), p.x_block, p.x, [p.rows, p.inner], |dx| {
+        let dx = OutPtr(dx);
+        (0..p.blocks).into_par_iter().for_each(|c| {
+            let (dx, dyc) = (dx, &dy[c * p.y_block..]);
+            // SAFETY: as in `forward`, with the roles of the views exchanged.
+            unsafe {
+                gemm_views(
+                    p.rows,
+                    p.inner,
+                    p.outer,
+                    dx.0.add(c * p.x_block),
+                    p.x,
+                    false,
+                    dyc,
+                    p.y,
+                    m,
+                    p.m.t(),
+                )
+            }
+        });
+    });
     if p.blocks == 0 || p.rows == 0 {
         return (dx, dm);
-    }
-    // dX_c = dY_c M^T: [rows, outer] x [outer, inner].
-    if p.x_block > 0 {
-        dx.par_chunks_mut(p.x_block)
-            .zip(dy.par_chunks(p.y_block.max(1)))
-            .for_each(|(dxc, dyc)| {
-                // SAFETY: as in `forward`, with the roles of the views exchanged.
-                unsafe {
-                    gemm_views(
-                        p.rows,
-                        p.inner,
-                        p.outer,
-                        dxc,
-                        p.x,
-                        false,
-                        dyc,
-                        p.y,
-                        m,
-                        p.m.t(),
-                    )
-                }
-            });
     }
     // dM = sum_c X_c^T dY_c: [inner, rows] x [rows, outer], per group of blocks.
     let groups = GROUPS.min(p.blocks);
@@ -269,7 +316,7 @@ pub fn backward(p: &SharedMatmul, x: &[f32], m: &[f32], dy: &[f32]) -> (Vec<f32>
                         p.inner,
                         p.outer,
                         p.rows,
-                        part,
+                        part.as_mut_ptr(),
                         p.m,
                         c > g * per,
                         xc,
