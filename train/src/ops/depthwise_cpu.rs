@@ -19,6 +19,8 @@
 //! sums (`kh * kw + 1` floats), which are summed per channel afterwards (no data races, fixed
 //! summation order).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Sizes and geometry of one depthwise-convolution call.
@@ -90,15 +92,49 @@ fn pad_plane(d: &DwDims, wp: usize, x_p: &[f32], xp: &mut [f32]) {
 /// row, vectorised over `o`.
 #[inline(always)]
 fn row_taps<const K: usize>(y: &mut [f32], xr: &[f32], w: &[f32]) {
+    const B: usize = 16;
     let n = y.len();
-    let xs: [&[f32]; K] = std::array::from_fn(|j| &xr[j..j + n]);
     let ws: [f32; K] = std::array::from_fn(|j| w[j]);
-    for (o, yv) in y.iter_mut().enumerate() {
+    let xr = &xr[..n + K - 1];
+    // Fixed blocks of 16 outputs in a local array (vectorised whatever the row length; the
+    // loop over a whole row of 16 ran scalar), then the tail.
+    let mut yc = y.chunks_exact_mut(B);
+    for (b, yb) in (&mut yc).enumerate() {
+        let mut s: [f32; B] = (&*yb).try_into().expect("block of 16");
+        for j in 0..K {
+            let xj: &[f32; B] = (&xr[b * B + j..b * B + j + B]).try_into().expect("window");
+            for l in 0..B {
+                s[l] += ws[j] * xj[l];
+            }
+        }
+        yb.copy_from_slice(&s);
+    }
+    let done = n - n % B;
+    for (o, yv) in yc.into_remainder().iter_mut().enumerate() {
         let mut s = *yv;
         for j in 0..K {
-            s += ws[j] * xs[j][o];
+            s += ws[j] * xr[done + o + j];
         }
         *yv = s;
+    }
+}
+
+/// `acc[o] += a[o] b[o]` in fixed blocks of 16 (vectorised for rows of 16, where the plain
+/// loop fell to its scalar remainder).
+#[inline(always)]
+fn axpy_mul(acc: &mut [f32], a: &[f32], b: &[f32]) {
+    const B: usize = 16;
+    let (b, a) = (&b[..acc.len()], &a[..acc.len()]);
+    let done = acc.len() - acc.len() % B;
+    let mut ac = acc.chunks_exact_mut(B);
+    for ((o, x), y) in (&mut ac).zip(a.chunks_exact(B)).zip(b.chunks_exact(B)) {
+        let (x, y): (&[f32; B], &[f32; B]) = (x.try_into().expect("16"), y.try_into().expect("16"));
+        for l in 0..B {
+            o[l] += x[l] * y[l];
+        }
+    }
+    for (i, o) in ac.into_remainder().iter_mut().enumerate() {
+        *o += a[done + i] * b[done + i];
     }
 }
 
@@ -167,12 +203,186 @@ pub fn forward(d: DwDims, x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32]) {
     );
 }
 
-/// Per-thread scratch of the backward pass: the padded input and input-gradient planes, and
-/// the `dw` partial sums of one plane (`[taps, output width]`).
+/// Per-thread scratch of the backward pass: the padded input plane, the `dw` partial sums of
+/// one plane (`[taps, output width]`); for `dx`, the padded input-gradient plane (scattered,
+/// horizontal stride > 1) or the horizontally padded dy rows, the reversed kernel and one dx
+/// row (gathered, stride 1).
 struct BwdScratch {
     xp: Vec<f32>,
-    dxp: Vec<f32>,
     acc: Vec<f32>,
+    dxp: Vec<f32>,
+    gp: Vec<f32>,
+    wrev: Vec<f32>,
+    row: Vec<f32>,
+}
+
+/// Read-only inputs of the backward pass's plane tasks.
+struct BwdPlanes<'a> {
+    d: DwDims,
+    x: &'a [f32],
+    w: &'a [f32],
+    dy: &'a [f32],
+    /// Width of the padded plane.
+    wp: usize,
+}
+
+/// Backward pass of plane `p` (batch element and channel): `dw`, `db` partials into `part_p`
+/// (`[taps + 1]`), and the plane's `dx` (every element written) when `dx_p` is given.
+#[inline(always)]
+fn bwd_plane(
+    cx: &BwdPlanes,
+    s: &mut BwdScratch,
+    p: usize,
+    dx_p: Option<&mut [MaybeUninit<f32>]>,
+    part_p: &mut [f32],
+) {
+    let BwdPlanes { d, x, w, dy, wp } = *cx;
+    let [h, wd] = d.input;
+    let [kh, kw] = d.kernel;
+    let [oh_n, ow_n] = d.output;
+    let (in_plane, out_plane, taps) = (h * wd, oh_n * ow_n, kh * kw);
+    let [sh, sw] = d.stride;
+    let [pt, pl] = d.pad;
+    let c = p % d.channels;
+    pad_plane(&d, wp, &x[p * in_plane..(p + 1) * in_plane], &mut s.xp);
+    let dy_p = &dy[p * out_plane..(p + 1) * out_plane];
+    let w_c = &w[c * taps..(c + 1) * taps];
+    let (dw_p, db_p) = part_p.split_at_mut(taps);
+    db_p[0] = super::lanes::sum(dy_p);
+    // dx: with a horizontal stride of 1 gathered per dx row at the end; otherwise scattered
+    // into the padded plane `dxp` here, row by row of dy.
+    let scatter = dx_p.is_some() && sw != 1;
+    if scatter {
+        s.dxp.fill(0.0);
+    }
+    // dw: one partial sum per tap and output column (independent lanes, no serial
+    // chain), summed over the columns once per plane.
+    s.acc.fill(0.0);
+    for (oh, g_row) in dy_p.chunks_exact(ow_n).enumerate() {
+        for i in 0..kh {
+            let r = oh * sh + i;
+            let xr = &s.xp[r * wp..(r + 1) * wp];
+            for j in 0..kw {
+                let acc = &mut s.acc[(i * kw + j) * ow_n..(i * kw + j + 1) * ow_n];
+                if sw == 1 {
+                    axpy_mul(acc, g_row, &xr[j..j + ow_n]);
+                } else {
+                    for (o, (a, &gv)) in acc.iter_mut().zip(g_row).enumerate() {
+                        *a += gv * xr[o * sw + j];
+                    }
+                }
+            }
+            if scatter {
+                let dxr = &mut s.dxp[r * wp..(r + 1) * wp];
+                for j in 0..kw {
+                    let wv = w_c[i * kw + j];
+                    if sw == 1 {
+                        for (dxv, &gv) in dxr[j..j + ow_n].iter_mut().zip(g_row) {
+                            *dxv += wv * gv;
+                        }
+                    } else {
+                        for (o, &gv) in g_row.iter().enumerate() {
+                            dxr[o * sw + j] += wv * gv;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (dw, acc) in dw_p.iter_mut().zip(s.acc.chunks_exact(ow_n)) {
+        *dw = super::lanes::sum(acc);
+    }
+    let Some(dx_p) = dx_p else {
+        return;
+    };
+    if scatter {
+        for r in 0..h {
+            let src = &s.dxp[(r + pt) * wp + pl..(r + pt) * wp + pl + wd];
+            for (o, &v) in dx_p[r * wd..(r + 1) * wd].iter_mut().zip(src) {
+                o.write(v);
+            }
+        }
+        return;
+    }
+    // Stride 1 across: dx[r, c] = sum_{i, j} w[i, j] dy[(r + pt - i) / sh, c + pl - j] (rows
+    // where sh divides r + pt - i), i.e. per kernel row a correlation of the dy row, padded
+    // by kw - 1 zeros on both sides, with the reversed kernel row: each dx row is summed in
+    // registers and written once (scattering wrote overlapping, shifted ranges of a dx row
+    // kh * kw times per dy row, each store partly overlapping the last: forwarding stalls).
+    let gw = gather_width(&d);
+    for (oh, g_row) in dy_p.chunks_exact(ow_n).enumerate() {
+        s.gp[oh * gw + kw - 1..oh * gw + kw - 1 + ow_n].copy_from_slice(g_row);
+    }
+    for (rev, row) in s.wrev.chunks_exact_mut(kw).zip(w_c.chunks_exact(kw)) {
+        for (o, &v) in rev.iter_mut().zip(row.iter().rev()) {
+            *o = v;
+        }
+    }
+    for r in 0..h {
+        let row = &mut s.row[..wd];
+        row.fill(0.0);
+        for i in 0..kh {
+            let Some(q) = (r + pt).checked_sub(i) else {
+                continue;
+            };
+            if !q.is_multiple_of(sh) || q / sh >= oh_n {
+                continue;
+            }
+            let oh = q / sh;
+            row_forward(
+                row,
+                &s.gp[oh * gw + pl..(oh + 1) * gw],
+                &s.wrev[i * kw..(i + 1) * kw],
+                1,
+            );
+        }
+        for (o, &v) in dx_p[r * wd..(r + 1) * wd].iter_mut().zip(row.iter()) {
+            o.write(v);
+        }
+    }
+}
+
+/// Width of a dy row padded for the gathered `dx` of [`bwd_plane`]: `kw - 1` zeros before
+/// the row, and after it at least `kw - 1` and enough for the correlation windows of all `wd`
+/// dx columns from `pl` on (a trimmed output, as the causal conv1d's, ends early).
+fn gather_width(d: &DwDims) -> usize {
+    let kw = d.kernel[1];
+    (d.output[1] + kw - 1).max(d.pad[1] + d.input[1]) + kw - 1
+}
+
+/// [`bwd_plane`] compiled for AVX-512 (the crate's baseline is SSE2: four lanes per op).
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn bwd_plane_avx512(
+    cx: &BwdPlanes,
+    s: &mut BwdScratch,
+    p: usize,
+    dx_p: Option<&mut [MaybeUninit<f32>]>,
+    part_p: &mut [f32],
+) {
+    bwd_plane(cx, s, p, dx_p, part_p)
+}
+
+/// [`bwd_plane`] in its AVX-512 instance where `avx512` (checked by the caller), else at the
+/// baseline.
+fn bwd_plane_isa(
+    avx512: bool,
+    cx: &BwdPlanes,
+    s: &mut BwdScratch,
+    p: usize,
+    dx_p: Option<&mut [MaybeUninit<f32>]>,
+    part_p: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512 {
+        // SAFETY: the caller detected AVX-512F and AVX2 (`Isa::Avx512`).
+        return unsafe { bwd_plane_avx512(cx, s, p, dx_p, part_p) };
+    }
+    let _ = avx512;
+    bwd_plane(cx, s, p, dx_p, part_p)
 }
 
 /// Backward pass: gradients of `sum(dy ⊙ y)`.
@@ -199,100 +409,58 @@ pub fn backward(
     let planes = d.batch * d.channels;
     let part = taps + 1;
     let mut g = DwGrads {
-        dx: if want_dx {
-            super::zeros_par(d.x_len())
-        } else {
-            Vec::new()
-        },
+        dx: Vec::new(),
         dw: vec![0.0; d.w_len()],
         db: vec![0.0; d.channels],
     };
     if planes == 0 || out_plane == 0 || in_plane == 0 {
+        if want_dx {
+            g.dx = super::zeros_par(d.x_len());
+        }
         return g;
     }
     let [hp, wp] = padded_size(&d);
-    let [sh, sw] = d.stride;
-    let [pt, pl] = d.pad;
     let mut partials = vec![0.0f32; planes * part];
-    let plane_task =
-        |s: &mut BwdScratch, p: usize, dx_p: Option<&mut [f32]>, part_p: &mut [f32]| {
-            let c = p % d.channels;
-            pad_plane(&d, wp, &x[p * in_plane..(p + 1) * in_plane], &mut s.xp);
-            let dy_p = &dy[p * out_plane..(p + 1) * out_plane];
-            let w_c = &w[c * taps..(c + 1) * taps];
-            let (dw_p, db_p) = part_p.split_at_mut(taps);
-            db_p[0] = super::lanes::sum(dy_p);
-            let with_dx = dx_p.is_some();
-            if with_dx {
-                s.dxp.fill(0.0);
-            }
-            // dw: one partial sum per tap and output column (independent lanes, no serial
-            // chain), summed over the columns once per plane.
-            s.acc.fill(0.0);
-            for (oh, g_row) in dy_p.chunks_exact(ow_n).enumerate() {
-                for i in 0..kh {
-                    let r = oh * sh + i;
-                    let xr = &s.xp[r * wp..(r + 1) * wp];
-                    for j in 0..kw {
-                        let acc = &mut s.acc[(i * kw + j) * ow_n..(i * kw + j + 1) * ow_n];
-                        if sw == 1 {
-                            for ((a, &gv), &xv) in acc.iter_mut().zip(g_row).zip(&xr[j..j + ow_n]) {
-                                *a += gv * xv;
-                            }
-                        } else {
-                            for (o, (a, &gv)) in acc.iter_mut().zip(g_row).enumerate() {
-                                *a += gv * xr[o * sw + j];
-                            }
-                        }
-                    }
-                    if with_dx {
-                        let dxr = &mut s.dxp[r * wp..(r + 1) * wp];
-                        for j in 0..kw {
-                            let wv = w_c[i * kw + j];
-                            if sw == 1 {
-                                for (dxv, &gv) in dxr[j..j + ow_n].iter_mut().zip(g_row) {
-                                    *dxv += wv * gv;
-                                }
-                            } else {
-                                for (o, &gv) in g_row.iter().enumerate() {
-                                    dxr[o * sw + j] += wv * gv;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            for (dw, acc) in dw_p.iter_mut().zip(s.acc.chunks_exact(ow_n)) {
-                *dw = super::lanes::sum(acc);
-            }
-            if let Some(dx_p) = dx_p {
-                for r in 0..h {
-                    dx_p[r * wd..(r + 1) * wd]
-                        .copy_from_slice(&s.dxp[(r + pt) * wp + pl..(r + pt) * wp + pl + wd]);
-                }
-            }
-        };
+    let cx = BwdPlanes { d, x, w, dy, wp };
+    let avx512 = crate::scan::cpu::Isa::Avx512.is_available();
+    let gather = want_dx && d.stride[1] == 1;
     let init = || BwdScratch {
         xp: vec![0.0; hp * wp],
         acc: vec![0.0; taps * ow_n],
-        dxp: if want_dx {
+        dxp: if want_dx && !gather {
             vec![0.0; hp * wp]
         } else {
             Vec::new()
         },
+        // Zero borders stay zero: only the interior columns are written.
+        gp: if gather {
+            vec![0.0; oh_n * gather_width(&d)]
+        } else {
+            Vec::new()
+        },
+        wrev: vec![0.0; taps],
+        row: vec![0.0; if gather { wd } else { 0 }],
     };
     if want_dx {
-        g.dx.par_chunks_mut(in_plane)
+        let n = d.x_len();
+        let mut dx = Vec::with_capacity(n);
+        dx.spare_capacity_mut()[..n]
+            .par_chunks_mut(in_plane)
             .zip(partials.par_chunks_mut(part))
             .enumerate()
             .for_each_init(init, |s, (p, (dx_p, part_p))| {
-                plane_task(s, p, Some(dx_p), part_p)
+                bwd_plane_isa(avx512, &cx, s, p, Some(dx_p), part_p)
             });
+        // SAFETY: `n = planes * in_plane`: every plane task wrote its whole plane of `dx`.
+        unsafe { dx.set_len(n) };
+        g.dx = dx;
     } else {
         partials
             .par_chunks_mut(part)
             .enumerate()
-            .for_each_init(init, |s, (p, part_p)| plane_task(s, p, None, part_p));
+            .for_each_init(init, |s, (p, part_p)| {
+                bwd_plane_isa(avx512, &cx, s, p, None, part_p)
+            });
     }
     for (p, part_p) in partials.chunks_exact(part).enumerate() {
         let c = p % d.channels;
