@@ -129,9 +129,13 @@ fn axpy_mul(acc: &mut [f32], a: &[f32], b: &[f32]) {
     let mut ac = acc.chunks_exact_mut(B);
     for ((o, x), y) in (&mut ac).zip(a.chunks_exact(B)).zip(b.chunks_exact(B)) {
         let (x, y): (&[f32; B], &[f32; B]) = (x.try_into().expect("16"), y.try_into().expect("16"));
+        // In a local copy: summed in place, the stores may alias the loads for LLVM, which
+        // then keeps the block scalar.
+        let mut t: [f32; B] = (&*o).try_into().expect("16");
         for l in 0..B {
-            o[l] += x[l] * y[l];
+            t[l] += x[l] * y[l];
         }
+        o.copy_from_slice(&t);
     }
     for (i, o) in ac.into_remainder().iter_mut().enumerate() {
         *o += a[done + i] * b[done + i];
