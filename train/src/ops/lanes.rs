@@ -29,8 +29,10 @@ pub fn fold(acc: [f32; LANES]) -> f32 {
 #[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
+    // Fixed-size chunks (`[f32; 16]`): no per-element bounds checks in the way of the vector
+    // loads.
+    let (chunks, rest) = x.as_chunks::<LANES>();
+    let tail: f32 = rest.iter().sum();
     for c in chunks {
         for i in 0..LANES {
             acc[i] += c[i];
@@ -43,9 +45,9 @@ pub fn sum(x: &[f32]) -> f32 {
 #[inline(always)]
 pub fn dot<const FMA: bool>(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
-    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (a, b) in xc.zip(yc) {
+    let n = x.len().min(y.len());
+    let ((xc, xr), (yc, yr)) = (x[..n].as_chunks::<LANES>(), y[..n].as_chunks::<LANES>());
+    for (a, b) in xc.iter().zip(yc) {
         for i in 0..LANES {
             acc[i] = madd::<FMA>(a[i], b[i], acc[i]);
         }
@@ -61,8 +63,8 @@ pub fn dot<const FMA: bool>(x: &[f32], y: &[f32]) -> f32 {
 #[inline(always)]
 pub fn sum_sq_dev(x: &[f32], m: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().map(|&v| (v - m) * (v - m)).sum();
+    let (chunks, rest) = x.as_chunks::<LANES>();
+    let tail: f32 = rest.iter().map(|&v| (v - m) * (v - m)).sum();
     for c in chunks {
         for i in 0..LANES {
             let d = c[i] - m;
