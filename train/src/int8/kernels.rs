@@ -2303,7 +2303,7 @@ mod simd {
     /// exponent itself: far below -126 the result is 0, above 128 infinity).
     #[target_feature(enable = "avx512f,avx512dq,fma")]
     #[inline]
-    fn exp2_16(x: __m512) -> __m512 {
+    pub fn exp2_16(x: __m512) -> __m512 {
         let [q0, q1, q2, q3, q4, q5] = super::EXP2_POLY.map(|c| _mm512_set1_ps(c));
         let f = _mm512_reduce_ps::<0x09>(x);
         let mut p = _mm512_fmadd_ps(q5, f, q4);
@@ -2644,7 +2644,9 @@ mod simd {
 /// `matmul_rows` (`out = w x`, `w` `[rows, k]`, `x` `[k, L]`). Unsafe: callers check
 /// `Isa::detect() >= Isa::Avx512` (AVX-512 F/BW/DQ/VL and FMA) first.
 #[cfg(target_arch = "x86_64")]
-pub(crate) use simd::{gate, matmul_rows as matmul_rows_avx512, silu_inplace, softplus_inplace};
+pub(crate) use simd::{
+    exp2_16, gate, matmul_rows as matmul_rows_avx512, silu_inplace, softplus_inplace,
+};
 
 /// The engine's AVX-512 register scan with `d_state` 16 (`simd::scan16_avx512`) for float
 /// callers outside the engine (the training mixer's forward pass, [`crate::mixer`]): time-major

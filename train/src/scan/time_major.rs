@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::int8::kernels::{EXP2_POLY, transpose_strided};
+use crate::int8::kernels::{exp2_16, transpose_strided};
 
 /// `$body` sixteen times with `$n` a constant `0..16`: the per-state arrays then index with
 /// constants, which keeps them in registers (a loop over `n` kept them on the stack, with a
@@ -193,7 +193,6 @@ unsafe fn block(
     s: &mut TimeMajorBwd,
     o: &mut Bwd16Out,
 ) {
-    let [q0, q1, q2, q3, q4, q5] = EXP2_POLY.map(|c| _mm512_set1_ps(c));
     let mask: __mmask16 = if nl == 16 { !0 } else { (1u16 << nl) - 1 };
     let log2e = _mm512_set1_ps(std::f32::consts::LOG2_E);
     // SAFETY (all masked loads and stores below): lanes `j < nl` touch channel `c0 + j < di`
@@ -222,16 +221,8 @@ unsafe fn block(
         let (d, uv) = (ld!(x.delta, t), ld!(x.u, t));
         let dtu = _mm512_mul_ps(d, uv);
         unroll16!(n => {
-            // exp(d a) = 2^(d a log2 e) as the engine's scan: vreduceps for the fraction,
-            // vscalefps for the power of two (d >= 0 from softplus, a < 0).
-            let xe = _mm512_mul_ps(d, a2[n]);
-            let f = _mm512_reduce_ps::<0x09>(xe);
-            let mut p = _mm512_fmadd_ps(q5, f, q4);
-            p = _mm512_fmadd_ps(p, f, q3);
-            p = _mm512_fmadd_ps(p, f, q2);
-            p = _mm512_fmadd_ps(p, f, q1);
-            p = _mm512_fmadd_ps(p, f, q0);
-            let e = _mm512_scalef_ps(p, xe);
+            // exp(d a) = 2^(d a log2 e), the engine's exponential (d >= 0 from softplus, a < 0).
+            let e = exp2_16(_mm512_mul_ps(d, a2[n]));
             // SAFETY: row n of B at t < L.
             let b = _mm512_set1_ps(unsafe { *bc.get_unchecked(n * l + t) });
             h[n] = _mm512_fmadd_ps(e, h[n], _mm512_mul_ps(dtu, b));
