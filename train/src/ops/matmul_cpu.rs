@@ -233,34 +233,56 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// `Y_c = X_c M` for every block, in parallel.
-pub fn forward(p: &SharedMatmul, x: &[f32], m: &[f32]) -> Vec<f32> {
-    p.check(x.len(), m.len(), p.y_len());
-    if p.inner == 0 {
-        return super::zeros_par(p.y_len());
+/// `Out_c = L_c R` for `blocks` blocks in parallel: `L_c` `[rows, k]` (view `lv`, blocks
+/// `l_block` apart in `lhs`), `R` `[k, cols]` (view `rv`), `Out_c` in view `ov`, blocks
+/// `o_block` apart in a new buffer of `blocks * o_block` floats ([`output`]: no zero-fill on
+/// dense views; zeros when `k` is 0). The forward product and `dX` of the backward pass.
+#[allow(clippy::too_many_arguments)]
+fn block_products(
+    blocks: usize,
+    [rows, k, cols]: [usize; 3],
+    (ov, o_block): (View, usize),
+    (lhs, lv, l_block): (&[f32], View, usize),
+    (rhs, rv): (&[f32], View),
+) -> Vec<f32> {
+    let n = blocks * o_block;
+    if k == 0 {
+        return super::zeros_par(n);
     }
-    output(p.y_len(), p.y_block, p.y, [p.rows, p.outer], |y| {
-        let y = OutPtr(y);
-        (0..p.blocks).into_par_iter().for_each(|c| {
-            let (y, xc) = (y, &x[c * p.x_block..]);
-            // SAFETY: `check` verified that each block's views lie inside its block and
-            // `M`; block `c` of `y` starts at `c * y_block`, inside its `blocks * y_block`.
+    output(n, o_block, ov, [rows, cols], |out| {
+        let out = OutPtr(out);
+        (0..blocks).into_par_iter().for_each(|c| {
+            let (out, lc) = (out, &lhs[c * l_block..]);
+            // SAFETY: the callers' `check` verified that each block's views lie inside its
+            // block and `M`; block `c` of the output starts at `c * o_block`, inside `n`.
             unsafe {
                 gemm_views(
-                    p.rows,
-                    p.outer,
-                    p.inner,
-                    y.0.add(c * p.y_block),
-                    p.y,
+                    rows,
+                    cols,
+                    k,
+                    out.0.add(c * o_block),
+                    ov,
                     false,
-                    xc,
-                    p.x,
-                    m,
-                    p.m,
+                    lc,
+                    lv,
+                    rhs,
+                    rv,
                 )
             }
         });
     })
+}
+
+/// `Y_c = X_c M` for every block, in parallel.
+pub fn forward(p: &SharedMatmul, x: &[f32], m: &[f32]) -> Vec<f32> {
+    p.check(x.len(), m.len(), p.y_len());
+    block_products(
+        p.blocks,
+        [p.rows, p.inner, p.outer],
+        (p.y, p.y_block),
+        (x, p.x, p.x_block),
+        (m, p.m),
+    )
 }
 
 /// Number of groups the `dM` reduction is split into (fixed: the sum order does not depend on
@@ -272,30 +294,13 @@ pub fn backward(p: &SharedMatmul, x: &[f32], m: &[f32], dy: &[f32]) -> (Vec<f32>
     p.check(x.len(), m.len(), dy.len());
     let mut dm = vec![0.0f32; p.m_len()];
     // dX_c = dY_c M^T: [rows, outer] x [outer, inner].
-    if p.outer == 0 {
-        return (super::zeros_par(p.x_len()), dm);
-    }
-    let dx = output(p.x_len(), p.x_block, p.x, [p.rows, p.inner], |dx| {
-        let dx = OutPtr(dx);
-        (0..p.blocks).into_par_iter().for_each(|c| {
-            let (dx, dyc) = (dx, &dy[c * p.y_block..]);
-            // SAFETY: as in `forward`, with the roles of the views exchanged.
-            unsafe {
-                gemm_views(
-                    p.rows,
-                    p.inner,
-                    p.outer,
-                    dx.0.add(c * p.x_block),
-                    p.x,
-                    false,
-                    dyc,
-                    p.y,
-                    m,
-                    p.m.t(),
-                )
-            }
-        });
-    });
+    let dx = block_products(
+        p.blocks,
+        [p.rows, p.outer, p.inner],
+        (p.x, p.x_block),
+        (dy, p.y, p.y_block),
+        (m, p.m.t()),
+    );
     if p.blocks == 0 || p.rows == 0 {
         return (dx, dm);
     }
