@@ -418,6 +418,55 @@ fn batch_norm_matches_burn_batch_norm_train_with_and_without_relu() {
     }
 }
 
+/// The AVX-512 row kernels (where this CPU has them) against the baseline ones: rows of 1, 15,
+/// 16, 17, 63 and 100 values (masked tails, one to four register sets).
+#[test]
+fn batch_norm_row_kernels_agree_across_instruction_sets() {
+    use super::batch_norm_cpu::{BnDims, backward_with, forward_with};
+    use crate::scan::cpu::Isa;
+    use std::mem::MaybeUninit;
+    let mut rng = StdRng::seed_from_u64(9);
+    for spatial in [1, 15, 16, 17, 63, 100] {
+        let d = BnDims {
+            batch: 3,
+            channels: 2,
+            spatial,
+        };
+        let x: Vec<f32> = (0..d.len())
+            .map(|_| 2.0 + rng.random_range(-1.0f32..1.0))
+            .collect();
+        let dy = rand_vec(&mut rng, d.len());
+        let (gamma, beta) = (vec![1.5f32, -0.7], vec![0.2f32, 0.1]);
+        for relu in [false, true] {
+            let run = |isa| {
+                let mut y = vec![MaybeUninit::uninit(); d.len()];
+                let (mean, var) = forward_with(isa, d, &x, &gamma, &beta, 1e-5, relu, &mut y);
+                // SAFETY: `forward_with` wrote every element.
+                let y: Vec<f32> = y.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+                let g = backward_with(
+                    isa,
+                    d,
+                    &x,
+                    [&gamma, &beta, &mean, &var],
+                    1e-5,
+                    relu,
+                    &dy,
+                    true,
+                );
+                [y, mean, var, g.dx, g.dgamma, g.dbeta]
+            };
+            let (base, wide) = (run(Isa::Portable), run(Isa::Avx512));
+            for (i, (a, b)) in base.iter().zip(&wide).enumerate() {
+                let e = rel_err(a, b);
+                assert!(
+                    e < 1e-5,
+                    "spatial {spatial} relu {relu}: output {i} rel err {e}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn batch_norm_statistics_match_an_f64_loop_on_a_3d_input() {
     let (b, c, l) = (3usize, 4usize, 10usize);
