@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use crate::int8::kernels::transpose_strided;
+use crate::int8::kernels::transpose_strided_fast;
 use crate::ops::activation::{sigmoid, silu, silu_grad, softplus};
 use crate::ops::matmul_cpu::{View, gemm_strided};
 use crate::ops::{lanes, zeros_par};
@@ -129,14 +129,14 @@ pub struct MixerGrads {
 /// `dst` (`[width, len]`).
 #[inline(always)]
 fn to_channel_major(src: &[f32], ld: usize, off: usize, width: usize, len: usize, dst: &mut [f32]) {
-    transpose_strided(&src[off..], ld, dst, len, len, width);
+    transpose_strided_fast(&src[off..], ld, dst, len, len, width);
 }
 
 /// The channel-major `src` (`[width, len]`) into columns `off..off + width` of the token-major
 /// `dst` (`[len, ld]`).
 #[inline(always)]
 fn to_token_major(src: &[f32], width: usize, len: usize, dst: &mut [f32], ld: usize, off: usize) {
-    transpose_strided(src, len, &mut dst[off..], ld, width, len);
+    transpose_strided_fast(src, len, &mut dst[off..], ld, width, len);
 }
 
 /// Per-thread channel-major buffers of one sequence.
@@ -205,7 +205,7 @@ impl Scratch {
             x_proj_t: if avx512 {
                 let (pw, di) = (dims.proj_width(), dims.d_inner);
                 let mut t = vec![0.0; pw * di];
-                transpose_strided(w.x_proj, pw, &mut t, di, di, pw);
+                transpose_strided_fast(w.x_proj, pw, &mut t, di, di, pw);
                 t
             } else {
                 Vec::new()
@@ -332,14 +332,14 @@ fn scan_time_major(dims: MixerDims, w: &MixerWeights, s: &mut Scratch, y: &mut [
     let (u_tm, rest) = tm.split_at_mut(di * len);
     let (delta_tm, rest) = rest.split_at_mut(di * len);
     let (y_tm, a_t) = rest.split_at_mut(di * len);
-    transpose_strided(&s.u, len, u_tm, di, di, len);
-    transpose_strided(&s.delta, len, delta_tm, di, di, len);
-    transpose_strided(w.a, n, a_t, di, di, n);
+    transpose_strided_fast(&s.u, len, u_tm, di, di, len);
+    transpose_strided_fast(&s.delta, len, delta_tm, di, di, len);
+    transpose_strided_fast(w.a, n, a_t, di, di, n);
     let bc = &s.proj[r * len..(r + 2 * n) * len];
     if !crate::int8::kernels::scan16_time_major(di, len, delta_tm, u_tm, bc, a_t, w.d, y_tm) {
         return false;
     }
-    transpose_strided(y_tm, di, y, len, len, di);
+    transpose_strided_fast(y_tm, di, y, len, len, di);
     true
 }
 
@@ -376,10 +376,10 @@ fn scan_backward_time_major(
     let (dy_tm, rest) = rest.split_at_mut(plane);
     let (du_tm, rest) = rest.split_at_mut(plane);
     let (ddelta_tm, a_t) = rest.split_at_mut(plane);
-    transpose_strided(&s.u, len, u_tm, di, di, len);
-    transpose_strided(&s.delta, len, delta_tm, di, di, len);
-    transpose_strided(&s.dy, len, dy_tm, di, di, len);
-    transpose_strided(w.a, n, a_t, di, di, n);
+    transpose_strided_fast(&s.u, len, u_tm, di, di, len);
+    transpose_strided_fast(&s.delta, len, delta_tm, di, di, len);
+    transpose_strided_fast(&s.dy, len, dy_tm, di, di, len);
+    transpose_strided_fast(w.a, n, a_t, di, di, n);
     let scratch = s
         .time_major_bwd
         .get_or_insert_with(|| TimeMajorBwd::new(len));
@@ -402,8 +402,8 @@ fn scan_backward_time_major(
     // SAFETY: `s.avx512` holds only where the engine's AVX-512 level (F/BW/DQ/VL, FMA) is
     // available; `backward16` asserts the lengths.
     unsafe { time_major::backward16(di, len, &input, scratch, &mut out) };
-    transpose_strided(du_tm, di, &mut s.du, len, len, di);
-    transpose_strided(ddelta_tm, di, &mut s.ddelta, len, len, di);
+    transpose_strided_fast(du_tm, di, &mut s.du, len, len, di);
+    transpose_strided_fast(ddelta_tm, di, &mut s.ddelta, len, len, di);
     true
 }
 

@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::int8::kernels::{exp2_16, transpose_strided};
+use crate::int8::kernels::{exp2_16, transpose_strided_fast};
 
 /// `$body` sixteen times with `$n` a constant `0..16`: the per-state arrays then index with
 /// constants, which keeps them in registers (a loop over `n` kept them on the stack, with a
@@ -132,7 +132,7 @@ pub(crate) unsafe fn backward16(
         c0 += nl;
     }
     // [L, 32] -> [32, L].
-    transpose_strided(&s.dbc, 2 * N, o.dbc, l, l, 2 * N);
+    transpose_strided_fast(&s.dbc, 2 * N, o.dbc, l, l, 2 * N);
 }
 
 /// The lanes of `v_0 .. v_15` summed: lane `n` of the result is `sum_j v_n[j]`. A tree of
