@@ -6,8 +6,9 @@
 //! `cargo bench -p train --bench model`; `ASC_BENCH_ITERS` (default 3) timed iterations after
 //! one warm-up; `ASC_BENCH_MODEL` (default `s1`) picks the preset; `ASC_BENCH_TRAIN_ONLY=1`
 //! stops after the training steps; `ASC_BENCH_SYSTEM_MALLOC=1` leaves glibc's allocator as it
-//! is (the trainer calls [`train::backend::keep_freed_buffers`]); `ASC_BENCH_BLOCK=irb2` times
-//! only irb2's forward + backward, five times (for profilers).
+//! is (the trainer calls [`train::backend::keep_freed_buffers`]); `ASC_BENCH_BLOCK=irb2` (or
+//! any block name of the profile) times only that block, five rounds (for profilers); `ASC_BENCH_BATCH=64` times the
+//! training step at that batch size only.
 
 use std::time::Instant;
 
@@ -69,14 +70,18 @@ fn inference_rate(cfg: &ModelConfig, b: usize) -> f64 {
     (b * iters()) as f64 / t0.elapsed().as_secs_f64()
 }
 
-/// Times `f` (forward only on the inference device; forward + backward of `sum()` on the
+/// Times `f` (unless `only` names another block) (forward only on the inference device; forward + backward of `sum()` on the
 /// training device), in milliseconds per call.
 fn time_block<M: Module>(
+    only: Option<&str>,
     name: &str,
     block: &M,
     shape: [usize; 4],
     f: impl Fn(&M, Tensor<4>) -> Tensor<4>,
 ) {
+    if only.is_some_and(|o| o != name) {
+        return;
+    }
     let n = iters();
     let dev = training_device();
     let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &dev).require_grad();
@@ -108,27 +113,29 @@ fn time_block<M: Module>(
     );
 }
 
-fn profile_blocks(cfg: &ModelConfig, b: usize) {
+fn profile_blocks(cfg: &ModelConfig, b: usize, only: Option<&str>) {
     let dev = training_device();
     let Model::IrMamba(m) = cfg.init(10, &dev) else {
         println!("(per-block profile only for IRMamba presets)");
         return;
     };
-    println!("per-block profile, batch {b} (autodiff device; forward on the same weights)");
-    time_block("stem", &m.stem, [b, 1, 256, 64], |s, x| s.forward(x));
-    time_block("irb1", &m.irb1, [b, 32, 64, 16], |s, x| s.forward(x));
-    time_block("irb2", &m.irb2, [b, 48, 64, 16], |s, x| s.forward(x));
+    if only.is_none() {
+        println!("per-block profile, batch {b} (autodiff device; forward on the same weights)");
+    }
+    time_block(only, "stem", &m.stem, [b, 1, 256, 64], |s, x| s.forward(x));
+    time_block(only, "irb1", &m.irb1, [b, 32, 64, 16], |s, x| s.forward(x));
+    time_block(only, "irb2", &m.irb2, [b, 48, 64, 16], |s, x| s.forward(x));
     let mut shape = [b, 48, 32, 16];
     for (i, st) in m.stages.iter().enumerate() {
         for (j, blk) in st.blocks.iter().enumerate() {
-            time_block(&format!("pmb.{i}.{j}"), blk, shape, |s, x| s.forward(x));
+            time_block(only, &format!("pmb.{i}.{j}"), blk, shape, |s, x| s.forward(x));
             shape[1] = blk.proj.weight.dims()[1];
         }
         shape = [b, shape[1], shape[2] / 2, shape[3] / 2];
     }
-    time_block("irb3", &m.irb3, shape, |s, x| s.forward(x));
+    time_block(only, "irb3", &m.irb3, shape, |s, x| s.forward(x));
     let c = m.irb3.project.conv.weight.dims()[0];
-    time_block("head", &m.head, [b, c, shape[2], shape[3]], |s, x| {
+    time_block(only, "head", &m.head, [b, c, shape[2], shape[3]], |s, x| {
         let y = s.forward(x);
         let [bb, k] = y.dims();
         y.reshape([bb, k, 1, 1])
@@ -200,13 +207,10 @@ fn main() {
     }
     let name = std::env::var("ASC_BENCH_MODEL").unwrap_or_else(|_| "s1".into());
     let cfg = ModelConfig::preset(&name).expect("ASC_BENCH_MODEL: a preset name");
-    if std::env::var("ASC_BENCH_BLOCK").as_deref() == Ok("irb2") {
-        // irb2's forward + backward alone (batch 64), for profilers.
-        let Model::IrMamba(m) = cfg.init(10, &training_device()) else {
-            return;
-        };
+    if let Ok(only) = std::env::var("ASC_BENCH_BLOCK") {
+        // One block's forward + backward alone (batch 64), five rounds, for profilers.
         for _ in 0..5 {
-            time_block("irb2", &m.irb2, [64, 48, 64, 16], |s, x| s.forward(x));
+            profile_blocks(&cfg, 64, Some(&only));
         }
         return;
     }
@@ -215,7 +219,11 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         iters()
     );
-    for b in [64, 256] {
+    let batches: Vec<usize> = std::env::var("ASC_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(vec![64, 256], |b| vec![b]);
+    for b in batches {
         println!(
             "train step  batch {b:>3}: {:>8.1} samples/s",
             train_step_rate(&cfg, b)
@@ -228,6 +236,6 @@ fn main() {
         "inference   batch 256: {:>8.1} samples/s",
         inference_rate(&cfg, 256)
     );
-    profile_blocks(&cfg, 64);
+    profile_blocks(&cfg, 64, None);
     profile_pmb(&cfg, 64);
 }
