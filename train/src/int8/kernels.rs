@@ -2107,7 +2107,10 @@ mod simd {
             return;
         }
         // Every element read or written below lies inside these bounds (checked once).
-        assert!(cols <= src_ld && rows <= dst_ld, "transpose: views overlap their rows");
+        assert!(
+            cols <= src_ld && rows <= dst_ld,
+            "transpose: views overlap their rows"
+        );
         let (src, dst) = (
             &src[..(rows - 1) * src_ld + cols],
             &mut dst[..(cols - 1) * dst_ld + rows],
@@ -2119,8 +2122,7 @@ mod simd {
                 // (`[rows, cols]` view, rows `src_ld` apart); rows j0..j0 + 8 and columns
                 // i0..i0 + 8 of `dst` (`[cols, rows]`, rows `dst_ld` apart): inside the slices.
                 unsafe {
-                    let ld =
-                        |i: usize| _mm256_loadu_ps(src.as_ptr().add((i0 + i) * src_ld + j0));
+                    let ld = |i: usize| _mm256_loadu_ps(src.as_ptr().add((i0 + i) * src_ld + j0));
                     let (r0, r1, r2, r3) = (ld(0), ld(1), ld(2), ld(3));
                     let (r4, r5, r6, r7) = (ld(4), ld(5), ld(6), ld(7));
                     let t0 = _mm256_unpacklo_ps(r0, r1);

@@ -21,6 +21,9 @@
 // Row loops index several buffers in lockstep; clearer than multi-way zips.
 #![allow(clippy::needless_range_loop)]
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rayon::prelude::*;
 
 use crate::int8::kernels::transpose_strided_fast;
@@ -141,6 +144,11 @@ fn to_token_major(src: &[f32], width: usize, len: usize, dst: &mut [f32], ld: us
 
 /// Per-thread channel-major buffers of one sequence.
 struct Scratch {
+    /// What the buffers were made for: the sizes (`seqs` set to 0), backward or forward, the
+    /// instruction set.
+    key: (MixerDims, bool, Isa),
+    /// The mixer call whose weights `scan` and `x_proj_t` hold ([`CALLS`]).
+    call: u64,
     scan: SeqScan,
     /// The `x` half, `[d_inner, L]`.
     x: Vec<f32>,
@@ -189,6 +197,8 @@ impl Scratch {
         };
         let back = if backward { plane } else { 0 };
         Scratch {
+            key: Self::key(dims, backward, isa),
+            call: 0,
             scan: SeqScan::new(dims.d_inner, dims.d_state, dims.len, w.a),
             x: vec![0.0; plane],
             xc: vec![0.0; plane],
@@ -223,6 +233,70 @@ impl Scratch {
             ],
         }
     }
+}
+
+impl Scratch {
+    fn key(dims: MixerDims, backward: bool, isa: Isa) -> (MixerDims, bool, Isa) {
+        (MixerDims { seqs: 0, ..dims }, backward, isa)
+    }
+
+    /// Takes the weights of mixer call `call` (`A` for the scan, `x_proj^T`).
+    fn set_weights(&mut self, call: u64, dims: MixerDims, w: &MixerWeights) {
+        self.call = call;
+        self.scan.set_a(w.a);
+        if self.avx512 {
+            let (pw, di) = (dims.proj_width(), dims.d_inner);
+            transpose_strided_fast(w.x_proj, pw, &mut self.x_proj_t, di, di, pw);
+        }
+    }
+}
+
+/// Numbers the mixer calls, so that a thread's cached [`Scratch`] takes each call's weights
+/// once.
+static CALLS: AtomicU64 = AtomicU64::new(1);
+
+/// Scratch buffers per thread, one per geometry and direction (a training step alternates
+/// between the stages' forward and backward calls): each rayon task of a call used to make
+/// its own, about 20 times per call (a megabyte each, zero-filled).
+const CACHED_SCRATCH: usize = 8;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<Scratch>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's [`Scratch`] for `dims` / `backward` / `isa`, holding the
+/// weights of call `call` (made on first use, then kept).
+fn with_scratch<R>(
+    call: u64,
+    (dims, w, backward, isa): (MixerDims, &MixerWeights, bool, Isa),
+    f: impl FnOnce(&mut Scratch) -> R,
+) -> R {
+    SCRATCH.with(|cell| {
+        // A task body never re-enters the pool, so the cache is never borrowed twice; if it
+        // were, a fresh scratch would do.
+        let Ok(mut cache) = cell.try_borrow_mut() else {
+            let mut s = Scratch::new(dims, w, backward, isa);
+            return f(&mut s);
+        };
+        let key = Scratch::key(dims, backward, isa);
+        let i = match cache.iter().position(|s| s.key == key) {
+            Some(i) => i,
+            None => {
+                if cache.len() == CACHED_SCRATCH {
+                    cache.remove(0);
+                }
+                let mut s = Scratch::new(dims, w, backward, isa);
+                s.call = call;
+                cache.push(s);
+                cache.len() - 1
+            }
+        };
+        let s = &mut cache[i];
+        if s.call != call {
+            s.set_weights(call, dims, w);
+        }
+        f(s)
+    })
 }
 
 /// Recomputes the scan inputs of one sequence from its `xz` (`[L, 2 d_inner]`): `x`, `xc`, `u`,
@@ -702,19 +776,20 @@ pub fn forward_with(
         Isa::Avx2 => unsafe { x86::fwd_avx2(dims, w, xz, s, y, out) },
         _ => fwd_seq::<false, false>(dims, w, xz, s, y, out),
     };
-    let scratch = || Scratch::new(dims, w, false, isa);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let scratch = |f: &mut dyn FnMut(&mut Scratch)| with_scratch(call, (dims, w, false, isa), f);
     match y.as_mut() {
         Some(y) => out
             .par_chunks_mut(plane)
             .zip(y.par_chunks_mut(plane))
             .zip(xz.par_chunks(2 * plane))
-            .for_each_init(scratch, |s, ((out, y), xz)| run(s, xz, y, out)),
+            .for_each(|((out, y), xz)| scratch(&mut |s| run(s, xz, y, out))),
         None => out
             .par_chunks_mut(plane)
             .zip(xz.par_chunks(2 * plane))
             .for_each_init(
-                || (scratch(), vec![0.0f32; plane]),
-                |(s, y), (out, xz)| run(s, xz, y, out),
+                || vec![0.0f32; plane],
+                |y, (out, xz)| scratch(&mut |s| run(s, xz, y, out)),
             ),
     }
     (out, y)
@@ -761,13 +836,13 @@ pub fn backward_with(
     let mut dxz = zeros_par(dims.seqs * 2 * plane);
     let mut partials = vec![0.0f32; dims.seqs * part];
     if plane > 0 {
+        let call = CALLS.fetch_add(1, Ordering::Relaxed);
         dxz.par_chunks_mut(2 * plane)
             .zip(partials.par_chunks_mut(part))
             .zip(xz.par_chunks(2 * plane))
             .zip(y.par_chunks(plane).zip(dout.par_chunks(plane)))
-            .for_each_init(
-                || Scratch::new(dims, w, true, isa),
-                |s, (((dxz, part), xz), (y, dout))| match isa {
+            .for_each(|(((dxz, part), xz), (y, dout))| {
+                with_scratch(call, (dims, w, true, isa), |s| match isa {
                     // SAFETY: `isa` is available on this CPU (checked above).
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 => unsafe { x86::bwd_avx512(dims, w, xz, y, dout, s, dxz, part) },
@@ -775,8 +850,8 @@ pub fn backward_with(
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => unsafe { x86::bwd_avx2(dims, w, xz, y, dout, s, dxz, part) },
                     _ => bwd_seq::<false>(dims, w, xz, y, dout, s, dxz, part),
-                },
-            );
+                })
+            });
     }
     // Sum the per-sequence partials (fixed order: deterministic).
     let mut total = vec![0.0f32; part];

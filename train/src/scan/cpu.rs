@@ -678,6 +678,16 @@ impl SeqScan {
         }
     }
 
+    /// Takes a new `A: [d_inner, d_state]` (the next call's weights), keeping the buffers.
+    pub(crate) fn set_a(&mut self, a: &[f32]) {
+        assert_eq!(
+            a.len(),
+            self.dims.d_inner * self.dims.d_state,
+            "selective scan: A size"
+        );
+        self.a_pad = pad_a(a, self.dims.d_inner, self.dims.d_state);
+    }
+
     /// [`forward`] of one sequence: `u`, `delta`, `y`: `[d_inner, L]`; `b`, `c`: `[d_state, L]`.
     #[inline(always)]
     pub(crate) fn forward<const FMA: bool>(
