@@ -176,33 +176,64 @@ fn check(d: &DwDims, x: &[f32], w: &[f32], bias: &[f32]) {
     assert_eq!(bias.len(), d.channels, "depthwise conv: bias size");
 }
 
+/// Forward pass of plane `p` (batch element and channel) into `y_p`, through the padded
+/// scratch plane `xp`.
+#[inline(always)]
+fn fwd_plane(d: &DwDims, [x, w, bias]: [&[f32]; 3], p: usize, xp: &mut [f32], y_p: &mut [f32]) {
+    let [h, wd] = d.input;
+    let [kh, kw] = d.kernel;
+    let [_, wp] = padded_size(d);
+    let [sh, sw] = d.stride;
+    let (in_plane, taps) = (h * wd, kh * kw);
+    let c = p % d.channels;
+    pad_plane(d, wp, &x[p * in_plane..(p + 1) * in_plane], xp);
+    let w_c = &w[c * taps..(c + 1) * taps];
+    y_p.fill(bias[c]);
+    for (oh, y_row) in y_p.chunks_exact_mut(d.output[1]).enumerate() {
+        for i in 0..kh {
+            let r = oh * sh + i;
+            let xr = &xp[r * wp..(r + 1) * wp];
+            row_forward(y_row, xr, &w_c[i * kw..(i + 1) * kw], sw);
+        }
+    }
+}
+
+/// [`fwd_plane`] compiled for AVX-512 (the baseline instance runs four lanes per op).
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn fwd_plane_avx512(
+    d: &DwDims,
+    inputs: [&[f32]; 3],
+    p: usize,
+    xp: &mut [f32],
+    y_p: &mut [f32],
+) {
+    fwd_plane(d, inputs, p, xp, y_p)
+}
+
 /// Forward pass: writes `y` (`[batch, C, OH, OW]`).
 pub fn forward(d: DwDims, x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32]) {
     check(&d, x, w, bias);
     assert_eq!(y.len(), d.y_len(), "depthwise conv: output size");
-    let [h, wd] = d.input;
-    let [kh, kw] = d.kernel;
-    let [oh_n, ow_n] = d.output;
-    let (in_plane, out_plane, taps) = (h * wd, oh_n * ow_n, kh * kw);
+    let out_plane = d.output[0] * d.output[1];
     if y.is_empty() {
         return;
     }
     let [hp, wp] = padded_size(&d);
-    let [sh, sw] = d.stride;
+    let avx512 = crate::scan::cpu::Isa::Avx512.is_available();
     y.par_chunks_mut(out_plane).enumerate().for_each_init(
         || vec![0.0f32; hp * wp],
         |xp, (p, y_p)| {
-            let c = p % d.channels;
-            pad_plane(&d, wp, &x[p * in_plane..(p + 1) * in_plane], xp);
-            let w_c = &w[c * taps..(c + 1) * taps];
-            y_p.fill(bias[c]);
-            for (oh, y_row) in y_p.chunks_exact_mut(ow_n).enumerate() {
-                for i in 0..kh {
-                    let r = oh * sh + i;
-                    let xr = &xp[r * wp..(r + 1) * wp];
-                    row_forward(y_row, xr, &w_c[i * kw..(i + 1) * kw], sw);
-                }
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                // SAFETY: `Isa::Avx512` (AVX-512F, AVX2, FMA) is available on this CPU.
+                return unsafe { fwd_plane_avx512(&d, [x, w, bias], p, xp, y_p) };
             }
+            let _ = avx512;
+            fwd_plane(&d, [x, w, bias], p, xp, y_p)
         },
     );
 }
