@@ -109,6 +109,7 @@ fn bench_kernel(name: &str, shape: [usize; 4], stride: [usize; 2]) {
     let d = DwDims {
         batch: b,
         channels: c,
+        in_channels: c,
         input: [h, w],
         kernel: [3, 3],
         stride,

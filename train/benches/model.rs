@@ -128,7 +128,9 @@ fn profile_blocks(cfg: &ModelConfig, b: usize, only: Option<&str>) {
     let mut shape = [b, 48, 32, 16];
     for (i, st) in m.stages.iter().enumerate() {
         for (j, blk) in st.blocks.iter().enumerate() {
-            time_block(only, &format!("pmb.{i}.{j}"), blk, shape, |s, x| s.forward(x));
+            time_block(only, &format!("pmb.{i}.{j}"), blk, shape, |s, x| {
+                s.forward(x)
+            });
             shape[1] = blk.proj.weight.dims()[1];
         }
         shape = [b, shape[1], shape[2] / 2, shape[3] / 2];

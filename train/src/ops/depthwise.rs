@@ -1,5 +1,5 @@
-//! Depthwise convolution (`groups == C`, channel multiplier 1, dilation 1, zero padding) as a
-//! burn backend extension with a hand-written backward pass.
+//! Depthwise convolution (`groups == C_in`, channel multiplier `C_out / C_in`, dilation 1, zero
+//! padding) as a burn backend extension with a hand-written backward pass.
 //!
 //! [`DepthwiseConvOps`] is implemented for the CPU backends (Flex; NdArray with the `ndarray`
 //! feature) by running [`super::depthwise_cpu`] on host `f32` views of the inputs (Flex storage
@@ -20,8 +20,8 @@ use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTen
 /// Backends that can run the direct depthwise convolution.
 #[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Autodiff)]
 pub trait DepthwiseConvOps: Backend {
-    /// Depthwise convolution of `x: [B, C, H, W]` with `weight: [C, 1, kh, kw]` and
-    /// `bias: [C]`; `pad` is the top/left zero padding and `output` the output size `[OH, OW]`
+    /// Depthwise convolution of `x: [B, C_in, H, W]` with `weight: [C, 1, kh, kw]` and
+    /// `bias: [C]` (`C` a multiple of `C_in`); `pad` is the top/left zero padding and `output` the output size `[OH, OW]`
     /// (shapes already validated by the caller).
     fn depthwise_conv_fused(
         x: FloatTensor<Self>,
@@ -58,7 +58,8 @@ fn dims_of<B: Backend>(x: &FloatTensor<B>, w: &FloatTensor<B>, g: Geometry) -> D
     let (sx, sw) = (x.shape(), w.shape());
     DwDims {
         batch: sx[0],
-        channels: sx[1],
+        channels: sw[0],
+        in_channels: sx[1],
         input: [sx[2], sx[3]],
         kernel: [sw[2], sw[3]],
         stride: g.stride,
@@ -131,7 +132,7 @@ impl<B: Backend> Backward<B, 3> for DepthwiseConvBackward {
                 (
                     px.map(|n| n.id),
                     g.dx,
-                    vec![d.batch, d.channels, d.input[0], d.input[1]],
+                    vec![d.batch, d.in_channels, d.input[0], d.input[1]],
                 ),
                 (pw.map(|n| n.id), g.dw, w_shape),
                 (pb.map(|n| n.id), g.db, vec![d.channels]),

@@ -28,8 +28,12 @@ use rayon::prelude::*;
 pub struct DwDims {
     /// Batch size.
     pub batch: usize,
-    /// Channels (input = output, one filter per channel).
+    /// Output channels, one filter each.
     pub channels: usize,
+    /// Input channels: `channels` (depthwise) or a divisor of it; output channel `c` reads
+    /// input channel `c / (channels / in_channels)` (a channel multiplier, as a 1-channel
+    /// spectrogram into the stem's first conv).
+    pub in_channels: usize,
     /// Input height and width `[H, W]`.
     pub input: [usize; 2],
     /// Kernel size `[kh, kw]`.
@@ -45,7 +49,17 @@ pub struct DwDims {
 impl DwDims {
     /// Elements of `x`.
     pub fn x_len(&self) -> usize {
-        self.batch * self.channels * self.input[0] * self.input[1]
+        self.batch * self.in_channels * self.input[0] * self.input[1]
+    }
+
+    /// Output channels per input channel.
+    fn multiplier(&self) -> usize {
+        self.channels / self.in_channels
+    }
+
+    /// Input plane read by output plane `p` (`b * channels + c`).
+    fn x_plane(&self, p: usize) -> usize {
+        (p / self.channels) * self.in_channels + (p % self.channels) / self.multiplier()
     }
 
     /// Elements of `y`.
@@ -79,13 +93,52 @@ fn padded_size(d: &DwDims) -> [usize; 2] {
 }
 
 /// Copies one `[H, W]` input plane into the interior of the zero-padded `[Hp, Wp]` scratch.
+/// With a horizontal stride of 2, each padded row is stored split into its even then its odd
+/// columns ([`s2_tap`]), so that every tap reads a contiguous run.
+#[inline(always)]
 fn pad_plane(d: &DwDims, wp: usize, x_p: &[f32], xp: &mut [f32]) {
     let [h, w] = d.input;
     let [pt, pl] = d.pad;
     xp.fill(0.0);
+    if d.stride[1] == 2 {
+        for r in 0..h {
+            let row = &mut xp[(r + pt) * wp..(r + pt + 1) * wp];
+            let (first, second) = s2_halves(row, pl);
+            // Indexed, not zipped: with an odd width the last pair has no second value, and
+            // `second` may hold one slot fewer than `first`.
+            for (m, pair) in x_p[r * w..(r + 1) * w].chunks(2).enumerate() {
+                first[m] = pair[0];
+                if let Some(&v) = pair.get(1) {
+                    second[m] = v;
+                }
+            }
+        }
+        return;
+    }
     for r in 0..h {
         xp[(r + pt) * wp + pl..(r + pt) * wp + pl + w].copy_from_slice(&x_p[r * w..(r + 1) * w]);
     }
+}
+
+/// The runs of a row stored as even then odd columns ([`pad_plane`]) that hold its columns
+/// `pl + 2 m` and `pl + 2 m + 1`, `m = 0, 1, ...`.
+#[inline(always)]
+fn s2_halves(row: &mut [f32], pl: usize) -> (&mut [f32], &mut [f32]) {
+    let ne = row.len().div_ceil(2);
+    let (even, odd) = row.split_at_mut(ne);
+    if pl.is_multiple_of(2) {
+        (&mut even[pl / 2..], &mut odd[pl / 2..])
+    } else {
+        (&mut odd[pl / 2..], &mut even[pl / 2 + 1..])
+    }
+}
+
+/// Columns `2 o + j` (`o < n`) of a padded row stored as even then odd columns
+/// ([`pad_plane`] for horizontal stride 2): one contiguous run.
+#[inline(always)]
+fn s2_tap(xr: &[f32], j: usize, n: usize) -> &[f32] {
+    let start = (j % 2) * xr.len().div_ceil(2) + j / 2;
+    &xr[start..start + n]
 }
 
 /// `y[o] += sum_j w[j] x[o + j]` for a stride-1 row with `K` taps: one pass over the output
@@ -142,7 +195,8 @@ fn axpy_mul(acc: &mut [f32], a: &[f32], b: &[f32]) {
     }
 }
 
-/// One output row: `y[o] += sum_j w[j] x[o s + j]` over a padded input row.
+/// One output row: `y[o] += sum_j w[j] x[o s + j]` over a padded input row (for `s = 2`,
+/// split into even and odd columns by [`pad_plane`]).
 #[inline(always)]
 fn row_forward(y: &mut [f32], xr: &[f32], w: &[f32], sw: usize) {
     let n = y.len();
@@ -152,6 +206,13 @@ fn row_forward(y: &mut [f32], xr: &[f32], w: &[f32], sw: usize) {
         (1, _) => {
             for (j, &wv) in w.iter().enumerate() {
                 for (yv, &xv) in y.iter_mut().zip(&xr[j..j + n]) {
+                    *yv += wv * xv;
+                }
+            }
+        }
+        (2, _) => {
+            for (j, &wv) in w.iter().enumerate() {
+                for (yv, &xv) in y.iter_mut().zip(s2_tap(xr, j, n)) {
                     *yv += wv * xv;
                 }
             }
@@ -171,6 +232,12 @@ fn check(d: &DwDims, x: &[f32], w: &[f32], bias: &[f32]) {
         d.stride[0] >= 1 && d.stride[1] >= 1,
         "depthwise conv: zero stride"
     );
+    assert!(
+        d.in_channels > 0 && d.channels.is_multiple_of(d.in_channels),
+        "depthwise conv: {} output channels from {} input channels",
+        d.channels,
+        d.in_channels
+    );
     assert_eq!(x.len(), d.x_len(), "depthwise conv: x size");
     assert_eq!(w.len(), d.w_len(), "depthwise conv: weight size");
     assert_eq!(bias.len(), d.channels, "depthwise conv: bias size");
@@ -186,7 +253,8 @@ fn fwd_plane(d: &DwDims, [x, w, bias]: [&[f32]; 3], p: usize, xp: &mut [f32], y_
     let [sh, sw] = d.stride;
     let (in_plane, taps) = (h * wd, kh * kw);
     let c = p % d.channels;
-    pad_plane(d, wp, &x[p * in_plane..(p + 1) * in_plane], xp);
+    let q = d.x_plane(p);
+    pad_plane(d, wp, &x[q * in_plane..(q + 1) * in_plane], xp);
     let w_c = &w[c * taps..(c + 1) * taps];
     y_p.fill(bias[c]);
     for (oh, y_row) in y_p.chunks_exact_mut(d.output[1]).enumerate() {
@@ -279,7 +347,8 @@ fn bwd_plane(
     let [sh, sw] = d.stride;
     let [pt, pl] = d.pad;
     let c = p % d.channels;
-    pad_plane(&d, wp, &x[p * in_plane..(p + 1) * in_plane], &mut s.xp);
+    let q = d.x_plane(p);
+    pad_plane(&d, wp, &x[q * in_plane..(q + 1) * in_plane], &mut s.xp);
     let dy_p = &dy[p * out_plane..(p + 1) * out_plane];
     let w_c = &w[c * taps..(c + 1) * taps];
     let (dw_p, db_p) = part_p.split_at_mut(taps);
@@ -301,6 +370,8 @@ fn bwd_plane(
                 let acc = &mut s.acc[(i * kw + j) * ow_n..(i * kw + j + 1) * ow_n];
                 if sw == 1 {
                     axpy_mul(acc, g_row, &xr[j..j + ow_n]);
+                } else if sw == 2 {
+                    axpy_mul(acc, g_row, s2_tap(xr, j, ow_n));
                 } else {
                     for (o, (a, &gv)) in acc.iter_mut().zip(g_row).enumerate() {
                         *a += gv * xr[o * sw + j];
@@ -313,6 +384,12 @@ fn bwd_plane(
                     let wv = w_c[i * kw + j];
                     if sw == 1 {
                         for (dxv, &gv) in dxr[j..j + ow_n].iter_mut().zip(g_row) {
+                            *dxv += wv * gv;
+                        }
+                    } else if sw == 2 {
+                        // `dxp` rows as even then odd columns, as `xp` (see `pad_plane`).
+                        let start = (j % 2) * wp.div_ceil(2) + j / 2;
+                        for (dxv, &gv) in dxr[start..start + ow_n].iter_mut().zip(g_row) {
                             *dxv += wv * gv;
                         }
                     } else {
@@ -332,6 +409,17 @@ fn bwd_plane(
     };
     if scatter {
         for r in 0..h {
+            if sw == 2 {
+                let (first, second) = s2_halves(&mut s.dxp[(r + pt) * wp..(r + pt + 1) * wp], pl);
+                let out = &mut dx_p[r * wd..(r + 1) * wd];
+                for (m, pair) in out.chunks_mut(2).enumerate() {
+                    pair[0].write(first[m]);
+                    if let Some(o) = pair.get_mut(1) {
+                        o.write(second[m]);
+                    }
+                }
+                continue;
+            }
             let src = &s.dxp[(r + pt) * wp + pl..(r + pt) * wp + pl + wd];
             for (o, &v) in dx_p[r * wd..(r + 1) * wd].iter_mut().zip(src) {
                 o.write(v);
@@ -477,7 +565,9 @@ pub fn backward(
         row: vec![0.0; if gather { wd } else { 0 }],
     };
     if want_dx {
-        let n = d.x_len();
+        // Per output plane (`planes * in_plane`); with a channel multiplier, summed per input
+        // plane below.
+        let n = planes * in_plane;
         let mut dx = Vec::with_capacity(n);
         dx.spare_capacity_mut()[..n]
             .par_chunks_mut(in_plane)
@@ -488,7 +578,19 @@ pub fn backward(
             });
         // SAFETY: `n = planes * in_plane`: every plane task wrote its whole plane of `dx`.
         unsafe { dx.set_len(n) };
-        g.dx = dx;
+        g.dx = if d.multiplier() == 1 {
+            dx
+        } else {
+            // dx[b, ci] = sum of the planes of its output channels c = ci m .. (ci + 1) m.
+            let mut sum = vec![0.0f32; d.x_len()];
+            for (p, plane) in dx.chunks_exact(in_plane).enumerate() {
+                let q = d.x_plane(p);
+                for (o, &v) in sum[q * in_plane..(q + 1) * in_plane].iter_mut().zip(plane) {
+                    *o += v;
+                }
+            }
+            sum
+        };
     } else {
         partials
             .par_chunks_mut(part)

@@ -122,23 +122,33 @@ pub fn depthwise_output_size(
     Ok(out)
 }
 
+/// Checks a depthwise weight `[C_out, 1, ...]` against `channels` input channels (`C_out` a
+/// multiple of them when `multiplier`, else equal) and the bias against `[C_out]`.
 fn check_params(
     channels: usize,
     weight: &[usize],
     bias: Option<&[usize]>,
+    multiplier: bool,
 ) -> Result<(), DepthwiseError> {
-    if weight.len() < 3 || weight[0] != channels || weight[1] != 1 {
+    let fits = |c_out: usize| {
+        if multiplier {
+            channels > 0 && c_out > 0 && c_out.is_multiple_of(channels)
+        } else {
+            c_out == channels
+        }
+    };
+    if weight.len() < 3 || !fits(weight[0]) || weight[1] != 1 {
         return Err(DepthwiseError::Weight {
             weight: weight.to_vec(),
             channels,
         });
     }
     if let Some(b) = bias
-        && b != [channels]
+        && b != [weight[0]]
     {
         return Err(DepthwiseError::Bias {
             bias: b.to_vec(),
-            channels,
+            channels: weight[0],
         });
     }
     Ok(())
@@ -153,14 +163,15 @@ pub fn try_depthwise_conv2d(
     padding: [usize; 2],
 ) -> Result<Tensor<4>, DepthwiseError> {
     let [_, c, h, w] = x.dims();
-    let [_, _, kh, kw] = weight.dims();
+    let [c_out, _, kh, kw] = weight.dims();
     check_params(
         c,
         &weight.dims(),
         bias.as_ref().map(|b| b.dims()).as_ref().map(|d| &d[..]),
+        true,
     )?;
     let output = depthwise_output_size([h, w], [kh, kw], stride, padding)?;
-    let bias = bias.unwrap_or_else(|| Tensor::zeros([c], &x.device()));
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
     let y = <Dispatch as DepthwiseConvOps>::depthwise_conv_fused(
         x.into_dispatch(),
         weight.into_dispatch(),
@@ -172,12 +183,14 @@ pub fn try_depthwise_conv2d(
     Ok(Tensor::from_dispatch(y))
 }
 
-/// Depthwise 2-D convolution (`groups == C`, channel multiplier 1, dilation 1, symmetric zero
-/// padding), differentiable under `device.autodiff()` with a hand-written backward pass.
+/// Depthwise 2-D convolution (`groups == C_in`, channel multiplier `C / C_in`, dilation 1,
+/// symmetric zero padding), differentiable under `device.autodiff()` with a hand-written
+/// backward pass.
 ///
-/// `x`: `[B, C, H, W]`; `weight`: `[C, 1, kh, kw]`; `bias`: `[C]`. Returns
+/// `x`: `[B, C_in, H, W]`; `weight`: `[C, 1, kh, kw]` (`C` a multiple of `C_in`; output
+/// channel `c` filters input channel `c / (C / C_in)`); `bias`: `[C]`. Returns
 /// `[B, C, (H + 2 ph - kh) / sh + 1, (W + 2 pw - kw) / sw + 1]`, equal to burn's `conv2d` with
-/// `groups = C`.
+/// `groups = C_in`.
 ///
 /// # Panics
 /// On inconsistent shapes, like burn's own tensor ops; [`try_depthwise_conv2d`] returns a typed
@@ -204,6 +217,7 @@ pub fn try_depthwise_conv1d_causal(
         c,
         &weight.dims(),
         bias.as_ref().map(|b| b.dims()).as_ref().map(|d| &d[..]),
+        false,
     )?;
     if k == 0 {
         return Err(DepthwiseError::Geometry {
@@ -351,15 +365,20 @@ pub fn linear_tokens(linear: &burn::nn::Linear, x: Tensor<3>) -> Tensor<3> {
 }
 
 /// `conv.forward(x)`, through [`depthwise_conv2d`] when `conv` is a depthwise convolution
-/// (`groups == C_in == C_out`, dilation 1, symmetric explicit padding), through
+/// (`groups == C_in`, `C_out` a multiple of it, dilation 1, symmetric explicit padding), through
 /// [`pointwise_conv2d`] when it is a plain 1x1 convolution (stride 1, no padding), and through
 /// burn's convolution otherwise. The module stays the parameter holder (checkpoints,
 /// complexity counting and QAT see the same `Conv2d`).
 pub fn conv2d_forward(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     use burn::nn::PaddingConfig2d;
     let [c_out, c_per_group, kh, kw] = conv.weight.dims();
-    let depthwise =
-        c_per_group == 1 && conv.groups == c_out && x.dims()[1] == c_out && conv.dilation == [1, 1];
+    // One input channel per group: depthwise, with a channel multiplier `c_out / groups`
+    // (the stem's first conv, 1 -> c1, is such a conv with one group).
+    let c_in = x.dims()[1];
+    let depthwise = c_per_group == 1
+        && conv.groups == c_in
+        && c_out.is_multiple_of(c_in.max(1))
+        && conv.dilation == [1, 1];
     let pointwise = [kh, kw] == [1, 1]
         && conv.groups == 1
         && conv.stride == [1, 1]

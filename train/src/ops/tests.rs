@@ -61,28 +61,39 @@ const CASES: [Case; 6] = [
     },
 ];
 
-/// Host inputs `(x, w, bias)` of a case.
-fn inputs(case: &Case, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+/// Host inputs `(x, w, bias)` of a case with `c_out` output channels.
+fn inputs(case: &Case, c_out: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let [b, c, h, w] = case.shape;
     let [kh, kw] = case.kernel;
     (
         rand_vec(&mut rng, b * c * h * w),
-        rand_vec(&mut rng, c * kh * kw),
-        rand_vec(&mut rng, c),
+        rand_vec(&mut rng, c_out * kh * kw),
+        rand_vec(&mut rng, c_out),
     )
 }
 
 /// Output `y`, the loss weights `g`, and gradients `(dx, dw, db)` of `sum(g ⊙ y)` through the
 /// fused op or burn's reference, on an autodiff device.
 fn run2d(case: &Case, seed: u64, fused: bool) -> (Vec<f32>, [Vec<f32>; 3]) {
+    run2d_multiplier(case, case.shape[1], seed, fused)
+}
+
+/// [`run2d`] with `c_out` output channels (a multiple of the input's).
+fn run2d_multiplier(
+    case: &Case,
+    c_out: usize,
+    seed: u64,
+    fused: bool,
+) -> (Vec<f32>, [Vec<f32>; 3]) {
     let device = Device::default().autodiff();
-    let (xv, wv, bv) = inputs(case, seed);
+    let (xv, wv, bv) = inputs(case, c_out, seed);
     let [b, c, h, w] = case.shape;
     let [kh, kw] = case.kernel;
     let x = Tensor::<4>::from_data(TensorData::new(xv, [b, c, h, w]), &device).require_grad();
-    let wt = Tensor::<4>::from_data(TensorData::new(wv, [c, 1, kh, kw]), &device).require_grad();
-    let bt = Tensor::<1>::from_data(TensorData::new(bv, [c]), &device).require_grad();
+    let wt =
+        Tensor::<4>::from_data(TensorData::new(wv, [c_out, 1, kh, kw]), &device).require_grad();
+    let bt = Tensor::<1>::from_data(TensorData::new(bv, [c_out]), &device).require_grad();
     let f = if fused {
         depthwise_conv2d
     } else {
@@ -125,6 +136,34 @@ fn forward_and_gradients_match_burn_grouped_conv2d() {
     }
 }
 
+/// A channel multiplier (`C_out = m C_in`, as the stem's 1 -> 8 first conv): output, `dx`
+/// (summed over each input channel's outputs), `dw`, `db` against burn's grouped conv.
+#[test]
+fn channel_multiplier_matches_burn_grouped_conv2d() {
+    let cases = [
+        (CASES[1], 8), // 4 input channels, multiplier 2, stride 2
+        (
+            Case {
+                shape: [3, 1, 10, 7],
+                kernel: [3, 3],
+                stride: [2, 2],
+                padding: [1, 1],
+            },
+            4,
+        ),
+    ];
+    for (i, (case, c_out)) in cases.iter().enumerate() {
+        let (yf, gf) = run2d_multiplier(case, *c_out, 50 + i as u64, true);
+        let (yr, gr) = run2d_multiplier(case, *c_out, 50 + i as u64, false);
+        let e = rel_err(&yf, &yr);
+        assert!(e <= 1e-5, "{case:?} x {c_out}: forward rel err {e}");
+        for (k, name) in ["x", "weight", "bias"].iter().enumerate() {
+            let e = rel_err(&gf[k], &gr[k]);
+            assert!(e <= 1e-4, "{case:?} x {c_out}: d{name} rel err {e}");
+        }
+    }
+}
+
 /// Independent f64 loop: `sum(g ⊙ conv(x, w) + bias)` with one input replaced.
 fn loss_f64(case: &Case, x: &[f64], w: &[f64], bias: &[f64], g: &[f64], out: [usize; 2]) -> f64 {
     let [bs, c, h, wd] = case.shape;
@@ -160,7 +199,7 @@ fn loss_f64(case: &Case, x: &[f64], w: &[f64], bias: &[f64], g: &[f64], out: [us
 fn gradients_match_f64_central_differences() {
     for (ci, case) in [CASES[1], CASES[4]].iter().enumerate() {
         let seed = 77 + ci as u64;
-        let (xv, wv, bv) = inputs(case, seed);
+        let (xv, wv, bv) = inputs(case, case.shape[1], seed);
         let (y, gf) = run2d(case, seed, true);
         let [b, c, ..] = case.shape;
         let out_plane = y.len() / (b * c);
@@ -251,7 +290,7 @@ fn causal_conv1d_matches_burn_conv1d_with_and_without_autodiff() {
 fn untracked_input_and_inference_device() {
     // Only the weight requires a gradient (the model's first layer): dw still matches burn.
     let case = CASES[0];
-    let (xv, wv, _) = inputs(&case, 9);
+    let (xv, wv, _) = inputs(&case, case.shape[1], 9);
     let [b, c, h, w] = case.shape;
     let run = |fused: bool| {
         let device = Device::default().autodiff();
