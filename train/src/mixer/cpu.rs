@@ -196,7 +196,7 @@ impl Scratch {
             false
         };
         let back = if backward { plane } else { 0 };
-        Scratch {
+        let mut s = Scratch {
             key: Self::key(dims, backward, isa),
             call: 0,
             scan: SeqScan::new(dims.d_inner, dims.d_state, dims.len, w.a),
@@ -212,14 +212,15 @@ impl Scratch {
             #[cfg(target_arch = "x86_64")]
             time_major_bwd: None,
             avx512,
-            x_proj_t: if avx512 {
-                let (pw, di) = (dims.proj_width(), dims.d_inner);
-                let mut t = vec![0.0; pw * di];
-                transpose_strided_fast(w.x_proj, pw, &mut t, di, di, pw);
-                t
-            } else {
-                Vec::new()
-            },
+            // Written by `set_weights` below.
+            x_proj_t: vec![
+                0.0;
+                if avx512 {
+                    dims.proj_width() * dims.d_inner
+                } else {
+                    0
+                }
+            ],
             dy: vec![0.0; back],
             du: vec![0.0; back],
             ddelta: vec![0.0; back],
@@ -231,11 +232,12 @@ impl Scratch {
                     0
                 }
             ],
-        }
+        };
+        s.set_weights(0, dims, w);
+        s
     }
-}
 
-impl Scratch {
+    /// What a scratch for these arguments is made for ([`Scratch::key`]'s field).
     fn key(dims: MixerDims, backward: bool, isa: Isa) -> (MixerDims, bool, Isa) {
         (MixerDims { seqs: 0, ..dims }, backward, isa)
     }
