@@ -389,6 +389,33 @@ fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s
     }
 }
 
+/// The time-major scan inputs of one sequence in `tm`: `u` and `delta` transposed to
+/// `[L, d_inner]`, then `extra` more planes for the caller, then `A^T` (`[d_state, d_inner]`).
+/// Returns `(u, delta, extra planes, A^T)`.
+#[inline(always)]
+fn time_major_inputs<'a>(
+    dims: MixerDims,
+    [u, delta, a]: [&[f32]; 3],
+    tm: &'a mut Vec<f32>,
+    extra: usize,
+) -> [&'a mut [f32]; 4] {
+    let MixerDims {
+        len,
+        d_inner: di,
+        d_state: n,
+        ..
+    } = dims;
+    let plane = di * len;
+    tm.resize((2 + extra) * plane + n * di, 0.0);
+    let (u_tm, rest) = tm.split_at_mut(plane);
+    let (delta_tm, rest) = rest.split_at_mut(plane);
+    let (planes, a_t) = rest.split_at_mut(extra * plane);
+    transpose_strided_fast(u, len, u_tm, di, di, len);
+    transpose_strided_fast(delta, len, delta_tm, di, di, len);
+    transpose_strided_fast(a, n, a_t, di, di, n);
+    [u_tm, delta_tm, planes, a_t]
+}
+
 /// The forward scan of one sequence on the int8 engine's AVX-512 register scan
 /// ([`crate::int8::kernels::scan16_time_major`]; `d_state` 16): about 5x faster than the
 /// channel-major kernel, whose per-step horizontal sums it avoids by keeping channels in the
@@ -403,14 +430,8 @@ fn scan_time_major(dims: MixerDims, w: &MixerWeights, s: &mut Scratch, y: &mut [
         dt_rank: r,
         ..
     } = dims;
-    let tm = &mut s.time_major;
-    tm.resize(3 * di * len + n * di, 0.0);
-    let (u_tm, rest) = tm.split_at_mut(di * len);
-    let (delta_tm, rest) = rest.split_at_mut(di * len);
-    let (y_tm, a_t) = rest.split_at_mut(di * len);
-    transpose_strided_fast(&s.u, len, u_tm, di, di, len);
-    transpose_strided_fast(&s.delta, len, delta_tm, di, di, len);
-    transpose_strided_fast(w.a, n, a_t, di, di, n);
+    let [u_tm, delta_tm, y_tm, a_t] =
+        time_major_inputs(dims, [&s.u, &s.delta, w.a], &mut s.time_major, 1);
     let bc = &s.proj[r * len..(r + 2 * n) * len];
     if !crate::int8::kernels::scan16_time_major(di, len, delta_tm, u_tm, bc, a_t, w.d, y_tm) {
         return false;
@@ -445,17 +466,11 @@ fn scan_backward_time_major(
         return false;
     }
     let plane = di * len;
-    let tm = &mut s.time_major;
-    tm.resize(5 * plane + n * di, 0.0);
-    let (u_tm, rest) = tm.split_at_mut(plane);
-    let (delta_tm, rest) = rest.split_at_mut(plane);
-    let (dy_tm, rest) = rest.split_at_mut(plane);
-    let (du_tm, rest) = rest.split_at_mut(plane);
-    let (ddelta_tm, a_t) = rest.split_at_mut(plane);
-    transpose_strided_fast(&s.u, len, u_tm, di, di, len);
-    transpose_strided_fast(&s.delta, len, delta_tm, di, di, len);
+    let [u_tm, delta_tm, planes, a_t] =
+        time_major_inputs(dims, [&s.u, &s.delta, w.a], &mut s.time_major, 3);
+    let (dy_tm, rest) = planes.split_at_mut(plane);
+    let (du_tm, ddelta_tm) = rest.split_at_mut(plane);
     transpose_strided_fast(&s.dy, len, dy_tm, di, di, len);
-    transpose_strided_fast(w.a, n, a_t, di, di, n);
     let scratch = s
         .time_major_bwd
         .get_or_insert_with(|| TimeMajorBwd::new(len));
