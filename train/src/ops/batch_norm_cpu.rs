@@ -526,17 +526,20 @@ pub fn backward_with(
     assert_eq!(dy.len(), d.len(), "batch norm: dy has the wrong length");
     let k = Rows::new(isa);
     let s = d.spatial;
-    let affine = |c: usize| Affine {
-        mean: mean[c],
-        is: 1.0 / (var[c] + eps).sqrt(),
-        gamma: gamma[c],
-        beta: beta[c],
-    };
+    // Once per channel (both passes read them).
+    let affine: Vec<Affine> = (0..d.channels)
+        .map(|c| Affine {
+            mean: mean[c],
+            is: 1.0 / (var[c] + eps).sqrt(),
+            gamma: gamma[c],
+            beta: beta[c],
+        })
+        .collect();
     // Pass 1 per channel: dbeta = sum dz, dgamma = sum dz xhat.
     let sums: Vec<(f32, f32)> = (0..d.channels)
         .into_par_iter()
         .map(|c| {
-            let p = affine(c);
+            let p = affine[c];
             let (mut sb, mut sg) = (0f64, 0f64);
             for b in 0..d.batch {
                 let o = d.row(b, c);
@@ -558,7 +561,7 @@ pub fn backward_with(
                 .enumerate()
                 .for_each(|(row, (dxr, (xr, dyr)))| {
                     let c = row % d.channels;
-                    let p = affine(c);
+                    let p = affine[c];
                     let coef = [p.gamma * p.is, dbeta[c] / n, dgamma[c] / n];
                     k.dx(xr, dyr, p, relu, coef, dxr)
                 });
