@@ -18,10 +18,21 @@
 //! `dw` and `db` are reductions over batch and space: each plane task writes its own partial
 //! sums (`kh * kw + 1` floats), which are summed per channel afterwards (no data races, fixed
 //! summation order).
+//!
+//! On AVX-512 CPUs the 3x3 convolutions with a horizontal stride of 1 or 2 (all those of the
+//! models) run the plane kernels of `depthwise_avx512.rs` instead: masked loads straight from
+//! the input rows, no scratch plane, weights and `dw` sums in registers (4-5x faster at the
+//! `s1` shapes).
 
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
+
+use crate::scan::cpu::Isa;
+
+#[cfg(target_arch = "x86_64")]
+#[path = "depthwise_avx512.rs"]
+mod avx512;
 
 /// Sizes and geometry of one depthwise-convolution call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,14 +295,41 @@ unsafe fn fwd_plane_avx512(
 
 /// Forward pass: writes `y` (`[batch, C, OH, OW]`).
 pub fn forward(d: DwDims, x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32]) {
+    forward_with(Isa::detect(), d, x, w, bias, y)
+}
+
+/// [`forward`] with the kernels of instruction set `isa` (the portable ones where it is not
+/// available, or for [`Isa::Avx2`]); the tests compare the instances.
+pub fn forward_with(isa: Isa, d: DwDims, x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32]) {
     check(&d, x, w, bias);
     assert_eq!(y.len(), d.y_len(), "depthwise conv: output size");
     let out_plane = d.output[0] * d.output[1];
     if y.is_empty() {
         return;
     }
+    let avx512 = isa == Isa::Avx512 && isa.is_available();
+    #[cfg(target_arch = "x86_64")]
+    if avx512 && avx512::serves(&d) {
+        let (in_plane, taps) = (d.input[0] * d.input[1], d.kernel[0] * d.kernel[1]);
+        y.par_chunks_mut(out_plane)
+            .enumerate()
+            .for_each(|(p, y_p)| {
+                let (c, q) = (p % d.channels, d.x_plane(p));
+                let x_p = &x[q * in_plane..(q + 1) * in_plane];
+                let w_c = &w[c * taps..(c + 1) * taps];
+                // SAFETY: AVX-512F and FMA are available (`Isa::Avx512`), `serves(&d)`, and the
+                // slices are plane `p`'s input, weights and output.
+                unsafe {
+                    if d.stride[1] == 1 {
+                        avx512::fwd_plane::<1>(&d, x_p, w_c, bias[c], y_p)
+                    } else {
+                        avx512::fwd_plane::<2>(&d, x_p, w_c, bias[c], y_p)
+                    }
+                }
+            });
+        return;
+    }
     let [hp, wp] = padded_size(&d);
-    let avx512 = crate::scan::cpu::Isa::Avx512.is_available();
     y.par_chunks_mut(out_plane).enumerate().for_each_init(
         || vec![0.0f32; hp * wp],
         |xp, (p, y_p)| {
@@ -501,6 +539,27 @@ fn bwd_plane_isa(
 ) {
     #[cfg(target_arch = "x86_64")]
     if avx512 {
+        let d = &cx.d;
+        if avx512::serves(d) {
+            let (in_plane, out_plane, taps) = (
+                d.input[0] * d.input[1],
+                d.output[0] * d.output[1],
+                d.kernel[0] * d.kernel[1],
+            );
+            let (c, q) = (p % d.channels, d.x_plane(p));
+            let x_p = &cx.x[q * in_plane..(q + 1) * in_plane];
+            let w_c = &cx.w[c * taps..(c + 1) * taps];
+            let dy_p = &cx.dy[p * out_plane..(p + 1) * out_plane];
+            // SAFETY: the caller detected AVX-512F and FMA (`Isa::Avx512`), `serves(d)`, and
+            // the slices are plane `p`'s.
+            return unsafe {
+                if d.stride[1] == 1 {
+                    avx512::bwd_plane::<1>(d, x_p, w_c, dy_p, dx_p, part_p)
+                } else {
+                    avx512::bwd_plane::<2>(d, x_p, w_c, dy_p, dx_p, part_p)
+                }
+            };
+        }
         // SAFETY: the caller detected AVX-512F and AVX2 (`Isa::Avx512`).
         return unsafe { bwd_plane_avx512(cx, s, p, dx_p, part_p) };
     }
@@ -516,6 +575,19 @@ fn bwd_plane_isa(
 /// `db[c] = sum_{b, oh, ow} dy[b, c, oh, ow]`. `dx` is left empty when `want_dx` is false
 /// (input not tracked).
 pub fn backward(
+    d: DwDims,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    dy: &[f32],
+    want_dx: bool,
+) -> DwGrads {
+    backward_with(Isa::detect(), d, x, w, bias, dy, want_dx)
+}
+
+/// [`backward`] with the kernels of instruction set `isa` (as [`forward_with`]).
+pub fn backward_with(
+    isa: Isa,
     d: DwDims,
     x: &[f32],
     w: &[f32],
@@ -545,7 +617,7 @@ pub fn backward(
     let [hp, wp] = padded_size(&d);
     let mut partials = vec![0.0f32; planes * part];
     let cx = BwdPlanes { d, x, w, dy, wp };
-    let avx512 = crate::scan::cpu::Isa::Avx512.is_available();
+    let avx512 = isa == Isa::Avx512 && isa.is_available();
     let gather = want_dx && d.stride[1] == 1;
     let init = || BwdScratch {
         xp: vec![0.0; hp * wp],

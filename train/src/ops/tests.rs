@@ -506,6 +506,56 @@ fn batch_norm_row_kernels_agree_across_instruction_sets() {
     }
 }
 
+/// The AVX-512 3x3 plane kernels (where this CPU has them) against the portable ones, forward
+/// and backward (`dx`, `dw`, `db`): widths around and past one register (masked chunks, stride-2
+/// windows straddling two registers), paddings 0 to 2, vertical strides 1 to 3, horizontal
+/// strides 1 and 2, and a channel multiplier.
+#[test]
+fn depthwise_kernels_agree_across_instruction_sets() {
+    use super::depthwise_cpu::{DwDims, backward_with, forward_with};
+    use crate::scan::cpu::Isa;
+    let mut rng = StdRng::seed_from_u64(13);
+    let geometries = [
+        // [H, W], stride, pad, in_channels
+        ([6, 16], [1, 1], [1, 1], 3),
+        ([7, 17], [1, 1], [1, 1], 3),
+        ([5, 40], [2, 1], [1, 1], 3),
+        ([9, 33], [2, 2], [1, 1], 3),
+        ([8, 64], [2, 2], [1, 1], 1),
+        ([10, 31], [3, 2], [2, 0], 3),
+        ([4, 20], [1, 2], [0, 2], 1),
+        ([3, 5], [1, 1], [0, 0], 3),
+    ];
+    for (input, stride, pad, in_channels) in geometries {
+        let output = std::array::from_fn(|a| (input[a] + 2 * pad[a] - 3) / stride[a] + 1);
+        let d = DwDims {
+            batch: 2,
+            channels: 3,
+            in_channels,
+            input,
+            kernel: [3, 3],
+            stride,
+            pad,
+            output,
+        };
+        let x = rand_vec(&mut rng, d.x_len());
+        let w = rand_vec(&mut rng, d.w_len());
+        let bias = rand_vec(&mut rng, d.channels);
+        let dy = rand_vec(&mut rng, d.y_len());
+        let run = |isa| {
+            let mut y = vec![0.0f32; d.y_len()];
+            forward_with(isa, d, &x, &w, &bias, &mut y);
+            let g = backward_with(isa, d, &x, &w, &bias, &dy, true);
+            [y, g.dx, g.dw, g.db]
+        };
+        let (base, wide) = (run(Isa::Portable), run(Isa::Avx512));
+        for (i, (a, b)) in base.iter().zip(&wide).enumerate() {
+            let e = rel_err(a, b);
+            assert!(e < 1e-5, "{d:?}: output {i} rel err {e}");
+        }
+    }
+}
+
 #[test]
 fn batch_norm_statistics_match_an_f64_loop_on_a_3d_input() {
     let (b, c, l) = (3usize, 4usize, 10usize);
