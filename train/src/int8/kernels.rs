@@ -1905,7 +1905,17 @@ impl MambaKernel {
             transpose_isa(isa, delta, delta_tm, di, l);
             // SAFETY: `isa` is the level of the enclosing `target_feature` function.
             unsafe {
-                simd::scan16_avx512(di, l, delta_tm, u_tm, &xdbl[r * l..], a_t, &self.d, y_tm)
+                simd::scan16_avx512(
+                    di,
+                    l,
+                    delta_tm,
+                    u_tm,
+                    &xdbl[r * l..],
+                    [l, 1],
+                    a_t,
+                    &self.d,
+                    y_tm,
+                )
             };
             transpose_isa(isa, y_tm, y, l, di);
             true
@@ -2424,8 +2434,10 @@ mod simd {
     /// [`super::fast_exp2`]`(delta (a log2 e))` (11 vector ops per state and step instead of 19
     /// for the Cephes form; the results differ from the other paths by rounding only),
     /// `y_t = D u_t + <h_t, C_t>` summed in two interleaved partial sums. Reads the
-    /// time-major `delta`, `u` `[L, di]` by (masked) vector loads and `B`, `C` (`bc`:
-    /// `[2 * 16, L]`, the rows of `x_dbl` after `dt`) by broadcast loads, `a_t` `[16, di]`;
+    /// time-major `delta`, `u` `[L, di]` by (masked) vector loads and `B`, `C` (`bc`: row
+    /// `j < 32` (`B` then `C`) at step `t` is `bc[j * bc_strides[0] + t * bc_strides[1]]`: the
+    /// rows of `x_dbl` after `dt`, `[2 * 16, L]`, for strides `[L, 1]`) by broadcast loads,
+    /// `a_t` `[16, di]`;
     /// writes the time-major `y` `[L, di]` by masked stores (measured: gathers and scatters
     /// on the channel-major layout cost more than transposing in and out).
     ///
@@ -2439,6 +2451,7 @@ mod simd {
         delta: &[f32],
         u: &[f32],
         bc: &[f32],
+        bc_strides: [usize; 2],
         a_t: &[f32],
         d_skip: &[f32],
         y: &mut [f32],
@@ -2446,7 +2459,7 @@ mod simd {
         assert!(
             delta.len() >= di * l
                 && u.len() >= di * l
-                && bc.len() >= 2 * 16 * l
+                && (l == 0 || bc.len() > 31 * bc_strides[0] + (l - 1) * bc_strides[1])
                 && a_t.len() >= 16 * di
                 && d_skip.len() >= di
                 && y.len() >= di * l
@@ -2458,9 +2471,9 @@ mod simd {
             // SAFETY: channels `c0..c0 + nl <= di` inside the asserted lengths.
             unsafe {
                 if nl > 8 {
-                    scan_block_w16(c0, nl, di, l, delta, u, bc, a_t, d_skip, y);
+                    scan_block_w16(c0, nl, di, l, delta, u, bc, bc_strides, a_t, d_skip, y);
                 } else {
-                    scan_block_w8(c0, nl, di, l, delta, u, bc, a_t, d_skip, y);
+                    scan_block_w8(c0, nl, di, l, delta, u, bc, bc_strides, a_t, d_skip, y);
                 }
             }
             c0 += nl;
@@ -2486,6 +2499,7 @@ mod simd {
                 delta: &[f32],
                 u: &[f32],
                 bc: &[f32],
+                [bs, bt]: [usize; 2],
                 a_t: &[f32],
                 d_skip: &[f32],
                 y: &mut [f32],
@@ -2534,8 +2548,8 @@ mod simd {
                             // the table `ab`.
                             let (b, c, a) = unsafe {
                                 (
-                                    $set1(*bc.get_unchecked($s * l + t)),
-                                    $set1(*bc.get_unchecked((N + $s) * l + t)),
+                                    $set1(*bc.get_unchecked($s * bs + t * bt)),
+                                    $set1(*bc.get_unchecked((N + $s) * bs + t * bt)),
                                     $loadu(abp.add($s * $w)),
                                 )
                             };
@@ -2669,7 +2683,8 @@ pub(crate) use simd::{
 
 /// The engine's AVX-512 register scan with `d_state` 16 (`simd::scan16_avx512`) for float
 /// callers outside the engine (the training mixer's forward pass, [`crate::mixer`]): time-major
-/// `delta`, `u`, `y` `[L, di]`, `bc` the `B` then `C` rows `[2 * 16, L]`, `a_t` = `A^T`
+/// `delta`, `u`, `y` `[L, di]`, `bc` the `B` then `C` rows (row `j`, step `t` at
+/// `j * bc_strides[0] + t * bc_strides[1]`), `a_t` = `A^T`
 /// `[16, di]`, `d` `[di]`. Returns `false`, leaving `y` untouched, where this CPU has no
 /// AVX-512 (or `ASC_INT8_ISA` caps it below).
 #[allow(clippy::too_many_arguments)]
@@ -2679,6 +2694,7 @@ pub fn scan16_time_major(
     delta: &[f32],
     u: &[f32],
     bc: &[f32],
+    bc_strides: [usize; 2],
     a_t: &[f32],
     d: &[f32],
     y: &mut [f32],
@@ -2686,10 +2702,10 @@ pub fn scan16_time_major(
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() >= Isa::Avx512 {
         // SAFETY: `detect` checked AVX-512 F/DQ/VL and FMA; `scan16_avx512` asserts the lengths.
-        unsafe { simd::scan16_avx512(di, l, delta, u, bc, a_t, d, y) };
+        unsafe { simd::scan16_avx512(di, l, delta, u, bc, bc_strides, a_t, d, y) };
         return true;
     }
-    let _ = (di, l, delta, u, bc, a_t, d, y);
+    let _ = (di, l, delta, u, bc, bc_strides, a_t, d, y);
     false
 }
 

@@ -6,17 +6,23 @@
 //! `[d_inner, R + 2N]` (burn's `Linear` weight, `[d_in, d_out]`); `dt_proj`: `[R, d_inner]`;
 //! `a`: `[d_inner, N]`; output `[S, L, d_inner]`.
 //!
-//! Inside a task everything runs channel-major (`[rows, L]`, rows of one sequence stay in
-//! L1/L2): the `x` half is transposed once, the causal conv, SiLU, the projections (row
-//! `axpy`s over `L`), softplus and the scan (`scan::cpu::SeqScan`) follow, and the gate
-//! writes the token-major output. The forward pass keeps only the scan's output `y` (before
-//! the gate, `[S, d_inner, L]`); the backward pass recomputes the cheap parts (conv, SiLU,
-//! projections, softplus) from `xz` instead of storing six more activations.
+//! With AVX-512 and `d_state` 16 (the models' setting) a task runs time-major throughout
+//! ([`fwd_seq_tm`], [`bwd_seq_tm`]): `xz` is read in place, every step works on the channels of
+//! one token in the vector lanes (the causal conv, SiLU, softplus, the gate), `x_proj` runs on
+//! gemm, and the register scans (`int8::kernels::scan16_time_major`, `scan::time_major`) read
+//! `B`, `C` from the `[L, R + 2N]` projection: no transposes (the channel-major path spent a
+//! sixth of a parallel Mamba block's time transposing). Otherwise a task runs channel-major
+//! (`[rows, L]`, rows of one sequence stay in L1/L2): the `x` half is transposed once, the
+//! causal conv, SiLU, the projections (row `axpy`s over `L`), softplus and the scan
+//! (`scan::cpu::SeqScan`) follow, and the gate writes the token-major output. The forward pass
+//! keeps only the scan's output `y` (before the gate, `[S, L, d_inner]` on both paths); the
+//! backward pass recomputes the cheap parts (conv, SiLU, projections, softplus) from `xz`
+//! instead of storing six more activations.
 //!
 //! Instruction sets as in [`crate::scan::cpu`]: generic `#[inline(always)]` bodies instanced
 //! for AVX-512 and AVX2 (with FMA) and for the baseline target. The AVX-512 instance also runs
-//! the int8 engine's AVX-512 kernels where the CPU has them (F/BW/DQ/VL): the register scan
-//! in the forward pass, SiLU, softplus, the forward gate and the register-blocked `x_proj`.
+//! the int8 engine's AVX-512 kernels where the CPU has them (F/BW/DQ/VL): SiLU, softplus, the
+//! forward gate, and on the channel-major path the register-blocked `x_proj`.
 
 // Row loops index several buffers in lockstep; clearer than multi-way zips.
 #![allow(clippy::needless_range_loop)]
@@ -166,9 +172,17 @@ struct Scratch {
     z: Vec<f32>,
     /// The gated output (forward) or `dz` (backward), `[d_inner, L]`.
     g: Vec<f32>,
-    /// Time-major `u`, `delta`, `y` and `A^T` for [`scan_time_major`] (forward); `u`,
-    /// `delta`, `dy`, `du`, `ddelta` and `A^T` for [`scan_backward_time_major`] (backward).
-    time_major: Vec<f32>,
+    /// The scan output `y`, `[d_inner, L]` (saved token-major, as by the time-major path).
+    ys: Vec<f32>,
+    /// Whether the time-major path runs ([`fwd_seq_tm`], [`bwd_seq_tm`]: `avx512` and
+    /// `d_state` 16); its buffers are then `[L, d_inner]` (`proj`, `dproj`: `[L, R + 2N]`) and
+    /// `x`, `z`, `g`, `ys` stay empty.
+    tm: bool,
+    /// `A^T`, `[N, d_inner]`, and `conv_w^T`, `[K, d_inner]`, for the time-major path.
+    a_t: Vec<f32>,
+    conv_w_t: Vec<f32>,
+    /// Backward, time-major: the `conv_w` gradient sums, `[K, d_inner]`.
+    conv_acc: Vec<f32>,
     /// Backward only: states and decays of the time-major scan backward (made on first use).
     #[cfg(target_arch = "x86_64")]
     time_major_bwd: Option<crate::scan::time_major::TimeMajorBwd>,
@@ -196,19 +210,26 @@ impl Scratch {
             false
         };
         let back = if backward { plane } else { 0 };
+        let tm = avx512 && dims.d_state == 16;
+        let cm = if tm { 0 } else { plane };
+        let (di, k, n) = (dims.d_inner, dims.d_conv, dims.d_state);
         let mut s = Scratch {
             key: Self::key(dims, backward, isa),
             call: 0,
             scan: SeqScan::new(dims.d_inner, dims.d_state, dims.len, w.a),
-            x: vec![0.0; plane],
+            x: vec![0.0; cm],
             xc: vec![0.0; plane],
             u: vec![0.0; plane],
             proj: vec![0.0; dims.proj_width() * dims.len],
             dtp: vec![0.0; plane],
             delta: vec![0.0; plane],
-            z: vec![0.0; plane],
-            g: vec![0.0; plane],
-            time_major: Vec::new(),
+            z: vec![0.0; cm],
+            g: vec![0.0; cm],
+            ys: vec![0.0; cm],
+            tm,
+            a_t: vec![0.0; if tm { n * di } else { 0 }],
+            conv_w_t: vec![0.0; if tm { k * di } else { 0 }],
+            conv_acc: vec![0.0; if tm && backward { k * di } else { 0 }],
             #[cfg(target_arch = "x86_64")]
             time_major_bwd: None,
             avx512,
@@ -246,9 +267,14 @@ impl Scratch {
     fn set_weights(&mut self, call: u64, dims: MixerDims, w: &MixerWeights) {
         self.call = call;
         self.scan.set_a(w.a);
+        let (pw, di) = (dims.proj_width(), dims.d_inner);
         if self.avx512 {
-            let (pw, di) = (dims.proj_width(), dims.d_inner);
             transpose_strided_fast(w.x_proj, pw, &mut self.x_proj_t, di, di, pw);
+        }
+        if self.tm {
+            let (n, k) = (dims.d_state, dims.d_conv);
+            transpose_strided_fast(w.a, n, &mut self.a_t, di, di, n);
+            transpose_strided_fast(w.conv_w, k, &mut self.conv_w_t, di, di, k);
         }
     }
 }
@@ -389,119 +415,10 @@ fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s
     }
 }
 
-/// The time-major scan inputs of one sequence in `tm`: `u` and `delta` transposed to
-/// `[L, d_inner]`, then `extra` more planes for the caller, then `A^T` (`[d_state, d_inner]`).
-/// Returns `(u, delta, extra planes, A^T)`.
+/// Forward pass of one sequence, channel-major: `xz` `[L, 2 d_inner]` -> `out`
+/// `[L, d_inner]`; the scan output (before the gate) goes to `y` `[L, d_inner]`.
 #[inline(always)]
-fn time_major_inputs<'a>(
-    dims: MixerDims,
-    [u, delta, a]: [&[f32]; 3],
-    tm: &'a mut Vec<f32>,
-    extra: usize,
-) -> [&'a mut [f32]; 4] {
-    let MixerDims {
-        len,
-        d_inner: di,
-        d_state: n,
-        ..
-    } = dims;
-    let plane = di * len;
-    tm.resize((2 + extra) * plane + n * di, 0.0);
-    let (u_tm, rest) = tm.split_at_mut(plane);
-    let (delta_tm, rest) = rest.split_at_mut(plane);
-    let (planes, a_t) = rest.split_at_mut(extra * plane);
-    transpose_strided_fast(u, len, u_tm, di, di, len);
-    transpose_strided_fast(delta, len, delta_tm, di, di, len);
-    transpose_strided_fast(a, n, a_t, di, di, n);
-    [u_tm, delta_tm, planes, a_t]
-}
-
-/// The forward scan of one sequence on the int8 engine's AVX-512 register scan
-/// ([`crate::int8::kernels::scan16_time_major`]; `d_state` 16): about 5x faster than the
-/// channel-major kernel, whose per-step horizontal sums it avoids by keeping channels in the
-/// vector lanes. `u`, `delta` are transposed to time-major and `y` back. Returns `false`
-/// (nothing written) where the CPU has no AVX-512.
-#[inline(always)]
-fn scan_time_major(dims: MixerDims, w: &MixerWeights, s: &mut Scratch, y: &mut [f32]) -> bool {
-    let MixerDims {
-        len,
-        d_inner: di,
-        d_state: n,
-        dt_rank: r,
-        ..
-    } = dims;
-    let [u_tm, delta_tm, y_tm, a_t] =
-        time_major_inputs(dims, [&s.u, &s.delta, w.a], &mut s.time_major, 1);
-    let bc = &s.proj[r * len..(r + 2 * n) * len];
-    if !crate::int8::kernels::scan16_time_major(di, len, delta_tm, u_tm, bc, a_t, w.d, y_tm) {
-        return false;
-    }
-    transpose_strided_fast(y_tm, di, y, len, len, di);
-    true
-}
-
-/// The scan backward of one sequence on the time-major AVX-512 kernel
-/// ([`crate::scan::time_major`], `d_state` 16; about twice as fast as the channel-major
-/// kernel's per-step horizontal sums): from `s.dy`, `s.u`, `s.delta` and the `B`, `C` rows of
-/// `s.proj`, writes `s.du`, `s.ddelta` and the `B`, `C` rows of `s.dproj`, adds `dA` then `dD`
-/// to `g_scan`. Returns `false` (nothing written) without the AVX-512 kernels or for another
-/// `d_state`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn scan_backward_time_major(
-    dims: MixerDims,
-    w: &MixerWeights,
-    s: &mut Scratch,
-    g_scan: &mut [f32],
-) -> bool {
-    use crate::scan::time_major::{self, Bwd16In, Bwd16Out, TimeMajorBwd};
-    let MixerDims {
-        len,
-        d_inner: di,
-        d_state: n,
-        dt_rank: r,
-        ..
-    } = dims;
-    if !(s.avx512 && n == time_major::N) {
-        return false;
-    }
-    let plane = di * len;
-    let [u_tm, delta_tm, planes, a_t] =
-        time_major_inputs(dims, [&s.u, &s.delta, w.a], &mut s.time_major, 3);
-    let (dy_tm, rest) = planes.split_at_mut(plane);
-    let (du_tm, ddelta_tm) = rest.split_at_mut(plane);
-    transpose_strided_fast(&s.dy, len, dy_tm, di, di, len);
-    let scratch = s
-        .time_major_bwd
-        .get_or_insert_with(|| TimeMajorBwd::new(len));
-    let (da, dd) = g_scan.split_at_mut(di * n);
-    let input = Bwd16In {
-        delta: delta_tm,
-        u: u_tm,
-        dy: dy_tm,
-        bc: &s.proj[r * len..(r + 2 * n) * len],
-        a_t,
-        d: w.d,
-    };
-    let mut out = Bwd16Out {
-        du: du_tm,
-        ddelta: ddelta_tm,
-        dbc: &mut s.dproj[r * len..(r + 2 * n) * len],
-        da,
-        dd,
-    };
-    // SAFETY: `s.avx512` holds only where the engine's AVX-512 level (F/BW/DQ/VL, FMA) is
-    // available; `backward16` asserts the lengths.
-    unsafe { time_major::backward16(di, len, &input, scratch, &mut out) };
-    transpose_strided_fast(du_tm, di, &mut s.du, len, len, di);
-    transpose_strided_fast(ddelta_tm, di, &mut s.ddelta, len, len, di);
-    true
-}
-
-/// Forward pass of one sequence: `xz` `[L, 2 d_inner]` -> `out` `[L, d_inner]`; the scan
-/// output (before the gate) goes to `y` `[d_inner, L]`.
-#[inline(always)]
-fn fwd_seq<const FMA: bool, const AVX512: bool>(
+fn fwd_seq<const FMA: bool>(
     dims: MixerDims,
     w: &MixerWeights,
     xz: &[f32],
@@ -515,30 +432,30 @@ fn fwd_seq<const FMA: bool, const AVX512: bool>(
     let r = dims.dt_rank;
     let n = dims.d_state;
     scan_inputs::<FMA>(dims, w, xz, s);
-    if !(n == 16 && AVX512 && scan_time_major(dims, w, s, y)) {
-        let (b, c) = (
-            &s.proj[r * len..(r + n) * len],
-            &s.proj[(r + n) * len..(r + 2 * n) * len],
-        );
-        s.scan.forward::<FMA>([&s.u, &s.delta, b, c, w.d], y);
-    }
+    let (b, c) = (
+        &s.proj[r * len..(r + n) * len],
+        &s.proj[(r + n) * len..(r + 2 * n) * len],
+    );
+    s.scan
+        .forward::<FMA>([&s.u, &s.delta, b, c, w.d], &mut s.ys);
     // out = y * SiLU(z), channel-major, then into the token-major output.
     #[cfg(target_arch = "x86_64")]
     if s.avx512 {
-        s.g.copy_from_slice(y);
+        s.g.copy_from_slice(&s.ys);
         // SAFETY: `s.avx512` holds only where the engine's AVX-512 level is available.
         unsafe { crate::int8::kernels::gate(&mut s.g, &s.z) };
     }
     if !s.avx512 {
-        for ((g, &yv), &zv) in s.g.iter_mut().zip(y.iter()).zip(&s.z) {
+        for ((g, &yv), &zv) in s.g.iter_mut().zip(&s.ys).zip(&s.z) {
             *g = yv * silu::<FMA>(zv);
         }
     }
     to_token_major(&s.g, di, len, out, di, 0);
+    to_token_major(&s.ys, di, len, y, di, 0);
 }
 
-/// Backward pass of one sequence: from `dout` `[L, d_inner]` and the saved scan output `y`,
-/// writes `dxz` `[L, 2 d_inner]` and adds the parameter gradients to `part` (order of
+/// Backward pass of one sequence, channel-major: from `dout` `[L, d_inner]` and the saved
+/// scan output `y` (`[L, d_inner]`), writes `dxz` `[L, 2 d_inner]` and adds the parameter gradients to `part` (order of
 /// [`MixerGrads`], `conv_w` to `d`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -571,7 +488,8 @@ fn bwd_seq<const FMA: bool>(
     // Gate: out = y * SiLU(z): dy = dout * SiLU(z), dz = dout * y * SiLU'(z),
     // SiLU'(z) = sigma(z) (1 + z (1 - sigma(z))).
     to_channel_major(dout, di, 0, di, len, &mut s.dy);
-    for (((dy, dz), &yv), &zv) in s.dy.iter_mut().zip(s.g.iter_mut()).zip(y).zip(&s.z) {
+    to_channel_major(y, di, 0, di, len, &mut s.ys);
+    for (((dy, dz), &yv), &zv) in s.dy.iter_mut().zip(s.g.iter_mut()).zip(&s.ys).zip(&s.z) {
         let gv = *dy;
         let sg = sigmoid::<FMA>(zv);
         *dy = gv * zv * sg;
@@ -579,24 +497,18 @@ fn bwd_seq<const FMA: bool>(
     }
     to_token_major(&s.g, di, len, dxz, 2 * di, di);
 
-    // Scan: du, ddelta, dB, dC (straight into the dt / B / C rows of dproj), dA and dD.
-    #[cfg(target_arch = "x86_64")]
-    let done = scan_backward_time_major(dims, w, s, g_scan);
-    #[cfg(not(target_arch = "x86_64"))]
-    let done = false;
-    if !done {
-        let (b, c) = (
-            &s.proj[r * len..(r + n) * len],
-            &s.proj[(r + n) * len..(r + 2 * n) * len],
-        );
-        let (_, dbc) = s.dproj.split_at_mut(r * len);
-        let (db, dc) = dbc.split_at_mut(n * len);
-        s.scan.backward::<FMA>(
-            [&s.u, &s.delta, b, c, w.d],
-            &s.dy,
-            [&mut s.du, &mut s.ddelta, db, dc, g_scan],
-        );
-    }
+    // Scan: du, ddelta, dB, dC (straight into the B / C rows of dproj), dA and dD.
+    let (b, c) = (
+        &s.proj[r * len..(r + n) * len],
+        &s.proj[(r + n) * len..(r + 2 * n) * len],
+    );
+    let (_, dbc) = s.dproj.split_at_mut(r * len);
+    let (db, dc) = dbc.split_at_mut(n * len);
+    s.scan.backward::<FMA>(
+        [&s.u, &s.delta, b, c, w.d],
+        &s.dy,
+        [&mut s.du, &mut s.ddelta, db, dc, g_scan],
+    );
 
     // Softplus' = sigma; dt_proj: d dt_b[c] = sum_t ddtp, d dt_proj[q, c] = sum_t ddtp dt[q],
     // d dt[q, t] = sum_c dt_proj[q, c] ddtp[c, t]. ddtp overwrites ddelta.
@@ -671,10 +583,287 @@ fn bwd_seq<const FMA: bool>(
     to_token_major(&s.dy, di, len, dxz, 2 * di, 0);
 }
 
+/// The scan inputs of one sequence, time-major (`[L, d_inner]`, `proj` `[L, R + 2N]`), from
+/// its token-major `xz`: the formulas of [`scan_inputs`], vectorised over the channels of a
+/// step (the conv taps and the rows of `dt_proj` summed in the same order; `x_proj` on gemm).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn scan_inputs_tm(dims: MixerDims, w: &MixerWeights, xz: &[f32], s: &mut Scratch) {
+    let MixerDims {
+        len,
+        d_inner: di,
+        dt_rank: r,
+        d_conv: k,
+        ..
+    } = dims;
+    let pw = dims.proj_width();
+    // Causal conv: xc[t] = conv_b + sum_j conv_w[:, j] x[t - (K - 1 - j)].
+    for (t, xc) in s.xc.chunks_exact_mut(di).enumerate() {
+        xc.copy_from_slice(w.conv_b);
+        for (j, wj) in s.conv_w_t.chunks_exact(di).enumerate() {
+            let Some(src) = t.checked_sub(k - 1 - j) else {
+                continue;
+            };
+            let x = &xz[src * 2 * di..src * 2 * di + di];
+            for ((o, &xv), &wv) in xc.iter_mut().zip(x).zip(wj) {
+                *o = madd::<true>(wv, xv, *o);
+            }
+        }
+    }
+    s.u.copy_from_slice(&s.xc);
+    // SAFETY: the time-major path runs only where the engine's AVX-512 level is available.
+    unsafe { crate::int8::kernels::silu_inplace(&mut s.u) };
+    // proj = u x_proj ([L, d_inner] x [d_inner, R + 2N], on gemm's register-blocked kernels);
+    // dtp[t] = dt_b + sum_q proj[t, q] dt_proj[q, :].
+    let row = |ld| View { rs: ld, cs: 1 };
+    gemm_strided(
+        [len, pw, di],
+        &mut s.proj,
+        row(pw),
+        false,
+        &s.u,
+        row(di),
+        w.x_proj,
+        row(pw),
+    );
+    for (p, dtp) in s.proj.chunks_exact(pw).zip(s.dtp.chunks_exact_mut(di)) {
+        dtp.copy_from_slice(w.dt_b);
+        for (&pv, wq) in p[..r].iter().zip(w.dt_proj.chunks_exact(di)) {
+            for (o, &wv) in dtp.iter_mut().zip(wq) {
+                *o = madd::<true>(wv, pv, *o);
+            }
+        }
+    }
+    s.delta.copy_from_slice(&s.dtp);
+    // SAFETY: as above.
+    unsafe { crate::int8::kernels::softplus_inplace(&mut s.delta) };
+}
+
+/// Forward pass of one sequence, time-major throughout (AVX-512, `d_state` 16): `xz`
+/// `[L, 2 d_inner]` is read in place, the register scan
+/// ([`crate::int8::kernels::scan16_time_major`]) writes `y` `[L, d_inner]` and reads `B`, `C`
+/// from the `[L, R + 2N]` projection, and the gate writes `out` `[L, d_inner]` row by row: no
+/// transposes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn fwd_seq_tm(
+    dims: MixerDims,
+    w: &MixerWeights,
+    xz: &[f32],
+    s: &mut Scratch,
+    y: &mut [f32],
+    out: &mut [f32],
+) {
+    let MixerDims {
+        len,
+        d_inner: di,
+        dt_rank: r,
+        ..
+    } = dims;
+    let pw = dims.proj_width();
+    scan_inputs_tm(dims, w, xz, s);
+    let bc = &s.proj[r..];
+    let done = crate::int8::kernels::scan16_time_major(
+        di,
+        len,
+        &s.delta,
+        &s.u,
+        bc,
+        [1, pw],
+        &s.a_t,
+        w.d,
+        y,
+    );
+    assert!(done, "time-major mixer without the AVX-512 scan");
+    // out = y * SiLU(z), z the second half of each xz row.
+    for ((o, yr), xr) in out
+        .chunks_exact_mut(di)
+        .zip(y.chunks_exact(di))
+        .zip(xz.chunks_exact(2 * di))
+    {
+        o.copy_from_slice(yr);
+        // SAFETY: as in `scan_inputs_tm`.
+        unsafe { crate::int8::kernels::gate(o, &xr[di..]) };
+    }
+}
+
+/// Backward pass of one sequence, time-major throughout (the formulas of [`bwd_seq`]): `dz`
+/// and `dx` are written straight into the token-major `dxz`, the scan backward
+/// ([`crate::scan::time_major::backward16`]) reads and writes the `[L, R + 2N]` projection
+/// rows, and the `x_proj` products run on gemm with transposed views.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bwd_seq_tm(
+    dims: MixerDims,
+    w: &MixerWeights,
+    xz: &[f32],
+    y: &[f32],
+    dout: &[f32],
+    s: &mut Scratch,
+    dxz: &mut [f32],
+    part: &mut [f32],
+) {
+    use crate::scan::time_major::{self, Bwd16In, Bwd16Out, TimeMajorBwd};
+    let MixerDims {
+        len,
+        d_inner: di,
+        d_state: n,
+        dt_rank: r,
+        d_conv: k,
+        ..
+    } = dims;
+    let pw = dims.proj_width();
+    scan_inputs_tm(dims, w, xz, s);
+    let (g_conv_w, rest) = part.split_at_mut(di * k);
+    let (g_conv_b, rest) = rest.split_at_mut(di);
+    let (g_x_proj, rest) = rest.split_at_mut(di * pw);
+    let (g_dt_proj, rest) = rest.split_at_mut(r * di);
+    let (g_dt_b, g_scan) = rest.split_at_mut(di);
+
+    // Gate: dy = dout SiLU(z), dz = dout y SiLU'(z) (into the z half of dxz).
+    for ((((dy, dxr), xr), yr), gr) in
+        s.dy.chunks_exact_mut(di)
+            .zip(dxz.chunks_exact_mut(2 * di))
+            .zip(xz.chunks_exact(2 * di))
+            .zip(y.chunks_exact(di))
+            .zip(dout.chunks_exact(di))
+    {
+        for ((((dyv, dz), &zv), &yv), &gv) in dy
+            .iter_mut()
+            .zip(&mut dxr[di..])
+            .zip(&xr[di..])
+            .zip(yr)
+            .zip(gr)
+        {
+            let sg = sigmoid::<true>(zv);
+            *dyv = gv * zv * sg;
+            *dz = gv * yv * sg * (1.0 + zv * (1.0 - sg));
+        }
+    }
+
+    // Scan: du, ddelta, dB, dC (into the B / C columns of dproj), dA, dD.
+    let scratch = s
+        .time_major_bwd
+        .get_or_insert_with(|| TimeMajorBwd::new(len));
+    let (da, dd) = g_scan.split_at_mut(di * n);
+    let input = Bwd16In {
+        delta: &s.delta,
+        u: &s.u,
+        dy: &s.dy,
+        bc: &s.proj[r..],
+        bc_strides: [1, pw],
+        a_t: &s.a_t,
+        d: w.d,
+    };
+    let mut out = Bwd16Out {
+        du: &mut s.du,
+        ddelta: &mut s.ddelta,
+        dbc: &mut s.dproj[r..],
+        dbc_ld: pw,
+        da,
+        dd,
+    };
+    // SAFETY: the time-major path runs only where the engine's AVX-512 level (F/BW/DQ/VL,
+    // FMA) is available, and with `d_state` 16; `backward16` asserts the lengths.
+    unsafe { time_major::backward16(di, len, &input, scratch, &mut out) };
+
+    // Softplus and dt_proj: ddtp = ddelta sigma(dtp) (into ddelta); d dt_b += ddtp;
+    // d dt_proj[q] += dt[q] ddtp; d dt[q] = <dt_proj[q], ddtp>.
+    for ((ddtp, dtp), (p, dp)) in s
+        .ddelta
+        .chunks_exact_mut(di)
+        .zip(s.dtp.chunks_exact(di))
+        .zip(s.proj.chunks_exact(pw).zip(s.dproj.chunks_exact_mut(pw)))
+    {
+        for (g, &v) in ddtp.iter_mut().zip(dtp) {
+            *g *= sigmoid::<true>(v);
+        }
+        for (a, &g) in g_dt_b.iter_mut().zip(ddtp.iter()) {
+            *a += g;
+        }
+        for (q, (gq, wq)) in g_dt_proj
+            .chunks_exact_mut(di)
+            .zip(w.dt_proj.chunks_exact(di))
+            .enumerate()
+        {
+            for (a, &g) in gq.iter_mut().zip(ddtp.iter()) {
+                *a = madd::<true>(p[q], g, *a);
+            }
+            dp[q] = lanes::dot::<true>(wq, ddtp);
+        }
+    }
+
+    // x_proj: d x_proj[c, j] += sum_t u[t, c] dproj[t, j] (u^T dproj); du[t, c] += sum_j
+    // dproj[t, j] x_proj[c, j] (dproj x_proj^T).
+    let row = |ld| View { rs: ld, cs: 1 };
+    let col = |ld| View { rs: 1, cs: ld };
+    gemm_strided(
+        [di, pw, len],
+        g_x_proj,
+        row(pw),
+        true,
+        &s.u,
+        col(di),
+        &s.dproj,
+        row(pw),
+    );
+    gemm_strided(
+        [len, di, pw],
+        &mut s.du,
+        row(di),
+        true,
+        &s.dproj,
+        row(pw),
+        w.x_proj,
+        col(pw),
+    );
+
+    // SiLU then the causal conv: dxc = du SiLU'(xc) (into du); d conv_b += dxc;
+    // d conv_w[:, j] += dxc[t] x[t - (K - 1 - j)]; dx[t] = sum_j conv_w[:, j] dxc[t + K - 1 - j].
+    for (g, &v) in s.du.iter_mut().zip(&s.xc) {
+        *g *= silu_grad::<true>(v);
+    }
+    s.conv_acc.fill(0.0);
+    for (t, dxc) in s.du.chunks_exact(di).enumerate() {
+        for (a, &g) in g_conv_b.iter_mut().zip(dxc) {
+            *a += g;
+        }
+        for (j, acc) in s.conv_acc.chunks_exact_mut(di).enumerate() {
+            let Some(src) = t.checked_sub(k - 1 - j) else {
+                continue;
+            };
+            let x = &xz[src * 2 * di..src * 2 * di + di];
+            for ((a, &g), &xv) in acc.iter_mut().zip(dxc).zip(x) {
+                *a = madd::<true>(g, xv, *a);
+            }
+        }
+    }
+    for (c, gw) in g_conv_w.chunks_exact_mut(k).enumerate() {
+        for (j, g) in gw.iter_mut().enumerate() {
+            *g += s.conv_acc[j * di + c];
+        }
+    }
+    for (t, dxr) in dxz.chunks_exact_mut(2 * di).enumerate() {
+        let dx = &mut dxr[..di];
+        dx.fill(0.0);
+        for (j, wj) in s.conv_w_t.chunks_exact(di).enumerate() {
+            let src = t + k - 1 - j;
+            if src >= len {
+                continue;
+            }
+            let dxc = &s.du[src * di..(src + 1) * di];
+            for ((o, &g), &wv) in dx.iter_mut().zip(dxc).zip(wj) {
+                *o = madd::<true>(wv, g, *o);
+            }
+        }
+    }
+}
+
 /// Instances of the per-sequence bodies for each instruction set.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{MixerDims, MixerWeights, Scratch, bwd_seq, fwd_seq};
+    use super::{MixerDims, MixerWeights, Scratch, bwd_seq, bwd_seq_tm, fwd_seq, fwd_seq_tm};
 
     /// # Safety
     /// The CPU must support AVX-512F, AVX2 and FMA.
@@ -687,7 +876,11 @@ mod x86 {
         y: &mut [f32],
         out: &mut [f32],
     ) {
-        fwd_seq::<true, true>(dims, w, xz, s, y, out)
+        if s.tm {
+            fwd_seq_tm(dims, w, xz, s, y, out)
+        } else {
+            fwd_seq::<true>(dims, w, xz, s, y, out)
+        }
     }
 
     /// # Safety
@@ -701,7 +894,7 @@ mod x86 {
         y: &mut [f32],
         out: &mut [f32],
     ) {
-        fwd_seq::<true, false>(dims, w, xz, s, y, out)
+        fwd_seq::<true>(dims, w, xz, s, y, out)
     }
 
     /// # Safety
@@ -718,7 +911,11 @@ mod x86 {
         dxz: &mut [f32],
         part: &mut [f32],
     ) {
-        bwd_seq::<true>(dims, w, xz, y, dout, s, dxz, part)
+        if s.tm {
+            bwd_seq_tm(dims, w, xz, y, dout, s, dxz, part)
+        } else {
+            bwd_seq::<true>(dims, w, xz, y, dout, s, dxz, part)
+        }
     }
 
     /// # Safety
@@ -763,7 +960,7 @@ fn check_lengths(dims: MixerDims, w: &MixerWeights, xz: &[f32]) {
 
 /// Forward pass with instruction set `isa` (falls back to the portable body where `isa` is
 /// not available): returns the output `[S, L, d_inner]` and, when `keep_scan`, the scan output
-/// before the gate, `[S, d_inner, L]` (the backward pass's saved state; without it each task
+/// before the gate, `[S, L, d_inner]` (the backward pass's saved state; without it each task
 /// writes the scan output to its own scratch).
 pub fn forward_with(
     isa: Isa,
@@ -791,7 +988,7 @@ pub fn forward_with(
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { x86::fwd_avx2(dims, w, xz, s, y, out) },
-        _ => fwd_seq::<false, false>(dims, w, xz, s, y, out),
+        _ => fwd_seq::<false>(dims, w, xz, s, y, out),
     };
     let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let scratch = |f: &mut dyn FnMut(&mut Scratch)| with_scratch(call, (dims, w, false, isa), f);
@@ -823,7 +1020,7 @@ pub fn forward(
 }
 
 /// Backward pass with instruction set `isa`: gradients of `sum(dout ⊙ out)` from the forward
-/// inputs, the saved scan output `y` (`[S, d_inner, L]`) and `dout` (`[S, L, d_inner]`).
+/// inputs, the saved scan output `y` (`[S, L, d_inner]`) and `dout` (`[S, L, d_inner]`).
 pub fn backward_with(
     isa: Isa,
     dims: MixerDims,

@@ -87,7 +87,7 @@ fn with_host<B: Backend, T>(
 }
 
 /// Forward pass through host buffers: the output `[S, L, d_inner]` and, when `keep_scan`,
-/// the saved scan output `[S, d_inner, L]` for the backward step.
+/// the saved scan output `[S, L, d_inner]` for the backward step.
 fn host_forward<B: Backend>(
     inputs: &Inputs<B>,
     keep_scan: bool,
@@ -98,7 +98,7 @@ fn host_forward<B: Backend>(
     });
     (
         from_host::<B>(out, vec![dims.seqs, dims.len, dims.d_inner], &device),
-        y.map(|y| from_host::<B>(y, vec![dims.seqs, dims.d_inner, dims.len], &device)),
+        y.map(|y| from_host::<B>(y, vec![dims.seqs, dims.len, dims.d_inner], &device)),
     )
 }
 

@@ -148,7 +148,7 @@ fn fused_mixer_matches_the_composed_reference_forward_and_backward() {
 
 #[test]
 fn every_instruction_set_gives_the_same_mixer() {
-    let case = random_case(7, 3, 40, 16, 16, 1);
+    let case = random_case(7, 3, 40, 24, 16, 2);
     let [xz, conv_w, conv_b, x_proj, dt_proj, dt_b, a, d] = &case.v;
     let w = MixerWeights {
         conv_w,

@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::int8::kernels::{exp2_16, transpose_strided_fast};
+use crate::int8::kernels::exp2_16;
 
 /// `$body` sixteen times with `$n` a constant `0..16`: the per-state arrays then index with
 /// constants, which keeps them in registers (a loop over `n` kept them on the stack, with a
@@ -46,8 +46,6 @@ pub(crate) struct TimeMajorBwd {
     hs: Vec<__m512>,
     /// Row `t`: `e_t = exp(delta_t A)`, 16 state vectors per row.
     es: Vec<__m512>,
-    /// `[L, 32]`: `dB_t` (16 states) then `dC_t`, summed over the channel blocks.
-    dbc: Vec<f32>,
 }
 
 impl TimeMajorBwd {
@@ -58,7 +56,6 @@ impl TimeMajorBwd {
         TimeMajorBwd {
             hs: vec![zero; (len + 1) * N],
             es: vec![zero; len * N],
-            dbc: vec![0.0; len * 2 * N],
         }
     }
 }
@@ -71,8 +68,12 @@ pub(crate) struct Bwd16In<'a> {
     pub u: &'a [f32],
     /// `dy` `[L, di]`.
     pub dy: &'a [f32],
-    /// `B` then `C`, `[2 * 16, L]` (state rows).
+    /// `B` then `C`: row `j < 32` at step `t` is `bc[j * bc_strides[0] + t * bc_strides[1]]`
+    /// (the mixer's time-major `x_proj` output `[L, R + 32]` from column `R` on: strides
+    /// `[1, R + 32]`).
     pub bc: &'a [f32],
+    /// Strides of `bc`'s rows and steps.
+    pub bc_strides: [usize; 2],
     /// `A^T` `[16, di]`.
     pub a_t: &'a [f32],
     /// `D` `[di]`.
@@ -85,8 +86,11 @@ pub(crate) struct Bwd16Out<'a> {
     pub du: &'a mut [f32],
     /// `ddelta` `[L, di]` (written).
     pub ddelta: &'a mut [f32],
-    /// `dB` then `dC`, `[2 * 16, L]` (written).
+    /// `dB_t` then `dC_t` (32 values) at `dbc[t * dbc_ld..]` for each step `t` (written; the
+    /// rest of each row untouched).
     pub dbc: &'a mut [f32],
+    /// Distance between the steps' rows of `dbc` (>= 32).
+    pub dbc_ld: usize,
     /// `dA` `[di, 16]` (added to).
     pub da: &'a mut [f32],
     /// `dD` `[di]` (added to).
@@ -110,20 +114,22 @@ pub(crate) unsafe fn backward16(
         x.delta.len() >= tm
             && x.u.len() >= tm
             && x.dy.len() >= tm
-            && x.bc.len() >= 2 * N * l
+            && x.bc.len() > (2 * N - 1) * x.bc_strides[0] + (l.max(1) - 1) * x.bc_strides[1]
             && x.a_t.len() >= N * di
             && x.d.len() >= di
             && o.du.len() >= tm
             && o.ddelta.len() >= tm
-            && o.dbc.len() >= 2 * N * l
+            && o.dbc_ld >= 2 * N
+            && o.dbc.len() >= (l.max(1) - 1) * o.dbc_ld + 2 * N
             && o.da.len() >= di * N
             && o.dd.len() >= di
             && s.hs.len() > l * N
-            && s.es.len() >= l * N
-            && s.dbc.len() >= 2 * N * l,
+            && s.es.len() >= l * N,
         "time-major scan backward: buffer sizes"
     );
-    s.dbc[..2 * N * l].fill(0.0);
+    for t in 0..l {
+        o.dbc[t * o.dbc_ld..t * o.dbc_ld + 2 * N].fill(0.0);
+    }
     let mut c0 = 0;
     while c0 < di {
         let nl = (di - c0).min(16);
@@ -131,8 +137,6 @@ pub(crate) unsafe fn backward16(
         unsafe { block(c0, nl, di, l, x, s, o) };
         c0 += nl;
     }
-    // [L, 32] -> [32, L].
-    transpose_strided_fast(&s.dbc, 2 * N, o.dbc, l, l, 2 * N);
 }
 
 /// The lanes of `v_0 .. v_15` summed: lane `n` of the result is `sum_j v_n[j]`. A tree of
@@ -211,7 +215,7 @@ unsafe fn block(
             unsafe { _mm512_maskz_loadu_ps(mask, $p.as_ptr().add($t * di + c0)) }
         };
     }
-    let bc = x.bc;
+    let (bc, [bs, bt]) = (x.bc, x.bc_strides);
     let (hs, es) = (&mut s.hs, &mut s.es);
 
     // Forward: h_t and e_t of the block.
@@ -224,7 +228,7 @@ unsafe fn block(
             // exp(d a) = 2^(d a log2 e), the engine's exponential (d >= 0 from softplus, a < 0).
             let e = exp2_16(_mm512_mul_ps(d, a2[n]));
             // SAFETY: row n of B at t < L.
-            let b = _mm512_set1_ps(unsafe { *bc.get_unchecked(n * l + t) });
+            let b = _mm512_set1_ps(unsafe { *bc.get_unchecked(n * bs + t * bt) });
             h[n] = _mm512_fmadd_ps(e, h[n], _mm512_mul_ps(dtu, b));
             es[t * N + n] = e;
             hs[(t + 1) * N + n] = h[n];
@@ -247,8 +251,8 @@ unsafe fn block(
             // SAFETY: rows n and 16 + n of `bc` at t < L.
             let (b, c) = unsafe {
                 (
-                    _mm512_set1_ps(*bc.get_unchecked(n * l + t)),
-                    _mm512_set1_ps(*bc.get_unchecked((N + n) * l + t)),
+                    _mm512_set1_ps(*bc.get_unchecked(n * bs + t * bt)),
+                    _mm512_set1_ps(*bc.get_unchecked((N + n) * bs + t * bt)),
                 )
             };
             let (e, h_prev, h_t) = (es[t * N + n], hs[t * N + n], hs[(t + 1) * N + n]);
@@ -269,11 +273,12 @@ unsafe fn block(
         let dhb = _mm512_add_ps(dhb0, dhb1);
         let du = _mm512_fmadd_ps(d, dhb, _mm512_mul_ps(dsk, g));
         let ddl = _mm512_fmadd_ps(uv, dhb, _mm512_add_ps(pa0, pa1));
-        // SAFETY: rows t < L of the [L, di] outputs and of the [L, 32] scratch.
+        // SAFETY: rows t < L of the [L, di] outputs and the first 32 values of row t of
+        // `dbc` (asserted).
         unsafe {
             _mm512_mask_storeu_ps(o.du.as_mut_ptr().add(t * di + c0), mask, du);
             _mm512_mask_storeu_ps(o.ddelta.as_mut_ptr().add(t * di + c0), mask, ddl);
-            let row = s.dbc.as_mut_ptr().add(t * 2 * N);
+            let row = o.dbc.as_mut_ptr().add(t * o.dbc_ld);
             _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), reduce16(&vb)));
             let row = row.add(N);
             _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), reduce16(&vc)));
