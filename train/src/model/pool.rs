@@ -24,9 +24,10 @@ impl MaxPool {
         }
     }
 
-    /// `[B, C, H, W] -> [B, C, H / s_f, W / s_t]`.
+    /// `[B, C, H, W] -> [B, C, H / s_f, W / s_t]` ([`crate::ops::max_pool2d`], the same result
+    /// as `pool.forward`).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.pool.forward(x)
+        crate::ops::max_pool2d(x, self.size)
     }
 
     /// Records the pooling (no parameters, no MACs); returns its output shape.

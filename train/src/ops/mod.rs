@@ -11,6 +11,7 @@
 //! - [`pointwise_conv2d`], [`linear_tokens`]: products with a shared weight matrix per batch
 //!   element / sequence on the rayon pool ([`matmul_cpu`]), transposes as strides.
 //! - [`layer_norm()`]: LayerNorm over the last axis, one pass each way ([`mod@layer_norm`]).
+//! - [`max_pool2d`]: non-overlapping max pooling without `i64` indices ([`mod@max_pool`]).
 //! - [`depthwise_conv2d_reference`], [`depthwise_conv1d_causal_reference`]: the same contracts
 //!   through burn's grouped `conv2d` / `conv1d` (the reference for the tests).
 
@@ -48,6 +49,8 @@ pub mod layer_norm;
 #[allow(deprecated)]
 mod matmul;
 pub mod matmul_cpu;
+#[allow(deprecated)]
+pub mod max_pool;
 #[cfg(test)]
 mod tests;
 
@@ -55,6 +58,7 @@ pub use batch_norm::BatchNormOps;
 pub use depthwise::DepthwiseConvOps;
 pub use layer_norm::LayerNormOps;
 pub use matmul::SharedMatmulOps;
+pub use max_pool::MaxPoolOps;
 
 use std::borrow::Cow;
 
@@ -316,6 +320,19 @@ pub fn pointwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>
         None => y,
     };
     y.reshape([b, c_out, h, w])
+}
+
+/// Max pooling of `x: [B, C, H, W]` with kernel and stride `size`, no padding, floor mode, as
+/// one fused op ([`mod@max_pool`]); equal to burn's `MaxPool2d` with those settings.
+///
+/// # Panics
+/// When a pooling size is zero.
+pub fn max_pool2d(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
+    assert!(size[0] > 0 && size[1] > 0, "max pool: size {size:?}");
+    Tensor::from_dispatch(<Dispatch as MaxPoolOps>::max_pool_fused(
+        x.into_dispatch(),
+        size,
+    ))
 }
 
 /// `norm.forward(x)` for burn's `LayerNorm` over the last axis of `x: [S, L, C]` as one fused

@@ -783,3 +783,55 @@ fn fused_layer_norm_matches_burn_layer_norm_values_and_gradients() {
         assert!(e < 1e-6, "inference layer norm rel err {e}");
     }
 }
+
+/// The fused max pooling against burn's `MaxPool2d` (kernel = stride, floor mode): outputs on
+/// the inference and autodiff devices and the input gradient of a weighted sum, for square
+/// and rectangular windows and inputs the windows do not tile (left-out rows and columns get
+/// zero gradient); plus a window with a tie, whose gradient goes to its first maximum.
+#[test]
+fn max_pool_matches_burn_max_pool2d_values_and_gradients() {
+    use burn::nn::pool::MaxPool2dConfig;
+    let mut rng = StdRng::seed_from_u64(23);
+    for (shape, size) in [
+        ([2, 3, 8, 6], [2, 2]),
+        ([1, 4, 9, 7], [2, 2]),
+        ([3, 2, 6, 10], [3, 2]),
+        ([2, 2, 5, 4], [1, 4]),
+    ] {
+        let n: usize = shape.iter().product();
+        let xv = rand_vec(&mut rng, n);
+        let reference = MaxPool2dConfig::new(size).with_strides(size).init();
+        for device in [Device::default(), Device::default().autodiff()] {
+            let tracked = device.is_autodiff();
+            let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), shape), &device);
+            let (x1, x2) = if tracked {
+                (x.clone().require_grad(), x.require_grad())
+            } else {
+                (x.clone(), x)
+            };
+            let got = super::max_pool2d(x1.clone(), size);
+            let want = reference.forward(x2.clone());
+            assert_eq!(got.dims(), want.dims(), "{shape:?} {size:?}");
+            assert_eq!(host(got.clone()), host(want.clone()), "{shape:?} {size:?}");
+            if tracked {
+                let wv = rand_vec(&mut rng, got.dims().iter().product());
+                let w = Tensor::<4>::from_data(TensorData::new(wv, got.dims()), &device);
+                let g1 = (got * w.clone()).sum().backward();
+                let g2 = (want * w).sum().backward();
+                let (d1, d2) = (
+                    host(x1.grad(&g1).expect("dx")),
+                    host(x2.grad(&g2).expect("dx")),
+                );
+                assert_eq!(d1, d2, "{shape:?} {size:?}: dx");
+            }
+        }
+    }
+    // A tie: the gradient goes to the first maximum of the window.
+    let x = Tensor::<4>::from_data(
+        TensorData::new(vec![1.0f32, 3.0, 3.0, 2.0], [1, 1, 2, 2]),
+        &Device::default().autodiff(),
+    )
+    .require_grad();
+    let g = super::max_pool2d(x.clone(), [2, 2]).sum().backward();
+    assert_eq!(host(x.grad(&g).expect("dx")), vec![0.0, 1.0, 0.0, 0.0]);
+}
