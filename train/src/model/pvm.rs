@@ -78,26 +78,20 @@ impl ParallelMambaConfig {
 impl ParallelMamba {
     /// `[B, C, H, W] -> [B, C_out, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        use crate::ops::swap_mid;
         let [batch, c, h, w] = x.dims();
         let (len, p) = (h * w, self.groups);
         let d = c / p;
-        let tokens = crate::ops::layer_norm(
-            &self.norm,
-            LAYER_NORM_EPS,
-            x.reshape([batch, c, len]).swap_dims(1, 2),
-        ); // [B, L, C]
+        // The layout changes run as `swap_mid` ops on the rayon pool (burn's swap_dims +
+        // reshape copied on the calling thread, both ways).
+        let tokens = swap_mid(x.reshape([batch, c, len, 1])).reshape([batch, len, c]);
+        let tokens = crate::ops::layer_norm(&self.norm, LAYER_NORM_EPS, tokens); // [B, L, C]
         let skip = self.skip_scale.val().reshape([1, 1, 1]);
         let mixed = if self.mamba.len() == 1 {
             // Shared weights: the P groups are P more sequences of the batch.
-            let groups =
-                tokens
-                    .reshape([batch, len, p, d])
-                    .swap_dims(1, 2)
-                    .reshape([batch * p, len, d]);
+            let groups = swap_mid(tokens.reshape([batch, len, p, d])).reshape([batch * p, len, d]);
             let y = self.mamba[0].forward(groups.clone()) + groups * skip;
-            y.reshape([batch, p, len, d])
-                .swap_dims(1, 2)
-                .reshape([batch, len, c])
+            swap_mid(y.reshape([batch, p, len, d])).reshape([batch, len, c])
         } else {
             let outs = tokens
                 .chunk(p, 2)
@@ -112,7 +106,7 @@ impl ParallelMamba {
             crate::ops::layer_norm(&self.norm, LAYER_NORM_EPS, mixed),
         ); // [B, L, C_out]
         let c_out = y.dims()[2];
-        y.swap_dims(1, 2).reshape([batch, c_out, h, w])
+        swap_mid(y.reshape([batch, len, c_out, 1])).reshape([batch, c_out, h, w])
     }
 
     /// Records the block's layers; returns its output shape.

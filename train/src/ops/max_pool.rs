@@ -115,7 +115,7 @@ pub fn backward_host(d: PoolDims, x: &[f32], dy: &[f32]) -> Vec<f32> {
     );
     let (in_plane, out_plane) = (d.in_plane(), d.out_plane());
     let ow = d.output()[1];
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = super::zeros_par(x.len());
     if in_plane == 0 || out_plane == 0 {
         return dx;
     }

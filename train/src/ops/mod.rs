@@ -12,6 +12,8 @@
 //!   element / sequence on the rayon pool ([`matmul_cpu`]), transposes as strides.
 //! - [`layer_norm()`]: LayerNorm over the last axis, one pass each way ([`mod@layer_norm`]).
 //! - [`max_pool2d`]: non-overlapping max pooling without `i64` indices ([`mod@max_pool`]).
+//! - [`swap_mid`]: `[B, X, Y, Z] -> [B, Y, X, Z]` on the rayon pool ([`mod@swap_mid`]), the
+//!   layout changes around the parallel Mamba blocks.
 //! - [`depthwise_conv2d_reference`], [`depthwise_conv1d_causal_reference`]: the same contracts
 //!   through burn's grouped `conv2d` / `conv1d` (the reference for the tests).
 
@@ -51,6 +53,8 @@ mod matmul;
 pub mod matmul_cpu;
 #[allow(deprecated)]
 pub mod max_pool;
+#[allow(deprecated)]
+pub mod swap_mid;
 #[cfg(test)]
 mod tests;
 
@@ -59,6 +63,7 @@ pub use depthwise::DepthwiseConvOps;
 pub use layer_norm::LayerNormOps;
 pub use matmul::SharedMatmulOps;
 pub use max_pool::MaxPoolOps;
+pub use swap_mid::SwapMidOps;
 
 use std::borrow::Cow;
 
@@ -333,6 +338,12 @@ pub fn max_pool2d(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
         x.into_dispatch(),
         size,
     ))
+}
+
+/// `x.swap_dims(1, 2)` of `x: [B, X, Y, Z]`, made contiguous, as one op on the rayon pool
+/// ([`mod@swap_mid`]).
+pub fn swap_mid(x: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as SwapMidOps>::swap_mid_fused(x.into_dispatch()))
 }
 
 /// `norm.forward(x)` for burn's `LayerNorm` over the last axis of `x: [S, L, C]` as one fused

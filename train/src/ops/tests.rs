@@ -835,3 +835,36 @@ fn max_pool_matches_burn_max_pool2d_values_and_gradients() {
     let g = super::max_pool2d(x.clone(), [2, 2]).sum().backward();
     assert_eq!(host(x.grad(&g).expect("dx")), vec![0.0, 1.0, 0.0, 0.0]);
 }
+
+/// `swap_mid` against burn's `swap_dims(1, 2)`: values on both devices and the input gradient
+/// of a weighted sum, for `Z = 1` (register-tile transposes, sizes off the 8 x 8 tiles) and
+/// `Z > 1` (row copies).
+#[test]
+fn swap_mid_matches_burn_swap_dims_values_and_gradients() {
+    let mut rng = StdRng::seed_from_u64(29);
+    for shape in [[2, 19, 13, 1], [3, 16, 8, 1], [2, 5, 3, 4], [1, 7, 2, 9]] {
+        let n: usize = shape.iter().product();
+        let xv = rand_vec(&mut rng, n);
+        for device in [Device::default(), Device::default().autodiff()] {
+            let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), shape), &device);
+            let (x1, x2) = if device.is_autodiff() {
+                (x.clone().require_grad(), x.require_grad())
+            } else {
+                (x.clone(), x)
+            };
+            let got = super::swap_mid(x1.clone());
+            let want = x2.clone().swap_dims(1, 2);
+            assert_eq!(got.dims(), want.dims(), "{shape:?}");
+            assert_eq!(host(got.clone()), host(want.clone()), "{shape:?}");
+            if device.is_autodiff() {
+                let wv = rand_vec(&mut rng, n);
+                let w = Tensor::<4>::from_data(TensorData::new(wv, got.dims()), &device);
+                let g1 = (got * w.clone()).sum().backward();
+                let g2 = (want * w).sum().backward();
+                let d1 = host(x1.grad(&g1).expect("dx"));
+                let d2 = host(x2.grad(&g2).expect("dx"));
+                assert_eq!(d1, d2, "{shape:?}: dx");
+            }
+        }
+    }
+}
