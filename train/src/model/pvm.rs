@@ -78,7 +78,7 @@ impl ParallelMambaConfig {
 impl ParallelMamba {
     /// `[B, C, H, W] -> [B, C_out, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        use crate::ops::swap_mid;
+        use crate::ops::{scaled_add, swap_mid};
         let [batch, c, h, w] = x.dims();
         let (len, p) = (h * w, self.groups);
         let d = c / p;
@@ -86,18 +86,18 @@ impl ParallelMamba {
         // reshape copied on the calling thread, both ways).
         let tokens = swap_mid(x.reshape([batch, c, len, 1])).reshape([batch, len, c]);
         let tokens = crate::ops::layer_norm(&self.norm, LAYER_NORM_EPS, tokens); // [B, L, C]
-        let skip = self.skip_scale.val().reshape([1, 1, 1]);
+        let skip = self.skip_scale.val();
         let mixed = if self.mamba.len() == 1 {
             // Shared weights: the P groups are P more sequences of the batch.
             let groups = swap_mid(tokens.reshape([batch, len, p, d])).reshape([batch * p, len, d]);
-            let y = self.mamba[0].forward(groups.clone()) + groups * skip;
+            let y = scaled_add(self.mamba[0].forward(groups.clone()), groups, skip);
             swap_mid(y.reshape([batch, p, len, d])).reshape([batch, len, c])
         } else {
             let outs = tokens
                 .chunk(p, 2)
                 .into_iter()
                 .zip(&self.mamba)
-                .map(|(g, m)| m.forward(g.clone()) + g * skip.clone())
+                .map(|(g, m)| scaled_add(m.forward(g.clone()), g, skip.clone()))
                 .collect();
             Tensor::cat(outs, 2)
         };

@@ -14,6 +14,8 @@
 //! - [`max_pool2d`]: non-overlapping max pooling without `i64` indices ([`mod@max_pool`]).
 //! - [`swap_mid`]: `[B, X, Y, Z] -> [B, Y, X, Z]` on the rayon pool ([`mod@swap_mid`]), the
 //!   layout changes around the parallel Mamba blocks.
+//! - [`scaled_add`]: `a + s r` with a learned scalar `s` on the rayon pool
+//!   ([`mod@scaled_add`]), the parallel Mamba blocks' skip connection.
 //! - [`depthwise_conv2d_reference`], [`depthwise_conv1d_causal_reference`]: the same contracts
 //!   through burn's grouped `conv2d` / `conv1d` (the reference for the tests).
 
@@ -54,6 +56,8 @@ pub mod matmul_cpu;
 #[allow(deprecated)]
 pub mod max_pool;
 #[allow(deprecated)]
+pub mod scaled_add;
+#[allow(deprecated)]
 pub mod swap_mid;
 #[cfg(test)]
 mod tests;
@@ -63,6 +67,7 @@ pub use depthwise::DepthwiseConvOps;
 pub use layer_norm::LayerNormOps;
 pub use matmul::SharedMatmulOps;
 pub use max_pool::MaxPoolOps;
+pub use scaled_add::ScaledAddOps;
 pub use swap_mid::SwapMidOps;
 
 use std::borrow::Cow;
@@ -337,6 +342,21 @@ pub fn max_pool2d(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as MaxPoolOps>::max_pool_fused(
         x.into_dispatch(),
         size,
+    ))
+}
+
+/// `a + s r` for `a`, `r` of one shape and a scalar `s: [1]`, as one op on the rayon pool
+/// ([`mod@scaled_add`]); differentiable in all three.
+///
+/// # Panics
+/// When the shapes of `a` and `r` differ or `s` is not one value.
+pub fn scaled_add<const D: usize>(a: Tensor<D>, r: Tensor<D>, s: Tensor<1>) -> Tensor<D> {
+    assert_eq!(a.dims(), r.dims(), "scaled add: shapes");
+    assert_eq!(s.dims(), [1], "scaled add: the scale is one value");
+    Tensor::from_dispatch(<Dispatch as ScaledAddOps>::scaled_add_fused(
+        a.into_dispatch(),
+        r.into_dispatch(),
+        s.into_dispatch(),
     ))
 }
 

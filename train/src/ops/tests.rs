@@ -868,3 +868,62 @@ fn swap_mid_matches_burn_swap_dims_values_and_gradients() {
         }
     }
 }
+
+/// `scaled_add` against burn's `a + r * s` (broadcast scalar): values and the gradients of a
+/// weighted sum for `a`, `r` and `s`, on sizes within and past one rayon block.
+#[test]
+fn scaled_add_matches_burn_values_and_gradients() {
+    let mut rng = StdRng::seed_from_u64(31);
+    for shape in [[2, 3, 5], [3, 70, 100]] {
+        let n: usize = shape.iter().product();
+        let (av, rv, wv) = (
+            rand_vec(&mut rng, n),
+            rand_vec(&mut rng, n),
+            rand_vec(&mut rng, n),
+        );
+        let device = Device::default().autodiff();
+        let t = |v: &[f32]| Tensor::<3>::from_data(TensorData::new(v.to_vec(), shape), &device);
+        let s = || Tensor::<1>::from_data(TensorData::new(vec![0.7f32], [1]), &device);
+        let w = t(&wv);
+        let (a1, r1, s1) = (
+            t(&av).require_grad(),
+            t(&rv).require_grad(),
+            s().require_grad(),
+        );
+        let (a2, r2, s2) = (
+            t(&av).require_grad(),
+            t(&rv).require_grad(),
+            s().require_grad(),
+        );
+        let got = super::scaled_add(a1.clone(), r1.clone(), s1.clone());
+        let want = a2.clone() + r2.clone() * s2.clone().reshape([1, 1, 1]);
+        assert!(
+            rel_err(&host(got.clone()), &host(want.clone())) < 1e-6,
+            "{shape:?}"
+        );
+        let g1 = (got * w.clone()).sum().backward();
+        let g2 = (want * w).sum().backward();
+        for (name, x, y) in [
+            (
+                "da",
+                host(a1.grad(&g1).expect("da")),
+                host(a2.grad(&g2).expect("da")),
+            ),
+            (
+                "dr",
+                host(r1.grad(&g1).expect("dr")),
+                host(r2.grad(&g2).expect("dr")),
+            ),
+        ] {
+            assert!(rel_err(&x, &y) < 1e-6, "{shape:?}: {name}");
+        }
+        let (ds1, ds2) = (
+            host(s1.grad(&g1).expect("ds")),
+            host(s2.grad(&g2).expect("ds")),
+        );
+        assert!(
+            rel_err(&ds1, &ds2) < 1e-5,
+            "{shape:?}: ds {ds1:?} vs {ds2:?}"
+        );
+    }
+}
