@@ -93,13 +93,21 @@ impl ParallelMamba {
             let y = scaled_add(self.mamba[0].forward(groups.clone()), groups, skip);
             swap_mid(y.reshape([batch, p, len, d])).reshape([batch, len, c])
         } else {
-            let outs = tokens
-                .chunk(p, 2)
+            // Groups outermost, `[P, B, L, d]`, so that each group is one contiguous block for
+            // its own Mamba (channel slices of the tokens were strided views, copied by every
+            // op that read them, both ways).
+            let split =
+                swap_mid(tokens.reshape([1, batch * len, p, d])).reshape([p, batch, len, d]);
+            let outs = split
+                .chunk(p, 0)
                 .into_iter()
                 .zip(&self.mamba)
-                .map(|(g, m)| scaled_add(m.forward(g.clone()), g, skip.clone()))
+                .map(|(g, m)| {
+                    let g = g.reshape([batch, len, d]);
+                    scaled_add(m.forward(g.clone()), g, skip.clone()).reshape([1, batch * len, d])
+                })
                 .collect();
-            Tensor::cat(outs, 2)
+            swap_mid(Tensor::cat(outs, 0).reshape([1, p, batch * len, d])).reshape([batch, len, c])
         };
         let y = crate::ops::linear_tokens(
             &self.proj,

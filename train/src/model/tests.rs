@@ -146,6 +146,64 @@ fn shared_and_unshared_pmb_agree_when_weights_agree() {
     assert!(d < 1e-4, "max difference {d}");
 }
 
+/// The PMB's forward (layout ops on the rayon pool, fused skip) against the block written with
+/// burn's own ops (swap_dims, chunk, `+ g * skip`, cat, burn's LayerNorm), for shared and
+/// per-group Mambas: outputs and the gradients of the input and the skip scale.
+#[test]
+fn parallel_mamba_matches_a_burn_ops_composition() {
+    let dev = device().autodiff();
+    for shared in [true, false] {
+        let pmb = ParallelMambaConfig {
+            c_in: 32,
+            c_out: 40,
+            groups: 2,
+            shared,
+            d_state: 16,
+        }
+        .init(&dev);
+        let reference = |x: Tensor<4>| {
+            let [b, c, h, w] = x.dims();
+            let (len, p) = (h * w, pmb.groups);
+            let tokens = pmb.norm.forward(x.reshape([b, c, len]).swap_dims(1, 2));
+            let skip = pmb.skip_scale.val().reshape([1, 1, 1]);
+            let outs = tokens
+                .chunk(p, 2)
+                .into_iter()
+                .enumerate()
+                .map(|(g, t)| {
+                    let m = &pmb.mamba[if shared { 0 } else { g }];
+                    m.forward(t.clone()) + t * skip.clone()
+                })
+                .collect();
+            let y = pmb.proj.forward(pmb.norm.forward(Tensor::cat(outs, 2)));
+            let c_out = y.dims()[2];
+            y.swap_dims(1, 2).reshape([b, c_out, h, w])
+        };
+        let xv = Tensor::<4>::random([2, 32, 4, 3], Distribution::Normal(0.0, 1.0), &dev);
+        let wv = Tensor::<4>::random([2, 40, 4, 3], Distribution::Normal(0.0, 1.0), &dev);
+        let (x1, x2) = (xv.clone().require_grad(), xv.require_grad());
+        let (y1, y2) = (pmb.forward(x1.clone()), reference(x2.clone()));
+        let d: f32 = (y1.clone() - y2.clone()).abs().max().into_scalar();
+        assert!(d < 1e-4, "shared {shared}: max output difference {d}");
+        let g1 = (y1 * wv.clone()).sum().backward();
+        let g2 = (y2 * wv).sum().backward();
+        let dx: f32 = (x1.grad(&g1).expect("dx") - x2.grad(&g2).expect("dx"))
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(dx < 1e-4, "shared {shared}: max dx difference {dx}");
+        let skip = |g: &_| {
+            let v: f32 = pmb.skip_scale.grad(g).expect("d skip").into_scalar();
+            v
+        };
+        let (s1, s2) = (skip(&g1), skip(&g2));
+        assert!(
+            (s1 - s2).abs() <= 1e-4 * s2.abs().max(1.0),
+            "shared {shared}: d skip {s1} vs {s2}"
+        );
+    }
+}
+
 #[test]
 fn baseline_matches_published_complexity() {
     // DCASE2024 Task 1 baseline: 61,148 parameters, 29,419,156 MACs (torchinfo) on 1x256x65.

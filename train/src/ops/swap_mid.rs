@@ -5,9 +5,10 @@
 //!
 //! burn expresses them as `swap_dims` + `reshape`, which copies the strided view on the calling
 //! thread when the next op needs contiguous memory, and copies the gradient again in the
-//! backward pass; here both directions run over the batch on the rayon pool, with register
-//! tiles for `Z = 1` (`int8::kernels::transpose_strided_fast`) and row copies of `Z` values
-//! otherwise. The backward pass of the swap is the swap of the gradient the other way.
+//! backward pass; here both directions run on the rayon pool: over the batch with register
+//! tiles for `Z = 1` (`int8::kernels::transpose_strided_fast`), over the output blocks
+//! `[b, y]` with row copies of `Z` values otherwise. The backward pass of the swap is the swap
+//! of the gradient the other way.
 
 use super::{from_host, host_view, register_host_grads};
 use burn::backend::autodiff::{
@@ -36,17 +37,22 @@ pub fn swap_mid_host(src: &[f32], [b, xn, yn, z]: [usize; 4]) -> Vec<f32> {
     if block == 0 {
         return dst;
     }
-    dst.par_chunks_mut(block)
-        .zip(src.par_chunks(block))
-        .for_each(|(d, s)| {
-            if z == 1 {
-                transpose_strided_fast(s, yn, d, xn, xn, yn);
-                return;
-            }
-            for (x, s_row) in s.chunks_exact(yn * z).enumerate() {
-                for (y, v) in s_row.chunks_exact(z).enumerate() {
-                    d[(y * xn + x) * z..(y * xn + x + 1) * z].copy_from_slice(v);
-                }
+    if z == 1 {
+        dst.par_chunks_mut(block)
+            .zip(src.par_chunks(block))
+            .for_each(|(d, s)| transpose_strided_fast(s, yn, d, xn, xn, yn));
+        return dst;
+    }
+    // Rows of `Z` values: one task per output block `[b, y]` (`[X, Z]`, contiguous), which
+    // gathers its rows from `src[b, :, y]`; parallel even for `B = 1`.
+    let out_block = xn * z;
+    dst.par_chunks_mut(out_block)
+        .enumerate()
+        .for_each(|(by, d)| {
+            let (b, y) = (by / yn, by % yn);
+            let s = &src[b * block..(b + 1) * block];
+            for (x, o) in d.chunks_exact_mut(z).enumerate() {
+                o.copy_from_slice(&s[(x * yn + y) * z..(x * yn + y + 1) * z]);
             }
         });
     dst
