@@ -7,7 +7,7 @@
 //! `a`: `[d_inner, N]`; output `[S, L, d_inner]`.
 //!
 //! With AVX-512 and `d_state` 16 (the models' setting) a task runs time-major throughout
-//! ([`fwd_seq_tm`], [`bwd_seq_tm`]): `xz` is read in place, every step works on the channels of
+//! (`fwd_seq_tm`, `bwd_seq_tm`): `xz` is read in place, every step works on the channels of
 //! one token in the vector lanes (the causal conv, SiLU, softplus, the gate), `x_proj` runs on
 //! gemm, and the register scans (`int8::kernels::scan16_time_major`, `scan::time_major`) read
 //! `B`, `C` from the `[L, R + 2N]` projection: no transposes (the channel-major path spent a

@@ -12,9 +12,9 @@
 //!   element / sequence on the rayon pool ([`matmul_cpu`]), transposes as strides.
 //! - [`layer_norm()`]: LayerNorm over the last axis, one pass each way ([`mod@layer_norm`]).
 //! - [`max_pool2d`]: non-overlapping max pooling without `i64` indices ([`mod@max_pool`]).
-//! - [`swap_mid`]: `[B, X, Y, Z] -> [B, Y, X, Z]` on the rayon pool ([`mod@swap_mid`]), the
+//! - [`swap_mid()`]: `[B, X, Y, Z] -> [B, Y, X, Z]` on the rayon pool ([`mod@swap_mid`]), the
 //!   layout changes around the parallel Mamba blocks.
-//! - [`scaled_add`]: `a + s r` with a learned scalar `s` on the rayon pool
+//! - [`scaled_add()`]: `a + s r` with a learned scalar `s` on the rayon pool
 //!   ([`mod@scaled_add`]), the parallel Mamba blocks' skip connection.
 //! - [`depthwise_conv2d_reference`], [`depthwise_conv1d_causal_reference`]: the same contracts
 //!   through burn's grouped `conv2d` / `conv1d` (the reference for the tests).
