@@ -43,12 +43,15 @@ fn train_step_rate(cfg: &ModelConfig, b: usize) -> f64 {
     let mut optim = AdamWConfig::new().init();
     let (x, y) = batch(b, &dev);
     let ce = CrossEntropyLossConfig::new().init(&dev);
+    // On a pool worker, as the trainer runs its steps (`train::backend::in_pool`).
     let mut step = |model: Model| {
-        let loss = ce.forward(model.forward(x.clone()), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let m = optim.step(1e-3, model, grads);
-        let _: f32 = loss.into_scalar();
-        m
+        train::backend::in_pool(|| {
+            let loss = ce.forward(model.forward(x.clone()), y.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let m = optim.step(1e-3, model, grads);
+            let _: f32 = loss.into_scalar();
+            m
+        })
     };
     model = step(model); // warm-up
     let t0 = Instant::now();

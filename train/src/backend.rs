@@ -31,6 +31,22 @@ pub fn training_device() -> Device {
     default_device().autodiff()
 }
 
+/// Runs `f` on a worker of the global rayon pool (right here when already on one).
+///
+/// A training step is hundreds of ops, most of them parallel: called from a thread outside the
+/// pool, each one injects its tasks and parks the caller until the workers are done (two
+/// context switches per op); from inside, the calling worker takes part in the work. The
+/// trainers run each step's tensor work through this (about 4 % more samples/s on 2 cores).
+/// `f` must not block on work that only the pool can do (the loader's channel), which with
+/// one worker would never run.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
 /// Keeps freed tensor buffers in the process heap instead of returning them to the kernel.
 ///
 /// A training step allocates and frees hundreds of activation buffers of 1-32 MB. glibc's

@@ -597,38 +597,43 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             let mut rng = checkpoint::epoch_rng(cfg.seed, step, AUGMENT_STREAM);
             let (batch_index, b) = (batch.index(), batch.len() as u64);
             let host_labels = batch.labels().to_vec();
-            let tb = batch.into_tensors(&device);
-            let x = cfg.augment.apply(tb.logmel, &mut rng);
-            let logits = model.forward(x);
-            let loss = if use_kd {
-                loss::kd_loss_parts(
-                    logits.clone(),
-                    tb.labels,
-                    tb.teacher_logits,
-                    tb.teacher_mask,
-                    &cfg.kd,
-                )
-                .total
-            } else {
-                loss::cross_entropy(logits.clone(), tb.labels)
-            };
-            let loss_value: f32 = loss.clone().into_scalar();
-            if !loss_value.is_finite() {
-                return Err(TrainError::Diverged {
-                    step,
-                    loss: loss_value,
-                });
-            }
-            let host_logits = logits
-                .detach()
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| TrainError::Config(format!("reading the logits: {e:?}")))?;
+            // The step's tensor work on a pool worker (`in_pool`); the batch came from the
+            // loader's channel outside it.
+            let (next, loss_value, host_logits) = crate::backend::in_pool(|| {
+                let tb = batch.into_tensors(&device);
+                let x = cfg.augment.apply(tb.logmel, &mut rng);
+                let logits = model.forward(x);
+                let loss = if use_kd {
+                    loss::kd_loss_parts(
+                        logits.clone(),
+                        tb.labels,
+                        tb.teacher_logits,
+                        tb.teacher_mask,
+                        &cfg.kd,
+                    )
+                    .total
+                } else {
+                    loss::cross_entropy(logits.clone(), tb.labels)
+                };
+                let loss_value: f32 = loss.clone().into_scalar();
+                if !loss_value.is_finite() {
+                    return Err(TrainError::Diverged {
+                        step,
+                        loss: loss_value,
+                    });
+                }
+                let host_logits = logits
+                    .detach()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| TrainError::Config(format!("reading the logits: {e:?}")))?;
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                Ok((optim.step(lr, model, grads), loss_value, host_logits))
+            })?;
+            model = next;
             n_correct += count_correct(&host_logits, &host_labels, n_classes) as u64;
             loss_sum += loss_value as f64 * b as f64;
             n_seen += b;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
             state.step += 1;
             let secs = t_epoch.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
