@@ -133,6 +133,10 @@ impl ConvBn {
                 .update((running_mean.mul_scalar(1.0 - m) + mean.mul_scalar(m)).detach());
             bn.running_var
                 .update((running_var.mul_scalar(1.0 - m) + var.mul_scalar(m)).detach());
+            // Fold the update into the shared value now: burn keeps one pending value per
+            // thread and averages them at the next sync, which would mix (and lose) the
+            // updates of steps run on different rayon workers (`backend::in_pool`).
+            let _ = (bn.running_mean.value_sync(), bn.running_var.value_sync());
             return y;
         }
         let y = bn.forward(z);
