@@ -454,9 +454,23 @@ fn fwd_seq<const FMA: bool>(
     to_token_major(&s.ys, di, len, y, di, 0);
 }
 
+/// One sequence's partial parameter gradients carved from its `part` slice, in the order of
+/// [`MixerGrads`]: `conv_w`, `conv_b`, `x_proj`, `dt_proj`, `dt_b`, then the scan's `dA` and
+/// `dD` together.
+#[inline(always)]
+fn part_grads(dims: MixerDims, part: &mut [f32]) -> [&mut [f32]; 6] {
+    let (di, k, r) = (dims.d_inner, dims.d_conv, dims.dt_rank);
+    let (conv_w, rest) = part.split_at_mut(di * k);
+    let (conv_b, rest) = rest.split_at_mut(di);
+    let (x_proj, rest) = rest.split_at_mut(di * dims.proj_width());
+    let (dt_proj, rest) = rest.split_at_mut(r * di);
+    let (dt_b, scan) = rest.split_at_mut(di);
+    [conv_w, conv_b, x_proj, dt_proj, dt_b, scan]
+}
+
 /// Backward pass of one sequence, channel-major: from `dout` `[L, d_inner]` and the saved
-/// scan output `y` (`[L, d_inner]`), writes `dxz` `[L, 2 d_inner]` and adds the parameter gradients to `part` (order of
-/// [`MixerGrads`], `conv_w` to `d`).
+/// scan output `y` (`[L, d_inner]`), writes `dxz` `[L, 2 d_inner]` and adds the parameter
+/// gradients to `part` (order of [`MixerGrads`], `conv_w` to `d`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn bwd_seq<const FMA: bool>(
@@ -479,11 +493,7 @@ fn bwd_seq<const FMA: bool>(
     } = dims;
     let pw = dims.proj_width();
     scan_inputs::<FMA>(dims, w, xz, s);
-    let (g_conv_w, rest) = part.split_at_mut(di * k);
-    let (g_conv_b, rest) = rest.split_at_mut(di);
-    let (g_x_proj, rest) = rest.split_at_mut(di * pw);
-    let (g_dt_proj, rest) = rest.split_at_mut(r * di);
-    let (g_dt_b, g_scan) = rest.split_at_mut(di);
+    let [g_conv_w, g_conv_b, g_x_proj, g_dt_proj, g_dt_b, g_scan] = part_grads(dims, part);
 
     // Gate: out = y * SiLU(z): dy = dout * SiLU(z), dz = dout * y * SiLU'(z),
     // SiLU'(z) = sigma(z) (1 + z (1 - sigma(z))).
@@ -715,11 +725,7 @@ fn bwd_seq_tm(
     } = dims;
     let pw = dims.proj_width();
     scan_inputs_tm(dims, w, xz, s);
-    let (g_conv_w, rest) = part.split_at_mut(di * k);
-    let (g_conv_b, rest) = rest.split_at_mut(di);
-    let (g_x_proj, rest) = rest.split_at_mut(di * pw);
-    let (g_dt_proj, rest) = rest.split_at_mut(r * di);
-    let (g_dt_b, g_scan) = rest.split_at_mut(di);
+    let [g_conv_w, g_conv_b, g_x_proj, g_dt_proj, g_dt_b, g_scan] = part_grads(dims, part);
 
     // Gate: dy = dout SiLU(z), dz = dout y SiLU'(z) (into the z half of dxz).
     for ((((dy, dxr), xr), yr), gr) in
