@@ -10,7 +10,9 @@
 //! `[b, y]` with row copies of `Z` values otherwise. The backward pass of the swap is the swap
 //! of the gradient the other way.
 
-use super::{from_host, host_view, register_host_grads};
+use std::mem::MaybeUninit;
+
+use super::{from_host, host_view, register_host_grads, written_by};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -29,33 +31,43 @@ pub trait SwapMidOps: Backend {
     fn swap_mid_fused(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// `dst[b, y, x, :] = src[b, x, y, :]` for `src` `[B, X, Y, Z]` (`shape`), parallel over `B`.
+/// `dst[b, y, x, :] = src[b, x, y, :]` for `src` `[B, X, Y, Z]` (`shape`), on the rayon pool
+/// (over `B` for `Z = 1`, over the output blocks `[b, y]` otherwise, written without a
+/// zero-fill).
 pub fn swap_mid_host(src: &[f32], [b, xn, yn, z]: [usize; 4]) -> Vec<f32> {
     let block = xn * yn * z;
     assert_eq!(src.len(), b * block, "swap_mid: input size");
-    let mut dst = super::zeros_par(src.len());
-    if block == 0 {
-        return dst;
-    }
     if z == 1 {
-        dst.par_chunks_mut(block)
-            .zip(src.par_chunks(block))
-            .for_each(|(d, s)| transpose_strided_fast(s, yn, d, xn, xn, yn));
+        let mut dst = super::zeros_par(src.len());
+        if block > 0 {
+            dst.par_chunks_mut(block)
+                .zip(src.par_chunks(block))
+                .for_each(|(d, s)| transpose_strided_fast(s, yn, d, xn, xn, yn));
+        }
         return dst;
     }
     // Rows of `Z` values: one task per output block `[b, y]` (`[X, Z]`, contiguous), which
     // gathers its rows from `src[b, :, y]`; parallel even for `B = 1`.
     let out_block = xn * z;
-    dst.par_chunks_mut(out_block)
-        .enumerate()
-        .for_each(|(by, d)| {
-            let (b, y) = (by / yn, by % yn);
-            let s = &src[b * block..(b + 1) * block];
-            for (x, o) in d.chunks_exact_mut(z).enumerate() {
-                o.copy_from_slice(&s[(x * yn + y) * z..(x * yn + y + 1) * z]);
-            }
-        });
-    dst
+    let fill = |dst: &mut [MaybeUninit<f32>]| {
+        if out_block == 0 {
+            return;
+        }
+        dst.par_chunks_mut(out_block)
+            .enumerate()
+            .for_each(|(by, d)| {
+                let (b, y) = (by / yn, by % yn);
+                let s = &src[b * block..(b + 1) * block];
+                for (x, o) in d.chunks_exact_mut(z).enumerate() {
+                    let row = &s[(x * yn + y) * z..(x * yn + y + 1) * z];
+                    for (o, &v) in o.iter_mut().zip(row) {
+                        o.write(v);
+                    }
+                }
+            });
+    };
+    // SAFETY: the `B * Y` output blocks of `X * Z` values cover the buffer, each value written.
+    unsafe { written_by(src.len(), fill) }
 }
 
 /// The shape as `[B, X, Y, Z]`.
