@@ -148,14 +148,15 @@ fn to_token_major(src: &[f32], width: usize, len: usize, dst: &mut [f32], ld: us
     transpose_strided_fast(src, len, &mut dst[off..], ld, width, len);
 }
 
-/// Per-thread channel-major buffers of one sequence.
+/// Per-thread buffers of one sequence (channel-major or time-major, see `tm`).
 struct Scratch {
     /// What the buffers were made for: the sizes (`seqs` set to 0), backward or forward, the
     /// instruction set.
     key: (MixerDims, bool, Isa),
-    /// The mixer call whose weights `scan` and `x_proj_t` hold ([`CALLS`]).
+    /// The mixer call whose weights `scan`, `x_proj_t`, `a_t` and `conv_w_t` hold ([`CALLS`]).
     call: u64,
-    scan: SeqScan,
+    /// The channel-major scan (`None` on the time-major path).
+    scan: Option<SeqScan>,
     /// The `x` half, `[d_inner, L]`.
     x: Vec<f32>,
     /// Conv output before SiLU, `[d_inner, L]`.
@@ -189,7 +190,8 @@ struct Scratch {
     /// Whether the engine's AVX-512 SiLU, softplus, gate and `x_proj` kernels run (the AVX-512
     /// instance on a CPU with AVX-512 F/BW/DQ/VL).
     avx512: bool,
-    /// `x_proj^T`, `[R + 2N, d_inner]`, for those kernels (transposed once per task).
+    /// `x_proj^T`, `[R + 2N, d_inner]`, for the channel-major path's AVX-512 `x_proj` (empty
+    /// otherwise).
     x_proj_t: Vec<f32>,
     /// Backward only: `dy` (gated), `du`, `ddelta`, `[d_inner, L]` each; `d proj`, `[R + 2N, L]`.
     dy: Vec<f32>,
@@ -216,7 +218,7 @@ impl Scratch {
         let mut s = Scratch {
             key: Self::key(dims, backward, isa),
             call: 0,
-            scan: SeqScan::new(dims.d_inner, dims.d_state, dims.len, w.a),
+            scan: (!tm).then(|| SeqScan::new(dims.d_inner, dims.d_state, dims.len, w.a)),
             x: vec![0.0; cm],
             xc: vec![0.0; plane],
             u: vec![0.0; plane],
@@ -236,7 +238,7 @@ impl Scratch {
             // Written by `set_weights` below.
             x_proj_t: vec![
                 0.0;
-                if avx512 {
+                if avx512 && !tm {
                     dims.proj_width() * dims.d_inner
                 } else {
                     0
@@ -263,21 +265,30 @@ impl Scratch {
         (MixerDims { seqs: 0, ..dims }, backward, isa)
     }
 
-    /// Takes the weights of mixer call `call` (`A` for the scan, `x_proj^T`).
+    /// Takes the weights of mixer call `call` in the layouts of this scratch's path: `A^T` and
+    /// `conv_w^T` (time-major), or `A` for the scan and `x_proj^T` (channel-major).
     fn set_weights(&mut self, call: u64, dims: MixerDims, w: &MixerWeights) {
         self.call = call;
-        self.scan.set_a(w.a);
-        let (pw, di) = (dims.proj_width(), dims.d_inner);
-        if self.avx512 {
-            transpose_strided_fast(w.x_proj, pw, &mut self.x_proj_t, di, di, pw);
-        }
+        let di = dims.d_inner;
         if self.tm {
             let (n, k) = (dims.d_state, dims.d_conv);
             transpose_strided_fast(w.a, n, &mut self.a_t, di, di, n);
             transpose_strided_fast(w.conv_w, k, &mut self.conv_w_t, di, di, k);
+            return;
+        }
+        if let Some(scan) = self.scan.as_mut() {
+            scan.set_a(w.a);
+        }
+        if self.avx512 {
+            let pw = dims.proj_width();
+            transpose_strided_fast(w.x_proj, pw, &mut self.x_proj_t, di, di, pw);
         }
     }
 }
+
+/// Message of the channel-major bodies finding a time-major scratch (the dispatch never lets
+/// them).
+const CHANNEL_MAJOR: &str = "mixer: a channel-major body on a time-major scratch";
 
 /// Numbers the mixer calls, so that a thread's cached [`Scratch`] takes each call's weights
 /// once.
@@ -436,8 +447,8 @@ fn fwd_seq<const FMA: bool>(
         &s.proj[r * len..(r + n) * len],
         &s.proj[(r + n) * len..(r + 2 * n) * len],
     );
-    s.scan
-        .forward::<FMA>([&s.u, &s.delta, b, c, w.d], &mut s.ys);
+    let scan = s.scan.as_mut().expect(CHANNEL_MAJOR);
+    scan.forward::<FMA>([&s.u, &s.delta, b, c, w.d], &mut s.ys);
     // out = y * SiLU(z), channel-major, then into the token-major output.
     #[cfg(target_arch = "x86_64")]
     if s.avx512 {
@@ -452,6 +463,14 @@ fn fwd_seq<const FMA: bool>(
     }
     to_token_major(&s.g, di, len, out, di, 0);
     to_token_major(&s.ys, di, len, y, di, 0);
+}
+
+/// The gate's backward for one value: `out = y SiLU(z)` gives `(dy, dz) = (g SiLU(z),
+/// g y SiLU'(z))` for the output gradient `g`, with `SiLU'(z) = sigma(z) (1 + z (1 - sigma(z)))`.
+#[inline(always)]
+fn gate_grads<const FMA: bool>(g: f32, y: f32, z: f32) -> (f32, f32) {
+    let sg = sigmoid::<FMA>(z);
+    (g * z * sg, g * y * sg * (1.0 + z * (1.0 - sg)))
 }
 
 /// One sequence's partial parameter gradients carved from its `part` slice, in the order of
@@ -495,15 +514,11 @@ fn bwd_seq<const FMA: bool>(
     scan_inputs::<FMA>(dims, w, xz, s);
     let [g_conv_w, g_conv_b, g_x_proj, g_dt_proj, g_dt_b, g_scan] = part_grads(dims, part);
 
-    // Gate: out = y * SiLU(z): dy = dout * SiLU(z), dz = dout * y * SiLU'(z),
-    // SiLU'(z) = sigma(z) (1 + z (1 - sigma(z))).
+    // Gate ([`gate_grads`]): dy into `s.dy`, dz into `s.g`.
     to_channel_major(dout, di, 0, di, len, &mut s.dy);
     to_channel_major(y, di, 0, di, len, &mut s.ys);
     for (((dy, dz), &yv), &zv) in s.dy.iter_mut().zip(s.g.iter_mut()).zip(&s.ys).zip(&s.z) {
-        let gv = *dy;
-        let sg = sigmoid::<FMA>(zv);
-        *dy = gv * zv * sg;
-        *dz = gv * yv * sg * (1.0 + zv * (1.0 - sg));
+        (*dy, *dz) = gate_grads::<FMA>(*dy, yv, zv);
     }
     to_token_major(&s.g, di, len, dxz, 2 * di, di);
 
@@ -514,7 +529,7 @@ fn bwd_seq<const FMA: bool>(
     );
     let (_, dbc) = s.dproj.split_at_mut(r * len);
     let (db, dc) = dbc.split_at_mut(n * len);
-    s.scan.backward::<FMA>(
+    s.scan.as_mut().expect(CHANNEL_MAJOR).backward::<FMA>(
         [&s.u, &s.delta, b, c, w.d],
         &s.dy,
         [&mut s.du, &mut s.ddelta, db, dc, g_scan],
@@ -727,7 +742,7 @@ fn bwd_seq_tm(
     scan_inputs_tm(dims, w, xz, s);
     let [g_conv_w, g_conv_b, g_x_proj, g_dt_proj, g_dt_b, g_scan] = part_grads(dims, part);
 
-    // Gate: dy = dout SiLU(z), dz = dout y SiLU'(z) (into the z half of dxz).
+    // Gate ([`gate_grads`]): dy into `s.dy`, dz into the z half of dxz.
     for ((((dy, dxr), xr), yr), gr) in
         s.dy.chunks_exact_mut(di)
             .zip(dxz.chunks_exact_mut(2 * di))
@@ -742,9 +757,7 @@ fn bwd_seq_tm(
             .zip(yr)
             .zip(gr)
         {
-            let sg = sigmoid::<true>(zv);
-            *dyv = gv * zv * sg;
-            *dz = gv * yv * sg * (1.0 + zv * (1.0 - sg));
+            (*dyv, *dz) = gate_grads::<true>(gv, yv, zv);
         }
     }
 
