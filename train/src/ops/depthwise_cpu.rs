@@ -73,6 +73,21 @@ impl DwDims {
         (p / self.channels) * self.in_channels + (p % self.channels) / self.multiplier()
     }
 
+    /// Output plane `p`'s channel, input plane (in `x`) and filter (in `w`).
+    #[inline(always)]
+    fn plane<'a>(&self, p: usize, x: &'a [f32], w: &'a [f32]) -> (usize, &'a [f32], &'a [f32]) {
+        let (in_plane, taps) = (
+            self.input[0] * self.input[1],
+            self.kernel[0] * self.kernel[1],
+        );
+        let (c, q) = (p % self.channels, self.x_plane(p));
+        (
+            c,
+            &x[q * in_plane..(q + 1) * in_plane],
+            &w[c * taps..(c + 1) * taps],
+        )
+    }
+
     /// Elements of `y`.
     pub fn y_len(&self) -> usize {
         self.batch * self.channels * self.output[0] * self.output[1]
@@ -258,15 +273,11 @@ fn check(d: &DwDims, x: &[f32], w: &[f32], bias: &[f32]) {
 /// scratch plane `xp`.
 #[inline(always)]
 fn fwd_plane(d: &DwDims, [x, w, bias]: [&[f32]; 3], p: usize, xp: &mut [f32], y_p: &mut [f32]) {
-    let [h, wd] = d.input;
     let [kh, kw] = d.kernel;
     let [_, wp] = padded_size(d);
     let [sh, sw] = d.stride;
-    let (in_plane, taps) = (h * wd, kh * kw);
-    let c = p % d.channels;
-    let q = d.x_plane(p);
-    pad_plane(d, wp, &x[q * in_plane..(q + 1) * in_plane], xp);
-    let w_c = &w[c * taps..(c + 1) * taps];
+    let (c, x_p, w_c) = d.plane(p, x, w);
+    pad_plane(d, wp, x_p, xp);
     y_p.fill(bias[c]);
     for (oh, y_row) in y_p.chunks_exact_mut(d.output[1]).enumerate() {
         for i in 0..kh {
@@ -310,13 +321,10 @@ pub fn forward_with(isa: Isa, d: DwDims, x: &[f32], w: &[f32], bias: &[f32], y: 
     let avx512 = isa == Isa::Avx512 && isa.is_available();
     #[cfg(target_arch = "x86_64")]
     if avx512 && avx512::serves(&d) {
-        let (in_plane, taps) = (d.input[0] * d.input[1], d.kernel[0] * d.kernel[1]);
         y.par_chunks_mut(out_plane)
             .enumerate()
             .for_each(|(p, y_p)| {
-                let (c, q) = (p % d.channels, d.x_plane(p));
-                let x_p = &x[q * in_plane..(q + 1) * in_plane];
-                let w_c = &w[c * taps..(c + 1) * taps];
+                let (c, x_p, w_c) = d.plane(p, x, w);
                 // SAFETY: AVX-512F and FMA are available (`Isa::Avx512`), `serves(&d)`, and the
                 // slices are plane `p`'s input, weights and output.
                 unsafe {
@@ -381,14 +389,12 @@ fn bwd_plane(
     let [h, wd] = d.input;
     let [kh, kw] = d.kernel;
     let [oh_n, ow_n] = d.output;
-    let (in_plane, out_plane, taps) = (h * wd, oh_n * ow_n, kh * kw);
+    let (out_plane, taps) = (oh_n * ow_n, kh * kw);
     let [sh, sw] = d.stride;
     let [pt, pl] = d.pad;
-    let c = p % d.channels;
-    let q = d.x_plane(p);
-    pad_plane(&d, wp, &x[q * in_plane..(q + 1) * in_plane], &mut s.xp);
+    let (_, x_p, w_c) = d.plane(p, x, w);
+    pad_plane(&d, wp, x_p, &mut s.xp);
     let dy_p = &dy[p * out_plane..(p + 1) * out_plane];
-    let w_c = &w[c * taps..(c + 1) * taps];
     let (dw_p, db_p) = part_p.split_at_mut(taps);
     db_p[0] = super::lanes::sum(dy_p);
     // dx: with a horizontal stride of 1 gathered per dx row at the end; otherwise scattered
@@ -541,14 +547,8 @@ fn bwd_plane_isa(
     if avx512 {
         let d = &cx.d;
         if avx512::serves(d) {
-            let (in_plane, out_plane, taps) = (
-                d.input[0] * d.input[1],
-                d.output[0] * d.output[1],
-                d.kernel[0] * d.kernel[1],
-            );
-            let (c, q) = (p % d.channels, d.x_plane(p));
-            let x_p = &cx.x[q * in_plane..(q + 1) * in_plane];
-            let w_c = &cx.w[c * taps..(c + 1) * taps];
+            let out_plane = d.output[0] * d.output[1];
+            let (_, x_p, w_c) = d.plane(p, cx.x, cx.w);
             let dy_p = &cx.dy[p * out_plane..(p + 1) * out_plane];
             // SAFETY: the caller detected AVX-512F and FMA (`Isa::Avx512`), `serves(d)`, and
             // the slices are plane `p`'s.
