@@ -7,8 +7,8 @@
 //! one warm-up; `ASC_BENCH_MODEL` (default `s1`) picks the preset; `ASC_BENCH_TRAIN_ONLY=1`
 //! stops after the training steps; `ASC_BENCH_SYSTEM_MALLOC=1` leaves glibc's allocator as it
 //! is (the trainer calls [`train::backend::keep_freed_buffers`]); `ASC_BENCH_BLOCK=irb2` (or
-//! any block name of the profile) times only that block, five rounds (for profilers); `ASC_BENCH_BATCH=64` times the
-//! training step at that batch size only.
+//! any block name of the profile) times only that block, five rounds (for profilers);
+//! `ASC_BENCH_BATCH=64` times the training step at that batch size only.
 
 use std::time::Instant;
 
@@ -73,8 +73,8 @@ fn inference_rate(cfg: &ModelConfig, b: usize) -> f64 {
     (b * iters()) as f64 / t0.elapsed().as_secs_f64()
 }
 
-/// Times `f` (unless `only` names another block) (forward only on the inference device; forward + backward of `sum()` on the
-/// training device), in milliseconds per call.
+/// Times `f` unless `only` names another block: forward only on the inference device, forward
+/// + backward of `sum()` on the training device, in milliseconds per call.
 fn time_block<M: Module>(
     only: Option<&str>,
     name: &str,

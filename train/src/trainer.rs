@@ -593,14 +593,13 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             let batch = batch?;
             let step = state.step;
             lr = sched.lr_at(step);
+            device.seed(checkpoint::derive_seed(cfg.seed, step, DEVICE_STREAM));
             let mut rng = checkpoint::epoch_rng(cfg.seed, step, AUGMENT_STREAM);
             let (batch_index, b) = (batch.index(), batch.len() as u64);
             let host_labels = batch.labels().to_vec();
             // The step's tensor work on a pool worker (`in_pool`); the batch came from the
             // loader's channel outside it.
             let (next, loss_value, host_logits) = crate::backend::in_pool(|| {
-                // Seeded on the thread that runs the step (burn's random state is per thread).
-                device.seed(checkpoint::derive_seed(cfg.seed, step, DEVICE_STREAM));
                 let tb = batch.into_tensors(&device);
                 let x = cfg.augment.apply(tb.logmel, &mut rng);
                 let logits = model.forward(x);

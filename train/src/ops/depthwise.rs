@@ -21,8 +21,8 @@ use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTen
 #[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Autodiff)]
 pub trait DepthwiseConvOps: Backend {
     /// Depthwise convolution of `x: [B, C_in, H, W]` with `weight: [C, 1, kh, kw]` and
-    /// `bias: [C]` (`C` a multiple of `C_in`); `pad` is the top/left zero padding and `output` the output size `[OH, OW]`
-    /// (shapes already validated by the caller).
+    /// `bias: [C]` (`C` a multiple of `C_in`); `pad` is the top/left zero padding and `output`
+    /// the output size `[OH, OW]` (shapes already validated by the caller).
     fn depthwise_conv_fused(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
