@@ -1,7 +1,6 @@
 //! [`MaxPool`]: the 2x2 max pooling between IRMamba's parallel Mamba blocks.
 
 use burn::module::Module;
-use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::Tensor;
 
 use crate::complexity::Tally;
@@ -9,8 +8,6 @@ use crate::complexity::Tally;
 /// Non-overlapping max pooling (kernel = stride), floor mode.
 #[derive(Module, Debug)]
 pub struct MaxPool {
-    /// burn's pooling layer.
-    pub pool: MaxPool2d,
     /// Kernel and stride `[freq, time]`.
     pub size: [usize; 2],
 }
@@ -18,14 +15,11 @@ pub struct MaxPool {
 impl MaxPool {
     /// A `size` max pooling with stride `size`.
     pub fn new(size: [usize; 2]) -> Self {
-        Self {
-            pool: MaxPool2dConfig::new(size).with_strides(size).init(),
-            size,
-        }
+        Self { size }
     }
 
-    /// `[B, C, H, W] -> [B, C, H / s_f, W / s_t]` ([`crate::ops::max_pool2d`], the same result
-    /// as `pool.forward`).
+    /// `[B, C, H, W] -> [B, C, H / s_f, W / s_t]` ([`crate::ops::max_pool2d`], equal to burn's
+    /// `MaxPool2d` with kernel and stride `size`).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         crate::ops::max_pool2d(x, self.size)
     }
