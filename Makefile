@@ -14,7 +14,7 @@ VENV ?= .venv
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: help features demo-data train test bench teachers lint clean-data
+.PHONY: help features demo-data train test test-gpu bench teachers lint clean-data
 
 help:
 	@echo "make features [DATASET=/path/to/TAU] [OUT=data]  dataset -> Parquet shards (demo dataset when DATASET is empty)"
@@ -22,6 +22,7 @@ help:
 	@echo "make train                                      cargo run --release -p train -- --shards \$$(OUT)/"
 	@echo "make teachers                                   train the teacher ensemble and join fused logits into the shards"
 	@echo "make test                                       the whole test suite (what CI runs)"
+	@echo "make test-gpu                                   GPU-path equivalence tests on lavapipe (installs mesa-vulkan-drivers)"
 	@echo "make bench                                      the benchmarks (pipeline, loader, model, scan, int8)"
 	@echo "make lint                                       cargo fmt --check and clippy"
 
@@ -53,6 +54,10 @@ $(VENV)/.installed: pipeline/tests/python/requirements.txt
 
 test: $(VENV)/.installed
 	ASC_PYTHON=$(abspath $(VENV))/bin/python $(CARGO) test --release --workspace
+
+# The CubeCL kernels vs the CPU kernels on a software Vulkan device (scripts/ci-gpu-test.sh).
+test-gpu:
+	CARGO=$(CARGO) bash scripts/ci-gpu-test.sh
 
 bench:
 	$(CARGO) bench --workspace

@@ -117,6 +117,7 @@ fn demo_dataset_to_shards_to_trained_model_to_teacher_logits() {
         holdout_fold: None,
         use_kd: true,
         qat_epochs: 0,
+        device: None,
         kd: KdConfig::default(),
         augment: Augment::default(),
         model: ModelConfig::from_toml_str(SMALL_MODEL).unwrap(),

@@ -44,6 +44,11 @@ use train::trainer::{self, TrainConfig, TrainOptions};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Compute device: cpu (Flex, the default), ndarray, wgpu[:N|:cpu], vulkan[:N|:cpu],
+    /// cuda[:N]; GPU devices need the binary built with `--features wgpu` or `cuda`. Also read
+    /// from ASC_DEVICE; a resumed run keeps its own unless one is named.
+    #[arg(long, global = true, value_name = "SPEC")]
+    device: Option<String>,
     #[command(flatten)]
     train: TrainArgs,
 }
@@ -209,7 +214,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Resolves, selects and opens the compute device (`--device`, else ASC_DEVICE, else the one a
+/// resumed run recorded, else cpu) and names it on stderr.
+fn use_device(
+    flag: Option<&str>,
+    recorded: Option<&str>,
+) -> anyhow::Result<train::backend::DeviceSpec> {
+    use train::backend;
+    let spec = backend::select_device(backend::resolve_device(flag, recorded)?)?;
+    let (_, line) = backend::open_device(spec).map_err(anyhow::Error::msg)?;
+    eprintln!("device: {line}");
+    Ok(spec)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if matches!(
+        cli.command,
+        Some(Command::Eval { .. } | Command::Predict { .. } | Command::Qat(_))
+    ) {
+        use_device(cli.device.as_deref(), None)?;
+    }
     match cli.command {
         Some(Command::Summary { model, classes }) => {
             let cfg = ModelConfig::from_name_or_file(&model)?;
@@ -310,11 +334,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Qat(a)) => train::int8_cli::run_qat(&a, true),
         Some(Command::Export(a)) => train::int8_cli::run_export(&a),
         Some(Command::Infer(a)) => train::int8_cli::run_infer(&a),
-        None => train_command(cli.train),
+        None => train_command(cli.train, cli.device.as_deref()),
     }
 }
 
-fn train_command(a: TrainArgs) -> anyhow::Result<()> {
+fn train_command(a: TrainArgs, device: Option<&str>) -> anyhow::Result<()> {
     if let Some(n) = a.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -381,6 +405,7 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
             holdout_fold: a.holdout_fold,
             use_kd: !a.no_kd,
             qat_epochs: a.qat_epochs,
+            device: None,
             kd: KdConfig {
                 lambda: a.kd_lambda,
                 tau: a.kd_tau,
@@ -389,6 +414,14 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
             augment,
             model,
         }
+    };
+    let spec = use_device(device, config.device.as_deref())?;
+    let config = match resume {
+        true => config,
+        false => TrainConfig {
+            device: Some(spec.to_string()),
+            ..config
+        },
     };
     let outcome = trainer::train(TrainOptions {
         config: config.clone(),

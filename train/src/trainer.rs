@@ -170,6 +170,10 @@ pub struct TrainConfig {
     pub use_kd: bool,
     /// QAT epochs after the float epochs (0: none).
     pub qat_epochs: u64,
+    /// Compute device the run was started on (`--device`, [`crate::backend::parse_device`]);
+    /// absent from configs written before the flag existed (they ran on the CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// KD settings.
     pub kd: KdConfig,
     /// Batch augmentations.

@@ -74,6 +74,7 @@ fn config(shards: &Path, name: &str, epochs: u64) -> TrainConfig {
         holdout_fold: None,
         use_kd: true,
         qat_epochs: 0,
+        device: None,
         kd: KdConfig::default(),
         augment: Augment::default(),
         model: ModelConfig::from_toml_str(TINY_MODEL).expect("tiny model"),

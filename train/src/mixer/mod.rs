@@ -20,9 +20,6 @@ pub use ops::MambaMixerOps;
 
 use burn::backend::Dispatch;
 use burn::tensor::Tensor;
-use burn::tensor::activation::{silu, softplus};
-use burn::tensor::module::conv1d;
-use burn::tensor::ops::ConvOptions;
 
 /// The mixer's parameters as tensors (a [`crate::model::Mamba`]'s, or any others of the same
 /// shapes).
@@ -107,6 +104,13 @@ impl MixerParams {
 /// Fused Mamba mixer with checked shapes; see [`mamba_mixer`].
 pub fn try_mamba_mixer(xz: Tensor<3>, p: MixerParams) -> Result<Tensor<3>, MixerShapeError> {
     p.check(&xz)?;
+    if crate::gpu::on_cube(&xz.device()) {
+        return Ok(crate::gpu::compose::mamba_mixer(
+            xz,
+            p,
+            crate::scan::selective_scan,
+        ));
+    }
     let y = <Dispatch as MambaMixerOps>::mamba_mixer_fused(
         xz.into_dispatch(),
         p.conv_w.into_dispatch(),
@@ -134,27 +138,5 @@ pub fn mamba_mixer(xz: Tensor<3>, p: MixerParams) -> Tensor<3> {
 /// and the per-timestep [`crate::scan::selective_scan_naive`]: the reference of the tests
 /// (slow; short sequences only).
 pub fn mamba_mixer_reference(xz: Tensor<3>, p: MixerParams) -> Tensor<3> {
-    let (di, n, r, k) = p.check(&xz).unwrap_or_else(|e| panic!("{e}"));
-    let x = xz.clone().narrow(2, 0, di).swap_dims(1, 2); // [S, di, L]
-    let z = xz.narrow(2, di, di);
-    let len = x.dims()[2];
-    let x = conv1d(
-        x,
-        p.conv_w,
-        Some(p.conv_b),
-        ConvOptions::new_with_padding([1], [(k - 1, 0)], [1], di),
-    )
-    .narrow(2, 0, len);
-    let u = silu(x); // [S, di, L]
-    let proj = u
-        .clone()
-        .swap_dims(1, 2)
-        .matmul(p.x_proj.unsqueeze_dim::<3>(0)); // [S, L, R + 2N]
-    let dt = proj.clone().narrow(2, 0, r);
-    let b = proj.clone().narrow(2, r, n).swap_dims(1, 2); // [S, N, L]
-    let c = proj.narrow(2, r + n, n).swap_dims(1, 2);
-    let dtp = dt.matmul(p.dt_proj.unsqueeze_dim::<3>(0)) + p.dt_b.reshape([1, 1, di]);
-    let delta = softplus(dtp, 1.0).swap_dims(1, 2); // [S, di, L]
-    let y = crate::scan::selective_scan_naive(u, delta, p.a, b, c, p.d).swap_dims(1, 2);
-    y * silu(z)
+    crate::gpu::compose::mamba_mixer(xz, p, crate::scan::selective_scan_naive)
 }

@@ -185,6 +185,9 @@ pub fn try_depthwise_conv2d(
         true,
     )?;
     let output = depthwise_output_size([h, w], [kh, kw], stride, padding)?;
+    if crate::gpu::on_cube(&x.device()) {
+        return Ok(depthwise_conv2d_reference(x, weight, bias, stride, padding));
+    }
     let bias = bias.unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
     let y = <Dispatch as DepthwiseConvOps>::depthwise_conv_fused(
         x.into_dispatch(),
@@ -240,6 +243,9 @@ pub fn try_depthwise_conv1d_causal(
             stride: [1, 1],
             padding: [0, 0],
         });
+    }
+    if crate::gpu::on_cube(&x.device()) {
+        return Ok(depthwise_conv1d_causal_reference(x, weight, bias));
     }
     let bias = bias.unwrap_or_else(|| Tensor::zeros([c], &x.device()));
     // The 2-D kernel with H = 1, left padding k - 1 and the output trimmed to L.
@@ -317,6 +323,9 @@ pub fn pointwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>
         "pointwise conv: weight {:?} for {c_in} input channels",
         weight.dims()
     );
+    if crate::gpu::on_cube(&x.device()) {
+        return crate::gpu::compose::pointwise_conv2d(x, weight, bias);
+    }
     let plan = matmul_cpu::SharedMatmul::pointwise(b, c_in, c_out, h * w);
     let y = <Dispatch as SharedMatmulOps>::shared_matmul_fused(
         x.reshape([b, c_in, h * w]).into_dispatch(),
@@ -339,6 +348,9 @@ pub fn pointwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>
 /// When a pooling size is zero.
 pub fn max_pool2d(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     assert!(size[0] > 0 && size[1] > 0, "max pool: size {size:?}");
+    if crate::gpu::on_cube(&x.device()) {
+        return crate::gpu::compose::max_pool2d(x, size);
+    }
     Tensor::from_dispatch(<Dispatch as MaxPoolOps>::max_pool_fused(
         x.into_dispatch(),
         size,
@@ -353,6 +365,9 @@ pub fn max_pool2d(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
 pub fn scaled_add<const D: usize>(a: Tensor<D>, r: Tensor<D>, s: Tensor<1>) -> Tensor<D> {
     assert_eq!(a.dims(), r.dims(), "scaled add: shapes");
     assert_eq!(s.dims(), [1], "scaled add: the scale is one value");
+    if crate::gpu::on_cube(&a.device()) {
+        return crate::gpu::compose::scaled_add(a, r, s);
+    }
     Tensor::from_dispatch(<Dispatch as ScaledAddOps>::scaled_add_fused(
         a.into_dispatch(),
         r.into_dispatch(),
@@ -363,6 +378,9 @@ pub fn scaled_add<const D: usize>(a: Tensor<D>, r: Tensor<D>, s: Tensor<1>) -> T
 /// `x.swap_dims(1, 2)` of `x: [B, X, Y, Z]`, made contiguous, as one op on the rayon pool
 /// ([`mod@swap_mid`]).
 pub fn swap_mid(x: Tensor<4>) -> Tensor<4> {
+    if crate::gpu::on_cube(&x.device()) {
+        return crate::gpu::compose::swap_mid(x);
+    }
     Tensor::from_dispatch(<Dispatch as SwapMidOps>::swap_mid_fused(x.into_dispatch()))
 }
 
@@ -370,6 +388,9 @@ pub fn swap_mid(x: Tensor<4>) -> Tensor<4> {
 /// op ([`mod@layer_norm`]); `epsilon` must be the one `norm` was built with (burn keeps it
 /// private); a LayerNorm without bias uses zeros.
 pub fn layer_norm(norm: &burn::nn::LayerNorm, epsilon: f64, x: Tensor<3>) -> Tensor<3> {
+    if crate::gpu::on_cube(&x.device()) {
+        return norm.forward(x);
+    }
     let c = x.dims()[2];
     let gamma = norm.gamma.val();
     assert_eq!(gamma.dims(), [c], "layer norm: gamma for {c} features");
@@ -395,7 +416,7 @@ pub fn linear_tokens(linear: &burn::nn::Linear, x: Tensor<3>) -> Tensor<3> {
         w_in, d_in,
         "linear: weight [{w_in}, {d_out}] for {d_in} input features"
     );
-    if s * l == 0 {
+    if s * l == 0 || crate::gpu::on_cube(&x.device()) {
         return linear.forward(x);
     }
     let plan = matmul_cpu::SharedMatmul::rows(s * l, l, d_in, d_out);
@@ -565,6 +586,9 @@ pub fn batch_norm_train<const D: usize>(
     epsilon: f64,
     relu: bool,
 ) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
+    if crate::gpu::on_cube(&x.device()) {
+        return crate::gpu::compose::batch_norm_train(x, gamma, beta, epsilon, relu);
+    }
     let (y, mean, var) = <Dispatch as BatchNormOps>::batch_norm_train_fused(
         x.into_dispatch(),
         gamma.into_dispatch(),

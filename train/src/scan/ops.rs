@@ -2,8 +2,9 @@
 //!
 //! [`SelectiveScanOps`] is implemented for the CPU backends (Flex; NdArray with the `ndarray`
 //! feature) by running [`super::cpu`] on host `f32` views of the inputs (Flex storage in
-//! place), and for `Autodiff<B, C>` by recording one graph node whose backward step runs
-//! [`super::cpu::backward`].
+//! place), for burn's Cube backend (train's `wgpu`/`cuda` features) by the CubeCL kernels of
+//! `crate::gpu::scan`, and for `Autodiff<B, C>` by recording one graph node whose backward step
+//! runs [`super::cpu::backward`] (the Cube kernel on a Cube backend).
 
 // burn 0.22 deprecates NdArray; the project still offers it behind the `ndarray` feature.
 #![allow(deprecated)]
@@ -19,7 +20,7 @@ use burn::backend::autodiff::{
 use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTensor};
 
 /// Backends that can run the fused selective scan.
-#[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Autodiff)]
+#[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Cube: cfg(feature = "cube"), Autodiff)]
 pub trait SelectiveScanOps: Backend {
     /// Fused forward scan; shapes as in [`super::selective_scan`] (already validated).
     fn selective_scan_fused(
@@ -93,6 +94,15 @@ impl<B: Backend> Backward<B, 6> for SelectiveScanBackward {
         _checkpointer: &mut Checkpointer,
     ) {
         let dy = grads.consume::<B>(&ops.node);
+        #[cfg(feature = "cube")]
+        if let Some(g) = crate::gpu::scan::cube_backward::<B>(&ops.state, &dy) {
+            for (parent, g) in ops.parents.into_iter().zip(g) {
+                if let Some(p) = parent {
+                    grads.register::<B>(p.id, g);
+                }
+            }
+            return;
+        }
         let [u, delta, a, b, c, d] = ops.state;
         let dims = dims_of::<B>(&u, &a);
         let device = u.device();
