@@ -57,7 +57,7 @@ fn bench(scan: ScanFn, batch: usize, len: usize, reps: usize) -> (f64, f64) {
         let d = if grad { d.require_grad() } else { d };
         (u, delta, a, b, c, d)
     };
-    let device = Device::default();
+    let device = Device::flex();
     let (u, dl, a, b, c, d) = inputs(&device, false);
     let fwd = time_ms(reps, || {
         let y = scan(
@@ -70,7 +70,7 @@ fn bench(scan: ScanFn, batch: usize, len: usize, reps: usize) -> (f64, f64) {
         );
         std::hint::black_box(y.into_data());
     });
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let (u, dl, a, b, c, d) = inputs(&device, true);
     let w = Tensor::<3>::random(
         [batch, D_INNER, len],

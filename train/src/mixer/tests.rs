@@ -70,7 +70,7 @@ fn params(case: &Case, device: &Device, grad: bool) -> (Tensor<3>, MixerParams) 
 
 /// Output and the gradients of `sum(w ⊙ out)` for all eight inputs.
 fn run(case: &Case, w: &[f32], fused: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let (xz, p) = params(case, &device, true);
     let leaves = (
         xz.clone(),
@@ -197,7 +197,7 @@ fn every_instruction_set_gives_the_same_mixer() {
 #[test]
 fn inconsistent_shapes_are_a_typed_error() {
     let case = random_case(1, 2, 8, 4, 16, 1);
-    let device = Device::default();
+    let device = Device::flex();
     let (xz, mut p) = params(&case, &device, false);
     p.x_proj = Tensor::zeros([4, 30], &device);
     let err = try_mamba_mixer(xz.clone(), p.clone()).unwrap_err();

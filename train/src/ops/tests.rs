@@ -86,7 +86,7 @@ fn run2d_multiplier(
     seed: u64,
     fused: bool,
 ) -> (Vec<f32>, [Vec<f32>; 3]) {
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let (xv, wv, bv) = inputs(case, c_out, seed);
     let [b, c, h, w] = case.shape;
     let [kh, kw] = case.kernel;
@@ -244,7 +244,7 @@ fn causal_conv1d_matches_burn_conv1d_with_and_without_autodiff() {
     );
     let g = rand_vec(&mut rng, b * c * len);
     let run = |fused: bool| {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, c, len]), &device)
             .require_grad();
         let w =
@@ -278,7 +278,7 @@ fn causal_conv1d_matches_burn_conv1d_with_and_without_autodiff() {
         assert!((yf[ch * len] - want).abs() <= 1e-6);
     }
     // Without autodiff (plain inference device) and without a bias.
-    let device = Device::default();
+    let device = Device::flex();
     let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, c, len]), &device);
     let w = Tensor::<3>::from_data(TensorData::new(wv.clone(), [c, 1, k]), &device);
     let y0 = host(depthwise_conv1d_causal(x.clone(), w.clone(), None));
@@ -293,7 +293,7 @@ fn untracked_input_and_inference_device() {
     let (xv, wv, _) = inputs(&case, case.shape[1], 9);
     let [b, c, h, w] = case.shape;
     let run = |fused: bool| {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), [b, c, h, w]), &device);
         let wt = Tensor::<4>::from_data(TensorData::new(wv.clone(), [c, 1, 3, 3]), &device)
             .require_grad();
@@ -308,7 +308,7 @@ fn untracked_input_and_inference_device() {
         host(wt.grad(&grads).expect("dw"))
     };
     assert!(rel_err(&run(true), &run(false)) <= 1e-4);
-    let device = Device::default();
+    let device = Device::flex();
     let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), [b, c, h, w]), &device);
     let wt = Tensor::<4>::from_data(TensorData::new(wv.clone(), [c, 1, 3, 3]), &device);
     let yf = host(depthwise_conv2d(
@@ -324,7 +324,7 @@ fn untracked_input_and_inference_device() {
 
 #[test]
 fn bad_shapes_are_typed_errors() {
-    let device = Device::default();
+    let device = Device::flex();
     let x = Tensor::<4>::zeros([1, 3, 4, 4], &device);
     let bad_w = Tensor::<4>::zeros([2, 1, 3, 3], &device);
     assert!(matches!(
@@ -359,7 +359,7 @@ fn module_helpers_match_the_modules_own_forward() {
     use super::{conv1d_causal_forward, conv2d_forward};
     use burn::nn::conv::{Conv1dConfig, Conv2dConfig};
     use burn::nn::{PaddingConfig1d, PaddingConfig2d};
-    let device = Device::default();
+    let device = Device::flex();
     let mut rng = StdRng::seed_from_u64(3);
     let x = Tensor::<4>::from_data(
         TensorData::new(rand_vec(&mut rng, 2 * 6 * 9 * 7), [2, 6, 9, 7]),
@@ -398,7 +398,7 @@ fn module_helpers_match_the_modules_own_forward() {
 /// Fused BatchNorm (+ ReLU) vs burn's own `batch_norm_train` (+ `relu`): output, batch
 /// statistics and gradients for a random upstream gradient.
 fn bn_case(shape: [usize; 4], relu: bool, fused: bool, seed: u64) -> [Vec<f32>; 6] {
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let mut rng = StdRng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
     let c = shape[1];
@@ -563,7 +563,7 @@ fn batch_norm_statistics_match_an_f64_loop_on_a_3d_input() {
     let xv: Vec<f32> = (0..b * c * l)
         .map(|_| 10.0 + rng.random_range(-1.0f32..1.0))
         .collect();
-    let dev = Device::default();
+    let dev = Device::flex();
     let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, c, l]), &dev);
     let gamma = Tensor::<1>::from_data(TensorData::new(vec![2.0f32; c], [c]), &dev);
     let beta = Tensor::<1>::from_data(TensorData::new(vec![0.5f32; c], [c]), &dev);
@@ -591,7 +591,7 @@ fn batch_norm_statistics_match_an_f64_loop_on_a_3d_input() {
 #[test]
 fn conv_bn_training_forward_updates_running_stats_as_burn_batch_norm() {
     use crate::model::conv_bn::ConvBnConfig;
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let cb = ConvBnConfig::new(3, 4, 1).init(&device);
     // A fresh BN equals the ConvBn's (gamma 1, beta 0, running mean 0, var 1) and shares no
     // running state with it (clones of a module would share it).
@@ -626,7 +626,7 @@ fn conv_bn_training_forward_updates_running_stats_as_burn_batch_norm() {
 fn pointwise_conv_matches_burn_conv2d_forward_and_gradients() {
     use burn::nn::PaddingConfig2d;
     use burn::nn::conv::Conv2dConfig;
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let mut rng = StdRng::seed_from_u64(21);
     for (bias, padding) in [
         (false, PaddingConfig2d::Explicit(0, 0, 0, 0)),
@@ -675,7 +675,7 @@ fn pointwise_conv_matches_burn_conv2d_forward_and_gradients() {
 fn linear_tokens_matches_burn_linear_forward_and_gradients() {
     use burn::module::Module;
     use burn::nn::LinearConfig;
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let mut rng = StdRng::seed_from_u64(22);
     for (bias, [s, l, d_in, d_out]) in [(false, [3, 7, 5, 9]), (true, [40, 2, 6, 4])] {
         let lin = LinearConfig::new(d_in, d_out).with_bias(bias).init(&device);
@@ -711,7 +711,7 @@ fn linear_tokens_matches_burn_linear_forward_and_gradients() {
             );
         }
         // Without autodiff: the same values.
-        let plain = Device::default();
+        let plain = Device::flex();
         let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [s, l, d_in]), &plain);
         let lin_plain = lin.valid();
         let e = rel_err(
@@ -726,7 +726,7 @@ fn linear_tokens_matches_burn_linear_forward_and_gradients() {
 fn fused_layer_norm_matches_burn_layer_norm_values_and_gradients() {
     use burn::module::{Module, Param};
     use burn::nn::LayerNormConfig;
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let mut rng = StdRng::seed_from_u64(23);
     // More rows than one rayon block (256), rows with a large offset (cancellation).
     for (i, [s, l, c]) in [[2, 5, 7], [3, 200, 24]].into_iter().enumerate() {
@@ -773,7 +773,7 @@ fn fused_layer_norm_matches_burn_layer_norm_values_and_gradients() {
             let e = rel_err(a, r);
             assert!(e < 1e-5, "layer norm {s}x{l}x{c}: output {k} rel err {e}");
         }
-        let plain = Device::default();
+        let plain = Device::flex();
         let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [s, l, c]), &plain);
         let valid = norm.valid();
         let e = rel_err(
@@ -801,7 +801,7 @@ fn max_pool_matches_burn_max_pool2d_values_and_gradients() {
         let n: usize = shape.iter().product();
         let xv = rand_vec(&mut rng, n);
         let reference = MaxPool2dConfig::new(size).with_strides(size).init();
-        for device in [Device::default(), Device::default().autodiff()] {
+        for device in [Device::flex(), Device::flex().autodiff()] {
             let tracked = device.is_autodiff();
             let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), shape), &device);
             let (x1, x2) = if tracked {
@@ -829,7 +829,7 @@ fn max_pool_matches_burn_max_pool2d_values_and_gradients() {
     // A tie: the gradient goes to the first maximum of the window.
     let x = Tensor::<4>::from_data(
         TensorData::new(vec![1.0f32, 3.0, 3.0, 2.0], [1, 1, 2, 2]),
-        &Device::default().autodiff(),
+        &Device::flex().autodiff(),
     )
     .require_grad();
     let g = super::max_pool2d(x.clone(), [2, 2]).sum().backward();
@@ -845,7 +845,7 @@ fn swap_mid_matches_burn_swap_dims_values_and_gradients() {
     for shape in [[2, 19, 13, 1], [3, 16, 8, 1], [2, 5, 3, 4], [1, 7, 2, 9]] {
         let n: usize = shape.iter().product();
         let xv = rand_vec(&mut rng, n);
-        for device in [Device::default(), Device::default().autodiff()] {
+        for device in [Device::flex(), Device::flex().autodiff()] {
             let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), shape), &device);
             let (x1, x2) = if device.is_autodiff() {
                 (x.clone().require_grad(), x.require_grad())
@@ -881,7 +881,7 @@ fn scaled_add_matches_burn_values_and_gradients() {
             rand_vec(&mut rng, n),
             rand_vec(&mut rng, n),
         );
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let t = |v: &[f32]| Tensor::<3>::from_data(TensorData::new(v.to_vec(), shape), &device);
         let s = || Tensor::<1>::from_data(TensorData::new(vec![0.7f32], [1]), &device);
         let w = t(&wv);

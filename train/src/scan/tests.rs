@@ -134,7 +134,7 @@ fn weights(x: &Inputs, seed: u64) -> Vec<f32> {
 
 #[test]
 fn fused_forward_matches_naive_and_f64() {
-    let device = Device::default();
+    let device = Device::flex();
     for (i, &(bs, di, ds, l)) in [(2, 4, 16, 1), (3, 8, 16, 7), (2, 5, 13, 64), (3, 4, 16, 64)]
         .iter()
         .enumerate()
@@ -178,7 +178,7 @@ fn grads_of(
     fused: bool,
     grad: [bool; 6],
 ) -> (Vec<f32>, [Option<Vec<f32>>; 6]) {
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let [bs, di, _, l] = x.dims;
     let (u, dl, a, b, c, d) = tensors(x, &device, grad);
     let f = if fused {
@@ -295,7 +295,7 @@ fn partial_require_grad_and_inference() {
     // Nothing tracked on an autodiff device, and a plain inference device: same output.
     let (y0, g0) = grads_of_untracked(&x);
     assert!(g0);
-    let device = Device::default();
+    let device = Device::flex();
     let (u, dl, a, b, c, d) = tensors(&x, &device, [false; 6]);
     let yi = host(selective_scan(u, dl, a, b, c, d));
     assert!(rel_err(&yi, &yf) <= 1e-6 && rel_err(&y0, &yf) <= 1e-6);
@@ -303,7 +303,7 @@ fn partial_require_grad_and_inference() {
 
 /// Forward on an autodiff device with no tracked input; returns y and whether it is untracked.
 fn grads_of_untracked(x: &Inputs) -> (Vec<f32>, bool) {
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let (u, dl, a, b, c, d) = tensors(x, &device, [false; 6]);
     let y = selective_scan(u, dl, a, b, c, d);
     let untracked = !y.is_tracked();
@@ -313,7 +313,7 @@ fn grads_of_untracked(x: &Inputs) -> (Vec<f32>, bool) {
 #[test]
 fn mismatched_shapes_are_typed_errors() {
     let x = random_inputs(1, 2, 3, 4, 5);
-    let device = Device::default();
+    let device = Device::flex();
     let (u, dl, a, b, c, _) = tensors(&x, &device, [false; 6]);
     let d = Tensor::<1>::zeros([4], &device);
     match try_selective_scan(u, dl, a, b, c, d) {
