@@ -241,11 +241,14 @@ fn scan_kernel_agrees_with_the_naive_scan_on_the_gpu_and_without_autodiff() {
     assert!(e_naive <= 1e-5 && e_cpu <= 1e-5, "{e_naive:e} {e_cpu:e}");
 }
 
+/// `(module path, gradient)` of every float parameter (`None`: not reached).
+type ParamGrads = Vec<(String, Option<Vec<f32>>)>;
+
 /// Every float parameter's module path and gradient (`None`: not reached), in visiting order.
 struct GradCollector<'a> {
     grads: &'a burn::tensor::Gradients,
     path: Vec<String>,
-    out: Vec<(String, Option<Vec<f32>>)>,
+    out: ParamGrads,
 }
 
 impl burn::module::ModuleVisitor for GradCollector<'_> {
@@ -271,7 +274,7 @@ fn training_step(
     shape: [usize; 4],
     labels: &[i64],
     device: &Device,
-) -> (Vec<f32>, f32, Vec<(String, Option<Vec<f32>>)>) {
+) -> (Vec<f32>, f32, ParamGrads) {
     use burn::module::Module;
     let model = model.clone().fork(device);
     let x = Tensor::<4>::from_data(TensorData::new(x.to_vec(), shape), device);

@@ -38,6 +38,7 @@ use crate::scan::SelectiveScanOps;
 /// Forward kernel: one unit per (sequence, channel), `CUBE_DIM_X` channels per cube; cubes are
 /// numbered `CUBE_POS_X + CUBE_POS_Y * CUBE_COUNT_X` over `batch * ceil(d_inner / CUBE_DIM_X)`.
 #[cube(launch)]
+#[allow(clippy::manual_div_ceil)] // kernel code: plain integer ops expand the most directly
 fn scan_forward_kernel<F: Float>(
     u: &Tensor<F>,
     delta: &Tensor<F>,
@@ -129,7 +130,7 @@ fn scan_forward_kernel<F: Float>(
 /// `[batch, n_blocks, d_state, L]` (per channel block); `h_ckpt` is scratch
 /// `[batch, d_inner, n_chunks, d_state]`.
 #[cube(launch)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::manual_div_ceil)]
 fn scan_backward_kernel<F: Float>(
     u: &Tensor<F>,
     delta: &Tensor<F>,
