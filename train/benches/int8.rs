@@ -8,13 +8,15 @@
 
 mod common;
 
+use asc_kernels::Isa;
+use asc_kernels::mixer::inference::MambaKernel;
+use asc_kernels::quant::{ConvGeom, FixedMul, QConvKernel};
 use common::{min_time, time};
 use data_specs::{FrontEndConfig, Vocabulary};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use train::int8::builder::{CHUNK_SEP, RandomNetConfig, calibrate, quantize_model, random_irmamba};
 use train::int8::engine::Reference;
-use train::int8::kernels::{ConvGeom, FixedMul, Isa, MambaKernel, QConvKernel};
 use train::int8::{ExecMode, ModelMeta, QParams};
 
 fn logmel(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -231,7 +233,7 @@ fn kernel_table(best: Isa) {
     ];
     println!("kernels alone (min of 200 runs, us):");
     for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni] {
-        if !isa.available() || isa > best {
+        if !isa.is_available() || isa > best {
             continue;
         }
         let mut line = format!("    {:<11}", isa.name());
@@ -343,7 +345,7 @@ fn main() {
     let best = Isa::detect();
     println!("CPU kernels: {} (dispatched at run time)", best.name());
     for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni] {
-        if !isa.available() || isa > best {
+        if !isa.is_available() || isa > best {
             continue;
         }
         model.set_isa(isa);

@@ -3,9 +3,7 @@
 //! The training half of the ASC toolkit: a memory-mapped shard loader, the IRMamba student
 //! (and reference models) in burn, the KD/QAT trainer, evaluation, int8 export and inference.
 
-pub mod mixer;
 pub mod ops;
-pub mod scan;
 #[cfg(test)]
 mod test_util;
 

@@ -9,10 +9,12 @@ use rayon::prelude::*;
 use super::Int8Error;
 use super::format;
 use super::graph::{Activation, BufKind, Graph, ModelMeta, Op, QParams, TensorData, TensorMap};
-use super::kernels::{
-    ConvGeom, FixedMul, Isa, MambaKernel, MixerInput, QAddKernel, QConvKernel, conv2d_direct,
-    layer_norm_cols, max_pool2d, pad_input, round_even_i32,
-};
+use asc_kernels::Isa;
+use asc_kernels::layer_norm;
+use asc_kernels::math::round_even_i32;
+use asc_kernels::max_pool::max_pool2d;
+use asc_kernels::mixer::inference::{MambaKernel, MixerInput};
+use asc_kernels::quant::{ConvGeom, FixedMul, QAddKernel, QConvKernel, conv2d_direct, pad_input};
 
 /// An op prepared for the integer executor.
 #[derive(Debug, Clone)]
@@ -941,7 +943,7 @@ fn run_kernel_body(
         ) => {
             let x = f(&slots[*input]);
             let (mean, rest) = fs.split_at_mut(x.len() / c);
-            layer_norm_cols(x, y, *c, gamma, beta, *eps, mean, rest);
+            layer_norm::forward_cols(x, y, *c, gamma, beta, *eps, mean, rest);
         }
         (Kernel::Slice { input, offset, .. }, y) => match (&slots[*input], y) {
             (Slot::Q(x), Slot::Q(y)) => {
@@ -1255,7 +1257,7 @@ impl Reference {
                 (Op::LayerNorm { input, eps, .. }, RefLayer::LayerNorm { gamma, beta }) => {
                     let c = self.graph.buffers[*input].rows();
                     let (mean, rest) = self.fs.split_at_mut(y.len() / c);
-                    layer_norm_cols(&b[*input], &mut y, c, gamma, beta, *eps, mean, rest);
+                    layer_norm::forward_cols(&b[*input], &mut y, c, gamma, beta, *eps, mean, rest);
                 }
                 (Op::SliceRows { input, start, .. }, _) => {
                     let off = start * self.graph.buffers[*input].cols();

@@ -3,13 +3,12 @@
 //! The IRMamba student is fine-tuned with fbgemm-style quantization-aware training (conv+BN
 //! folded, weights symmetric per output channel in int8, activations per tensor in affine
 //! uint8 with the reduced range `0..=127`, moving-average min/max observers), exported to an
-//! `.asc8` file ([`mod@format`], documented in `FORMAT.md`) and run here without burn.
+//! `.asc8` file ([`mod@format`], documented in `FORMAT.md`) and run here without burn, on the
+//! kernels of [`asc_kernels`] (integer convolutions, linear layers, adds, pools, fixed-point
+//! requantization; the float LayerNorm and Mamba mixer with its selective scan).
 //!
 //! * [`graph`]: the op graph (a sequential list of ops over indexed activation buffers) and its
 //!   validation.
-//! * [`kernels`]: the integer kernels (convolutions, linear layers, adds, pools, fixed-point
-//!   requantization), the float kernels (LayerNorm, the Mamba mixer with its selective scan)
-//!   and fast vectorizable `exp`/`ln`.
 //! * [`engine`]: [`Int8Model`]: load/save, `infer`, `infer_batch`, and the float reference
 //!   executor (fake-quant simulation, plain f32, calibration observers).
 //! * [`builder`]: [`builder::GraphBuilder`] to assemble a float graph from folded float
@@ -30,7 +29,7 @@
 //! ## Kernels
 //! Requantization is integer: i32 accumulators times a per-channel fixed-point multiplier
 //! `m / 2^shift` (gemmlowp), rounding half up. Hot kernels are dispatched at run time
-//! ([`kernels::Isa`]: portable, AVX2, AVX-512, AVX-512 VNNI) and give identical codes at every
+//! ([`asc_kernels::Isa`]: portable, AVX2, AVX-512, AVX-512 VNNI) and give identical codes at every
 //! level. Pointwise convolutions and linear layers run as a u8 x i8 GEMM with `vpdpbusd`
 //! (VNNI; the input zero point folded into the bias) or over channel pairs with `pmaddwd`;
 //! channel-wise convolutions (depthwise, the one-channel stem) run over `u8` stride-phase
@@ -63,7 +62,6 @@ pub mod builder;
 pub mod engine;
 pub mod format;
 pub mod graph;
-pub mod kernels;
 
 #[cfg(test)]
 mod tests;

@@ -8,15 +8,13 @@
 //! not a multiple of 16), so that every inner loop runs over one fixed-size block of 16 states:
 //! one AVX-512 register, two AVX2 registers or four SSE2 registers. Padded lanes carry `A = B =
 //! C = 0`, hence `h = 0` there and they contribute nothing. `exp(delta_t * A_n)` is evaluated by a
-//! branch-free polynomial (`exp_poly`) that vectorises.
+//! branch-free polynomial ([`crate::math::exp`]) that vectorises.
 //!
-//! Instruction sets: the crate is compiled for baseline x86-64 (SSE2). The per-batch bodies are
-//! written once as `#[inline(always)]` generic functions and instantiated inside
-//! `#[target_feature(enable = "avx512f,avx2,fma")]` and `#[target_feature(enable = "avx2,fma")]`
-//! functions; [`Isa::detect`] picks the widest one the running CPU supports
-//! (`is_x86_feature_detected!`), with the portable body (separate multiply and add, since
-//! `f32::mul_add` is a libm call without hardware FMA) as the fallback. [`forward_with`] and
-//! [`backward_with`] take the instruction set explicitly (tests compare them).
+//! Instruction sets ([`Isa`]): the per-batch bodies are written once as `#[inline(always)]`
+//! generic functions and instantiated inside `#[target_feature(enable = "avx512f,avx2,fma")]`
+//! and `#[target_feature(enable = "avx2,fma")]` functions, with the portable body (separate
+//! multiply and add) as the fallback. [`forward_with`] and [`backward_with`] take the
+//! instruction set explicitly (tests compare them).
 //!
 //! Memory strategy of the backward pass: the forward pass stores nothing but its inputs. The
 //! backward pass recomputes the hidden states `h_t` of one `(batch, channel, state block)` at a
@@ -34,7 +32,9 @@
 
 use rayon::prelude::*;
 
-use crate::ops::lanes::fold;
+use crate::Isa;
+use crate::lanes::{LANES, fold};
+use crate::math::{exp, madd};
 
 /// Sizes of one selective-scan call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,92 +66,7 @@ pub struct ScanGrads {
     pub dd: Vec<f32>,
 }
 
-/// Instruction set a kernel instance is compiled for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    /// AVX-512F + AVX2 + FMA: one 16-state block per zmm register.
-    Avx512,
-    /// AVX2 + FMA: one block in two ymm registers.
-    Avx2,
-    /// Baseline target (SSE2 on x86-64), separate multiply and add.
-    Portable,
-}
-
-impl Isa {
-    /// Whether the running CPU can execute this instance.
-    pub fn is_available(self) -> bool {
-        match self {
-            Isa::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
-        }
-    }
-
-    /// The widest available instance (the standard library caches the CPUID queries).
-    pub fn detect() -> Isa {
-        [Isa::Avx512, Isa::Avx2]
-            .into_iter()
-            .find(|i| i.is_available())
-            .unwrap_or(Isa::Portable)
-    }
-
-    /// `self` where available, else [`Isa::Portable`] (never runs unsupported instructions).
-    fn or_portable(self) -> Isa {
-        if self.is_available() {
-            self
-        } else {
-            Isa::Portable
-        }
-    }
-}
-
-/// States per block: one AVX-512 register of `f32`.
-pub const LANES: usize = 16;
 type Lanes = [f32; LANES];
-
-/// Branch-free `exp` for `f32` (Cephes `expf` scheme): `exp(x) = 2^k * p(r)`,
-/// `k = round(x / ln 2)`, `r = x - k ln 2`, `p` a degree-6 polynomial on `|r| <= ln 2 / 2`.
-/// Relative error about 2e-7; inputs are clamped to `[-87, 88]` (no denormals, no overflow).
-/// Written without branches or libm calls so that loops over it vectorise; fused
-/// multiply-adds when `FMA` (only inside `target_feature(fma)` code).
-#[inline(always)]
-pub(crate) fn exp_poly<const FMA: bool>(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 * 2^23: adding it rounds to the nearest integer, which then sits in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    // max/min rather than clamp: maps to vmaxps/vminps and sends NaN to a finite value.
-    #[allow(clippy::manual_clamp)]
-    let x = x.max(-87.0).min(88.0);
-    let t = madd::<FMA>(x, LOG2E, ROUND);
-    let k = t - ROUND;
-    let r = madd::<FMA>(k, -LN2_LO, madd::<FMA>(k, -LN2_HI, x));
-    let mut p = 1.987_569_2e-4_f32;
-    p = madd::<FMA>(p, r, 1.398_2e-3);
-    p = madd::<FMA>(p, r, 8.333_452e-3);
-    p = madd::<FMA>(p, r, 4.166_579_6e-2);
-    p = madd::<FMA>(p, r, 1.666_666_5e-1);
-    p = madd::<FMA>(p, r, 0.5);
-    let p = madd::<FMA>(p * r, r, r) + 1.0;
-    let ki = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
-    f32::from_bits((ki.wrapping_add(127) as u32) << 23) * p
-}
-
-/// `a * b + c`: one fused instruction when `FMA` (callers guarantee the `fma` target feature;
-/// without it `f32::mul_add` is a libm call that blocks vectorisation), else multiply then add.
-#[inline(always)]
-pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA { a.mul_add(b, c) } else { a * b + c }
-}
 
 /// Block `t` of a `[.., 16]` buffer.
 #[inline(always)]
@@ -269,7 +184,7 @@ fn fwd_batch<const FMA: bool>(cx: &Ctx, s: &mut FwdScratch, bi: usize, y_b: &mut
                 let (b_t, c_t) = (blk(bk, t), blk(ck, t));
                 let mut hc = [0.0f32; LANES];
                 for n in 0..LANES {
-                    let e = exp_poly::<FMA>(dt * a_k[n]);
+                    let e = exp::<FMA>(dt * a_k[n]);
                     h[n] = madd::<FMA>(e, h[n], dtu * b_t[n]);
                     hc[n] = h[n] * c_t[n];
                 }
@@ -366,7 +281,7 @@ fn bwd_batch<const FMA: bool>(cx: &Ctx, dy: &[f32], s: &mut BwdScratch, bi: usiz
                 let b_t = blk(bk, t);
                 let mut e = [0.0f32; LANES];
                 for n in 0..LANES {
-                    e[n] = exp_poly::<FMA>(dt * a_k[n]);
+                    e[n] = exp::<FMA>(dt * a_k[n]);
                     h[n] = madd::<FMA>(e[n], h[n], dtu * b_t[n]);
                 }
                 *blk_mut(&mut s.hs, t + 1) = h;
@@ -461,9 +376,9 @@ mod x86 {
 /// Runs the forward body of batch element `bi` with instruction set `isa` (already checked).
 fn fwd_dispatch(isa: Isa, cx: &Ctx, s: &mut FwdScratch, bi: usize, y_b: &mut [f32]) {
     match isa {
-        // SAFETY: `isa` went through `Isa::or_portable`, so the CPU supports its features.
+        // SAFETY: `isa` went through `Isa::or_supported`, so the CPU supports its features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::fwd_avx512(cx, s, bi, y_b) },
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe { x86::fwd_avx512(cx, s, bi, y_b) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { x86::fwd_avx2(cx, s, bi, y_b) },
@@ -474,9 +389,9 @@ fn fwd_dispatch(isa: Isa, cx: &Ctx, s: &mut FwdScratch, bi: usize, y_b: &mut [f3
 /// Runs the backward body of batch element `bi` with instruction set `isa` (already checked).
 fn bwd_dispatch(isa: Isa, cx: &Ctx, dy: &[f32], s: &mut BwdScratch, bi: usize, o: BwdOut) {
     match isa {
-        // SAFETY: `isa` went through `Isa::or_portable`, so the CPU supports its features.
+        // SAFETY: `isa` went through `Isa::or_supported`, so the CPU supports its features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::bwd_avx512(cx, dy, s, bi, o) },
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe { x86::bwd_avx512(cx, dy, s, bi, o) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { x86::bwd_avx2(cx, dy, s, bi, o) },
@@ -501,8 +416,8 @@ pub fn forward(
     forward_with(Isa::detect(), dims, u, delta, a, b, c, d, y)
 }
 
-/// [`forward`] with an explicit instruction set (falls back to [`Isa::Portable`] when `isa` is
-/// not available on this CPU).
+/// [`forward`] with an explicit instruction set (the widest level below `isa` where it is not
+/// available on this CPU).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_with(
     isa: Isa,
@@ -524,7 +439,7 @@ pub fn forward_with(
     if y.is_empty() {
         return;
     }
-    let isa = isa.or_portable();
+    let isa = isa.or_supported();
     let a_pad = pad_a(a, dims.d_inner, dims.d_state);
     let cx = Ctx {
         dims,
@@ -566,8 +481,8 @@ pub fn backward(
     backward_with(Isa::detect(), dims, u, delta, a, b, c, d, dy)
 }
 
-/// [`backward`] with an explicit instruction set (falls back to [`Isa::Portable`] when `isa` is
-/// not available on this CPU).
+/// [`backward`] with an explicit instruction set (the widest level below `isa` where it is not
+/// available on this CPU).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_with(
     isa: Isa,
@@ -606,7 +521,7 @@ pub fn backward_with(
     if batch == 0 || d_inner == 0 || len == 0 {
         return g;
     }
-    let isa = isa.or_portable();
+    let isa = isa.or_supported();
     let a_pad = pad_a(a, d_inner, n_st);
     let cx = Ctx {
         dims,
@@ -650,10 +565,11 @@ pub fn backward_with(
     g
 }
 
-/// The scan of one sequence at a time, for fused callers (the Mamba mixer, [`crate::mixer`])
+/// The scan of one sequence at a time, for fused callers (the training Mamba mixer,
+/// [`crate::mixer::training`])
 /// that run it inside their own per-sequence task and instruction-set instance: holds the
 /// padded `A` and the scratch of both passes. Layouts as in [`forward`] with `batch = 1`.
-pub(crate) struct SeqScan {
+pub struct SeqScan {
     dims: ScanDims,
     a_pad: Vec<f32>,
     fwd: FwdScratch,
@@ -662,7 +578,7 @@ pub(crate) struct SeqScan {
 
 impl SeqScan {
     /// Scratch for sequences of `len` tokens with `A: [d_inner, d_state]`.
-    pub(crate) fn new(d_inner: usize, d_state: usize, len: usize, a: &[f32]) -> Self {
+    pub fn new(d_inner: usize, d_state: usize, len: usize, a: &[f32]) -> Self {
         let dims = ScanDims {
             batch: 1,
             d_inner,
@@ -679,7 +595,7 @@ impl SeqScan {
     }
 
     /// Takes a new `A: [d_inner, d_state]` (the next call's weights), keeping the buffers.
-    pub(crate) fn set_a(&mut self, a: &[f32]) {
+    pub fn set_a(&mut self, a: &[f32]) {
         assert_eq!(
             a.len(),
             self.dims.d_inner * self.dims.d_state,
@@ -690,11 +606,7 @@ impl SeqScan {
 
     /// [`forward`] of one sequence: `u`, `delta`, `y`: `[d_inner, L]`; `b`, `c`: `[d_state, L]`.
     #[inline(always)]
-    pub(crate) fn forward<const FMA: bool>(
-        &mut self,
-        [u, delta, b, c, d]: [&[f32]; 5],
-        y: &mut [f32],
-    ) {
+    pub fn forward<const FMA: bool>(&mut self, [u, delta, b, c, d]: [&[f32]; 5], y: &mut [f32]) {
         let cx = Ctx {
             dims: self.dims,
             u,
@@ -711,7 +623,7 @@ impl SeqScan {
     /// (`[d_state, L]`) and adds this sequence's `dA` then `dD` to `part`
     /// (`[d_inner * d_state + d_inner]`).
     #[inline(always)]
-    pub(crate) fn backward<const FMA: bool>(
+    pub fn backward<const FMA: bool>(
         &mut self,
         [u, delta, b, c, d]: [&[f32]; 5],
         dy: &[f32],
@@ -764,4 +676,156 @@ fn check_lengths(
     assert_eq!(b.len(), batch * d_state * len, "selective scan: B size");
     assert_eq!(c.len(), batch * d_state * len, "selective scan: C size");
     assert_eq!(d.len(), d_inner, "selective scan: D size");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::rel_err;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    /// Host inputs of one scan call (layouts as in the API).
+    #[derive(Clone)]
+    struct Inputs {
+        dims: [usize; 4], // batch, d_inner, d_state, len
+        u: Vec<f32>,
+        delta: Vec<f32>,
+        a: Vec<f32>,
+        b: Vec<f32>,
+        c: Vec<f32>,
+        d: Vec<f32>,
+    }
+
+    /// Realistic ranges: delta = softplus of a value giving (0.001, 0.1)-ish steps, A = -(1..N)
+    /// jittered, B/C/u standard-ish normal, D around 1.
+    fn random_inputs(
+        seed: u64,
+        batch: usize,
+        d_inner: usize,
+        d_state: usize,
+        len: usize,
+    ) -> Inputs {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut vec = |n: usize, f: &mut dyn FnMut(&mut StdRng) -> f32| {
+            (0..n).map(|_| f(&mut rng)).collect::<Vec<f32>>()
+        };
+        let nbl = batch * d_inner * len;
+        let u = vec(nbl, &mut |r| r.random_range(-2.0..2.0));
+        let delta = vec(nbl, &mut |r| {
+            let dt: f32 = (r.random_range(0.001f32.ln()..0.1f32.ln())).exp();
+            (dt.exp_m1()).ln() + 0.0 // inverse softplus then...
+        });
+        // ...softplus back: the caller hands softplus'ed values.
+        let delta: Vec<f32> = delta.iter().map(|&x| (1.0 + x.exp()).ln()).collect();
+        let a = (0..d_inner * d_state)
+            .map(|i| -((i % d_state) as f32 + 1.0) * (0.9 + 0.2 * ((i * 7 % 5) as f32) / 5.0))
+            .collect();
+        let b = vec(batch * d_state * len, &mut |r| r.random_range(-1.5..1.5));
+        let c = vec(batch * d_state * len, &mut |r| r.random_range(-1.5..1.5));
+        let d = vec(d_inner, &mut |r| r.random_range(0.5..1.5));
+        Inputs {
+            dims: [batch, d_inner, d_state, len],
+            u,
+            delta,
+            a,
+            b,
+            c,
+            d,
+        }
+    }
+
+    /// Plain f64 scalar scan, `loss = sum(w ⊙ y)`: the independent reference for finite
+    /// differences.
+    fn loss_f64(x: &Inputs, w: &[f32], over: Option<(usize, usize, f64)>) -> f64 {
+        let [bs, di, ds, l] = x.dims;
+        let get = |which: usize, v: &[f32], i: usize| -> f64 {
+            match over {
+                Some((wh, idx, val)) if wh == which && idx == i => val,
+                _ => v[i] as f64,
+            }
+        };
+        let mut loss = 0.0;
+        for bi in 0..bs {
+            for ch in 0..di {
+                let mut h = vec![0.0f64; ds];
+                for t in 0..l {
+                    let iu = (bi * di + ch) * l + t;
+                    let (ut, dt) = (get(0, &x.u, iu), get(1, &x.delta, iu));
+                    let mut y = get(5, &x.d, ch) * ut;
+                    for (n, hn) in h.iter_mut().enumerate() {
+                        let ibc = (bi * ds + n) * l + t;
+                        let an = get(2, &x.a, ch * ds + n);
+                        *hn = (dt * an).exp() * *hn + dt * get(3, &x.b, ibc) * ut;
+                        y += *hn * get(4, &x.c, ibc);
+                    }
+                    loss += w[iu] as f64 * y;
+                }
+            }
+        }
+        loss
+    }
+
+    fn weights(x: &Inputs, seed: u64) -> Vec<f32> {
+        let [bs, di, _, l] = x.dims;
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..bs * di * l)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect()
+    }
+
+    /// Every available instruction-set instance of the kernels agrees with the portable one (FMA
+    /// changes rounding only), including `d_state` above one 16-lane block; the portable
+    /// multi-block forward also matches the f64 scan.
+    #[test]
+    fn dispatched_kernels_match_portable() {
+        let detected = Isa::detect();
+        assert!(detected.is_available());
+        for (i, &(bs, di, ds, l)) in [(3, 5, 16, 64), (2, 3, 20, 33), (2, 4, 7, 1)]
+            .iter()
+            .enumerate()
+        {
+            let x = random_inputs(40 + i as u64, bs, di, ds, l);
+            let dy = weights(&x, 50 + i as u64);
+            let dims = ScanDims {
+                batch: bs,
+                d_inner: di,
+                d_state: ds,
+                len: l,
+            };
+            let run = |isa: Isa| {
+                let mut y = vec![0.0f32; bs * di * l];
+                forward_with(isa, dims, &x.u, &x.delta, &x.a, &x.b, &x.c, &x.d, &mut y);
+                let g = backward_with(isa, dims, &x.u, &x.delta, &x.a, &x.b, &x.c, &x.d, &dy);
+                [y, g.du, g.ddelta, g.da, g.db, g.dc, g.dd]
+            };
+            let base = run(Isa::Portable);
+            for k in [0, base[0].len() / 2, base[0].len() - 1] {
+                let mut w = vec![0.0f32; base[0].len()];
+                w[k] = 1.0;
+                let r = loss_f64(&x, &w, None);
+                assert!(
+                    (base[0][k] as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                    "portable y[{k}] {} vs f64 {r} at ({bs},{di},{ds},{l})",
+                    base[0][k]
+                );
+            }
+            for isa in [Isa::Avx512, Isa::Avx2, detected] {
+                if !isa.is_available() {
+                    eprintln!("{isa:?} not available on this CPU: skipped");
+                    continue;
+                }
+                let out = run(isa);
+                for (k, name) in ["y", "du", "ddelta", "dA", "dB", "dC", "dD"]
+                    .iter()
+                    .enumerate()
+                {
+                    let err = rel_err(&out[k], &base[k]);
+                    assert!(
+                        err <= 1e-5,
+                        "{isa:?} {name} ({bs},{di},{ds},{l}): relative error {err:e} vs portable"
+                    );
+                }
+            }
+        }
+    }
 }

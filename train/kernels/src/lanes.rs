@@ -6,7 +6,7 @@
 //! set (four SSE registers, two AVX, one AVX-512); the summation order is fixed, so results do
 //! not depend on the CPU.
 
-use crate::scan::cpu::madd;
+use crate::math::madd;
 
 /// Number of partial sums.
 pub const LANES: usize = 16;

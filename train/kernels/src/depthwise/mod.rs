@@ -5,7 +5,8 @@
 //! `[C, kh, kw]` (burn's `[C, 1, kh, kw]` with the unit axis dropped); `bias`: `[C]`;
 //! `y`: `[batch, C, OH, OW]`.
 //!
-//! Geometry: `y[b, c, oh, ow] = bias[c] + sum_{i, j} w[c, i, j] x[b, c, oh sh + i - pt, ow sw + j - pl]`
+//! Geometry:
+//! `y[b, c, oh, ow] = bias[c] + sum_{i, j} w[c, i, j] x[b, c, oh sh + i - pt, ow sw + j - pl]`
 //! with zero padding; only the top/left paddings `pt`, `pl` and the output size are needed, so
 //! the same kernel serves symmetric 2-D padding and the causal 1-D convolution (`H = 1`,
 //! `pl = k - 1`, `OW = L`).
@@ -20,7 +21,7 @@
 //! summation order).
 //!
 //! On AVX-512 CPUs the 3x3 convolutions with a horizontal stride of 1 or 2 (all those of the
-//! models) run the plane kernels of `depthwise_avx512.rs` instead: masked loads straight from
+//! models) run the plane kernels of `avx512.rs` instead: masked loads straight from
 //! the input rows, no scratch plane, weights and `dw` sums in registers (4-5x faster at the
 //! `s1` shapes).
 
@@ -28,10 +29,10 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::scan::cpu::Isa;
+use crate::Isa;
+use crate::buffer::zeros_par;
 
 #[cfg(target_arch = "x86_64")]
-#[path = "depthwise_avx512.rs"]
 mod avx512;
 
 /// Sizes and geometry of one depthwise-convolution call.
@@ -318,7 +319,7 @@ pub fn forward_with(isa: Isa, d: DwDims, x: &[f32], w: &[f32], bias: &[f32], y: 
     if y.is_empty() {
         return;
     }
-    let avx512 = isa == Isa::Avx512 && isa.is_available();
+    let avx512 = isa.or_supported() >= Isa::Avx512;
     #[cfg(target_arch = "x86_64")]
     if avx512 && avx512::serves(&d) {
         y.par_chunks_mut(out_plane)
@@ -396,7 +397,7 @@ fn bwd_plane(
     pad_plane(&d, wp, x_p, &mut s.xp);
     let dy_p = &dy[p * out_plane..(p + 1) * out_plane];
     let (dw_p, db_p) = part_p.split_at_mut(taps);
-    db_p[0] = super::lanes::sum(dy_p);
+    db_p[0] = crate::lanes::sum(dy_p);
     // dx: with a horizontal stride of 1 gathered per dx row at the end; otherwise scattered
     // into the padded plane `dxp` here, row by row of dy.
     let scatter = dx_p.is_some() && sw != 1;
@@ -446,7 +447,7 @@ fn bwd_plane(
         }
     }
     for (dw, acc) in dw_p.iter_mut().zip(s.acc.chunks_exact(ow_n)) {
-        *dw = super::lanes::sum(acc);
+        *dw = crate::lanes::sum(acc);
     }
     let Some(dx_p) = dx_p else {
         return;
@@ -610,14 +611,14 @@ pub fn backward_with(
     };
     if planes == 0 || out_plane == 0 || in_plane == 0 {
         if want_dx {
-            g.dx = super::zeros_par(d.x_len());
+            g.dx = zeros_par(d.x_len());
         }
         return g;
     }
     let [hp, wp] = padded_size(&d);
     let mut partials = vec![0.0f32; planes * part];
     let cx = BwdPlanes { d, x, w, dy, wp };
-    let avx512 = isa == Isa::Avx512 && isa.is_available();
+    let avx512 = isa.or_supported() >= Isa::Avx512;
     let gather = want_dx && d.stride[1] == 1;
     let init = || BwdScratch {
         xp: vec![0.0; hp * wp],
@@ -682,4 +683,59 @@ pub fn backward_with(
         g.db[c] += part_p[taps];
     }
     g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{rand_vec, rel_err};
+    use rand::{SeedableRng, rngs::StdRng};
+
+    /// The AVX-512 3x3 plane kernels (where this CPU has them) against the portable ones, forward
+    /// and backward (`dx`, `dw`, `db`): widths around and past one register (masked chunks,
+    /// stride-2 windows straddling two registers), paddings 0 to 2, vertical strides 1 to 3,
+    /// horizontal strides 1 and 2, and a channel multiplier.
+    #[test]
+    fn depthwise_kernels_agree_across_instruction_sets() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let geometries = [
+            // [H, W], stride, pad, in_channels
+            ([6, 16], [1, 1], [1, 1], 3),
+            ([7, 17], [1, 1], [1, 1], 3),
+            ([5, 40], [2, 1], [1, 1], 3),
+            ([9, 33], [2, 2], [1, 1], 3),
+            ([8, 64], [2, 2], [1, 1], 1),
+            ([10, 31], [3, 2], [2, 0], 3),
+            ([4, 20], [1, 2], [0, 2], 1),
+            ([3, 5], [1, 1], [0, 0], 3),
+        ];
+        for (input, stride, pad, in_channels) in geometries {
+            let output = std::array::from_fn(|a| (input[a] + 2 * pad[a] - 3) / stride[a] + 1);
+            let d = DwDims {
+                batch: 2,
+                channels: 3,
+                in_channels,
+                input,
+                kernel: [3, 3],
+                stride,
+                pad,
+                output,
+            };
+            let x = rand_vec(&mut rng, d.x_len());
+            let w = rand_vec(&mut rng, d.w_len());
+            let bias = rand_vec(&mut rng, d.channels);
+            let dy = rand_vec(&mut rng, d.y_len());
+            let run = |isa| {
+                let mut y = vec![0.0f32; d.y_len()];
+                forward_with(isa, d, &x, &w, &bias, &mut y);
+                let g = backward_with(isa, d, &x, &w, &bias, &dy, true);
+                [y, g.dx, g.dw, g.db]
+            };
+            let (base, wide) = (run(Isa::Portable), run(Isa::Avx512));
+            for (i, (a, b)) in base.iter().zip(&wide).enumerate() {
+                let e = rel_err(a, b);
+                assert!(e < 1e-5, "{d:?}: output {i} rel err {e}");
+            }
+        }
+    }
 }

@@ -18,18 +18,18 @@
 //! row the sum and the centred sum of squares about the row's own mean (a second pass over a
 //! row still in L1, no `E[x^2] - E[x]^2` cancellation), combined across rows in `f64` by Chan,
 //! Golub & LeVeque's pairwise update: `M2 = sum_b [M2_b + S (mean_b - mean)^2]`. Sums
-//! accumulate per row in `f32` partial sums ([`super::lanes`], or four AVX-512 registers).
+//! accumulate per row in `f32` partial sums ([`crate::lanes`], or four AVX-512 registers).
 //! `z` is recomputed in the backward pass from `x` and the statistics, so nothing but the
 //! forward inputs is kept.
 //!
 //! Each row kernel has a portable body and an AVX-512 one (explicit 16-lane registers, masked
-//! tails), picked once per call ([`crate::scan::cpu::Isa`]).
+//! tails), picked once per call ([`Isa`]).
 
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::scan::cpu::Isa;
+use crate::Isa;
 
 /// Sizes of one BatchNorm call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,8 +104,8 @@ struct Affine {
 mod portable {
     use std::mem::MaybeUninit;
 
-    use super::super::lanes::{self, LANES};
     use super::{Affine, relu_grad};
+    use crate::lanes::{self, LANES};
 
     /// `(sum x, sum (x - mean_row)^2)` of one row.
     pub fn row_sum_m2(x: &[f32]) -> (f32, f32) {
@@ -353,7 +353,7 @@ impl Rows {
     /// The widest instance this CPU runs (`Portable` forces the baseline one).
     fn new(isa: Isa) -> Self {
         Rows {
-            avx512: cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && isa.is_available(),
+            avx512: cfg!(target_arch = "x86_64") && isa.or_supported() >= Isa::Avx512,
         }
     }
 
@@ -567,7 +567,61 @@ pub fn backward_with(
                 });
         };
         // SAFETY: the rows of `S` values cover `dx` (`len = batch * C * S`), each written.
-        dx = unsafe { super::written_by(d.len(), pass2) };
+        dx = unsafe { crate::buffer::written_by(d.len(), pass2) };
     }
     BnGrads { dx, dgamma, dbeta }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{rand_vec, rel_err};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    /// The AVX-512 row kernels (where this CPU has them) against the baseline ones: rows of 1, 15,
+    /// 16, 17, 63 and 100 values (masked tails, one to four register sets).
+    #[test]
+    fn batch_norm_row_kernels_agree_across_instruction_sets() {
+        use std::mem::MaybeUninit;
+        let mut rng = StdRng::seed_from_u64(9);
+        for spatial in [1, 15, 16, 17, 63, 100] {
+            let d = BnDims {
+                batch: 3,
+                channels: 2,
+                spatial,
+            };
+            let x: Vec<f32> = (0..d.len())
+                .map(|_| 2.0 + rng.random_range(-1.0f32..1.0))
+                .collect();
+            let dy = rand_vec(&mut rng, d.len());
+            let (gamma, beta) = (vec![1.5f32, -0.7], vec![0.2f32, 0.1]);
+            for relu in [false, true] {
+                let run = |isa| {
+                    let mut y = vec![MaybeUninit::uninit(); d.len()];
+                    let (mean, var) = forward_with(isa, d, &x, &gamma, &beta, 1e-5, relu, &mut y);
+                    // SAFETY: `forward_with` wrote every element.
+                    let y: Vec<f32> = y.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+                    let g = backward_with(
+                        isa,
+                        d,
+                        &x,
+                        [&gamma, &beta, &mean, &var],
+                        1e-5,
+                        relu,
+                        &dy,
+                        true,
+                    );
+                    [y, mean, var, g.dx, g.dgamma, g.dbeta]
+                };
+                let (base, wide) = (run(Isa::Portable), run(Isa::Avx512));
+                for (i, (a, b)) in base.iter().zip(&wide).enumerate() {
+                    let e = rel_err(a, b);
+                    assert!(
+                        e < 1e-5,
+                        "spatial {spatial} relu {relu}: output {i} rel err {e}"
+                    );
+                }
+            }
+        }
+    }
 }

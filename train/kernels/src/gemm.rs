@@ -1,5 +1,8 @@
-//! Products with a shared weight matrix over many row blocks, `Y_c = X_c M` for each block
-//! `c`, and their backward pass, on the `gemm` crate's kernels with rayon over the blocks.
+//! Matrix products: with a shared weight matrix over many row blocks, `Y_c = X_c M` for each
+//! block `c`, and their backward pass, on the `gemm` crate's kernels with rayon over the blocks
+//! ([`SharedMatmul`]); single strided products inside a caller's task ([`gemm_strided`]); and
+//! the small register-blocked `out = w x` of the inference mixer ([`matmul_rows`],
+//! [`matmul_rows_avx512`]).
 //!
 //! It covers the two layouts the models use without any copy or transpose: the pointwise
 //! (1x1) convolution on `[B, C_in, P]` maps (`X_c = x[b]^T`, `M = W^T`) and the linear layer
@@ -10,6 +13,8 @@
 //! blocks accumulated in order, then summed in order (deterministic whatever the thread count).
 
 use gemm::{Parallelism, gemm};
+
+use crate::math::madd;
 use rayon::prelude::*;
 
 /// Row and column strides of a matrix view, in elements.
@@ -134,7 +139,7 @@ impl SharedMatmul {
 /// # Panics
 /// When a view does not lie inside its slice.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_strided(
+pub fn gemm_strided(
     [m, n, k]: [usize; 3],
     dst: &mut [f32],
     dv: View,
@@ -217,13 +222,13 @@ fn output(
         && ((v.rs == cols && v.cs == 1) || (v.rs == 1 && v.cs == rows))
         && n.is_multiple_of(block.max(1));
     if !dense || n == 0 {
-        let mut y = super::zeros_par(n);
+        let mut y = crate::buffer::zeros_par(n);
         fill(y.as_mut_ptr());
         return y;
     }
     // SAFETY: every block of the buffer is one dense view, which `fill`'s products write
     // completely (`read_dst = false`: written, never read before).
-    unsafe { super::written_by(n, |y| fill(y.as_mut_ptr() as *mut f32)) }
+    unsafe { crate::buffer::written_by(n, |y| fill(y.as_mut_ptr() as *mut f32)) }
 }
 
 /// Raw output pointer shared by the block tasks (each writes only its own block).
@@ -247,7 +252,7 @@ fn block_products(
 ) -> Vec<f32> {
     let n = blocks * o_block;
     if k == 0 {
-        return super::zeros_par(n);
+        return crate::buffer::zeros_par(n);
     }
     output(n, o_block, ov, [rows, cols], |out| {
         let out = OutPtr(out);
@@ -338,4 +343,163 @@ pub fn backward(p: &SharedMatmul, x: &[f32], m: &[f32], dy: &[f32]) -> (Vec<f32>
         }
     }
     (dx, dm)
+}
+
+/// `out[o][t] = sum_c w[o][c] x[c][t]` for `w` `[rows, k]`, `x` `[k, L]`, `out` `[rows, L]`,
+/// each sum from 0 in the order `c = 0, 1, ...` (as a plain loop), register-blocked: 8 output
+/// rows x 16 columns of accumulators per step, rows and columns past the blocks one by one.
+#[inline(always)]
+pub fn matmul_rows<const FMA: bool>(
+    w: &[f32],
+    x: &[f32],
+    out: &mut [f32],
+    rows: usize,
+    k: usize,
+    l: usize,
+) {
+    const R: usize = 8;
+    const T: usize = 16;
+    let (w, x, out) = (&w[..rows * k], &x[..k * l], &mut out[..rows * l]);
+    let (l16, rows8) = (l / T * T, rows / R * R);
+    for o0 in (0..rows8).step_by(R) {
+        for t0 in (0..l16).step_by(T) {
+            let mut acc = [[0.0f32; T]; R];
+            for c in 0..k {
+                let xs: &[f32; T] = x[c * l + t0..c * l + t0 + T].try_into().expect("T");
+                for (j, aj) in acc.iter_mut().enumerate() {
+                    // SAFETY: `o0 + j < rows8 <= rows` and `c < k`, so the index is inside
+                    // `w` (`rows * k`, sliced above). Checked indexing here kept the 8 row
+                    // offsets live as bounds operands and spilled them (4x slower).
+                    let wv = unsafe { *w.get_unchecked((o0 + j) * k + c) };
+                    for (a, &v) in aj.iter_mut().zip(xs) {
+                        *a = madd::<FMA>(wv, v, *a);
+                    }
+                }
+            }
+            for (j, aj) in acc.iter().enumerate() {
+                out[(o0 + j) * l + t0..(o0 + j) * l + t0 + T].copy_from_slice(aj);
+            }
+        }
+    }
+    for o in 0..rows {
+        let t_start = if o < rows8 { l16 } else { 0 };
+        let row = &mut out[o * l + t_start..(o + 1) * l];
+        row.fill(0.0);
+        for c in 0..k {
+            let wv = w[o * k + c];
+            for (a, &v) in row.iter_mut().zip(&x[c * l + t_start..(c + 1) * l]) {
+                *a = madd::<FMA>(wv, v, *a);
+            }
+        }
+    }
+}
+
+/// [`matmul_rows`] with explicit AVX-512: blocks of 8 output rows x 32 columns in
+/// 16 zmm accumulators (each weight broadcast once for two FMAs; the auto-vectorized
+/// generic loop held 8 x 16), the rows past the blocks one at a time, the last columns
+/// masked. Each sum runs from 0 over `c = 0, 1, ...` with fused multiply-adds, as the
+/// generic loop with `FMA = true`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+pub unsafe fn matmul_rows_avx512(
+    w: &[f32],
+    x: &[f32],
+    out: &mut [f32],
+    rows: usize,
+    k: usize,
+    l: usize,
+) {
+    assert!(w.len() >= rows * k && x.len() >= k * l && out.len() >= rows * l);
+    let mut o0 = 0;
+    while o0 + 8 <= rows {
+        // SAFETY: rows `o0..o0 + 8 <= rows` (asserted lengths).
+        unsafe { matmul_block::<8>(w, x, out, o0, k, l) };
+        o0 += 8;
+    }
+    while o0 < rows {
+        // SAFETY: as above, one row.
+        unsafe { matmul_block::<1>(w, x, out, o0, k, l) };
+        o0 += 1;
+    }
+}
+
+/// Rows `o0..o0 + R` of [`matmul_rows_avx512`].
+///
+/// # Safety
+/// AVX-512 F and FMA; `o0 + R <= rows` for the lengths asserted by [`matmul_rows_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+unsafe fn matmul_block<const R: usize>(
+    w: &[f32],
+    x: &[f32],
+    out: &mut [f32],
+    o0: usize,
+    k: usize,
+    l: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut t0 = 0;
+    while t0 < l {
+        let n = (l - t0).min(32);
+        let (m0, m1) = (
+            crate::simd::mask16(n),
+            crate::simd::mask16(n.saturating_sub(16)),
+        );
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for c in 0..k {
+            // SAFETY: columns `t0..t0 + n <= l` of row `c < k` of `x` (`k * l`) and
+            // weight `(o0 + j, c)` inside `w` (`rows * k`); masked-off lanes untouched.
+            unsafe {
+                let xp = x.as_ptr().add(c * l + t0);
+                let (x0, x1) = (
+                    _mm512_maskz_loadu_ps(m0, xp),
+                    _mm512_maskz_loadu_ps(m1, xp.add(16)),
+                );
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(*w.get_unchecked((o0 + j) * k + c));
+                    a[0] = _mm512_fmadd_ps(wv, x0, a[0]);
+                    a[1] = _mm512_fmadd_ps(wv, x1, a[1]);
+                }
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            // SAFETY: columns `t0..t0 + n` of row `o0 + j` of `out` (`rows * l`).
+            unsafe {
+                let op = out.as_mut_ptr().add((o0 + j) * l + t0);
+                _mm512_mask_storeu_ps(op, m0, a[0]);
+                _mm512_mask_storeu_ps(op.add(16), m1, a[1]);
+            }
+        }
+        t0 += 32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_matmul_rows_equals_the_generic_fused_loop() {
+        if !crate::Isa::Avx512.is_available() {
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(23);
+        // 33 rows: four blocks of 8 and one more; 70 columns: two of 32 and a masked 6.
+        for (rows, k, l) in [(33, 24, 70), (8, 5, 32), (3, 7, 9)] {
+            let w: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x: Vec<f32> = (0..k * l).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let (mut want, mut got) = (vec![0.0; rows * l], vec![7.0; rows * l]);
+            matmul_rows::<true>(&w, &x, &mut want, rows, k, l);
+            // SAFETY: AVX-512 F (and FMA, part of the level) checked above.
+            unsafe { matmul_rows_avx512(&w, &x, &mut got, rows, k, l) };
+            assert_eq!(got, want, "{rows} x {k} x {l}");
+        }
+    }
 }

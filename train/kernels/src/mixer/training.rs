@@ -1,5 +1,5 @@
-//! The fused Mamba mixer kernel over contiguous `f32` buffers: forward and hand-written
-//! backward, one sequence per rayon task.
+//! The training mixer: the fused Mamba mixer over contiguous `f32` buffers, forward and
+//! hand-written backward, one sequence per rayon task.
 //!
 //! Layouts (row-major, as burn hands them over): `xz`: `[S, L, 2 d_inner]` (the `x` half then
 //! the gate `z`); `conv_w`: `[d_inner, 1, K]`; `conv_b`, `dt_b`, `d`: `[d_inner]`; `x_proj`:
@@ -7,22 +7,21 @@
 //! `a`: `[d_inner, N]`; output `[S, L, d_inner]`.
 //!
 //! With AVX-512 and `d_state` 16 (the models' setting) a task runs time-major throughout
-//! (`fwd_seq_tm`, `bwd_seq_tm`): `xz` is read in place, every step works on the channels of
-//! one token in the vector lanes (the causal conv, SiLU, softplus, the gate), `x_proj` runs on
-//! gemm, and the register scans (`int8::kernels::scan16_time_major`, `scan::time_major`) read
-//! `B`, `C` from the `[L, R + 2N]` projection: no transposes (the channel-major path spent a
-//! sixth of a parallel Mamba block's time transposing). Otherwise a task runs channel-major
-//! (`[rows, L]`, rows of one sequence stay in L1/L2): the `x` half is transposed once, the
-//! causal conv, SiLU, the projections (row `axpy`s over `L`), softplus and the scan
-//! (`scan::cpu::SeqScan`) follow, and the gate writes the token-major output. The forward pass
-//! keeps only the scan's output `y` (before the gate, `[S, L, d_inner]` on both paths); the
-//! backward pass recomputes the cheap parts (conv, SiLU, projections, softplus) from `xz`
-//! instead of storing six more activations.
+//! (`fwd_seq_tm`, `bwd_seq_tm`): `xz` is read in place, every step works on the channels of one
+//! token in the vector lanes (the causal conv, SiLU, softplus, the gate), `x_proj` runs on gemm,
+//! and the register scans ([`crate::scan::time_major`], forward and backward) read `B`, `C` from
+//! the `[L, R + 2N]` projection: no transposes (the channel-major path spent a sixth of a parallel
+//! Mamba block's time transposing). Otherwise a task runs channel-major (`[rows, L]`, rows of one
+//! sequence stay in L1/L2): the `x` half is transposed once, the causal conv, SiLU, the projections
+//! (row `axpy`s over `L`), softplus and the scan ([`crate::scan::channel_major::SeqScan`]) follow,
+//! and the gate writes the token-major output. The forward pass keeps only the scan's output `y`
+//! (before the gate, `[S, L, d_inner]` on both paths); the backward pass recomputes the cheap parts
+//! (conv, SiLU, projections, softplus) from `xz` instead of storing six more activations.
 //!
-//! Instruction sets as in [`crate::scan::cpu`]: generic `#[inline(always)]` bodies instanced
-//! for AVX-512 and AVX2 (with FMA) and for the baseline target. The AVX-512 instance also runs
-//! the int8 engine's AVX-512 kernels where the CPU has them (F/BW/DQ/VL): SiLU, softplus, the
-//! forward gate, and on the channel-major path the register-blocked `x_proj`.
+//! Instruction sets ([`Isa`]): generic `#[inline(always)]` bodies instanced for AVX-512 and
+//! AVX2 (with FMA) and for the baseline target. The AVX-512 instance also runs the explicit
+//! AVX-512 kernels: SiLU, softplus, the forward gate ([`crate::math`]), and on the
+//! channel-major path the register-blocked `x_proj` ([`crate::gemm::matmul_rows_avx512`]).
 
 // Row loops index several buffers in lockstep; clearer than multi-way zips.
 #![allow(clippy::needless_range_loop)]
@@ -32,11 +31,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
-use crate::int8::kernels::transpose_strided_fast;
-use crate::ops::activation::{sigmoid, silu, silu_grad, softplus};
-use crate::ops::matmul_cpu::{View, gemm_strided};
-use crate::ops::{lanes, zeros_par};
-use crate::scan::cpu::{Isa, SeqScan, madd};
+use crate::Isa;
+use crate::buffer::zeros_par;
+use crate::gemm::{View, gemm_strided};
+use crate::lanes;
+use crate::math::{madd, sigmoid, silu, silu_grad, softplus};
+use crate::scan::channel_major::SeqScan;
+use crate::transpose::transpose_strided_fast;
 
 /// Sizes of one mixer call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,8 +188,8 @@ struct Scratch {
     /// Backward only: states and decays of the time-major scan backward (made on first use).
     #[cfg(target_arch = "x86_64")]
     time_major_bwd: Option<crate::scan::time_major::TimeMajorBwd>,
-    /// Whether the engine's AVX-512 SiLU, softplus, gate and `x_proj` kernels run (the AVX-512
-    /// instance on a CPU with AVX-512 F/BW/DQ/VL).
+    /// Whether the explicit AVX-512 SiLU, softplus, gate and `x_proj` kernels run (the
+    /// [`Isa::Avx512`] level and above).
     avx512: bool,
     /// `x_proj^T`, `[R + 2N, d_inner]`, for the channel-major path's AVX-512 `x_proj` (empty
     /// otherwise).
@@ -203,14 +204,7 @@ struct Scratch {
 impl Scratch {
     fn new(dims: MixerDims, w: &MixerWeights, backward: bool, isa: Isa) -> Self {
         let plane = dims.d_inner * dims.len;
-        #[cfg(target_arch = "x86_64")]
-        let avx512 = isa == Isa::Avx512
-            && crate::int8::kernels::Isa::detect() >= crate::int8::kernels::Isa::Avx512;
-        #[cfg(not(target_arch = "x86_64"))]
-        let avx512 = {
-            let _ = isa;
-            false
-        };
+        let avx512 = cfg!(target_arch = "x86_64") && isa >= Isa::Avx512;
         let back = if backward { plane } else { 0 };
         let tm = avx512 && dims.d_state == 16;
         let cm = if tm { 0 } else { plane };
@@ -375,8 +369,9 @@ fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s
         #[cfg(target_arch = "x86_64")]
         if s.avx512 {
             u.copy_from_slice(xc);
-            // SAFETY: `s.avx512` holds only where the engine's AVX-512 level is available.
-            unsafe { crate::int8::kernels::silu_inplace(u) };
+            // SAFETY: `s.avx512` holds only at the `Isa::Avx512` level and above (available:
+            // `or_supported`).
+            unsafe { crate::math::silu_avx512(u) };
             continue;
         }
         for (o, &v) in u.iter_mut().zip(xc.iter()) {
@@ -387,9 +382,7 @@ fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s
     if s.avx512 {
         // Register-blocked: proj = x_proj^T u, the same sums in the same order as below.
         // SAFETY: as above.
-        unsafe {
-            crate::int8::kernels::matmul_rows_avx512(&s.x_proj_t, &s.u, &mut s.proj, pw, di, len)
-        };
+        unsafe { crate::gemm::matmul_rows_avx512(&s.x_proj_t, &s.u, &mut s.proj, pw, di, len) };
     }
     if !s.avx512 {
         s.proj.fill(0.0);
@@ -417,7 +410,7 @@ fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s
         if s.avx512 {
             delta.copy_from_slice(dtp);
             // SAFETY: as above.
-            unsafe { crate::int8::kernels::softplus_inplace(delta) };
+            unsafe { crate::math::softplus_avx512(delta) };
             continue;
         }
         for (o, &v) in delta.iter_mut().zip(dtp.iter()) {
@@ -453,8 +446,9 @@ fn fwd_seq<const FMA: bool>(
     #[cfg(target_arch = "x86_64")]
     if s.avx512 {
         s.g.copy_from_slice(&s.ys);
-        // SAFETY: `s.avx512` holds only where the engine's AVX-512 level is available.
-        unsafe { crate::int8::kernels::gate(&mut s.g, &s.z) };
+        // SAFETY: `s.avx512` holds only at the `Isa::Avx512` level and above (available:
+        // `or_supported`).
+        unsafe { crate::math::gate_avx512(&mut s.g, &s.z) };
     }
     if !s.avx512 {
         for ((g, &yv), &zv) in s.g.iter_mut().zip(&s.ys).zip(&s.z) {
@@ -581,7 +575,8 @@ fn bwd_seq<const FMA: bool>(
     );
 
     // SiLU then the causal conv: dxc = du * SiLU'(xc) (into du); d conv_b[c] = sum_t dxc;
-    // d conv_w[c, j] = sum_t dxc[t] x[t - (K - 1 - j)]; dx[t'] = sum_j conv_w[c, j] dxc[t' + K - 1 - j].
+    // d conv_w[c, j] = sum_t dxc[t] x[t - (K - 1 - j)];
+    // dx[t'] = sum_j conv_w[c, j] dxc[t' + K - 1 - j].
     for c in 0..di {
         let xc = &s.xc[c * len..(c + 1) * len];
         let dxc = &mut s.du[c * len..(c + 1) * len];
@@ -636,8 +631,8 @@ fn scan_inputs_tm(dims: MixerDims, w: &MixerWeights, xz: &[f32], s: &mut Scratch
         }
     }
     s.u.copy_from_slice(&s.xc);
-    // SAFETY: the time-major path runs only where the engine's AVX-512 level is available.
-    unsafe { crate::int8::kernels::silu_inplace(&mut s.u) };
+    // SAFETY: the time-major path runs only at the `Isa::Avx512` level and above.
+    unsafe { crate::math::silu_avx512(&mut s.u) };
     // proj = u x_proj ([L, d_inner] x [d_inner, R + 2N], on gemm's register-blocked kernels);
     // dtp[t] = dt_b + sum_q proj[t, q] dt_proj[q, :].
     let row = |ld| View { rs: ld, cs: 1 };
@@ -661,12 +656,12 @@ fn scan_inputs_tm(dims: MixerDims, w: &MixerWeights, xz: &[f32], s: &mut Scratch
     }
     s.delta.copy_from_slice(&s.dtp);
     // SAFETY: as above.
-    unsafe { crate::int8::kernels::softplus_inplace(&mut s.delta) };
+    unsafe { crate::math::softplus_avx512(&mut s.delta) };
 }
 
 /// Forward pass of one sequence, time-major throughout (AVX-512, `d_state` 16): `xz`
 /// `[L, 2 d_inner]` is read in place, the register scan
-/// ([`crate::int8::kernels::scan16_time_major`]) writes `y` `[L, d_inner]` and reads `B`, `C`
+/// ([`crate::scan::time_major::forward16`]) writes `y` `[L, d_inner]` and reads `B`, `C`
 /// from the `[L, R + 2N]` projection, and the gate writes `out` `[L, d_inner]` row by row: no
 /// transposes.
 #[cfg(target_arch = "x86_64")]
@@ -688,18 +683,11 @@ fn fwd_seq_tm(
     let pw = dims.proj_width();
     scan_inputs_tm(dims, w, xz, s);
     let bc = &s.proj[r..];
-    let done = crate::int8::kernels::scan16_time_major(
-        di,
-        len,
-        &s.delta,
-        &s.u,
-        bc,
-        [1, pw],
-        &s.a_t,
-        w.d,
-        y,
-    );
-    assert!(done, "time-major mixer without the AVX-512 scan");
+    // SAFETY: the time-major path runs only at the AVX-512 level (F/BW/DQ/VL, FMA), with
+    // `d_state` 16; `forward16` asserts the lengths.
+    unsafe {
+        crate::scan::time_major::forward16(di, len, &s.delta, &s.u, bc, [1, pw], &s.a_t, w.d, y)
+    };
     // out = y * SiLU(z), z the second half of each xz row.
     for ((o, yr), xr) in out
         .chunks_exact_mut(di)
@@ -708,7 +696,7 @@ fn fwd_seq_tm(
     {
         o.copy_from_slice(yr);
         // SAFETY: as in `scan_inputs_tm`.
-        unsafe { crate::int8::kernels::gate(o, &xr[di..]) };
+        unsafe { crate::math::gate_avx512(o, &xr[di..]) };
     }
 }
 
@@ -783,8 +771,8 @@ fn bwd_seq_tm(
         da,
         dd,
     };
-    // SAFETY: the time-major path runs only where the engine's AVX-512 level (F/BW/DQ/VL,
-    // FMA) is available, and with `d_state` 16; `backward16` asserts the lengths.
+    // SAFETY: the time-major path runs only at the `Isa::Avx512` level and above (F/BW/DQ/VL,
+    // FMA; available: `or_supported`), with `d_state` 16; `backward16` asserts the lengths.
     unsafe { time_major::backward16(di, len, &input, scratch, &mut out) };
 
     // Softplus and dt_proj: ddtp = ddelta sigma(dtp) (into ddelta); d dt_b += ddtp;
@@ -977,8 +965,8 @@ fn check_lengths(dims: MixerDims, w: &MixerWeights, xz: &[f32]) {
     }
 }
 
-/// Forward pass with instruction set `isa` (falls back to the portable body where `isa` is
-/// not available): returns the output `[S, L, d_inner]` and, when `keep_scan`, the scan output
+/// Forward pass with instruction set `isa` (the widest level below it where it is not
+/// available): returns the output `[S, L, d_inner]` and, when `keep_scan`, the scan output
 /// before the gate, `[S, L, d_inner]` (the backward pass's saved state; without it each task
 /// writes the scan output to its own scratch).
 pub fn forward_with(
@@ -989,11 +977,7 @@ pub fn forward_with(
     keep_scan: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     check_lengths(dims, w, xz);
-    let isa = if isa.is_available() {
-        isa
-    } else {
-        Isa::Portable
-    };
+    let isa = isa.or_supported();
     let plane = dims.len * dims.d_inner;
     let mut out = zeros_par(dims.seqs * plane);
     let mut y = keep_scan.then(|| zeros_par(dims.seqs * plane));
@@ -1001,9 +985,9 @@ pub fn forward_with(
         return (out, y);
     }
     let run = |s: &mut Scratch, xz: &[f32], y: &mut [f32], out: &mut [f32]| match isa {
-        // SAFETY: `isa` is available on this CPU (checked above).
+        // SAFETY: `isa` is available on this CPU (`or_supported` above).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::fwd_avx512(dims, w, xz, s, y, out) },
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe { x86::fwd_avx512(dims, w, xz, s, y, out) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { x86::fwd_avx2(dims, w, xz, s, y, out) },
@@ -1060,11 +1044,7 @@ pub fn backward_with(
         dims.seqs * plane,
         "Mamba mixer: output gradient size"
     );
-    let isa = if isa.is_available() {
-        isa
-    } else {
-        Isa::Portable
-    };
+    let isa = isa.or_supported();
     let part = dims.part_len();
     let mut dxz = zeros_par(dims.seqs * 2 * plane);
     let mut partials = vec![0.0f32; dims.seqs * part];
@@ -1076,9 +1056,11 @@ pub fn backward_with(
             .zip(y.par_chunks(plane).zip(dout.par_chunks(plane)))
             .for_each(|(((dxz, part), xz), (y, dout))| {
                 with_scratch(call, (dims, w, true, isa), |s| match isa {
-                    // SAFETY: `isa` is available on this CPU (checked above).
+                    // SAFETY: `isa` is available on this CPU (`or_supported` above).
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => unsafe { x86::bwd_avx512(dims, w, xz, y, dout, s, dxz, part) },
+                    Isa::Avx512 | Isa::Avx512Vnni => unsafe {
+                        x86::bwd_avx512(dims, w, xz, y, dout, s, dxz, part)
+                    },
                     // SAFETY: as above.
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => unsafe { x86::bwd_avx2(dims, w, xz, y, dout, s, dxz, part) },
@@ -1120,4 +1102,115 @@ pub fn backward(
     dout: &[f32],
 ) -> MixerGrads {
     backward_with(Isa::detect(), dims, w, xz, y, dout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::rel_err;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    /// Host values of one call: `xz` then the seven parameters, in the API's layouts.
+    struct Case {
+        dims: MixerDims,
+        v: [Vec<f32>; 8],
+    }
+
+    /// Realistic ranges: the dt bias puts softplus(dt) near Mamba's initial time steps, `A` =
+    /// -(1..N) jittered, weights of unit-variance-preserving scale.
+    fn random_case(seed: u64, seqs: usize, len: usize, di: usize, n: usize, r: usize) -> Case {
+        let k = 4;
+        let dims = MixerDims {
+            seqs,
+            len,
+            d_inner: di,
+            d_state: n,
+            dt_rank: r,
+            d_conv: k,
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut uni = |count: usize, lo: f32, hi: f32| -> Vec<f32> {
+            (0..count).map(|_| rng.random_range(lo..hi)).collect()
+        };
+        let xz = uni(seqs * len * 2 * di, -2.0, 2.0);
+        let conv_w = uni(di * k, -0.5, 0.5);
+        let conv_b = uni(di, -0.3, 0.3);
+        let sx = (di as f32).powf(-0.5);
+        let x_proj = uni(di * (r + 2 * n), -sx, sx);
+        let sr = (r as f32).powf(-0.5);
+        let dt_proj = uni(r * di, -sr, sr);
+        let dt_b = uni(di, -4.6, -2.3); // softplus^-1 of dt in about [0.01, 0.1]
+        let a = (0..di * n)
+            .map(|i| -((i % n) as f32 + 1.0) * (0.8 + 0.4 * ((i * 7 % 5) as f32) / 5.0))
+            .collect();
+        let d = uni(di, 0.5, 1.5);
+        Case {
+            dims,
+            v: [xz, conv_w, conv_b, x_proj, dt_proj, dt_b, a, d],
+        }
+    }
+
+    const NAMES: [&str; 8] = [
+        "xz", "conv_w", "conv_b", "x_proj", "dt_proj", "dt_b", "A", "D",
+    ];
+
+    fn out_weights(case: &Case, seed: u64) -> Vec<f32> {
+        let MixerDims {
+            seqs, len, d_inner, ..
+        } = case.dims;
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..seqs * len * d_inner)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect()
+    }
+
+    /// Every available instruction-set instance agrees with the portable one (FMA changes
+    /// rounding only), forward and backward.
+    #[test]
+    fn every_instruction_set_gives_the_same_mixer() {
+        let case = random_case(7, 3, 40, 24, 16, 2);
+        let [xz, conv_w, conv_b, x_proj, dt_proj, dt_b, a, d] = &case.v;
+        let w = MixerWeights {
+            conv_w,
+            conv_b,
+            x_proj,
+            dt_proj,
+            dt_b,
+            a,
+            d,
+        };
+        let dout = out_weights(&case, 8);
+        let (out_p, y_p) = forward_with(Isa::Portable, case.dims, &w, xz, true);
+        let y_p = y_p.expect("kept scan output");
+        let g_p = backward_with(Isa::Portable, case.dims, &w, xz, &y_p, &dout);
+        for isa in [Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.is_available())
+        {
+            let (out, y) = forward_with(isa, case.dims, &w, xz, true);
+            let y = y.expect("kept scan output");
+            let (out_only, none) = forward_with(isa, case.dims, &w, xz, false);
+            assert!(
+                none.is_none() && out_only == out,
+                "{isa:?}: output without the saved state"
+            );
+            assert!(rel_err(&out, &out_p) <= 1e-6, "{isa:?}: output");
+            assert!(rel_err(&y, &y_p) <= 1e-6, "{isa:?}: scan output");
+            let g = backward_with(isa, case.dims, &w, xz, &y, &dout);
+            let pairs = [
+                (&g.dxz, &g_p.dxz),
+                (&g.conv_w, &g_p.conv_w),
+                (&g.conv_b, &g_p.conv_b),
+                (&g.x_proj, &g_p.x_proj),
+                (&g.dt_proj, &g_p.dt_proj),
+                (&g.dt_b, &g_p.dt_b),
+                (&g.a, &g_p.a),
+                (&g.d, &g_p.d),
+            ];
+            for (k, (x, y)) in pairs.into_iter().enumerate() {
+                let e = rel_err(x, y);
+                assert!(e <= 1e-5, "{isa:?}: d{} relative error {e:e}", NAMES[k]);
+            }
+        }
+    }
 }

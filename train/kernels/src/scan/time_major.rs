@@ -1,14 +1,15 @@
-//! The backward pass of the selective scan with `d_state` 16 on AVX-512, time-major: channels
-//! in the vector lanes, the 16 states in 16 registers, as the forward scan of the int8 engine
-//! (`crate::int8::kernels::scan16_time_major`), which the training mixer runs forward.
+//! The selective scan with `d_state` 16 on AVX-512, time-major: channels in the vector lanes,
+//! the 16 states in 16 registers. [`forward16`] is the forward scan of the int8 engine's mixer
+//! and of the training mixer's time-major path; [`backward16`] its backward pass.
 //!
-//! Against the channel-major kernel of [`super::cpu`] (states in the lanes, two horizontal sums
-//! per channel and step for `<dh_t, B_t>` and `<dh_t ⊙ h_{t-1} ⊙ e_t, A>`), those two sums
-//! over states become vector accumulations over the 16 states, and the sums over channels that
-//! the channel-major kernel accumulated lane-wise (`dB`, `dC`) become one transpose-reduction
-//! of 16 vectors per quantity and step (45 shuffles and adds for 16 sums, [`reduce16`]).
+//! Against the channel-major kernel of [`super::channel_major`] (states in the lanes, two
+//! horizontal sums per channel and step for `<dh_t, B_t>` and `<dh_t ⊙ h_{t-1} ⊙ e_t, A>`),
+//! those two sums over states become vector accumulations over the 16 states, and the sums
+//! over channels that the channel-major kernel accumulated lane-wise (`dB`, `dC`) become one
+//! transpose-reduction of 16 vectors per quantity and step (45 shuffles and adds for 16 sums,
+//! [`reduce16`]).
 //!
-//! Recurrence (per channel `c`, state `n`; `e_t = exp(delta_t A)`, `g_t = dy_t`):
+//! Backward recurrence (per channel `c`, state `n`; `e_t = exp(delta_t A)`, `g_t = dy_t`):
 //! `dh_t = g_t C_t + e_{t+1} ⊙ dh_{t+1}`;
 //! `du_t = D g_t + delta_t <dh_t, B_t>`;
 //! `ddelta_t = u_t <dh_t, B_t> + <dh_t ⊙ h_{t-1} ⊙ e_t, A>`;
@@ -19,7 +20,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::int8::kernels::exp2_16;
+use crate::math::{exp2_8, exp2_16};
 
 /// `$body` sixteen times with `$n` a constant `0..16`: the per-state arrays then index with
 /// constants, which keeps them in registers (a loop over `n` kept them on the stack, with a
@@ -37,11 +38,197 @@ macro_rules! unroll16 {
     };
 }
 
+/// The whole selective scan with d_state 16 on AVX-512, channel block outer and time inner:
+/// the 16 states of a block of channels stay in 16 registers over all `L` steps, blocks of
+/// 16 channels in zmm and the last block of at most 8 in ymm (masked; a ymm op costs half
+/// a zmm op where 512-bit FMAs issue on one port), `exp(delta a)` as
+/// [`crate::math::exp2`]`(delta (a log2 e))` (11 vector ops per state and step instead of 19
+/// for the Cephes form; the results differ from the other paths by rounding only),
+/// `y_t = D u_t + <h_t, C_t>` summed in two interleaved partial sums. Reads the
+/// time-major `delta`, `u` `[L, di]` by (masked) vector loads and `B`, `C` (`bc`: row
+/// `j < 32` (`B` then `C`) at step `t` is `bc[j * bc_strides[0] + t * bc_strides[1]]`: the
+/// rows of `x_dbl` after `dt`, `[2 * 16, L]`, for strides `[L, 1]`) by broadcast loads,
+/// `a_t` `[16, di]`;
+/// writes the time-major `y` `[L, di]` by masked stores (measured: gathers and scatters
+/// on the channel-major layout cost more than transposing in and out).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/DQ/VL and FMA.
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn forward16(
+    di: usize,
+    l: usize,
+    delta: &[f32],
+    u: &[f32],
+    bc: &[f32],
+    bc_strides: [usize; 2],
+    a_t: &[f32],
+    d_skip: &[f32],
+    y: &mut [f32],
+) {
+    assert!(
+        delta.len() >= di * l
+            && u.len() >= di * l
+            && (l == 0 || bc.len() > 31 * bc_strides[0] + (l - 1) * bc_strides[1])
+            && a_t.len() >= 16 * di
+            && d_skip.len() >= di
+            && y.len() >= di * l
+            && di * l < i32::MAX as usize
+    );
+    let mut c0 = 0;
+    while c0 < di {
+        let nl = (di - c0).min(16);
+        // SAFETY: channels `c0..c0 + nl <= di` inside the asserted lengths.
+        unsafe {
+            if nl > 8 {
+                scan_block_w16(c0, nl, di, l, delta, u, bc, bc_strides, a_t, d_skip, y);
+            } else {
+                scan_block_w8(c0, nl, di, l, delta, u, bc, bc_strides, a_t, d_skip, y);
+            }
+        }
+        c0 += nl;
+    }
+}
+
+macro_rules! scan16_block_impl {
+    ($name:ident, $w:literal, $v:ty, $m:ty, $setzero:ident, $set1:ident,
+     $loadu:ident, $maskz_loadu:ident, $mul:ident, $add:ident,
+     $fmadd:ident, $exp2:ident, $mask_storeu:ident) => {
+        /// One channel block (`nl <= W` channels from `c0`) of [`forward16`].
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F/DQ/VL and FMA; `c0 + nl <= di` and the lengths
+        /// asserted by [`forward16`].
+        #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            c0: usize,
+            nl: usize,
+            di: usize,
+            l: usize,
+            delta: &[f32],
+            u: &[f32],
+            bc: &[f32],
+            [bs, bt]: [usize; 2],
+            a_t: &[f32],
+            d_skip: &[f32],
+            y: &mut [f32],
+        ) {
+            const N: usize = 16;
+            let mask: $m = if nl == $w {
+                !0
+            } else {
+                ((1u32 << nl) - 1) as $m
+            };
+            // A log2(e) of the block in a local table read by memory operands (h takes 16
+            // registers).
+            let mut ab = [[0.0f32; $w]; N];
+            for (s, av) in ab.iter_mut().enumerate() {
+                for (o, &v) in av.iter_mut().zip(&a_t[s * di + c0..s * di + c0 + nl]) {
+                    *o = v * std::f32::consts::LOG2_E;
+                }
+            }
+            let abp = ab.as_ptr() as *const f32;
+            // SAFETY (masked loads and stores): lanes `j < nl` touch channel
+            // `c0 + j < di` at `t < L`, inside the lengths asserted by the caller;
+            // masked-off lanes are not accessed.
+            let dsk = unsafe { $maskz_loadu(mask, d_skip.as_ptr().add(c0)) };
+            let (dp, up, yp) = unsafe {
+                (
+                    delta.as_ptr().add(c0),
+                    u.as_ptr().add(c0),
+                    y.as_mut_ptr().add(c0),
+                )
+            };
+            let mut h = [$setzero(); N];
+            for t in 0..l {
+                let (d, uv) = unsafe {
+                    (
+                        $maskz_loadu(mask, dp.add(t * di)),
+                        $maskz_loadu(mask, up.add(t * di)),
+                    )
+                };
+                let du = $mul(d, uv);
+                let mut y0 = $mul(dsk, uv);
+                let mut y1 = $setzero();
+                macro_rules! state {
+                    ($s:literal, $y:ident) => {{
+                        // SAFETY: rows `s` and `16 + s` of `bc` at `t < L`; row `s` of
+                        // the table `ab`.
+                        let (b, c, a) = unsafe {
+                            (
+                                $set1(*bc.get_unchecked($s * bs + t * bt)),
+                                $set1(*bc.get_unchecked((N + $s) * bs + t * bt)),
+                                $loadu(abp.add($s * $w)),
+                            )
+                        };
+                        // exp(d a) = 2^x, x = d (a log2 e) <= 0 (d >= 0 from softplus,
+                        // a < 0), by `exp2` (far below -126 it gives 0).
+                        let e = $exp2($mul(d, a));
+                        h[$s] = $fmadd(e, h[$s], $mul(du, b));
+                        $y = $fmadd(h[$s], c, $y);
+                    }};
+                }
+                state!(0, y0);
+                state!(1, y1);
+                state!(2, y0);
+                state!(3, y1);
+                state!(4, y0);
+                state!(5, y1);
+                state!(6, y0);
+                state!(7, y1);
+                state!(8, y0);
+                state!(9, y1);
+                state!(10, y0);
+                state!(11, y1);
+                state!(12, y0);
+                state!(13, y1);
+                state!(14, y0);
+                state!(15, y1);
+                unsafe { $mask_storeu(yp.add(t * di), mask, $add(y0, y1)) };
+            }
+        }
+    };
+}
+
+scan16_block_impl!(
+    scan_block_w16,
+    16,
+    __m512,
+    __mmask16,
+    _mm512_setzero_ps,
+    _mm512_set1_ps,
+    _mm512_loadu_ps,
+    _mm512_maskz_loadu_ps,
+    _mm512_mul_ps,
+    _mm512_add_ps,
+    _mm512_fmadd_ps,
+    exp2_16,
+    _mm512_mask_storeu_ps
+);
+
+scan16_block_impl!(
+    scan_block_w8,
+    8,
+    __m256,
+    __mmask8,
+    _mm256_setzero_ps,
+    _mm256_set1_ps,
+    _mm256_loadu_ps,
+    _mm256_maskz_loadu_ps,
+    _mm256_mul_ps,
+    _mm256_add_ps,
+    _mm256_fmadd_ps,
+    exp2_8,
+    _mm256_mask_storeu_ps
+);
+
 /// States per channel this kernel handles.
-pub(crate) const N: usize = 16;
+pub const N: usize = 16;
 
 /// Scratch of [`backward16`] for sequences of up to `len` steps.
-pub(crate) struct TimeMajorBwd {
+pub struct TimeMajorBwd {
     /// Row 0: `h_0 = 0`; row `t + 1`: `h_t`, 16 state vectors per row.
     hs: Vec<__m512>,
     /// Row `t`: `e_t = exp(delta_t A)`, 16 state vectors per row.
@@ -50,7 +237,7 @@ pub(crate) struct TimeMajorBwd {
 
 impl TimeMajorBwd {
     /// Scratch for `len` steps.
-    pub(crate) fn new(len: usize) -> Self {
+    pub fn new(len: usize) -> Self {
         // SAFETY: an all-zero `__m512` is a valid value (sixteen 0.0f32).
         let zero = unsafe { std::mem::zeroed::<__m512>() };
         TimeMajorBwd {
@@ -61,7 +248,7 @@ impl TimeMajorBwd {
 }
 
 /// Inputs of [`backward16`], time-major `[L, di]` where marked.
-pub(crate) struct Bwd16In<'a> {
+pub struct Bwd16In<'a> {
     /// `delta` `[L, di]`.
     pub delta: &'a [f32],
     /// `u` `[L, di]`.
@@ -81,7 +268,7 @@ pub(crate) struct Bwd16In<'a> {
 }
 
 /// Outputs of [`backward16`].
-pub(crate) struct Bwd16Out<'a> {
+pub struct Bwd16Out<'a> {
     /// `du` `[L, di]` (written).
     pub du: &'a mut [f32],
     /// `ddelta` `[L, di]` (written).
@@ -102,13 +289,7 @@ pub(crate) struct Bwd16Out<'a> {
 /// # Safety
 /// The CPU must support AVX-512 F/DQ/VL and FMA.
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
-pub(crate) unsafe fn backward16(
-    di: usize,
-    l: usize,
-    x: &Bwd16In,
-    s: &mut TimeMajorBwd,
-    o: &mut Bwd16Out,
-) {
+pub unsafe fn backward16(di: usize, l: usize, x: &Bwd16In, s: &mut TimeMajorBwd, o: &mut Bwd16Out) {
     let tm = di * l;
     assert!(
         x.delta.len() >= tm
