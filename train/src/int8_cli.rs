@@ -20,11 +20,11 @@ use data_specs::{ClipSet, Variant};
 
 use crate::export::export_int8;
 use crate::infer::{argmax, evaluate_int8, infer_wav};
-use crate::int8::Int8Model;
 use crate::loader::{Loader, LoaderConfig, ShardSet};
 use crate::metrics::{EvalAccumulator, EvalReport};
 use crate::qat::{QatConfig, QatModel, qat_finetune};
 use crate::trainer::{self, TrainConfig};
+use asc_int8::Int8Model;
 
 /// DCASE2024 Task 1 limit on parameter memory (128 KB).
 pub const PARAM_MEMORY_LIMIT: usize = 128 * 1024;

@@ -28,8 +28,6 @@ pub mod predict;
 pub mod qat_hook;
 pub mod trainer;
 
-pub mod int8;
-
 pub mod export;
 pub mod infer;
 pub mod int8_cli;

@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use asc_int8::builder::{RandomNetConfig, calibrate, quantize_model, random_irmamba};
+use asc_int8::{Int8Model, ModelMeta, QParams};
 use data_specs::{FrontEndConfig, Vocabulary};
-use train::int8::builder::{RandomNetConfig, calibrate, quantize_model, random_irmamba};
-use train::int8::{Int8Model, ModelMeta, QParams};
 
 /// An 8 kHz front end with 32 mel bins and 17 frames (the model keeps the first 16).
 fn frontend() -> FrontEndConfig {

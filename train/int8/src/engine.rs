@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::Int8Error;
+use super::classify::Prediction;
 use super::format;
 use super::graph::{Activation, BufKind, Graph, ModelMeta, Op, QParams, TensorData, TensorMap};
 use asc_kernels::Isa;
@@ -601,9 +602,15 @@ impl Int8Model {
         Ok(())
     }
 
-    /// Runs one clip (log-mel, mel-bin major, `n_mels * n_frames` values) into `logits`.
-    pub fn infer_into(&self, logmel: &[f32], logits: &mut [f32]) -> Result<(), Int8Error> {
-        self.check_input(logmel.len())?;
+    /// Runs one clip given as the graph's input (the cropped log-mel, mel-bin major,
+    /// [`Int8Model::input_len`] values: [`Int8Model::input_shape`]) into `logits`.
+    pub fn infer_into(&self, input: &[f32], logits: &mut [f32]) -> Result<(), Int8Error> {
+        self.check_input(input.len())?;
+        self.run_into(logits, |inp| inp.copy_from_slice(input))
+    }
+
+    /// Runs the graph on the input written by `fill`, into `logits`.
+    fn run_into(&self, logits: &mut [f32], fill: impl FnOnce(&mut [f32])) -> Result<(), Int8Error> {
         if logits.len() != self.n_classes() {
             return Err(Int8Error::Invalid {
                 context: self.meta.name.clone(),
@@ -615,7 +622,7 @@ impl Int8Model {
             });
         }
         self.with_workspace(|ws| {
-            self.run(ws, logmel);
+            self.run(ws, fill);
             let Slot::F(out) = &ws.slots[self.graph.output] else {
                 unreachable!()
             };
@@ -624,15 +631,16 @@ impl Int8Model {
         Ok(())
     }
 
-    /// Runs one clip and returns its logits.
-    pub fn infer(&self, logmel: &[f32]) -> Result<Vec<f32>, Int8Error> {
+    /// Runs one clip given as the graph's input ([`Int8Model::infer_into`]) and returns its
+    /// logits.
+    pub fn infer(&self, input: &[f32]) -> Result<Vec<f32>, Int8Error> {
         let mut out = vec![0.0; self.n_classes()];
-        self.infer_into(logmel, &mut out)?;
+        self.infer_into(input, &mut out)?;
         Ok(out)
     }
 
-    /// Runs a batch of clips stored back to back (`n * input_len` values) in parallel (rayon)
-    /// and returns their logits back to back (`n * n_classes`).
+    /// Runs a batch of graph inputs stored back to back (`n * input_len` values) in parallel
+    /// (rayon) and returns their logits back to back (`n * n_classes`).
     pub fn infer_batch(&self, logmels: &[f32]) -> Result<Vec<f32>, Int8Error> {
         let (il, nc) = (self.input_len(), self.n_classes());
         if !logmels.len().is_multiple_of(il) {
@@ -647,6 +655,91 @@ impl Int8Model {
             .zip(logmels.par_chunks(il))
             .try_for_each(|(o, x)| self.infer_into(x, o))?;
         Ok(out)
+    }
+
+    /// `(n_mels, n_frames)` of the graph's input: the log-mel the network runs on, the front
+    /// end's cropped to the student's time multiple (256 x 64 of the DCASE2024 front end's
+    /// 256 x 65).
+    pub fn input_shape(&self) -> (usize, usize) {
+        let s = &self.graph.buffers[self.graph.input].shape;
+        (s[s.len() - 2], s[s.len() - 1])
+    }
+
+    /// `(n_mels, n_frames)` of one full log-mel of the model's front end
+    /// ([`Int8Model::frontend`]): what [`Int8Model::classify`] and [`Int8Model::infer_logmel`]
+    /// take.
+    pub fn logmel_shape(&self) -> (usize, usize) {
+        (self.meta.frontend.n_mels, self.meta.frontend.n_frames())
+    }
+
+    /// Checks that `got` values are one full log-mel and that the graph's input is its time
+    /// crop; returns `(n_frames, kept frames)`.
+    fn check_logmel(&self, got: usize) -> Result<(usize, usize), Int8Error> {
+        let (m, f) = self.logmel_shape();
+        let (im, keep) = self.input_shape();
+        if im != m || keep > f || self.input_len() != m * keep {
+            return Err(Int8Error::Invalid {
+                context: self.meta.name.clone(),
+                msg: format!(
+                    "the graph input {:?} is not a time crop of the front end's {m} x {f} log-mel",
+                    self.graph.buffers[self.graph.input].shape
+                ),
+            });
+        }
+        if got != m * f {
+            return Err(Int8Error::InputLength {
+                got,
+                expected: m * f,
+                shape: vec![m, f],
+            });
+        }
+        Ok((f, keep))
+    }
+
+    /// Runs one full log-mel of the model's front end (`n_mels * n_frames` values, mel-bin
+    /// major: [`Int8Model::logmel_shape`]) into `logits`. The first frames of each mel row (the
+    /// graph input's: 64 of the DCASE2024 front end's 65) go into the input buffer, the rest is
+    /// dropped (the student's time crop).
+    pub fn infer_logmel_into(&self, logmel: &[f32], logits: &mut [f32]) -> Result<(), Int8Error> {
+        let (f, keep) = self.check_logmel(logmel.len())?;
+        self.run_into(logits, |inp| {
+            for (dst, row) in inp.chunks_exact_mut(keep).zip(logmel.chunks_exact(f)) {
+                dst.copy_from_slice(&row[..keep]);
+            }
+        })
+    }
+
+    /// Runs one full log-mel ([`Int8Model::infer_logmel_into`]) and returns its logits.
+    pub fn infer_logmel(&self, logmel: &[f32]) -> Result<Vec<f32>, Int8Error> {
+        let mut out = vec![0.0; self.n_classes()];
+        self.infer_logmel_into(logmel, &mut out)?;
+        Ok(out)
+    }
+
+    /// Runs full log-mels stored back to back (`n * n_mels * n_frames` values) in parallel
+    /// (rayon) and returns their logits back to back (`n * n_classes`).
+    pub fn infer_logmel_batch(&self, logmels: &[f32]) -> Result<Vec<f32>, Int8Error> {
+        let (m, f) = self.logmel_shape();
+        let (len, nc) = (m * f, self.n_classes());
+        if len == 0 || !logmels.len().is_multiple_of(len) {
+            return Err(Int8Error::InputLength {
+                got: logmels.len() % len.max(1),
+                expected: len,
+                shape: vec![m, f],
+            });
+        }
+        let mut out = vec![0.0; logmels.len() / len * nc];
+        out.par_chunks_mut(nc)
+            .zip(logmels.par_chunks(len))
+            .try_for_each(|(o, x)| self.infer_logmel_into(x, o))?;
+        Ok(out)
+    }
+
+    /// Classifies one 1 s clip from its full log-mel ([`Int8Model::infer_logmel`]): the
+    /// predicted label, the softmax probabilities and the logits.
+    pub fn classify(&self, logmel: &[f32]) -> Result<Prediction, Int8Error> {
+        let logits = self.infer_logmel(logmel)?;
+        Ok(Prediction::from_logits(logits, &self.meta.labels.0))
     }
 
     /// Diagnostic: runs one clip `reps` times and returns the mean seconds spent in each op
@@ -732,7 +825,8 @@ impl Int8Model {
             .collect())
     }
 
-    fn run(&self, ws: &mut Workspace, input: &[f32]) {
+    /// Writes the input buffer with `fill`, then runs every op.
+    fn run(&self, ws: &mut Workspace, fill: impl FnOnce(&mut [f32])) {
         let Workspace {
             slots,
             xp,
@@ -742,7 +836,7 @@ impl Int8Model {
         let Slot::F(inp) = &mut slots[self.graph.input] else {
             unreachable!()
         };
-        inp.copy_from_slice(input);
+        fill(inp);
         for k in &self.kernels {
             run_kernel(k, self.isa, slots, xp, acc, fscratch);
         }

@@ -391,3 +391,40 @@ fn irmamba_shaped_network_fits_the_parameter_budget() {
     assert_eq!(out.len(), 10);
     assert!(out.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn a_full_front_end_log_mel_is_cropped_inside_the_engine() {
+    let (model, _, _) = small_model();
+    // The DCASE2024 front end's 65 frames, the network's first 16 of them.
+    assert_eq!(model.logmel_shape(), (32, 65));
+    assert_eq!(model.input_shape(), (32, 16));
+    let mut rng = StdRng::seed_from_u64(31);
+    let full: Vec<Vec<f32>> = (0..3).map(|_| logmel_like(&mut rng, 32 * 65)).collect();
+    for x in &full {
+        // The crop by hand: the first 16 values of every mel row.
+        let crop: Vec<f32> = x.chunks_exact(65).flat_map(|r| r[..16].to_vec()).collect();
+        let want = model.infer(&crop).expect("runs");
+        assert_eq!(model.infer_logmel(x).expect("runs"), want);
+        let p = model.classify(x).expect("runs");
+        assert_eq!(p.logits, want);
+        assert_eq!(p.class, argmax(&want));
+        assert_eq!(p.label, format!("class{}", p.class));
+        let total: f32 = p.probs.iter().sum();
+        assert!((total - 1.0).abs() < 1e-5, "probabilities sum to {total}");
+    }
+    let batch: Vec<f32> = full.concat();
+    let singles: Vec<f32> = full
+        .iter()
+        .flat_map(|x| model.infer_logmel(x).expect("runs"))
+        .collect();
+    assert_eq!(model.infer_logmel_batch(&batch).expect("runs"), singles);
+    // A cropped input is not a full log-mel: a clear error naming the expected shape.
+    let err = model
+        .classify(&full[0][..32 * 16])
+        .expect_err("wrong length");
+    assert!(
+        matches!(&err, Int8Error::InputLength { got: 512, expected: 2080, shape } if shape == &[32, 65]),
+        "{err}"
+    );
+    assert!(model.infer_logmel_batch(&batch[1..]).is_err());
+}

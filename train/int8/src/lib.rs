@@ -1,4 +1,4 @@
-//! # int8: a true integer inference engine for the quantized student, and its file format
+//! # asc-int8: a true integer inference engine for the quantized student, and its file format
 //!
 //! The IRMamba student is fine-tuned with fbgemm-style quantization-aware training (conv+BN
 //! folded, weights symmetric per output channel in int8, activations per tensor in affine
@@ -9,8 +9,11 @@
 //!
 //! * [`graph`]: the op graph (a sequential list of ops over indexed activation buffers) and its
 //!   validation.
-//! * [`engine`]: [`Int8Model`]: load/save, `infer`, `infer_batch`, and the float reference
-//!   executor (fake-quant simulation, plain f32, calibration observers).
+//! * [`engine`]: [`Int8Model`]: load/save, [`Int8Model::classify`] and
+//!   [`Int8Model::infer_logmel`] on the front end's full log-mel (the time crop inside),
+//!   `infer` / `infer_batch` on the graph's input, and the float reference executor (fake-quant
+//!   simulation, plain f32, calibration observers).
+//! * [`mod@classify`]: [`Prediction`] (label, probabilities, logits), [`softmax`], [`argmax`].
 //! * [`builder`]: [`builder::GraphBuilder`] to assemble a float graph from folded float
 //!   weights, and [`builder::quantize_model`] to turn it plus observed activation ranges into
 //!   an int8 model (what the exporter calls); a random IRMamba-shaped network for tests and
@@ -58,7 +61,10 @@
 //!    `round(b / (s_in s_w))`. QAT must fake-quantize at exactly these points and keep
 //!    LayerNorm, the PVM skip and the Mamba mixer (`conv1d`, `x_proj`, `dt_proj`, scan) in f32.
 
+#![warn(missing_docs)]
+
 pub mod builder;
+pub mod classify;
 pub mod engine;
 pub mod format;
 pub mod graph;
@@ -66,6 +72,8 @@ pub mod graph;
 #[cfg(test)]
 mod tests;
 
+pub use asc_kernels::Isa;
+pub use classify::{Prediction, argmax, softmax};
 pub use engine::{ExecMode, Int8Model, ParamMemory};
 pub use graph::{
     Activation, BufKind, BufferDesc, Graph, ModelMeta, Op, QParams, Tensor, TensorData,
