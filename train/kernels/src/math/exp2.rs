@@ -42,13 +42,12 @@ macro_rules! exp2_lanes {
         #[inline]
         pub fn $name(x: $v) -> $v {
             use std::arch::x86_64::*;
-            let [q0, q1, q2, q3, q4, q5] = EXP2_POLY.map(|c| $set1(c));
             let f = $reduce::<0x09>(x);
-            let mut p = $fmadd(q5, f, q4);
-            p = $fmadd(p, f, q3);
-            p = $fmadd(p, f, q2);
-            p = $fmadd(p, f, q1);
-            p = $fmadd(p, f, q0);
+            let mut p = $fmadd($set1(EXP2_POLY[5]), f, $set1(EXP2_POLY[4]));
+            p = $fmadd(p, f, $set1(EXP2_POLY[3]));
+            p = $fmadd(p, f, $set1(EXP2_POLY[2]));
+            p = $fmadd(p, f, $set1(EXP2_POLY[1]));
+            p = $fmadd(p, f, $set1(EXP2_POLY[0]));
             $scalef(p, x)
         }
     };

@@ -390,7 +390,10 @@ unsafe fn block(
         }
         (a, _mm512_maskz_loadu_ps(mask, x.d.as_ptr().add(c0)))
     };
-    let a2: [__m512; N] = a.map(|v| _mm512_mul_ps(v, log2e));
+    let mut a2 = [_mm512_setzero_ps(); N];
+    for (o, &v) in a2.iter_mut().zip(&a) {
+        *o = _mm512_mul_ps(v, log2e);
+    }
     macro_rules! ld {
         ($p:expr, $t:expr) => {
             unsafe { _mm512_maskz_loadu_ps(mask, $p.as_ptr().add($t * di + c0)) }
