@@ -225,6 +225,7 @@ mod avx512 {
     /// The CPU must support AVX-512 F/BW/VL and VNNI; `wo <= wph` and
     /// `offset + Ho wph + 64 <= chan.len()` for every row.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
     pub unsafe fn channelwise_rows_vnni(
         chan: &[u8],
         rows: &[(usize, i32)],
@@ -283,6 +284,7 @@ mod avx512 {
     /// # Safety
     /// The CPU must support AVX-512 F/BW.
     #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
     pub unsafe fn channelwise(
         chan: &[u8],
         offs: &[usize],

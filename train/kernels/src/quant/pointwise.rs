@@ -277,6 +277,7 @@ impl QConvKernel {
     /// # Safety
     /// The CPU must support AVX-512 F/BW and VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+    #[inline]
     pub(super) unsafe fn run_pointwise_vnni(
         &self,
         x: &[u8],
@@ -350,6 +351,7 @@ impl QConvKernel {
 /// # Safety
 /// The CPU must support AVX-512 F and VNNI.
 #[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
 unsafe fn gemm_vnni<const NC: usize>(
     xq: &[u32],
     w4: &[i32],

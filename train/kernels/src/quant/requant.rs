@@ -86,6 +86,7 @@ pub(crate) mod avx512 {
         /// the rounding constant (`shift > 54`, a multiplier below 2^-24) or the clamp range is
         /// not within `0..=255` (then the scalar path runs).
         #[target_feature(enable = "avx512f")]
+        #[inline]
         pub fn new(m: FixedMul, zo: i32, lo: i32, hi: i32) -> Option<Self> {
             if m.m > i32::MAX as i64 || m.m < 0 || m.shift > 54 {
                 return None;
@@ -160,6 +161,7 @@ pub(crate) mod avx512 {
     /// # Safety
     /// The CPU must support AVX-512 F/BW.
     #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
     pub unsafe fn requantize_row(rq: &Requant, acc: &[i32], y: &mut [u8]) {
         let n = acc.len().min(y.len());
         let mut i = 0;
