@@ -1,6 +1,6 @@
 //! Channel-wise layers of [`QConvKernel`] (every output channel reads one input channel:
 //! depthwise, or a convolution of a one-channel input such as the stem): each input channel is
-//! copied into `u8` stride-phase planes padded with the zero-point code ([`DwGeom`]), the
+//! copied into `u8` stride-phase planes padded with the zero-point code (`DwGeom`), the
 //! accumulators of a chunk of outputs stay in registers over all taps, and the requantization
 //! is fused (AVX-512), 4 taps per `vpdpbusd` for unit column stride (VNNI).
 

@@ -7,7 +7,7 @@
 //! those two sums over states become vector accumulations over the 16 states, and the sums
 //! over channels that the channel-major kernel accumulated lane-wise (`dB`, `dC`) become one
 //! transpose-reduction of 16 vectors per quantity and step (45 shuffles and adds for 16 sums,
-//! [`reduce16`]).
+//! `reduce16`).
 //!
 //! Backward recurrence (per channel `c`, state `n`; `e_t = exp(delta_t A)`, `g_t = dy_t`):
 //! `dh_t = g_t C_t + e_{t+1} ⊙ dh_{t+1}`;

@@ -18,6 +18,9 @@
 //! (before the gate, `[S, L, d_inner]` on both paths); the backward pass recomputes the cheap parts
 //! (conv, SiLU, projections, softplus) from `xz` instead of storing six more activations.
 //!
+//! `channel_major` and `time_major` hold the two paths' per-sequence bodies; this module the
+//! sizes, the per-thread scratch cache, the instruction-set instances and the entry points.
+//!
 //! Instruction sets ([`Isa`]): generic `#[inline(always)]` bodies instanced for AVX-512 and
 //! AVX2 (with FMA) and for the baseline target. The AVX-512 instance also runs the explicit
 //! AVX-512 kernels: SiLU, softplus, the forward gate ([`crate::math`]), and on the
@@ -33,11 +36,15 @@ use rayon::prelude::*;
 
 use crate::Isa;
 use crate::buffer::zeros_par;
-use crate::gemm::{View, gemm_strided};
-use crate::lanes;
-use crate::math::{madd, sigmoid, silu, silu_grad, softplus};
+use crate::math::sigmoid;
 use crate::scan::channel_major::SeqScan;
 use crate::transpose::transpose_strided_fast;
+
+use channel_major::{bwd_seq, fwd_seq};
+
+mod channel_major;
+#[cfg(target_arch = "x86_64")]
+mod time_major;
 
 /// Sizes of one mixer call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,20 +142,6 @@ pub struct MixerGrads {
     pub d: Vec<f32>,
 }
 
-/// Columns `off..off + width` of the token-major `src` (`[len, ld]`) into the channel-major
-/// `dst` (`[width, len]`).
-#[inline(always)]
-fn to_channel_major(src: &[f32], ld: usize, off: usize, width: usize, len: usize, dst: &mut [f32]) {
-    transpose_strided_fast(&src[off..], ld, dst, len, len, width);
-}
-
-/// The channel-major `src` (`[width, len]`) into columns `off..off + width` of the token-major
-/// `dst` (`[len, ld]`).
-#[inline(always)]
-fn to_token_major(src: &[f32], width: usize, len: usize, dst: &mut [f32], ld: usize, off: usize) {
-    transpose_strided_fast(src, len, &mut dst[off..], ld, width, len);
-}
-
 /// Per-thread buffers of one sequence (channel-major or time-major, see `tm`).
 struct Scratch {
     /// What the buffers were made for: the sizes (`seqs` set to 0), backward or forward, the
@@ -176,9 +169,9 @@ struct Scratch {
     g: Vec<f32>,
     /// The scan output `y`, `[d_inner, L]` (saved token-major, as by the time-major path).
     ys: Vec<f32>,
-    /// Whether the time-major path runs ([`fwd_seq_tm`], [`bwd_seq_tm`]: `avx512` and
-    /// `d_state` 16); its buffers are then `[L, d_inner]` (`proj`, `dproj`: `[L, R + 2N]`) and
-    /// `x`, `z`, `g`, `ys` stay empty.
+    /// Whether the time-major path runs ([`time_major::fwd_seq_tm`], [`time_major::bwd_seq_tm`]:
+    /// `avx512` and `d_state` 16); its buffers are then `[L, d_inner]` (`proj`, `dproj`: `[L, R +
+    /// 2N]`) and `x`, `z`, `g`, `ys` stay empty.
     tm: bool,
     /// `A^T`, `[N, d_inner]`, and `conv_w^T`, `[K, d_inner]`, for the time-major path.
     a_t: Vec<f32>,
@@ -332,133 +325,6 @@ fn with_scratch<R>(
     })
 }
 
-/// Recomputes the scan inputs of one sequence from its `xz` (`[L, 2 d_inner]`): `x`, `xc`, `u`,
-/// `proj`, `dtp`, `delta` in `s`.
-///
-/// `xc[c, t] = conv_b[c] + sum_j conv_w[c, j] x[c, t + j - (K - 1)]` (zeros before `t = 0`);
-/// `u = SiLU(xc)`; `proj[k, t] = sum_c x_proj[c, k] u[c, t]`;
-/// `dtp[c, t] = dt_b[c] + sum_r dt_proj[r, c] proj[r, t]`; `delta = softplus(dtp)`.
-#[inline(always)]
-fn scan_inputs<const FMA: bool>(dims: MixerDims, w: &MixerWeights, xz: &[f32], s: &mut Scratch) {
-    let MixerDims {
-        len,
-        d_inner: di,
-        dt_rank: r,
-        d_conv: k,
-        ..
-    } = dims;
-    let pw = dims.proj_width();
-    to_channel_major(xz, 2 * di, 0, di, len, &mut s.x);
-    to_channel_major(xz, 2 * di, di, di, len, &mut s.z);
-    for c in 0..di {
-        let x = &s.x[c * len..(c + 1) * len];
-        let xc = &mut s.xc[c * len..(c + 1) * len];
-        let wc = &w.conv_w[c * k..(c + 1) * k];
-        xc.fill(w.conv_b[c]);
-        for j in 0..k {
-            // Tap j reads x[t - (K - 1 - j)].
-            let shift = k - 1 - j;
-            if shift >= len {
-                continue;
-            }
-            for (o, &v) in xc[shift..].iter_mut().zip(&x[..len - shift]) {
-                *o = madd::<FMA>(wc[j], v, *o);
-            }
-        }
-        let u = &mut s.u[c * len..(c + 1) * len];
-        #[cfg(target_arch = "x86_64")]
-        if s.avx512 {
-            u.copy_from_slice(xc);
-            // SAFETY: `s.avx512` holds only at the `Isa::Avx512` level and above (available:
-            // `or_supported`).
-            unsafe { crate::math::silu_avx512(u) };
-            continue;
-        }
-        for (o, &v) in u.iter_mut().zip(xc.iter()) {
-            *o = silu::<FMA>(v);
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if s.avx512 {
-        // Register-blocked: proj = x_proj^T u, the same sums in the same order as below.
-        // SAFETY: as above.
-        unsafe { crate::gemm::matmul_rows_avx512(&s.x_proj_t, &s.u, &mut s.proj, pw, di, len) };
-    }
-    if !s.avx512 {
-        s.proj.fill(0.0);
-        for c in 0..di {
-            let u = &s.u[c * len..(c + 1) * len];
-            for j in 0..pw {
-                let wv = w.x_proj[c * pw + j];
-                for (o, &v) in s.proj[j * len..(j + 1) * len].iter_mut().zip(u) {
-                    *o = madd::<FMA>(wv, v, *o);
-                }
-            }
-        }
-    }
-    for c in 0..di {
-        let dtp = &mut s.dtp[c * len..(c + 1) * len];
-        dtp.fill(w.dt_b[c]);
-        for q in 0..r {
-            let wv = w.dt_proj[q * di + c];
-            for (o, &v) in dtp.iter_mut().zip(&s.proj[q * len..(q + 1) * len]) {
-                *o = madd::<FMA>(wv, v, *o);
-            }
-        }
-        let delta = &mut s.delta[c * len..(c + 1) * len];
-        #[cfg(target_arch = "x86_64")]
-        if s.avx512 {
-            delta.copy_from_slice(dtp);
-            // SAFETY: as above.
-            unsafe { crate::math::softplus_avx512(delta) };
-            continue;
-        }
-        for (o, &v) in delta.iter_mut().zip(dtp.iter()) {
-            *o = softplus::<FMA>(v);
-        }
-    }
-}
-
-/// Forward pass of one sequence, channel-major: `xz` `[L, 2 d_inner]` -> `out`
-/// `[L, d_inner]`; the scan output (before the gate) goes to `y` `[L, d_inner]`.
-#[inline(always)]
-fn fwd_seq<const FMA: bool>(
-    dims: MixerDims,
-    w: &MixerWeights,
-    xz: &[f32],
-    s: &mut Scratch,
-    y: &mut [f32],
-    out: &mut [f32],
-) {
-    let MixerDims {
-        len, d_inner: di, ..
-    } = dims;
-    let r = dims.dt_rank;
-    let n = dims.d_state;
-    scan_inputs::<FMA>(dims, w, xz, s);
-    let (b, c) = (
-        &s.proj[r * len..(r + n) * len],
-        &s.proj[(r + n) * len..(r + 2 * n) * len],
-    );
-    let scan = s.scan.as_mut().expect(CHANNEL_MAJOR);
-    scan.forward::<FMA>([&s.u, &s.delta, b, c, w.d], &mut s.ys);
-    // out = y * SiLU(z), channel-major, then into the token-major output.
-    #[cfg(target_arch = "x86_64")]
-    if s.avx512 {
-        s.g.copy_from_slice(&s.ys);
-        // SAFETY: `s.avx512` holds only at the `Isa::Avx512` level and above (available:
-        // `or_supported`).
-        unsafe { crate::math::gate_avx512(&mut s.g, &s.z) };
-    }
-    if !s.avx512 {
-        for ((g, &yv), &zv) in s.g.iter_mut().zip(&s.ys).zip(&s.z) {
-            *g = yv * silu::<FMA>(zv);
-        }
-    }
-    to_token_major(&s.g, di, len, out, di, 0);
-    to_token_major(&s.ys, di, len, y, di, 0);
-}
-
 /// The gate's backward for one value: `out = y SiLU(z)` gives `(dy, dz) = (g SiLU(z),
 /// g y SiLU'(z))` for the output gradient `g`, with `SiLU'(z) = sigma(z) (1 + z (1 - sigma(z)))`.
 #[inline(always)]
@@ -481,396 +347,12 @@ fn part_grads(dims: MixerDims, part: &mut [f32]) -> [&mut [f32]; 6] {
     [conv_w, conv_b, x_proj, dt_proj, dt_b, scan]
 }
 
-/// Backward pass of one sequence, channel-major: from `dout` `[L, d_inner]` and the saved
-/// scan output `y` (`[L, d_inner]`), writes `dxz` `[L, 2 d_inner]` and adds the parameter
-/// gradients to `part` (order of [`MixerGrads`], `conv_w` to `d`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn bwd_seq<const FMA: bool>(
-    dims: MixerDims,
-    w: &MixerWeights,
-    xz: &[f32],
-    y: &[f32],
-    dout: &[f32],
-    s: &mut Scratch,
-    dxz: &mut [f32],
-    part: &mut [f32],
-) {
-    let MixerDims {
-        len,
-        d_inner: di,
-        d_state: n,
-        dt_rank: r,
-        d_conv: k,
-        ..
-    } = dims;
-    let pw = dims.proj_width();
-    scan_inputs::<FMA>(dims, w, xz, s);
-    let [g_conv_w, g_conv_b, g_x_proj, g_dt_proj, g_dt_b, g_scan] = part_grads(dims, part);
-
-    // Gate ([`gate_grads`]): dy into `s.dy`, dz into `s.g`.
-    to_channel_major(dout, di, 0, di, len, &mut s.dy);
-    to_channel_major(y, di, 0, di, len, &mut s.ys);
-    for (((dy, dz), &yv), &zv) in s.dy.iter_mut().zip(s.g.iter_mut()).zip(&s.ys).zip(&s.z) {
-        (*dy, *dz) = gate_grads::<FMA>(*dy, yv, zv);
-    }
-    to_token_major(&s.g, di, len, dxz, 2 * di, di);
-
-    // Scan: du, ddelta, dB, dC (straight into the B / C rows of dproj), dA and dD.
-    let (b, c) = (
-        &s.proj[r * len..(r + n) * len],
-        &s.proj[(r + n) * len..(r + 2 * n) * len],
-    );
-    let (_, dbc) = s.dproj.split_at_mut(r * len);
-    let (db, dc) = dbc.split_at_mut(n * len);
-    s.scan.as_mut().expect(CHANNEL_MAJOR).backward::<FMA>(
-        [&s.u, &s.delta, b, c, w.d],
-        &s.dy,
-        [&mut s.du, &mut s.ddelta, db, dc, g_scan],
-    );
-
-    // Softplus' = sigma; dt_proj: d dt_b[c] = sum_t ddtp, d dt_proj[q, c] = sum_t ddtp dt[q],
-    // d dt[q, t] = sum_c dt_proj[q, c] ddtp[c, t]. ddtp overwrites ddelta.
-    s.dproj[..r * len].fill(0.0);
-    for c in 0..di {
-        let ddtp = &mut s.ddelta[c * len..(c + 1) * len];
-        let dtp = &s.dtp[c * len..(c + 1) * len];
-        for (g, &v) in ddtp.iter_mut().zip(dtp) {
-            *g *= sigmoid::<FMA>(v);
-        }
-        g_dt_b[c] += lanes::sum(ddtp);
-        for q in 0..r {
-            let dt = &s.proj[q * len..(q + 1) * len];
-            g_dt_proj[q * di + c] += lanes::dot::<FMA>(ddtp, dt);
-            let wv = w.dt_proj[q * di + c];
-            for (o, &g) in s.dproj[q * len..(q + 1) * len].iter_mut().zip(ddtp.iter()) {
-                *o = madd::<FMA>(wv, g, *o);
-            }
-        }
-    }
-
-    // x_proj: d x_proj[c, j] += sum_t u[c, t] dproj[j, t] (u dproj^T), du[c, t] += sum_j
-    // x_proj[c, j] dproj[j, t] (x_proj dproj): two products on gemm's register-blocked
-    // kernels (as dots and axpys over rows, one serial FMA chain per dot on AVX-512).
-    let row = |ld| View { rs: ld, cs: 1 };
-    gemm_strided(
-        [di, pw, len],
-        g_x_proj,
-        row(pw),
-        true,
-        &s.u,
-        row(len),
-        &s.dproj,
-        View { rs: 1, cs: len },
-    );
-    gemm_strided(
-        [di, len, pw],
-        &mut s.du,
-        row(len),
-        true,
-        w.x_proj,
-        row(pw),
-        &s.dproj,
-        row(len),
-    );
-
-    // SiLU then the causal conv: dxc = du * SiLU'(xc) (into du); d conv_b[c] = sum_t dxc;
-    // d conv_w[c, j] = sum_t dxc[t] x[t - (K - 1 - j)];
-    // dx[t'] = sum_j conv_w[c, j] dxc[t' + K - 1 - j].
-    for c in 0..di {
-        let xc = &s.xc[c * len..(c + 1) * len];
-        let dxc = &mut s.du[c * len..(c + 1) * len];
-        for (g, &v) in dxc.iter_mut().zip(xc) {
-            *g *= silu_grad::<FMA>(v);
-        }
-        g_conv_b[c] += lanes::sum(dxc);
-        let x = &s.x[c * len..(c + 1) * len];
-        // dx (channel-major) reuses the dy row of this channel, no longer needed.
-        let dx = &mut s.dy[c * len..(c + 1) * len];
-        dx.fill(0.0);
-        for j in 0..k {
-            let shift = k - 1 - j;
-            if shift >= len {
-                continue;
-            }
-            g_conv_w[c * k + j] += lanes::dot::<FMA>(&dxc[shift..], &x[..len - shift]);
-            let wv = w.conv_w[c * k + j];
-            for (o, &g) in dx[..len - shift].iter_mut().zip(&dxc[shift..]) {
-                *o = madd::<FMA>(wv, g, *o);
-            }
-        }
-    }
-    to_token_major(&s.dy, di, len, dxz, 2 * di, 0);
-}
-
-/// The scan inputs of one sequence, time-major (`[L, d_inner]`, `proj` `[L, R + 2N]`), from
-/// its token-major `xz`: the formulas of [`scan_inputs`], vectorised over the channels of a
-/// step (the conv taps and the rows of `dt_proj` summed in the same order; `x_proj` on gemm).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn scan_inputs_tm(dims: MixerDims, w: &MixerWeights, xz: &[f32], s: &mut Scratch) {
-    let MixerDims {
-        len,
-        d_inner: di,
-        dt_rank: r,
-        d_conv: k,
-        ..
-    } = dims;
-    let pw = dims.proj_width();
-    // Causal conv: xc[t] = conv_b + sum_j conv_w[:, j] x[t - (K - 1 - j)].
-    for (t, xc) in s.xc.chunks_exact_mut(di).enumerate() {
-        xc.copy_from_slice(w.conv_b);
-        for (j, wj) in s.conv_w_t.chunks_exact(di).enumerate() {
-            let Some(src) = t.checked_sub(k - 1 - j) else {
-                continue;
-            };
-            let x = &xz[src * 2 * di..src * 2 * di + di];
-            for ((o, &xv), &wv) in xc.iter_mut().zip(x).zip(wj) {
-                *o = madd::<true>(wv, xv, *o);
-            }
-        }
-    }
-    s.u.copy_from_slice(&s.xc);
-    // SAFETY: the time-major path runs only at the `Isa::Avx512` level and above.
-    unsafe { crate::math::silu_avx512(&mut s.u) };
-    // proj = u x_proj ([L, d_inner] x [d_inner, R + 2N], on gemm's register-blocked kernels);
-    // dtp[t] = dt_b + sum_q proj[t, q] dt_proj[q, :].
-    let row = |ld| View { rs: ld, cs: 1 };
-    gemm_strided(
-        [len, pw, di],
-        &mut s.proj,
-        row(pw),
-        false,
-        &s.u,
-        row(di),
-        w.x_proj,
-        row(pw),
-    );
-    for (p, dtp) in s.proj.chunks_exact(pw).zip(s.dtp.chunks_exact_mut(di)) {
-        dtp.copy_from_slice(w.dt_b);
-        for (&pv, wq) in p[..r].iter().zip(w.dt_proj.chunks_exact(di)) {
-            for (o, &wv) in dtp.iter_mut().zip(wq) {
-                *o = madd::<true>(wv, pv, *o);
-            }
-        }
-    }
-    s.delta.copy_from_slice(&s.dtp);
-    // SAFETY: as above.
-    unsafe { crate::math::softplus_avx512(&mut s.delta) };
-}
-
-/// Forward pass of one sequence, time-major throughout (AVX-512, `d_state` 16): `xz`
-/// `[L, 2 d_inner]` is read in place, the register scan
-/// ([`crate::scan::time_major::forward16`]) writes `y` `[L, d_inner]` and reads `B`, `C`
-/// from the `[L, R + 2N]` projection, and the gate writes `out` `[L, d_inner]` row by row: no
-/// transposes.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn fwd_seq_tm(
-    dims: MixerDims,
-    w: &MixerWeights,
-    xz: &[f32],
-    s: &mut Scratch,
-    y: &mut [f32],
-    out: &mut [f32],
-) {
-    let MixerDims {
-        len,
-        d_inner: di,
-        dt_rank: r,
-        ..
-    } = dims;
-    let pw = dims.proj_width();
-    scan_inputs_tm(dims, w, xz, s);
-    let bc = &s.proj[r..];
-    // SAFETY: the time-major path runs only at the AVX-512 level (F/BW/DQ/VL, FMA), with
-    // `d_state` 16; `forward16` asserts the lengths.
-    unsafe {
-        crate::scan::time_major::forward16(di, len, &s.delta, &s.u, bc, [1, pw], &s.a_t, w.d, y)
-    };
-    // out = y * SiLU(z), z the second half of each xz row.
-    for ((o, yr), xr) in out
-        .chunks_exact_mut(di)
-        .zip(y.chunks_exact(di))
-        .zip(xz.chunks_exact(2 * di))
-    {
-        o.copy_from_slice(yr);
-        // SAFETY: as in `scan_inputs_tm`.
-        unsafe { crate::math::gate_avx512(o, &xr[di..]) };
-    }
-}
-
-/// Backward pass of one sequence, time-major throughout (the formulas of [`bwd_seq`]): `dz`
-/// and `dx` are written straight into the token-major `dxz`, the scan backward
-/// ([`crate::scan::time_major::backward16`]) reads and writes the `[L, R + 2N]` projection
-/// rows, and the `x_proj` products run on gemm with transposed views.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn bwd_seq_tm(
-    dims: MixerDims,
-    w: &MixerWeights,
-    xz: &[f32],
-    y: &[f32],
-    dout: &[f32],
-    s: &mut Scratch,
-    dxz: &mut [f32],
-    part: &mut [f32],
-) {
-    use crate::scan::time_major::{self, Bwd16In, Bwd16Out, TimeMajorBwd};
-    let MixerDims {
-        len,
-        d_inner: di,
-        d_state: n,
-        dt_rank: r,
-        d_conv: k,
-        ..
-    } = dims;
-    let pw = dims.proj_width();
-    scan_inputs_tm(dims, w, xz, s);
-    let [g_conv_w, g_conv_b, g_x_proj, g_dt_proj, g_dt_b, g_scan] = part_grads(dims, part);
-
-    // Gate ([`gate_grads`]): dy into `s.dy`, dz into the z half of dxz.
-    for ((((dy, dxr), xr), yr), gr) in
-        s.dy.chunks_exact_mut(di)
-            .zip(dxz.chunks_exact_mut(2 * di))
-            .zip(xz.chunks_exact(2 * di))
-            .zip(y.chunks_exact(di))
-            .zip(dout.chunks_exact(di))
-    {
-        for ((((dyv, dz), &zv), &yv), &gv) in dy
-            .iter_mut()
-            .zip(&mut dxr[di..])
-            .zip(&xr[di..])
-            .zip(yr)
-            .zip(gr)
-        {
-            (*dyv, *dz) = gate_grads::<true>(gv, yv, zv);
-        }
-    }
-
-    // Scan: du, ddelta, dB, dC (into the B / C columns of dproj), dA, dD.
-    let scratch = s
-        .time_major_bwd
-        .get_or_insert_with(|| TimeMajorBwd::new(len));
-    let (da, dd) = g_scan.split_at_mut(di * n);
-    let input = Bwd16In {
-        delta: &s.delta,
-        u: &s.u,
-        dy: &s.dy,
-        bc: &s.proj[r..],
-        bc_strides: [1, pw],
-        a_t: &s.a_t,
-        d: w.d,
-    };
-    let mut out = Bwd16Out {
-        du: &mut s.du,
-        ddelta: &mut s.ddelta,
-        dbc: &mut s.dproj[r..],
-        dbc_ld: pw,
-        da,
-        dd,
-    };
-    // SAFETY: the time-major path runs only at the `Isa::Avx512` level and above (F/BW/DQ/VL,
-    // FMA; available: `or_supported`), with `d_state` 16; `backward16` asserts the lengths.
-    unsafe { time_major::backward16(di, len, &input, scratch, &mut out) };
-
-    // Softplus and dt_proj: ddtp = ddelta sigma(dtp) (into ddelta); d dt_b += ddtp;
-    // d dt_proj[q] += dt[q] ddtp; d dt[q] = <dt_proj[q], ddtp>.
-    for ((ddtp, dtp), (p, dp)) in s
-        .ddelta
-        .chunks_exact_mut(di)
-        .zip(s.dtp.chunks_exact(di))
-        .zip(s.proj.chunks_exact(pw).zip(s.dproj.chunks_exact_mut(pw)))
-    {
-        for (g, &v) in ddtp.iter_mut().zip(dtp) {
-            *g *= sigmoid::<true>(v);
-        }
-        for (a, &g) in g_dt_b.iter_mut().zip(ddtp.iter()) {
-            *a += g;
-        }
-        for (q, (gq, wq)) in g_dt_proj
-            .chunks_exact_mut(di)
-            .zip(w.dt_proj.chunks_exact(di))
-            .enumerate()
-        {
-            for (a, &g) in gq.iter_mut().zip(ddtp.iter()) {
-                *a = madd::<true>(p[q], g, *a);
-            }
-            dp[q] = lanes::dot::<true>(wq, ddtp);
-        }
-    }
-
-    // x_proj: d x_proj[c, j] += sum_t u[t, c] dproj[t, j] (u^T dproj); du[t, c] += sum_j
-    // dproj[t, j] x_proj[c, j] (dproj x_proj^T).
-    let row = |ld| View { rs: ld, cs: 1 };
-    let col = |ld| View { rs: 1, cs: ld };
-    gemm_strided(
-        [di, pw, len],
-        g_x_proj,
-        row(pw),
-        true,
-        &s.u,
-        col(di),
-        &s.dproj,
-        row(pw),
-    );
-    gemm_strided(
-        [len, di, pw],
-        &mut s.du,
-        row(di),
-        true,
-        &s.dproj,
-        row(pw),
-        w.x_proj,
-        col(pw),
-    );
-
-    // SiLU then the causal conv: dxc = du SiLU'(xc) (into du); d conv_b += dxc;
-    // d conv_w[:, j] += dxc[t] x[t - (K - 1 - j)]; dx[t] = sum_j conv_w[:, j] dxc[t + K - 1 - j].
-    for (g, &v) in s.du.iter_mut().zip(&s.xc) {
-        *g *= silu_grad::<true>(v);
-    }
-    s.conv_acc.fill(0.0);
-    for (t, dxc) in s.du.chunks_exact(di).enumerate() {
-        for (a, &g) in g_conv_b.iter_mut().zip(dxc) {
-            *a += g;
-        }
-        for (j, acc) in s.conv_acc.chunks_exact_mut(di).enumerate() {
-            let Some(src) = t.checked_sub(k - 1 - j) else {
-                continue;
-            };
-            let x = &xz[src * 2 * di..src * 2 * di + di];
-            for ((a, &g), &xv) in acc.iter_mut().zip(dxc).zip(x) {
-                *a = madd::<true>(g, xv, *a);
-            }
-        }
-    }
-    for (c, gw) in g_conv_w.chunks_exact_mut(k).enumerate() {
-        for (j, g) in gw.iter_mut().enumerate() {
-            *g += s.conv_acc[j * di + c];
-        }
-    }
-    for (t, dxr) in dxz.chunks_exact_mut(2 * di).enumerate() {
-        let dx = &mut dxr[..di];
-        dx.fill(0.0);
-        for (j, wj) in s.conv_w_t.chunks_exact(di).enumerate() {
-            let src = t + k - 1 - j;
-            if src >= len {
-                continue;
-            }
-            let dxc = &s.du[src * di..(src + 1) * di];
-            for ((o, &g), &wv) in dx.iter_mut().zip(dxc).zip(wj) {
-                *o = madd::<true>(wv, g, *o);
-            }
-        }
-    }
-}
-
 /// Instances of the per-sequence bodies for each instruction set.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{MixerDims, MixerWeights, Scratch, bwd_seq, bwd_seq_tm, fwd_seq, fwd_seq_tm};
+    use super::channel_major::{bwd_seq, fwd_seq};
+    use super::time_major::{bwd_seq_tm, fwd_seq_tm};
+    use super::{MixerDims, MixerWeights, Scratch};
 
     /// # Safety
     /// The CPU must support AVX-512F, AVX2 and FMA.
