@@ -14,7 +14,14 @@ use asc_int8::builder::{RandomNetConfig, calibrate, quantize_model, random_irmam
 use asc_int8::{Int8Model, ModelMeta, QParams};
 use data_specs::{FrontEndConfig, Vocabulary};
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let model = match args.first() {
         Some(path) => Int8Model::load(Path::new(path))?,
@@ -39,7 +46,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     for (name, logmel) in inputs {
         // The whole embedding: one call per 1 s clip (the frame crop happens inside).
-        let p = model.classify(&logmel)?;
+        let p = model
+            .classify(&logmel)
+            .map_err(|e| format!("{name}: {e}"))?;
         let probs: Vec<String> = (model.labels().0.iter().zip(&p.probs))
             .map(|(l, q)| format!("{l}={q:.3}"))
             .collect();
