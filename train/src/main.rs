@@ -36,7 +36,8 @@ use train::trainer::{self, TrainConfig, TrainOptions};
 ///
 /// Without a subcommand, `train` trains. Example: `train --shards data/` trains the s1 student
 /// on the shards written by `pipeline features` and leaves runs/s1-split100-s42/ with
-/// config.toml, metrics.jsonl, checkpoints/{last,best}/, model.bpk, report.md and PNG plots.
+/// config.toml, metrics.jsonl, checkpoints/last/ (and best/ with --val-fold), model.bpk,
+/// report.md (model vs floor) and PNG plots.
 #[derive(Parser, Debug)]
 #[command(
     version,
@@ -355,8 +356,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let f = train::floor::floor(&set, split, without_fold, seen)?;
             eprintln!(
                 "floor: logistic regression on log-mel mean/std, fitted on {} training clips \
-                 (training accuracy {:.2} %, {} L-BFGS iterations, {:.1} s)",
+                 (L2 weight {} by location-fold cross-validation, held-out accuracy {}; \
+                 training accuracy {:.2} %, {} L-BFGS iterations, {:.1} s)",
                 f.n_train,
+                f.lambda,
+                f.cv_accuracy
+                    .iter()
+                    .map(|a| format!("{:.1} %", 100.0 * a))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
                 100.0 * f.train_accuracy,
                 f.iterations,
                 f.seconds

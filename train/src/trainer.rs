@@ -954,9 +954,10 @@ fn compute_floor(
                     )
             };
             eprintln!(
-                "floor (logistic regression on log-mel mean/std, {} training clips): test macro \
-                 accuracy {:.2} % (seen {}, unseen {}), {:.1} s",
+                "floor (logistic regression on log-mel mean/std, {} training clips, L2 {}): \
+                 test macro accuracy {:.2} % (seen {}, unseen {}), {:.1} s",
                 f.n_train,
+                f.lambda,
                 100.0 * f.eval.macro_accuracy,
                 group("seen"),
                 group("unseen"),
