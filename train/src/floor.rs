@@ -105,7 +105,7 @@ pub fn objective_and_gradient(
     grad: &mut [f64],
 ) -> f64 {
     let n = y.len();
-    let d = if n == 0 { 0 } else { x.len() / n };
+    let d = x.len().checked_div(n).unwrap_or(0);
     let (k, wlen) = (n_classes, n_classes * d);
     grad.iter_mut().for_each(|g| *g = 0.0);
     let mut loss = 0.0;
@@ -232,7 +232,7 @@ pub fn fit_logistic(
     lambda: f64,
     opts: &LbfgsOptions,
 ) -> Logistic {
-    let n_features = if y.is_empty() { 0 } else { x.len() / y.len() };
+    let n_features = x.len().checked_div(y.len()).unwrap_or(0);
     let mut theta = vec![0.0; n_classes * (n_features + 1)];
     let (objective, iterations) = lbfgs(&mut theta, opts, |t, g| {
         objective_and_gradient(t, x, y, n_classes, lambda, g)
@@ -530,9 +530,11 @@ mod tests {
                     .unwrap();
                 a.swap(col, piv);
                 for r in col + 1..p {
-                    let f = a[r][col] / a[col][col];
-                    for cc in col..=p {
-                        a[r][cc] -= f * a[col][cc];
+                    let (top, bottom) = a.split_at_mut(r);
+                    let (pivot, row) = (&top[col], &mut bottom[0]);
+                    let f = row[col] / pivot[col];
+                    for (v, pv) in row[col..=p].iter_mut().zip(&pivot[col..=p]) {
+                        *v -= f * pv;
                     }
                 }
             }
