@@ -120,6 +120,9 @@ fn demo_dataset_to_shards_to_trained_model_to_teacher_logits() {
         kd: KdConfig::default(),
         augment: Augment::default(),
         model: ModelConfig::from_toml_str(SMALL_MODEL).unwrap(),
+        updates: 0,
+        schedule_rule: String::new(),
+        eval: Default::default(),
     };
     let outcome = trainer::train(TrainOptions {
         config,

@@ -24,6 +24,8 @@ pub mod schedule;
 
 // The trainer, evaluation and prediction.
 pub mod evaluate;
+pub mod floor;
+pub mod precise_bn;
 pub mod predict;
 pub mod qat_hook;
 pub mod trainer;
