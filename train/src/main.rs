@@ -190,7 +190,7 @@ struct TrainArgs {
     qat_epochs: u64,
     /// Compute threads (rayon pool: burn Flex kernels and the selective scan) [default: all
     /// cores]. The loader adds one prefetch thread.
-    #[arg(long)]
+    #[arg(long, value_parser = pipeline::cli::positive_usize)]
     threads: Option<usize>,
     /// No progress bars (per-epoch lines only).
     #[arg(long)]
@@ -230,7 +230,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let model = model.context("--model or --int8 is required")?;
             let set = ShardSet::open(&shards, None)?;
             let device = train::backend::default_device();
-            let (cfg, m, path) = trainer::load_run_model(&model, set.meta().n_classes(), &device)?;
+            let (cfg, m, path) =
+                trainer::load_run_model(&model, &set.meta().labels, &shards, &device)?;
             eprintln!(
                 "evaluating {} on the test set of {}",
                 path.display(),
@@ -256,7 +257,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let device = train::backend::default_device();
             let n_classes = set.meta().n_classes();
             let (ids, logits) = if let [run] = model.as_slice() {
-                let (cfg, m, path) = trainer::load_run_model(run, n_classes, &device)?;
+                let (cfg, m, path) =
+                    trainer::load_run_model(run, &set.meta().labels, &shards, &device)?;
                 if let Some(f) = cfg.holdout_fold {
                     eprintln!(
                         "note: {} left out fold {f}; pass all {} fold runs for out-of-fold logits",
@@ -270,7 +272,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut members = Vec::with_capacity(model.len());
                 let mut split = None;
                 for run in &model {
-                    let (cfg, m, _) = trainer::load_run_model(run, n_classes, &device)?;
+                    let (cfg, m, _) =
+                        trainer::load_run_model(run, &set.meta().labels, &shards, &device)?;
                     if split.is_some_and(|p| p != cfg.split) {
                         bail!(
                             "{}: trained on split {}, the other runs on split {}",
@@ -323,6 +326,8 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
     }
     let (runs_root, name, resume) = match &a.resume {
         Some(dir) => {
+            // The run name follows the folder (a moved or renamed run keeps working).
+            let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
             let name = dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -333,7 +338,10 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
         None => (a.runs.clone(), String::new(), false),
     };
     let config = if resume {
-        TrainConfig::load(&runs_root.join(&name))?
+        TrainConfig {
+            name: name.clone(),
+            ..TrainConfig::load(&runs_root.join(&name))?
+        }
     } else {
         let shards = a.shards.clone().context("--shards is required")?;
         let model = ModelConfig::from_name_or_file(&a.model)?;
@@ -388,6 +396,7 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
             },
             augment,
             model,
+            labels: None,
         }
     };
     let outcome = trainer::train(TrainOptions {

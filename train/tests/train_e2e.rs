@@ -77,6 +77,7 @@ fn config(shards: &Path, name: &str, epochs: u64) -> TrainConfig {
         kd: KdConfig::default(),
         augment: Augment::default(),
         model: ModelConfig::from_toml_str(TINY_MODEL).expect("tiny model"),
+        labels: None,
     }
 }
 
@@ -94,7 +95,7 @@ fn options(cfg: TrainConfig, runs: &Path, resume: bool, stop_after: Option<u64>)
 fn test_logits(run: &Path, shards: &Path) -> (Vec<String>, Vec<f32>) {
     let set = ShardSet::open(shards, None).unwrap();
     let device = default_device();
-    let (_, model, _) = trainer::load_run_model(run, set.meta().n_classes(), &device).unwrap();
+    let (_, model, _) = trainer::load_run_model(run, &set.meta().labels, shards, &device).unwrap();
     predict_logits(&model, &set, &[ClipSet::Test], 16, &device).unwrap()
 }
 
@@ -249,7 +250,7 @@ fn predict_table_reads_back_as_teacher_logits() {
     let set = ShardSet::open(&shards, None).unwrap();
     let k = set.meta().n_classes();
     let device = default_device();
-    let (_, model, _) = trainer::load_run_model(&runs.join("p"), k, &device).unwrap();
+    let (_, model, _) = trainer::load_run_model(&runs.join("p"), &set.meta().labels, &shards, &device).unwrap();
     let (ids, logits) =
         predict_logits(&model, &set, &[ClipSet::Train, ClipSet::Test], 16, &device).unwrap();
     let originals = set
@@ -287,7 +288,12 @@ fn out_of_fold_logits_come_from_the_run_that_left_the_clip_out() {
         cfg.seed += u64::from(index);
         trainer::train(options(cfg, &runs, false, None)).unwrap();
         let (cfg, model, _) =
-            trainer::load_run_model(&runs.join(format!("f{index}")), k, &device).unwrap();
+            trainer::load_run_model(
+                &runs.join(format!("f{index}")),
+                &set.meta().labels,
+                &shards,
+                &device,
+            ).unwrap();
         assert_eq!(cfg.holdout_fold, Some(fold), "config.toml keeps the fold");
         // Reference: the member's logits for every original row, by the ordinary path.
         let (ids, logits) = predict_logits(&model, &set, &sets, 16, &device).unwrap();
