@@ -107,11 +107,9 @@ impl EvalSet {
             seen,
         );
         self.for_each_batch(model, device, |rows, logits, labels| {
-            let bad = crate::trainer::non_finite_clips(set, rows, Some(logits), k);
+            let bad = crate::finite::non_finite_logits(set, rows, Some(logits), k);
             if !bad.is_empty() {
-                return Err(TrainError::NonFinite(format!(
-                    "evaluation{bad}",
-                )));
+                return Err(TrainError::NonFinite(format!("evaluation{bad}")));
             }
             for ((row, lg), &y) in rows.iter().zip(logits.chunks_exact(k)).zip(labels) {
                 if y >= 0 {

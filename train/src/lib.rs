@@ -26,6 +26,7 @@ pub mod schedule;
 
 // The trainer, evaluation and prediction.
 pub mod evaluate;
+pub mod finite;
 pub mod predict;
 pub mod qat_hook;
 pub mod trainer;

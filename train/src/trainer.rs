@@ -138,7 +138,7 @@ pub enum TrainError {
         step: u64,
         /// Loss value.
         loss: f32,
-        /// The clips whose values are not finite, when some are (see [`non_finite_clips`]).
+        /// The clips whose logits are not finite, if any ([`crate::finite::non_finite_logits`]).
         detail: String,
     },
     /// A clip's input or output holds NaN or infinite values.
@@ -458,39 +458,6 @@ fn count_correct(logits: &[f32], labels: &[i64], n_classes: usize) -> usize {
         .count()
 }
 
-/// Names the clips of a batch whose logits (`[B, n_classes]` row-major) are not finite, as
-/// `": logits of clip X (shard S) are not finite..."`; empty when all are finite (the loss
-/// itself overflowed).
-pub fn non_finite_clips(
-    set: &ShardSet,
-    rows: &[u32],
-    logits: Option<&[f32]>,
-    n_classes: usize,
-) -> String {
-    let Some(logits) = logits else {
-        return String::new();
-    };
-    let bad: Vec<String> = rows
-        .iter()
-        .zip(logits.chunks_exact(n_classes.max(1)))
-        .filter(|(_, l)| l.iter().any(|v| !v.is_finite()))
-        .map(|(&r, _)| {
-            let info = set.row_info(r);
-            format!("{} ({:?} row of {})", info.clip_id, info.variant, info.shard.display())
-        })
-        .collect();
-    match bad.as_slice() {
-        [] => String::new(),
-        [one] => format!(
-            ": the logits of clip {one} are not finite (check its log-mel values)"
-        ),
-        [first, ..] => format!(
-            ": the logits of {} clips are not finite, first {first} (check their log-mel values)",
-            bad.len()
-        ),
-    }
-}
-
 /// Train (or resume) a run; see the module docs for the loop.
 pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
     let t_start = Instant::now();
@@ -684,6 +651,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             lr = sched.lr_at(step);
             device.seed(checkpoint::derive_seed(cfg.seed, step, DEVICE_STREAM));
             let mut rng = checkpoint::epoch_rng(cfg.seed, step, AUGMENT_STREAM);
+            crate::finite::check_batch(&set, &batch)?;
             let (batch_index, b) = (batch.index(), batch.len() as u64);
             let host_labels = batch.labels().to_vec();
             // The step's tensor work on a pool worker (`in_pool`); the batch came from the
@@ -710,7 +678,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
                     return Err(TrainError::Diverged {
                         step,
                         loss: loss_value,
-                        detail: non_finite_clips(&set, &tb.rows, host.as_deref(), n_classes),
+                        detail: crate::finite::non_finite_logits(&set, &tb.rows, host.as_deref(), n_classes),
                     });
                 }
                 let host_logits = logits

@@ -235,9 +235,18 @@ fn corrupt_checkpoint_is_refused_naming_the_file() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
+    // `checkpoints/best` (the same epoch) is intact: resume falls back to it.
+    let best = runs.join("c/checkpoints/best");
+    let saved_best = runs.join("best-copy");
+    std::fs::rename(&best, &saved_best).unwrap();
+    // Without it, no checkpoint is intact: refused, naming the file.
     let err = trainer::train(options(config(&shards, "c", 2), &runs, true, None)).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("optim.bpk"), "{msg}");
+    std::fs::rename(&saved_best, &best).unwrap();
+    let done = trainer::train(options(config(&shards, "c", 2), &runs, true, None)).unwrap();
+    assert!(done.finished);
+    assert_eq!(done.metrics.len(), 2);
 }
 
 #[test]
