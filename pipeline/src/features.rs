@@ -772,7 +772,8 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
     let mut stopped = false;
     for (k, rows) in shard_rows.iter().enumerate() {
         let path = args.out.join(shards::shard_name(part_i, part_n, k));
-        // A complete shard is kept unless it was written with another --compression.
+        // A complete shard is kept unless it holds a file the previous run skipped (retried) or
+        // was written with another --compression.
         let audio: Vec<String> = rows
             .iter()
             .map(|&r| ds.audio_path(r).display().to_string())

@@ -127,8 +127,10 @@ fn run_writes_every_file_and_consistent_metrics() {
             "missing {f}"
         );
     }
-    // config.toml round-trips to the configuration of the run.
-    assert_eq!(TrainConfig::load(&run).unwrap(), config(&shards, "e2e", 2));
+    // config.toml round-trips to the configuration of the run, with the shards' labels.
+    let mut expected = config(&shards, "e2e", 2);
+    expected.labels = Some(data_specs::Vocabulary::tau22_labels());
+    assert_eq!(TrainConfig::load(&run).unwrap(), expected);
     let metrics = RunDir::create(&runs, "e2e")
         .unwrap()
         .read_metrics()
