@@ -359,7 +359,9 @@ mod tests {
         std::fs::remove_file(dir.path().join(&m.shards[2].file)).unwrap();
         let msg = verify_shards(&mf, &m, 1).unwrap_err().to_string();
         assert!(
-            msg.contains(&m.shards[2].file) && msg.contains("listed in") && msg.contains("manifest.json"),
+            msg.contains(&m.shards[2].file)
+                && msg.contains("listed in")
+                && msg.contains("manifest.json"),
             "{msg}"
         );
     }

@@ -539,33 +539,32 @@ impl Dataset {
         let mut label_at: Vec<(String, usize)> =
             rows.iter().map(|r| (meta_s.clone(), r.line)).collect();
         let mut list_labels: Vec<(usize, String, usize, String)> = Vec::new();
-        let mut resolve = |path: &Path,
-                           skipped: &mut Vec<Skipped>|
-         -> Result<Vec<usize>, IngestError> {
-            let mut out = Vec::new();
-            for entry in read_list(path)? {
-                match by_stem.get(file_stem(&entry.file)) {
-                    Some(&r) => {
-                        out.push(r);
-                        if let Some(l) = entry.label {
-                            list_labels.push((r, path.display().to_string(), entry.line, l));
+        let mut resolve =
+            |path: &Path, skipped: &mut Vec<Skipped>| -> Result<Vec<usize>, IngestError> {
+                let mut out = Vec::new();
+                for entry in read_list(path)? {
+                    match by_stem.get(file_stem(&entry.file)) {
+                        Some(&r) => {
+                            out.push(r);
+                            if let Some(l) = entry.label {
+                                list_labels.push((r, path.display().to_string(), entry.line, l));
+                            }
+                        }
+                        None if opts.on_error == OnError::Skip => skipped.push(Skipped {
+                            file: format!("{}:{}", path.display(), entry.line),
+                            reason: format!("'{}' is not in meta.csv", entry.file),
+                        }),
+                        None => {
+                            return Err(IngestError::UnknownClip {
+                                list: path.display().to_string(),
+                                line: entry.line,
+                                clip: entry.file,
+                            });
                         }
                     }
-                    None if opts.on_error == OnError::Skip => skipped.push(Skipped {
-                        file: format!("{}:{}", path.display(), entry.line),
-                        reason: format!("'{}' is not in meta.csv", entry.file),
-                    }),
-                    None => {
-                        return Err(IngestError::UnknownClip {
-                            list: path.display().to_string(),
-                            line: entry.line,
-                            clip: entry.file,
-                        });
-                    }
                 }
-            }
-            Ok(out)
-        };
+                Ok(out)
+            };
         let train_list = find_file(std::slice::from_ref(&eval), "fold1_train.csv");
         if let Some(p) = &train_list {
             for r in resolve(p, &mut skipped)? {

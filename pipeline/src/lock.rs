@@ -361,9 +361,10 @@ impl FolderLock {
                         std::thread::sleep(Duration::from_millis(50));
                     }
                     Liveness::Dead(why) => {
-                        if Self::take_over(&path, |found| {
-                            matches!(found, Found::Holder(x) if *x == h)
-                        })? {
+                        if Self::take_over(
+                            &path,
+                            |found| matches!(found, Found::Holder(x) if *x == h),
+                        )? {
                             eprintln!(
                                 "note: {lock_s}: taking over the lock left by {h}, which is no \
                                  longer running ({why})"
@@ -417,7 +418,11 @@ impl FolderLock {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
             // A file system without hard links: exclusive create, then write (a reader may
             // briefly see an empty file, which it treats as a fresh legacy lock and reports).
-            Err(_) => match fs::OpenOptions::new().write(true).create_new(true).open(path) {
+            Err(_) => match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
                 Ok(mut f) => {
                     f.write_all(text.as_bytes()).map_err(io(path))?;
                     Ok(true)
@@ -614,7 +619,10 @@ mod tests {
         assert!(matches!(e, LockError::Held { .. }), "{msg}");
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
         assert!(msg.contains("holder one"), "{msg}");
-        assert!(msg.contains(&format!("PID {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("PID {}", std::process::id())),
+            "{msg}"
+        );
         assert!(msg.contains(&host_name()), "{msg}");
         // A bounded wait gives up with the same error.
         let e = FolderLock::acquire(
@@ -669,7 +677,9 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        let dead = dir.path().join(format!("shard-p0of1-00000.parquet.{pid}-0.tmp"));
+        let dead = dir
+            .path()
+            .join(format!("shard-p0of1-00000.parquet.{pid}-0.tmp"));
         let mine = tmp_name(&dir.path().join("shard-p0of1-00001.parquet"));
         let legacy = dir.path().join("shard-p0of1-00002.parquet.tmp");
         for p in [&dead, &mine, &legacy] {

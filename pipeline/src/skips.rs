@@ -30,7 +30,8 @@ pub fn read_report(path: &Path) -> anyhow::Result<Vec<Skipped>> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
-            return Err(e).with_context(|| format!("{}: cannot read the skip report", path.display()));
+            return Err(e)
+                .with_context(|| format!("{}: cannot read the skip report", path.display()));
         }
     };
     Ok(text

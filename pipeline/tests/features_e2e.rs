@@ -915,5 +915,8 @@ fn python_readers_accept_the_shards() {
 
 /// The scene of a TAU-style file name (`audio/<scene>-...`): the label a labelled list gives.
 fn scene_of(f: &str) -> &str {
-    f.trim_start_matches("audio/").split('-').next().unwrap_or("")
+    f.trim_start_matches("audio/")
+        .split('-')
+        .next()
+        .unwrap_or("")
 }

@@ -252,7 +252,10 @@ fn a_stale_manifest_lock_is_taken_over_and_a_legacy_one_is_named() {
     let e = run_features(&args(&ds, &out, &[])).unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(30));
     let msg = format!("{e:#}");
-    assert!(msg.contains("manifest.json.lock") && msg.contains("delete"), "{msg}");
+    assert!(
+        msg.contains("manifest.json.lock") && msg.contains("delete"),
+        "{msg}"
+    );
     // ... and taken over once it is old.
     let old = std::time::SystemTime::now() - Duration::from_secs(3600);
     std::fs::File::options()
@@ -285,7 +288,10 @@ fn non_finite_samples_are_bad_input_named_with_their_index() {
         assert!(s.energy_threshold.is_finite(), "{}", s.energy_threshold);
         assert_eq!(s.manifest.unwrap().total_rows(), 47);
         let report = std::fs::read_to_string(out.join("skipped.tsv")).unwrap();
-        assert!(report.contains(&file) && report.contains("sample 1234"), "{report}");
+        assert!(
+            report.contains(&file) && report.contains("sample 1234"),
+            "{report}"
+        );
     }
     // Non-finite or absurd flag values are refused by the parser.
     for bad in [
@@ -396,12 +402,7 @@ fn label_faults_are_errors_naming_file_and_line() {
     let msg = expect_label_error(&ds, &[], &["'fountain'", "--labels", "line"]);
     assert!(msg.contains("airport, bus"), "{msg}");
     let out = ds.out("custom");
-    run_features(&args(
-        &ds,
-        &out,
-        &["--labels", "park,bus,airport,fountain"],
-    ))
-    .unwrap();
+    run_features(&args(&ds, &out, &["--labels", "park,bus,airport,fountain"])).unwrap();
     let shard = pipeline::shards::list_shard_files(&out).unwrap()[0].clone();
     let m = data_specs::read_shard_meta(&out.join(shard)).unwrap();
     assert_eq!(m.labels.0, ["park", "bus", "airport", "fountain"]);
@@ -431,7 +432,11 @@ fn label_faults_are_errors_naming_file_and_line() {
         list.replacen(&format!("{file}\tairport"), &format!("{file}\tpark"), 1),
     )
     .unwrap();
-    let list_line = list.lines().position(|l| l.starts_with(file.as_str())).unwrap() + 1;
+    let list_line = list
+        .lines()
+        .position(|l| l.starts_with(file.as_str()))
+        .unwrap()
+        + 1;
     expect_label_error(
         &ds,
         &[],
@@ -495,7 +500,9 @@ fn a_rerun_after_skip_retries_the_skipped_file_and_keeps_the_record_until_then()
 #[test]
 fn a_folder_given_as_audio_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let e = pipeline::ingest::decode_wav(dir.path()).unwrap_err().to_string();
+    let e = pipeline::ingest::decode_wav(dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("is a folder, not a WAV file"), "{e}");
     assert!(!e.contains("meta.csv"), "{e}");
     let e = pipeline::ingest::decode_wav(&dir.path().join("x.wav"))

@@ -583,5 +583,8 @@ fn fuse_logits_fits_reports_and_joins_the_fused_logits() {
 
 /// The scene of a TAU-style file name (`audio/<scene>-...`): the label a labelled list gives.
 fn scene_of(f: &str) -> &str {
-    f.trim_start_matches("audio/").split('-').next().unwrap_or("")
+    f.trim_start_matches("audio/")
+        .split('-')
+        .next()
+        .unwrap_or("")
 }

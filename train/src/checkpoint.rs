@@ -280,7 +280,10 @@ fn save_steps<M: Module>(
         .into_bytes()
         .map_err(record_err(OPTIM_FILE))?;
     let mut files = Vec::new();
-    for (name, bytes) in [(MODEL_FILE, &model_bytes[..]), (OPTIM_FILE, &optim_bytes[..])] {
+    for (name, bytes) in [
+        (MODEL_FILE, &model_bytes[..]),
+        (OPTIM_FILE, &optim_bytes[..]),
+    ] {
         if step() {
             return Ok(false);
         }
@@ -741,7 +744,10 @@ mod tests {
         let e = newest_intact(root.path(), "last").unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, CheckpointError::NoneIntact { .. }), "{msg}");
-        assert!(msg.contains(MODEL_FILE) && msg.contains(STATE_FILE), "{msg}");
+        assert!(
+            msg.contains(MODEL_FILE) && msg.contains(STATE_FILE),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -678,7 +678,12 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
                     return Err(TrainError::Diverged {
                         step,
                         loss: loss_value,
-                        detail: crate::finite::non_finite_logits(&set, &tb.rows, host.as_deref(), n_classes),
+                        detail: crate::finite::non_finite_logits(
+                            &set,
+                            &tb.rows,
+                            host.as_deref(),
+                            n_classes,
+                        ),
                     });
                 }
                 let host_logits = logits

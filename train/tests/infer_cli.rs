@@ -267,7 +267,10 @@ fn infer_refuses_a_folder_and_non_finite_audio() {
         write_float_wav(&nan, rate, &x);
         let out = run_infer(&mpath, &[&nan]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "a label was printed for non-finite audio");
+        assert!(
+            !out.status.success(),
+            "a label was printed for non-finite audio"
+        );
         assert!(out.stdout.is_empty());
         assert!(
             stderr.contains("nan.wav") && stderr.contains("sample 777") && stderr.contains(word),

@@ -77,7 +77,12 @@ fn config(shards: &Path, name: &str, epochs: u64) -> TrainConfig {
     }
 }
 
-fn train(cfg: TrainConfig, runs: &Path, resume: bool, stop_after: Option<u64>) -> Result<trainer::TrainOutcome, TrainError> {
+fn train(
+    cfg: TrainConfig,
+    runs: &Path,
+    resume: bool,
+    stop_after: Option<u64>,
+) -> Result<trainer::TrainOutcome, TrainError> {
     trainer::train(TrainOptions {
         config: cfg,
         runs_root: runs.to_path_buf(),
@@ -114,12 +119,20 @@ fn damaged_or_deleted_shards_are_refused_before_use() {
     let found = data_specs::sha256_file(&victim).unwrap();
     for msg in [
         ShardSet::open(&shards, None).unwrap_err().to_string(),
-        train(config(&shards, "r", 1), &tmp.path().join("runs"), false, None)
-            .unwrap_err()
-            .to_string(),
+        train(
+            config(&shards, "r", 1),
+            &tmp.path().join("runs"),
+            false,
+            None,
+        )
+        .unwrap_err()
+        .to_string(),
     ] {
         assert!(msg.contains(&victim.display().to_string()), "{msg}");
-        assert!(msg.contains(&m.shards[1].sha256) && msg.contains(&found), "{msg}");
+        assert!(
+            msg.contains(&m.shards[1].sha256) && msg.contains(&found),
+            "{msg}"
+        );
         assert!(msg.contains("manifest.json"), "{msg}");
     }
     // The CLI: exit 1 with the same message.
@@ -159,7 +172,12 @@ fn a_dataset_given_as_shards_says_what_is_expected() {
     assert!(!msg.contains("expected ident"), "{msg}");
     let msg = ShardSet::open(tmp.path(), None).unwrap_err().to_string();
     assert!(msg.contains("looks like a dataset"), "{msg}");
-    let out = train_cli(&["--shards".as_ref(), meta.as_os_str(), "--epochs".as_ref(), "1".as_ref()]);
+    let out = train_cli(&[
+        "--shards".as_ref(),
+        meta.as_os_str(),
+        "--epochs".as_ref(),
+        "1".as_ref(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a shard folder or manifest"), "{err}");
@@ -195,7 +213,10 @@ fn a_nan_log_mel_value_names_its_clip() {
     let e = train(cfg, &tmp.path().join("runs"), false, None).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, TrainError::NonFinite(_)), "{msg}");
-    assert!(msg.contains(&clip) && msg.contains("log-mel value 5"), "{msg}");
+    assert!(
+        msg.contains(&clip) && msg.contains("log-mel value 5"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -216,8 +237,8 @@ fn a_run_refuses_shards_with_another_label_vocabulary() {
     write_records(&other, &meta, &synth_records(&spec, &meta), 2, 16).unwrap();
     let set = ShardSet::open(&other, None).unwrap();
     let device = train::backend::default_device();
-    let e = trainer::load_run_model(&runs.join("v"), &set.meta().labels, &other, &device)
-        .unwrap_err();
+    let e =
+        trainer::load_run_model(&runs.join("v"), &set.meta().labels, &other, &device).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, TrainError::Labels { .. }), "{msg}");
     assert!(
@@ -258,7 +279,10 @@ fn a_renamed_run_folder_resumes_under_its_new_name() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("resuming new at epoch 1"), "{stderr}");
     assert!(stdout.contains("run new:"), "{stdout}");
-    assert!(!runs.join("old").exists(), "nothing written under the old name");
+    assert!(
+        !runs.join("old").exists(),
+        "nothing written under the old name"
+    );
     assert!(runs.join("new").join(trainer::FINAL_MODEL_FILE).is_file());
     assert_eq!(
         std::fs::read_to_string(runs.join("new/metrics.jsonl"))

@@ -261,7 +261,8 @@ fn predict_table_reads_back_as_teacher_logits() {
     let set = ShardSet::open(&shards, None).unwrap();
     let k = set.meta().n_classes();
     let device = default_device();
-    let (_, model, _) = trainer::load_run_model(&runs.join("p"), &set.meta().labels, &shards, &device).unwrap();
+    let (_, model, _) =
+        trainer::load_run_model(&runs.join("p"), &set.meta().labels, &shards, &device).unwrap();
     let (ids, logits) =
         predict_logits(&model, &set, &[ClipSet::Train, ClipSet::Test], 16, &device).unwrap();
     let originals = set
@@ -298,13 +299,13 @@ fn out_of_fold_logits_come_from_the_run_that_left_the_clip_out() {
         cfg.split = 50;
         cfg.seed += u64::from(index);
         trainer::train(options(cfg, &runs, false, None)).unwrap();
-        let (cfg, model, _) =
-            trainer::load_run_model(
-                &runs.join(format!("f{index}")),
-                &set.meta().labels,
-                &shards,
-                &device,
-            ).unwrap();
+        let (cfg, model, _) = trainer::load_run_model(
+            &runs.join(format!("f{index}")),
+            &set.meta().labels,
+            &shards,
+            &device,
+        )
+        .unwrap();
         assert_eq!(cfg.holdout_fold, Some(fold), "config.toml keeps the fold");
         // Reference: the member's logits for every original row, by the ordinary path.
         let (ids, logits) = predict_logits(&model, &set, &sets, 16, &device).unwrap();
