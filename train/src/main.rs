@@ -180,8 +180,9 @@ struct TrainArgs {
     /// Run name [default: <model>-split<P>-s<seed>]; an existing run folder is never overwritten.
     #[arg(long)]
     name: Option<String>,
-    /// Continue the run folder runs/<name> from its last checkpoint (its config.toml is used;
-    /// the other training options are ignored, except --threads).
+    /// Continue the run folder runs/<name> from its newest intact checkpoint (its config.toml
+    /// is used; the other training options are ignored, except --threads). The run keeps the
+    /// folder's name, also when the folder was moved or renamed.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
     /// Quantization-aware training epochs after the float epochs (lr 5e-5, observers frozen for
