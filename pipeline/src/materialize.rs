@@ -869,12 +869,12 @@ pub struct FuseArgs {
     #[arg(long, value_name = "P")]
     pub split: Option<u8>,
     /// Ridge on beta.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = crate::cli::finite_f64)]
     pub ridge: f64,
     /// Ridge shrinking the teacher weights alpha toward plain averaging, `r * sum (alpha_k -
     /// 1/K)^2` (0: the paper's unpenalised eq. 4). Useful with in-sample teacher logits, whose
     /// confidence can drive the fitted alpha large.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::cli::finite_f64)]
     pub alpha_ridge: f64,
     /// Report (JSON).
     #[arg(long, value_name = "FILE")]

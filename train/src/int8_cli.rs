@@ -44,7 +44,7 @@ pub struct QatArgs {
     #[arg(long, default_value_t = 2)]
     pub epochs: u64,
     /// Constant learning rate of the QAT epochs.
-    #[arg(long, default_value_t = 5e-5)]
+    #[arg(long, default_value_t = 5e-5, value_parser = pipeline::cli::finite_f64)]
     pub lr: f64,
     /// Observers frozen for the last this-many epochs [default: epochs / 5, at least 1].
     #[arg(long)]
