@@ -177,6 +177,10 @@ impl EvalSet {
             seen,
         );
         self.for_each_batch(model, device, |rows, logits, labels| {
+            let bad = crate::finite::non_finite_logits(set, rows, Some(logits), k);
+            if !bad.is_empty() {
+                return Err(TrainError::NonFinite(format!("evaluation{bad}")));
+            }
             for ((row, lg), &y) in rows.iter().zip(logits.chunks_exact(k)).zip(labels) {
                 if y >= 0 {
                     acc.push(lg, y as usize, set.row_info(*row).device)?;

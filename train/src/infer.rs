@@ -27,6 +27,9 @@ pub enum InferError {
         /// What went wrong.
         problem: String,
     },
+    /// The audio file is not a readable, finite WAV file (the message names it).
+    #[error(transparent)]
+    Decode(#[from] pipeline::ingest::IngestError),
     /// The engine refused the input or the model.
     #[error(transparent)]
     Int8(#[from] Int8Error),
@@ -68,7 +71,7 @@ pub fn infer_wav(
         path: path.to_path_buf(),
         problem,
     };
-    let audio = decode_wav(path).map_err(|e| audio_err(e.to_string()))?;
+    let audio = decode_wav(path)?;
     let wave = if audio.sample_rate == fe.sample_rate {
         audio.samples
     } else {

@@ -24,6 +24,7 @@ pub mod schedule;
 
 // The trainer, evaluation and prediction.
 pub mod evaluate;
+pub mod finite;
 pub mod floor;
 pub mod precise_bn;
 pub mod predict;

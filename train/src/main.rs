@@ -219,8 +219,9 @@ struct TrainArgs {
     /// Run name [default: <model>-split<P>-s<seed>]; an existing run folder is never overwritten.
     #[arg(long)]
     name: Option<String>,
-    /// Continue the run folder runs/<name> from its last checkpoint (its config.toml is used;
-    /// the other training options are ignored, except --threads).
+    /// Continue the run folder runs/<name> from its newest intact checkpoint (its config.toml
+    /// is used; the other training options are ignored, except --threads). The run keeps the
+    /// folder's name, also when the folder was moved or renamed.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
     /// Quantization-aware training epochs after the float epochs (lr 5e-5, observers frozen for
@@ -229,7 +230,7 @@ struct TrainArgs {
     qat_epochs: u64,
     /// Compute threads (rayon pool: burn Flex kernels and the selective scan) [default: all
     /// cores]. The loader adds one prefetch thread.
-    #[arg(long)]
+    #[arg(long, value_parser = pipeline::cli::positive_usize)]
     threads: Option<usize>,
     /// No progress bars (per-epoch lines only).
     #[arg(long)]
@@ -269,7 +270,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let model = model.context("--model or --int8 is required")?;
             let set = ShardSet::open(&shards, None)?;
             let device = train::backend::default_device();
-            let (cfg, m, path) = trainer::load_run_model(&model, set.meta().n_classes(), &device)?;
+            let (cfg, m, path) =
+                trainer::load_run_model(&model, &set.meta().labels, &shards, &device)?;
             eprintln!(
                 "evaluating {} on the test set of {}",
                 path.display(),
@@ -295,7 +297,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let device = train::backend::default_device();
             let n_classes = set.meta().n_classes();
             let (ids, logits) = if let [run] = model.as_slice() {
-                let (cfg, m, path) = trainer::load_run_model(run, n_classes, &device)?;
+                let (cfg, m, path) =
+                    trainer::load_run_model(run, &set.meta().labels, &shards, &device)?;
                 if let Some(f) = cfg.holdout_fold {
                     eprintln!(
                         "note: {} left out fold {f}; pass all {} fold runs for out-of-fold logits",
@@ -309,7 +312,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut members = Vec::with_capacity(model.len());
                 let mut split = None;
                 for run in &model {
-                    let (cfg, m, _) = trainer::load_run_model(run, n_classes, &device)?;
+                    let (cfg, m, _) =
+                        trainer::load_run_model(run, &set.meta().labels, &shards, &device)?;
                     if split.is_some_and(|p| p != cfg.split) {
                         bail!(
                             "{}: trained on split {}, the other runs on split {}",
@@ -388,6 +392,8 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
     }
     let (runs_root, name, resume) = match &a.resume {
         Some(dir) => {
+            // The run name follows the folder (a moved or renamed run keeps working).
+            let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
             let name = dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -398,7 +404,10 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
         None => (a.runs.clone(), String::new(), false),
     };
     let config = if resume {
-        TrainConfig::load(&runs_root.join(&name))?
+        TrainConfig {
+            name: name.clone(),
+            ..TrainConfig::load(&runs_root.join(&name))?
+        }
     } else {
         let shards = a.shards.clone().context("--shards is required")?;
         let model = ModelConfig::from_name_or_file(&a.model)?;
@@ -445,6 +454,7 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
                 every: a.eval_every.unwrap_or(0),
                 precise_bn_rows: a.precise_bn_rows,
             },
+            labels: None,
         };
         let set = ShardSet::open(&config.shards, None)?;
         let flags = train::schedule::ScheduleFlags {

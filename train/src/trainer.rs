@@ -113,14 +113,35 @@ pub enum TrainError {
     /// The QAT phase failed.
     #[error("QAT phase: {0}")]
     Qat(String),
+    /// The shards' label vocabulary differs from the run's.
+    #[error(
+        "{run}: the run was trained with the {} labels [{}], but {shards} has the {} labels \
+         [{}]; use the shards the run was trained on (or train a new run on these)",
+        run_labels.len(), run_labels.0.join(", "), shard_labels.len(), shard_labels.0.join(", ")
+    )]
+    Labels {
+        /// The run folder.
+        run: PathBuf,
+        /// The run's vocabulary.
+        run_labels: data_specs::Vocabulary,
+        /// The shard set.
+        shards: PathBuf,
+        /// The shards' vocabulary.
+        shard_labels: data_specs::Vocabulary,
+    },
     /// The training loss became NaN or infinite.
-    #[error("training diverged at update {step}: loss {loss}")]
+    #[error("training diverged at update {step}: loss {loss}{detail}")]
     Diverged {
         /// Update step.
         step: u64,
         /// Loss value.
         loss: f32,
+        /// The clips whose logits are not finite, if any ([`crate::finite::non_finite_logits`]).
+        detail: String,
     },
+    /// A clip's input or output holds NaN or infinite values.
+    #[error("{0}")]
+    NonFinite(String),
 }
 
 /// Result alias of the trainer.
@@ -185,6 +206,11 @@ pub struct TrainConfig {
     /// Evaluation while training: validation fold, early stopping, interval, precise BN.
     #[serde(default)]
     pub eval: EvalConfig,
+    /// The label vocabulary of the shards the run was trained on (recorded when the run
+    /// starts; absent in runs of older versions). Evaluation, prediction, QAT and resume refuse
+    /// shards with another vocabulary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<data_specs::Vocabulary>,
 }
 
 impl TrainConfig {
@@ -417,23 +443,46 @@ pub fn load_model_file(
     model.try_load_record(record).map_err(|e| io_err(path, e))
 }
 
+/// Refuses shards whose label vocabulary (`labels`, of the set at `shards`) differs from the
+/// one the run `run_dir` (configuration `cfg`) was trained with.
+pub fn check_labels(
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    labels: &data_specs::Vocabulary,
+    shards: &Path,
+) -> Result<()> {
+    match &cfg.labels {
+        Some(own) if own != labels => Err(TrainError::Labels {
+            run: run_dir.to_path_buf(),
+            run_labels: own.clone(),
+            shards: shards.to_path_buf(),
+            shard_labels: labels.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The model of a finished run (`<run>/model.bpk`; when the run has not finished, the model of
-/// its last checkpoint, verified first), its configuration and the path it came from.
+/// its newest intact checkpoint), its configuration and the path it came from. `labels` is the
+/// vocabulary of the shards `shards` it will see: another than the run's is refused.
 pub fn load_run_model(
     run_dir: &Path,
-    n_classes: usize,
+    labels: &data_specs::Vocabulary,
+    shards: &Path,
     device: &Device,
 ) -> Result<(TrainConfig, Model, PathBuf)> {
     let cfg = TrainConfig::load(run_dir)?;
+    check_labels(&cfg, run_dir, labels, shards)?;
+    let n_classes = labels.len();
     let final_path = run_dir.join(FINAL_MODEL_FILE);
     let path = if final_path.exists() {
         final_path
     } else {
-        let dir = run_dir.join("checkpoints").join(LAST);
-        checkpoint::verify_checkpoint(&dir)?;
+        let dir = checkpoint::newest_intact(&run_dir.join("checkpoints"), LAST)?;
         eprintln!(
-            "note: {} has no {FINAL_MODEL_FILE} (run not finished); using checkpoints/{LAST}",
-            run_dir.display()
+            "note: {} has no {FINAL_MODEL_FILE} (run not finished); using {}",
+            run_dir.display(),
+            dir.display()
         );
         dir.join(checkpoint::MODEL_FILE)
     };
@@ -471,22 +520,29 @@ fn count_correct(logits: &[f32], labels: &[i64], n_classes: usize) -> usize {
 pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
     let t_start = Instant::now();
     let run_path = opts.runs_root.join(&opts.config.name);
-    let cfg = if opts.resume {
-        TrainConfig::load(&run_path)?
+    // On resume, the checkpoints carry the hash of the configuration as written; the run name
+    // then follows the folder, so a moved or renamed run folder resumes under its new name.
+    let (mut cfg, resumed_hash) = if opts.resume {
+        let mut c = TrainConfig::load(&run_path)?;
+        let hash = checkpoint::config_hash(&c);
+        c.name = opts.config.name.clone();
+        (c, Some(hash))
     } else {
         if run_path.exists() {
             return Err(TrainError::RunExists(run_path));
         }
-        opts.config.clone()
+        (opts.config.clone(), None)
     };
     cfg.validate()?;
     let set = ShardSet::open(&cfg.shards, None)?;
     let meta = set.meta().clone();
+    check_labels(&cfg, &run_path, &meta.labels, &cfg.shards)?;
+    cfg.labels = Some(meta.labels.clone());
     let cfg = cfg.for_frontend(&meta.frontend);
     let n_classes = meta.n_classes();
     let (n_mels, n_frames) = (meta.frontend.n_mels, meta.frontend.n_frames());
     let run = RunDir::create(&opts.runs_root, &cfg.name)?;
-    let config_hash = checkpoint::config_hash(&cfg);
+    let config_hash = resumed_hash.unwrap_or_else(|| checkpoint::config_hash(&cfg));
     if !opts.resume {
         run.write_config(&cfg)?;
     }
@@ -531,7 +587,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
     };
     let mut metrics = Vec::new();
     if opts.resume {
-        let dir = run.checkpoint_dir(LAST);
+        let dir = checkpoint::newest_intact(&run.path().join("checkpoints"), LAST)?;
         let (m, o, s) = checkpoint::load_checkpoint(&dir, model, optim)?;
         checkpoint::check_config(&dir, &s, &config_hash)?;
         model = m;
@@ -679,6 +735,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             lr = sched.lr_at(step);
             device.seed(checkpoint::derive_seed(cfg.seed, step, DEVICE_STREAM));
             let mut rng = checkpoint::epoch_rng(cfg.seed, step, AUGMENT_STREAM);
+            crate::finite::check_batch(&set, &batch)?;
             let (batch_index, b) = (batch.index(), batch.len() as u64);
             let host_labels = batch.labels().to_vec();
             // The step's tensor work on a pool worker (`in_pool`); the batch came from the
@@ -701,9 +758,16 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
                 };
                 let loss_value: f32 = loss.clone().into_scalar();
                 if !loss_value.is_finite() {
+                    let host = logits.clone().into_data().try_to_vec::<f32>().ok();
                     return Err(TrainError::Diverged {
                         step,
                         loss: loss_value,
+                        detail: crate::finite::non_finite_logits(
+                            &set,
+                            &tb.rows,
+                            host.as_deref(),
+                            n_classes,
+                        ),
                     });
                 }
                 let host_logits = logits

@@ -81,6 +81,7 @@ fn config(shards: &Path, name: &str, epochs: u64) -> TrainConfig {
         updates: 0,
         schedule_rule: String::new(),
         eval: EvalConfig::default(),
+        labels: None,
     }
 }
 
@@ -98,7 +99,7 @@ fn options(cfg: TrainConfig, runs: &Path, resume: bool, stop_after: Option<u64>)
 fn test_logits(run: &Path, shards: &Path) -> (Vec<String>, Vec<f32>) {
     let set = ShardSet::open(shards, None).unwrap();
     let device = default_device();
-    let (_, model, _) = trainer::load_run_model(run, set.meta().n_classes(), &device).unwrap();
+    let (_, model, _) = trainer::load_run_model(run, &set.meta().labels, shards, &device).unwrap();
     predict_logits(&model, &set, &[ClipSet::Test], 16, &device).unwrap()
 }
 
@@ -133,14 +134,16 @@ fn run_writes_every_file_and_consistent_metrics() {
     assert!(!run.join("checkpoints/best").exists());
     assert_eq!(out.selected_epoch, Some(1));
     // config.toml round-trips to the configuration of the run (the mask fill resolved to the
-    // shards' front end: its log of silence).
+    // shards' front end: its log of silence; the shards' labels recorded).
     let fe = ShardSet::open(&shards, None)
         .unwrap()
         .meta()
         .frontend
         .clone();
     let saved = TrainConfig::load(&run).unwrap();
-    assert_eq!(saved, config(&shards, "e2e", 2).for_frontend(&fe));
+    let mut expected = config(&shards, "e2e", 2).for_frontend(&fe);
+    expected.labels = Some(data_specs::Vocabulary::tau22_labels());
+    assert_eq!(saved, expected);
     assert_eq!(saved.augment.freq_mask.mask_value, Some(fe.log_silence()));
     // The floor was computed and the report shows it beside the model.
     assert!(out.floor.is_some());
@@ -249,6 +252,9 @@ fn corrupt_checkpoint_is_refused_naming_the_file() {
     let shards = make_shards(tmp.path());
     let runs = tmp.path().join("runs");
     trainer::train(options(config(&shards, "c", 2), &runs, false, Some(1))).unwrap();
+    // No validation fold, so no `checkpoints/best`: keep an intact copy of `last` aside.
+    let saved_best = runs.join("best-copy");
+    copy_dir(&runs.join("c/checkpoints/last"), &saved_best);
     let victim = runs.join("c/checkpoints/last/optim.bpk");
     let len = victim.metadata().unwrap().len();
     std::fs::OpenOptions::new()
@@ -257,9 +263,15 @@ fn corrupt_checkpoint_is_refused_naming_the_file() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
+    // No checkpoint is intact: refused, naming the file.
     let err = trainer::train(options(config(&shards, "c", 2), &runs, true, None)).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("optim.bpk"), "{msg}");
+    // An intact `checkpoints/best` of the same epoch: resume falls back to it.
+    std::fs::rename(&saved_best, runs.join("c/checkpoints/best")).unwrap();
+    let done = trainer::train(options(config(&shards, "c", 2), &runs, true, None)).unwrap();
+    assert!(done.finished);
+    assert_eq!(done.metrics.len(), 2);
 }
 
 #[test]
@@ -272,7 +284,8 @@ fn predict_table_reads_back_as_teacher_logits() {
     let set = ShardSet::open(&shards, None).unwrap();
     let k = set.meta().n_classes();
     let device = default_device();
-    let (_, model, _) = trainer::load_run_model(&runs.join("p"), k, &device).unwrap();
+    let (_, model, _) =
+        trainer::load_run_model(&runs.join("p"), &set.meta().labels, &shards, &device).unwrap();
     let (ids, logits) =
         predict_logits(&model, &set, &[ClipSet::Train, ClipSet::Test], 16, &device).unwrap();
     let originals = set
@@ -309,8 +322,13 @@ fn out_of_fold_logits_come_from_the_run_that_left_the_clip_out() {
         cfg.split = 50;
         cfg.seed += u64::from(index);
         trainer::train(options(cfg, &runs, false, None)).unwrap();
-        let (cfg, model, _) =
-            trainer::load_run_model(&runs.join(format!("f{index}")), k, &device).unwrap();
+        let (cfg, model, _) = trainer::load_run_model(
+            &runs.join(format!("f{index}")),
+            &set.meta().labels,
+            &shards,
+            &device,
+        )
+        .unwrap();
         assert_eq!(cfg.holdout_fold, Some(fold), "config.toml keeps the fold");
         // Reference: the member's logits for every original row, by the ordinary path.
         let (ids, logits) = predict_logits(&model, &set, &sets, 16, &device).unwrap();
@@ -447,7 +465,8 @@ fn short_small_run_is_above_chance_and_eval_mode_matches_train_mode() {
     let set = ShardSet::open(&shards, None).unwrap();
     let k = set.meta().n_classes();
     let run = runs.join("small");
-    let (cfg, eval_model, _) = trainer::load_run_model(&run, k, &default_device()).unwrap();
+    let (cfg, eval_model, _) =
+        trainer::load_run_model(&run, &set.meta().labels, &shards, &default_device()).unwrap();
     let train_device = train::backend::training_device();
     let train_model = trainer::load_model_file(
         &cfg.model,
@@ -549,4 +568,13 @@ fn validation_fold_selects_the_kept_model_without_the_test_set() {
         "0.5 again is no gain"
     );
     assert!(!trainer::early_stop_reached(&seq, None));
+}
+
+/// Copies the files of a flat folder (a checkpoint) into a new folder.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }
