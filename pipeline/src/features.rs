@@ -81,7 +81,7 @@ pub struct FeaturesArgs {
 
     /// DIR energy threshold (sum of squared 32 kHz samples of a 1 s clip; the paper's p_thd is
     /// 323). Default: the mean clip energy of all training clips, computed in a first pass.
-    #[arg(long, value_name = "X")]
+    #[arg(long, value_name = "X", value_parser = crate::cli::finite_f32)]
     pub energy_threshold: Option<f32>,
 
     /// DIR copies per eligible clip (device-a training clips with energy above the threshold).
@@ -107,7 +107,7 @@ pub struct FeaturesArgs {
     pub replay_sim: bool,
 
     /// Largest lag searched when aligning a replay to its original, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 200.0)]
+    #[arg(long, value_name = "MS", default_value_t = 200.0, value_parser = crate::cli::finite_f32)]
     pub replay_max_lag_ms: f32,
 
     /// Teacher logits to join: a .npy float32 [rows of meta.csv, n_classes] (CP-JKU's format,
@@ -144,13 +144,24 @@ pub struct FeaturesArgs {
     pub seed: u64,
 
     /// Worker threads (default: all cores).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::cli::positive_usize)]
     pub threads: Option<usize>,
 
     /// What to do with a bad input file (missing, truncated, not a WAV, unknown list entry):
     /// fail with an error naming it, or skip it and list it in <out>/skipped.tsv.
     #[arg(long, value_enum, default_value = "fail")]
     pub on_error: OnError,
+
+    /// The scene label vocabulary in index order, comma-separated (e.g. for a dataset with other
+    /// scenes than TAU22's). Default: the ten TAU22 scenes when most clips carry TAU22 labels,
+    /// else the labels of the training clips. A label outside the vocabulary is an error.
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+
+    /// Test and unused clips may have no scene label (an evaluation set); training clips
+    /// always need one.
+    #[arg(long)]
+    pub allow_unlabelled: bool,
 
     /// Leave out clips that are in neither the training nor the test list.
     #[arg(long)]
@@ -163,6 +174,10 @@ pub struct FeaturesArgs {
     /// Testing aid: stop after writing this many shards, as if the run were interrupted.
     #[arg(long, hide = true)]
     pub stop_after_shards: Option<usize>,
+
+    /// Testing aid: sleep this many milliseconds after taking the run lock (concurrency tests).
+    #[arg(long, hide = true)]
+    pub pause_after_lock_ms: Option<u64>,
 }
 
 #[derive(Parser)]
@@ -234,6 +249,8 @@ pub struct Summary {
     pub files: usize,
     /// Files left out (with `--on-error skip`).
     pub skipped: Vec<Skipped>,
+    /// Files skipped by the previous run that this run tried again.
+    pub retried: usize,
     /// The manifest after the run (`None` when the run was stopped early).
     pub manifest: Option<Manifest>,
     /// Wall-clock seconds.
@@ -275,6 +292,12 @@ impl Summary {
             self.files as f64 / self.seconds.max(1e-9),
             self.seconds
         );
+        if self.retried > 0 {
+            println!(
+                "  retried {} files the previous run skipped (listed in its skip report)",
+                self.retried
+            );
+        }
         println!("  by set: {sets}");
         println!("  by device: {devices}");
         println!("  by variant: {variants}");
@@ -576,11 +599,18 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         &IngestOptions {
             splits_dir: args.splits.clone(),
             on_error: args.on_error,
+            labels: args.labels.clone(),
+            allow_unlabelled: args.allow_unlabelled,
         },
     )?;
     let mut skipped = ds.skipped.clone();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the output folder", args.out.display()))?;
+    // One lock for the whole run (of this partition): see crate::lock.
+    let _run_lock = crate::lock::lock_features_run(&args.out, part_i, part_n)?;
+    if let Some(ms) = args.pause_after_lock_ms {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 
     // Shards of another partitioning in the folder would duplicate rows.
     for name in shards::list_shard_files(&args.out)? {
@@ -679,7 +709,7 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
                         training_clips: n,
                         threshold: mean as f32,
                     };
-                    let tmp = cache_path.with_extension("json.tmp");
+                    let tmp = shards::tmp_path(&cache_path);
                     std::fs::write(&tmp, serde_json::to_string_pretty(&c)?)
                         .and_then(|_| std::fs::rename(&tmp, &cache_path))
                         .with_context(|| format!("{}: cannot write", cache_path.display()))?;
@@ -733,19 +763,24 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         shards_total: shard_rows.len(),
         ..Summary::default()
     };
+    // Files the previous run skipped are retried: their shards are rewritten (crate::skips).
+    let report = crate::skips::report_path(&args.out, part_i, part_n);
+    let previous = crate::skips::PreviousSkips::read(&report)?;
+    let mut retried: std::collections::HashSet<String> = std::collections::HashSet::new();
     let pb = progress(plan.len() as u64, "features", args.quiet);
     let mut fresh: Vec<ShardEntry> = Vec::new();
     let mut stopped = false;
     for (k, rows) in shard_rows.iter().enumerate() {
         let path = args.out.join(shards::shard_name(part_i, part_n, k));
-        let tmp = shards::tmp_path(&path);
-        if tmp.exists() {
-            std::fs::remove_file(&tmp).with_context(|| {
-                format!("{}: cannot remove stale temporary file", tmp.display())
-            })?;
-        }
-        // A complete shard is kept unless it was written with another --compression.
-        if let Some(entry) = shards::shard_is_complete(&path, old_manifest.as_ref(), &meta)?
+        // A complete shard is kept unless it holds a file the previous run skipped (retried) or
+        // was written with another --compression.
+        let audio: Vec<String> = rows
+            .iter()
+            .map(|&r| ds.audio_path(r).display().to_string())
+            .collect();
+        let retry = audio.iter().any(|f| previous.lists(f));
+        if !retry
+            && let Some(entry) = shards::shard_is_complete(&path, old_manifest.as_ref(), &meta)?
             && shards::shard_codec(&path)? == Some(args.compression.codec())
         {
             fresh.push(entry);
@@ -757,6 +792,7 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
             stopped = true;
             break;
         }
+        retried.extend(audio);
         let mut writer = ShardWriter::create(
             &path,
             &meta,
@@ -799,28 +835,15 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
     }
     pb.finish_and_clear();
 
-    // Skip report (deduplicated: the energy pass and the shard pass may meet the same file).
-    skipped.sort_by(|a, b| (&a.file, &a.reason).cmp(&(&b.file, &b.reason)));
-    skipped.dedup_by(|a, b| a.file == b.file);
-    let report = if part_n == 1 {
-        args.out.join("skipped.tsv")
-    } else {
-        args.out.join(format!("skipped-p{part_i}of{part_n}.tsv"))
-    };
-    if skipped.is_empty() {
-        let _ = std::fs::remove_file(&report);
-    } else {
-        let mut text = String::from("file\treason\n");
-        for s in &skipped {
-            text.push_str(&format!(
-                "{}\t{}\n",
-                s.file,
-                s.reason.replace(['\t', '\n'], " ")
-            ));
-        }
-        std::fs::write(&report, text)
-            .with_context(|| format!("{}: cannot write the skip report", report.display()))?;
-    }
+    // Skip report: this run's entries, plus the previous ones of files not retried (deduplicated:
+    // the energy pass and the shard pass may meet the same file).
+    let in_plan: std::collections::HashSet<String> = plan
+        .iter()
+        .map(|&r| ds.audio_path(r).display().to_string())
+        .collect();
+    summary.retried = previous.still_pending(|f| retried.contains(f)).len();
+    skipped.extend(previous.still_pending(|f| in_plan.contains(f) && !retried.contains(f)));
+    crate::skips::write_report(&report, &mut skipped)?;
     summary.skipped = skipped;
 
     if !stopped {

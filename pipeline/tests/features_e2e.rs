@@ -147,7 +147,7 @@ fn tiny_dataset() -> Tiny {
         };
         for f in names {
             if labelled {
-                s.push_str(&format!("{f}\tx\n"));
+                s.push_str(&format!("{f}\t{}\n", scene_of(f)));
             } else {
                 s.push_str(&format!("{f}\n"));
             }
@@ -911,4 +911,12 @@ fn python_readers_accept_the_shards() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// The scene of a TAU-style file name (`audio/<scene>-...`): the label a labelled list gives.
+fn scene_of(f: &str) -> &str {
+    f.trim_start_matches("audio/")
+        .split('-')
+        .next()
+        .unwrap_or("")
 }

@@ -4,9 +4,7 @@
 //! (and reference models) in burn, the KD/QAT trainer, evaluation, int8 export and inference.
 
 pub mod gpu;
-pub mod mixer;
 pub mod ops;
-pub mod scan;
 #[cfg(test)]
 mod test_util;
 
@@ -27,11 +25,12 @@ pub mod schedule;
 
 // The trainer, evaluation and prediction.
 pub mod evaluate;
+pub mod finite;
+pub mod floor;
+pub mod precise_bn;
 pub mod predict;
 pub mod qat_hook;
 pub mod trainer;
-
-pub mod int8;
 
 pub mod export;
 pub mod infer;

@@ -9,7 +9,8 @@ use burn::backend::DispatchDevice;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use train::backend::{DeviceSpec, describe_device, parse_device};
-use train::scan::{selective_scan, selective_scan_naive};
+use train::ops::mixer::ScanFn;
+use train::ops::scan::{selective_scan, selective_scan_naive};
 
 /// The device under test (`ASC_GPU_TEST_DEVICE`, default `vulkan:cpu`).
 fn gpu_spec() -> DeviceSpec {
@@ -106,8 +107,6 @@ fn random_inputs(seed: u64, batch: usize, d_inner: usize, d_state: usize, len: u
         bufs: [u, delta, a, b, c, d],
     }
 }
-
-type ScanFn = fn(Tensor<3>, Tensor<3>, Tensor<2>, Tensor<3>, Tensor<3>, Tensor<1>) -> Tensor<3>;
 
 /// `y` and, on an autodiff device, the gradients of `sum(w ⊙ y)` for all six inputs.
 fn run_scan(
@@ -399,7 +398,7 @@ fn mamba_mixer_matches_the_cpu_mixer() {
         };
         let x = Tensor::<3>::from_data(TensorData::new(xz.clone(), [s, l, 2 * di]), device)
             .require_grad();
-        let p = train::mixer::MixerParams {
+        let p = train::ops::mixer::MixerParams {
             conv_w: p3(0),
             conv_b: p1(1),
             x_proj: p2(2),
@@ -408,7 +407,7 @@ fn mamba_mixer_matches_the_cpu_mixer() {
             a: p2(5),
             d: p1(6),
         };
-        let y = train::mixer::mamba_mixer(x.clone(), p.clone());
+        let y = train::ops::mixer::mamba_mixer(x.clone(), p.clone());
         let w = Tensor::<3>::from_data(TensorData::new(wv.clone(), [s, l, di]), device);
         let g = (y.clone() * w).sum().backward();
         let grad = |t: Option<Vec<f32>>| t.expect("gradient");

@@ -1,8 +1,8 @@
-//! The selective scan (S6 recurrence, [`crate::scan`]) as CubeCL kernels for burn's Cube
+//! The selective scan (S6 recurrence, [`crate::ops::scan`]) as CubeCL kernels for burn's Cube
 //! backend, forward and backward.
 //!
 //! `h_t = exp(delta_t A) ⊙ h_{t-1} + delta_t B_t u_t`, `y_t = <h_t, C_t> + D u_t`, `h_0 = 0`;
-//! layouts as in [`crate::scan::cpu`]: `u`, `delta`, `y`: `[batch, d_inner, L]`; `A`:
+//! layouts as in [`asc_kernels::scan`]: `u`, `delta`, `y`: `[batch, d_inner, L]`; `A`:
 //! `[d_inner, d_state]`; `B`, `C`: `[batch, d_state, L]`; `D`: `[d_inner]`.
 //!
 //! Work split: one unit per (sequence, channel) holds that channel's `d_state` hidden states in
@@ -11,7 +11,7 @@
 //! time. `d_state` and the chunk length are compile-time constants (one kernel per `d_state`),
 //! so the state loops unroll into registers.
 //!
-//! Backward (the gradient formulas of [`crate::scan::cpu`]), per unit: a forward sweep that
+//! Backward (the gradient formulas of [`asc_kernels::scan`]), per unit: a forward sweep that
 //! keeps the state at the start of every chunk (`h_ckpt`, `L / t_chunk` states per channel),
 //! then the chunks in reverse: recompute the chunk's states from its checkpoint into a local
 //! array, and run the reverse-time recurrence `dh_t = dy_t C_t + exp(delta_{t+1} A) dh_{t+1}`.
@@ -33,7 +33,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::scan::SelectiveScanOps;
+use crate::ops::scan::SelectiveScanOps;
 
 /// Forward kernel: one unit per (sequence, channel), `CUBE_DIM_X` channels per cube; cubes are
 /// numbered `CUBE_POS_X + CUBE_POS_Y * CUBE_COUNT_X` over `batch * ceil(d_inner / CUBE_DIM_X)`.
@@ -435,7 +435,7 @@ fn empty_like(like: &CubeTensor, shape: Vec<usize>, dtype: DType) -> CubeTensor 
     )
 }
 
-/// Forward scan on a Cube device; inputs already shape-checked ([`crate::scan`]).
+/// Forward scan on a Cube device; inputs already shape-checked ([`crate::ops::scan`]).
 pub fn forward(
     u: CubeTensor,
     delta: CubeTensor,
@@ -552,7 +552,7 @@ impl SelectiveScanOps for CubeBackend {
 }
 
 /// The scan's backward step on a Cube backend, for the autodiff node of
-/// [`crate::scan::SelectiveScanOps`] (generic over the inner backend `B`): the gradients when
+/// [`crate::ops::scan::SelectiveScanOps`] (generic over the inner backend `B`): the gradients when
 /// `B` is burn's Cube backend, `None` otherwise (the host kernel then runs).
 pub(crate) fn cube_backward<B: Backend>(
     state: &[FloatTensor<B>; 6],
