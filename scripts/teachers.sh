@@ -2,7 +2,7 @@
 # `make teachers`: train the teacher ensemble for one DCASE split, score every clip with each
 # teacher, fuse the logits (the paper's eq. 4, h = sum_k alpha_k logits_k + beta, fitted on the
 # split's labelled training clips) and join the fused logits into the shards' teacher_logits
-# column (crash-safe rewrite, see pipeline/src/materialize.rs).
+# column (crash-safe rewrite, see pipeline/src/teachers/join.rs).
 #
 # Knobs (environment or make variables):
 #   OUT=data        shard folder, rewritten in place. The shards hold ONE teacher_logits column,

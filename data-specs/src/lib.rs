@@ -3,21 +3,29 @@
 //! The one definition of the data formats of the ASC toolkit: the Parquet shard schema and its
 //! key-value metadata ([`ShardMeta`]), the front-end configuration and its presets
 //! ([`FrontEndConfig`]), the label and device vocabularies ([`Vocabulary`]), the clip energy
-//! ([`clip_energy`]) and the shard-set manifest ([`Manifest`]).
+//! ([`clip_energy`]), the shard-set manifest ([`Manifest`]), the Parquet writer properties of a
+//! shard ([`shard_writer_properties`]), the logits table ([`write_logits_table`],
+//! [`read_logits_table`]), the stable hashes ([`hash`]: FNV-1a, SplitMix64) and the DCASE2024
+//! complexity limits ([`limits`]). Every other crate takes these from here.
 //!
 //! This crate knows formats, not algorithms. `README.md` beside it documents every column for
 //! readers in pyarrow, DuckDB or polars.
 
 pub mod frontend;
+pub mod hash;
 pub mod integrity;
+pub mod limits;
+pub mod logits;
 pub mod manifest;
 pub mod schema;
 pub mod vocab;
+pub mod writer;
 
 use std::path::Path;
 
 pub use frontend::{FrontEndConfig, FrontEndPreset, MelScale, WindowKind};
 pub use integrity::{VERIFIED_FILE, VerifyReport, sha256_file, verify_shards};
+pub use logits::{LogitsKey, LogitsTable, read_logits_table, write_logits_table};
 pub use manifest::{MANIFEST_FILE, Manifest, ShardEntry};
 pub use schema::{
     ClipRecord, ClipSet, DirSet, META_DATASET, META_DEVICES, META_DIR_SET, META_ENERGY_THRESHOLD,
@@ -27,6 +35,7 @@ pub use schema::{
 pub use vocab::{
     REFERENCE_DEVICE, TAU22_DEVICES, TAU22_LABELS, TAU22_UNSEEN_DEVICES, TauFileName, Vocabulary,
 };
+pub use writer::shard_writer_properties;
 
 /// Errors about data that does not follow the spec. Every variant names the offending file
 /// (or clip) so that the message alone tells the user what to fix.
@@ -165,6 +174,14 @@ pub enum SpecError {
     /// Arrow rejected a batch (a bug in the caller).
     #[error("arrow: {0}")]
     Arrow(String),
+    /// A logits table without the columns or values it needs.
+    #[error("{file}: {problem}")]
+    LogitsTable {
+        /// File.
+        file: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// Energy of a clip: the sum of squared samples of the 1 s, 32 kHz mono waveform with samples

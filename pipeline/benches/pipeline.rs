@@ -15,7 +15,7 @@ use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pipeline::features::{FeaturesArgs, run_features};
-use pipeline::shards::{Codec, writer_properties};
+use pipeline::shards::Codec;
 
 fn arg_value(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -68,7 +68,12 @@ fn compression_table(dir: &Path) -> anyhow::Result<()> {
         // Best of three (the build machine is shared).
         let (mut write_ms, mut read_ms, mut size) = (f64::MAX, f64::MAX, 0.0);
         for _ in 0..3 {
-            let props = writer_properties(&meta, pipeline::shards::DEFAULT_ROW_GROUP_ROWS, codec);
+            let props = data_specs::shard_writer_properties(
+                codec.compression,
+                codec.byte_stream_split,
+                pipeline::shards::DEFAULT_ROW_GROUP_ROWS,
+                Some(&meta),
+            );
             let t = Instant::now();
             let mut buf = Vec::new();
             let mut w = ArrowWriter::try_new(&mut buf, meta.schema(), Some(props))?;

@@ -255,8 +255,9 @@ pub fn convolve_causal(clip: &[f32], ir: &[f32]) -> Vec<f32> {
     })
 }
 
-/// SplitMix64 (Steele, Lea & Flood 2014): a small, portable, seedable generator whose output
-/// is fixed by its definition (unlike `rand`'s `StdRng`, which may change between versions).
+/// SplitMix64 (Steele, Lea & Flood 2014, [`data_specs::hash::splitmix64`]) with the few
+/// distributions the DIR and replay draws need: a small, portable, seedable generator whose
+/// output is fixed by its definition (unlike `rand`'s `StdRng`, which may change between versions).
 #[derive(Debug, Clone)]
 pub(crate) struct SplitMix64(u64);
 
@@ -268,11 +269,7 @@ impl SplitMix64 {
 
     /// Next 64 random bits.
     pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        data_specs::hash::splitmix64(&mut self.0)
     }
 
     /// Uniform in `[0, 1)` with 53 random bits.

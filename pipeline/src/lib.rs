@@ -10,15 +10,13 @@
 pub mod cli;
 pub mod dir;
 pub mod features;
-pub mod fusion;
 pub mod ingest;
 pub mod inspect;
 pub mod lock;
 pub mod logmel;
-pub mod materialize;
 pub mod replay;
 pub mod resample;
 pub mod shards;
 pub mod skips;
 pub mod synth;
-pub mod teacher;
+pub mod teachers;

@@ -22,7 +22,7 @@ enum Command {
     /// Print the schema, metadata and row counts of a shard set.
     Inspect(pipeline::inspect::InspectArgs),
     /// Teacher ensemble: fuse teacher logits (eq. 4) and join logits into the shards.
-    Teachers(pipeline::materialize::TeachersArgs),
+    Teachers(pipeline::teachers::TeachersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +30,6 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(args) => pipeline::synth::run(&args),
         Command::Features(args) => pipeline::features::run(&args),
         Command::Inspect(args) => pipeline::inspect::run(&args),
-        Command::Teachers(args) => pipeline::materialize::run(&args),
+        Command::Teachers(args) => pipeline::teachers::run(&args),
     }
 }

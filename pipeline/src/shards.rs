@@ -49,7 +49,7 @@
 //!   encoding and statistics are off for those two float columns (a dictionary of 16,640-value
 //!   random floats never pays, and min/max of log-mel values helps no query).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,9 +58,6 @@ use arrow_array::RecordBatch;
 use data_specs::{Manifest, SPEC_VERSION, ShardEntry, ShardMeta, SpecError};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 
 /// Rows per row group (see the module documentation).
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 512;
@@ -204,32 +201,6 @@ impl Codec {
     }
 }
 
-/// Writer properties of a shard: codec, row group size, per-column encodings and the shard
-/// metadata as file key-value metadata (sorted by key so that the bytes are deterministic).
-pub fn writer_properties(
-    meta: &ShardMeta,
-    row_group_rows: usize,
-    codec: Codec,
-) -> WriterProperties {
-    let kv: BTreeMap<String, String> = meta.to_key_values().into_iter().collect();
-    let kv: Vec<KeyValue> = kv.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
-    let logmel = ColumnPath::new(vec!["logmel".into(), "list".into(), "item".into()]);
-    let logits = ColumnPath::new(vec!["teacher_logits".into(), "list".into(), "item".into()]);
-    let mut b = WriterProperties::builder()
-        .set_compression(codec.compression)
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .set_key_value_metadata(Some(kv));
-    for c in [logmel, logits] {
-        b = b
-            .set_column_dictionary_enabled(c.clone(), false)
-            .set_column_statistics_enabled(c.clone(), EnabledStatistics::None);
-        if codec.byte_stream_split {
-            b = b.set_column_encoding(c, Encoding::BYTE_STREAM_SPLIT);
-        }
-    }
-    b.build()
-}
-
 /// File name of shard `k` of partition `i` of `n`: `shard-p{i}of{n}-{k:05}.parquet`.
 pub fn shard_name(i: u32, n: u32, k: usize) -> String {
     format!("shard-p{i}of{n}-{k:05}.parquet")
@@ -270,7 +241,12 @@ impl ShardWriter {
     ) -> Result<Self, ShardError> {
         let tmp = tmp_path(path);
         let file = File::create(&tmp).map_err(io(&tmp))?;
-        let props = writer_properties(meta, row_group_rows, codec);
+        let props = data_specs::shard_writer_properties(
+            codec.compression,
+            codec.byte_stream_split,
+            row_group_rows,
+            Some(meta),
+        );
         let writer = ArrowWriter::try_new(file, meta.schema(), Some(props)).map_err(pq(&tmp))?;
         Ok(Self {
             path: path.to_path_buf(),

@@ -10,7 +10,7 @@ use arrow_array::{Array, RecordBatch};
 use data_specs::{Manifest, clip_energy};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pipeline::features::{FeaturesArgs, Summary, run_features};
-use pipeline::teacher::write_npy_f32;
+use pipeline::teachers::logits::write_npy_f32;
 
 const SR: u32 = 44_100;
 const N_CLASSES: usize = 10;

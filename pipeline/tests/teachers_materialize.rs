@@ -9,15 +9,15 @@ use std::path::{Path, PathBuf};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int32Type};
 use arrow_array::{Array, RecordBatch};
-use data_specs::{ClipSet, Manifest, col};
+use data_specs::{ClipSet, Manifest, col, write_logits_table};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pipeline::features::{FeaturesArgs, run_features};
-use pipeline::materialize::{
-    FuseArgs, JoinOptions, JoinSet, LogitsLookup, join_teacher_logits, recover_interrupted_swap,
-    run_fuse, write_logits_table,
-};
 use pipeline::shards::{Codec, ShardCompression};
-use pipeline::teacher::TeacherLogits;
+use pipeline::teachers::TeacherLogits;
+use pipeline::teachers::{
+    FuseArgs, JoinOptions, JoinSet, LogitsLookup, join_teacher_logits, recover_interrupted_swap,
+    run_fuse,
+};
 
 const SR: u32 = 44_100;
 const N_CLASSES: usize = 10;

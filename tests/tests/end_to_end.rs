@@ -7,18 +7,19 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use data_specs::{ClipSet, FrontEndConfig, TauFileName, Variant};
+use data_specs::{ClipSet, FrontEndConfig, TauFileName, Variant, write_logits_table};
 use pipeline::features::{FeaturesArgs, run_features};
-use pipeline::materialize::{JoinOptions, join_teacher_logits};
 use pipeline::synth::{SynthArgs, generate};
-use pipeline::teacher::TeacherLogits;
+use pipeline::teachers::TeacherLogits;
+use pipeline::teachers::{JoinOptions, join_teacher_logits};
+use train::TrainConfig;
 use train::augment::Augment;
 use train::backend::default_device;
 use train::loader::{Loader, LoaderConfig, Selection, ShardSet};
 use train::loss::KdConfig;
 use train::model::ModelConfig;
-use train::predict::{predict_logits, write_logits_parquet};
-use train::trainer::{self, TrainConfig, TrainOptions};
+use train::predict::predict_logits;
+use train::trainer::{self, TrainOptions};
 
 /// A small baseline-kind model so that a training epoch on 256 x 65 inputs takes seconds.
 const SMALL_MODEL: &str = r#"
@@ -145,10 +146,10 @@ fn demo_dataset_to_shards_to_trained_model_to_teacher_logits() {
     let device = default_device();
     let run = runs.join("e2e");
     let (_, model, _) =
-        trainer::load_run_model(&run, &set.meta().labels, &shards, &device).unwrap();
+        train::run::load_run_model(&run, &set.meta().labels, &shards, &device).unwrap();
     let (ids, logits) = predict_logits(&model, &set, &[ClipSet::Train], 64, &device).unwrap();
     let table = tmp.path().join("teacher.parquet");
-    write_logits_parquet(&table, &ids, &logits, labels.len()).unwrap();
+    write_logits_table(&table, &ids, &logits, labels.len()).unwrap();
     drop(set);
     let ds = pipeline::ingest::Dataset::load(&dataset, &Default::default()).unwrap();
     let teacher = TeacherLogits::load(&table, &ds.rows, labels.len()).unwrap();

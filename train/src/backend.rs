@@ -9,7 +9,7 @@
 //!   selects burn's deprecated, slower NdArray backend.
 //! - With train's `wgpu` feature: `wgpu` (the machine's best graphics API: Vulkan, Metal, DX12)
 //!   and `vulkan` (pinned to Vulkan); with `cuda`: `cuda`. These are burn's Cube backend; the
-//!   fused ops run their CubeCL kernels or burn-op compositions there ([`crate::gpu`]).
+//!   fused ops run their CubeCL kernels or burn-op compositions there ([`crate::ops`]).
 //!
 //! The device is named by `train --device SPEC` or the environment variable [`DEVICE_ENV`]
 //! (`ASC_DEVICE`), parsed by [`parse_device`]; the binary selects it once ([`select_device`])
@@ -306,6 +306,29 @@ pub fn keep_freed_buffers() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         // One arena: rayon workers free buffers that the main thread allocated and vice versa.
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Whether `device` (with or without autodiff) is a device of burn's Cube backend (wgpu, CUDA;
+/// train's `wgpu` / `cuda` features). Every fused op of [`crate::ops`] checks it: on a Cube
+/// device the selective scan runs its CubeCL kernels ([`crate::ops::scan`]), every other op its
+/// composition from burn's tensor ops (the `*_reference` function of its module, which its
+/// fused CPU kernel is tested against), computed by burn's own Cube kernels and differentiated
+/// by burn's autodiff. Without a Cube runtime in the build it is `false`.
+pub fn on_cube(device: &Device) -> bool {
+    #[cfg(feature = "cube")]
+    {
+        use burn::backend::DispatchDevice;
+        let inner = match device.as_dispatch() {
+            DispatchDevice::Autodiff(ad) => &**ad,
+            other => other,
+        };
+        matches!(inner, DispatchDevice::Cube(_))
+    }
+    #[cfg(not(feature = "cube"))]
+    {
+        let _ = device;
+        false
     }
 }
 

@@ -34,6 +34,7 @@ use burn::module::Module;
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
+use data_specs::hash::splitmix64_hash;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -180,18 +181,11 @@ pub fn config_hash<T: Serialize>(config: &T) -> String {
     sha256_hex(&json)
 }
 
-/// SplitMix64 finaliser (Steele, Lea, Flood 2014).
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// A seed for the generator `stream` of epoch `epoch` of a run seeded with `seed`:
-/// `splitmix64(splitmix64(splitmix64(seed) ^ epoch) ^ stream)`.
+/// `h(h(h(seed) ^ epoch) ^ stream)` with `h` the first output of SplitMix64 seeded with its
+/// argument ([`splitmix64_hash`]).
 pub fn derive_seed(seed: u64, epoch: u64, stream: u64) -> u64 {
-    splitmix64(splitmix64(splitmix64(seed) ^ epoch) ^ stream)
+    splitmix64_hash(splitmix64_hash(splitmix64_hash(seed) ^ epoch) ^ stream)
 }
 
 /// `StdRng` for `(seed, epoch, stream)`; streams separate uses (shuffling, augmentation, ...).
@@ -754,7 +748,7 @@ mod tests {
     fn derived_seeds_are_stable_and_distinct() {
         // SplitMix64 reference value: the first output of SplitMix64 seeded with 0
         // (state 0 + golden gamma) is 0xE220A8397B1DCDAF.
-        assert_eq!(splitmix64(0), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(splitmix64_hash(0), 0xE220_A839_7B1D_CDAF);
         assert_eq!(derive_seed(1, 2, 3), derive_seed(1, 2, 3));
         let seeds: std::collections::BTreeSet<u64> = (0..50)
             .flat_map(|e| (0..4).map(move |s| derive_seed(1, e, s)))

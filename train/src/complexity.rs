@@ -19,23 +19,21 @@
 //!   `(delta u) * B`, `N` for the read-out `<h, C>`, `1` for the skip `D u`. The `exp` and the
 //!   discretisation product `delta * A` are element-wise and, like activations, gating, pooling
 //!   and residual additions, not counted (torchinfo does not count them either).
-//! - **Parameter memory**: 1 byte per parameter at int8 (the DCASE rule, limit 128,000 bytes);
-//!   the "mixed" figure keeps LayerNorm, `A_log`, `D` and the skip scales in float32 (4 bytes),
-//!   as the IRMamba report does.
+//! - **Parameter memory**: 1 byte per parameter at int8 (the DCASE rule, limit
+//!   [`MAX_PARAM_BYTES`] = 128,000 bytes, [`data_specs::limits`]); the "mixed" figure keeps
+//!   LayerNorm, `A_log`, `D` and the skip scales in float32 (4 bytes), as the IRMamba report
+//!   does.
+//!
+//! This module is a leaf: the models walk their layers and report each one to a [`Tally`]
+//! (`Model::tally`); `ModelConfig::complexity` builds the [`ComplexityReport`] of a model.
 
 use std::fmt;
 
-use burn::module::{Module, Param};
-use burn::nn::conv::Conv1d;
-use burn::nn::{LayerNorm, Linear};
+use burn::module::Param;
+use burn::nn::conv::{Conv1d, Conv2d};
+use burn::nn::{BatchNorm, LayerNorm, Linear};
 use burn::tensor::Tensor;
-
-use crate::model::{ConvBn, ModelConfig};
-
-/// DCASE2024 Task 1 limit on parameter memory, in bytes.
-pub const MAX_PARAM_BYTES: usize = 128_000;
-/// DCASE2024 Task 1 limit on MACs for one second of audio.
-pub const MAX_MACS: u64 = 30_000_000;
+use data_specs::limits::{MAX_MACS, MAX_PARAM_BYTES};
 
 /// One row of the complexity table: a leaf layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,17 +87,16 @@ impl Tally {
         self.rows.push(row);
     }
 
-    /// A [`ConvBn`] on an input `[C, H, W]`; returns the output shape.
-    pub fn conv_bn(&mut self, path: &str, m: &ConvBn, input: [usize; 3]) -> [usize; 3] {
-        let out = m.out_shape(input);
-        let conv_params = numel(&m.conv.weight) + m.conv.bias.as_ref().map_or(0, numel);
-        let bn_params = numel(&m.bn.gamma) + numel(&m.bn.beta);
-        self.buffers += numel_state(&m.bn.running_mean) + numel_state(&m.bn.running_var);
+    /// A Conv2d followed by a BatchNorm with output shape `out` (`[C, H, W]`).
+    pub fn conv2d_bn(&mut self, path: &str, conv: &Conv2d, bn: &BatchNorm, out: [usize; 3]) {
+        let conv_params = numel(&conv.weight) + conv.bias.as_ref().map_or(0, numel);
+        let bn_params = numel(&bn.gamma) + numel(&bn.beta);
+        self.buffers += numel_state(&bn.running_mean) + numel_state(&bn.running_var);
         let positions = (out[1] * out[2]) as u64;
         let macs = conv_params as u64 * positions + bn_params as u64;
         self.push(LayerRow {
             path: path.to_string(),
-            kind: if m.conv.groups > 1 {
+            kind: if conv.groups > 1 {
                 "DWConv2d+BN"
             } else {
                 "Conv2d+BN"
@@ -111,7 +108,6 @@ impl Tally {
             scan_macs: 0,
             torchinfo_macs: macs,
         });
-        out
     }
 
     /// A Linear applied to each of `tokens` tokens.
@@ -356,28 +352,5 @@ impl fmt::Display for ComplexityReport {
                 "EXCEEDS DCASE limits"
             }
         )
-    }
-}
-
-/// The complexity report of `cfg` for `n_classes` classes and a `[1, n_mels, n_frames]` input.
-///
-/// The model is initialised on the default (CPU) device and walked layer by layer; counts come
-/// from its parameter shapes.
-pub fn summary(
-    cfg: &ModelConfig,
-    n_classes: usize,
-    n_mels: usize,
-    n_frames: usize,
-) -> ComplexityReport {
-    let device = crate::backend::default_device();
-    let model = cfg.init(n_classes, &device);
-    let mut tally = Tally::default();
-    model.tally(&mut tally, [1, n_mels, n_frames]);
-    ComplexityReport {
-        model: cfg.name(),
-        input: [1, n_mels, n_frames],
-        rows: tally.rows,
-        buffers: tally.buffers,
-        module_params: model.num_params(),
     }
 }

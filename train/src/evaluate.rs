@@ -1,84 +1,75 @@
-//! Batched inference over the ORIGINAL rows of a set (no DIR, no replay rows) and the evaluation
-//! of a model on them: macro accuracy, per class/device/group, log-loss, confusion
-//! ([`crate::metrics::EvalReport`]).
+//! The one evaluation path: a [`Classifier`] (the float model on a device, the QAT model, the
+//! int8 engine) run over the ORIGINAL rows of a set (no DIR, no replay rows) by one loop
+//! ([`EvalSet::for_each_logits`]), and the evaluation of its logits: macro accuracy, per
+//! class/device/group, log-loss, confusion ([`crate::metrics::EvalReport`]).
 
 use std::collections::BTreeSet;
 
+use asc_int8::Int8Model;
 use burn::tensor::Device;
 use data_specs::ClipSet;
-use serde::{Deserialize, Serialize};
 
-use crate::loader::{Fold, FoldFilter, Loader, LoaderConfig, Selection, ShardSet};
+use crate::error::{Result, TrainError};
+use crate::loader::{HostBatch, Loader, LoaderConfig, Selection, ShardSet};
 use crate::metrics::{EvalAccumulator, EvalReport};
 use crate::model::Model;
-use crate::trainer::{Result, TrainError};
+use crate::qat::QatModel;
 
-/// How a run evaluates itself while training and which model it keeps.
-///
-/// Model selection never looks at the test set: without a validation fold the run keeps its
-/// final model; with one (`validation = k/K`: location fold k of K of the training clips, the
-/// hold-out machinery of `--holdout-fold`, never trained on), it keeps the model of the
-/// evaluation with the best validation macro accuracy and may stop early. The test set is
-/// evaluated alongside as a diagnostic (its curve is plotted, never used to choose).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EvalConfig {
-    /// Location fold of the training clips held out for validation (`None`: no validation,
-    /// the final model is kept).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub validation: Option<Fold>,
-    /// Stop when the validation macro accuracy has not improved for this many evaluations
-    /// (needs `validation`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub early_stop: Option<u64>,
-    /// Evaluate after every this many epochs and after the last (0: about
-    /// [`AUTO_EVALUATIONS`] evaluations per run, see [`EvalConfig::interval`]).
-    pub every: u64,
-    /// Training rows of the precise BatchNorm before each evaluation and before the final
-    /// model is saved ([`crate::precise_bn`]; 0 switches it off and keeps the running
-    /// averages).
-    pub precise_bn_rows: usize,
+/// Batch size of the int8 engine's evaluation.
+pub const INT8_BATCH: usize = 256;
+/// Batch size of the QAT (fake-quant) model's evaluation.
+pub const QAT_BATCH: usize = 128;
+
+/// A scene classifier: the logits of a batch of log-mels. Served by the float model
+/// ([`FloatModel`]), the QAT model ([`QatModel`], fake-quantized) and the int8 engine
+/// ([`Int8Model`]), so that one loop ([`EvalSet::for_each_logits`]) evaluates all three.
+pub trait Classifier {
+    /// Logits `[B, n_classes]` row-major of the rows of `batch` (log-mel `[B, n_mels,
+    /// n_frames]`, the full front-end output).
+    fn batch_logits(&self, batch: HostBatch) -> Result<Vec<f32>>;
 }
 
-/// Evaluations per run when [`EvalConfig::every`] is 0.
-pub const AUTO_EVALUATIONS: u64 = 10;
+/// A float model and the device it computes on. Pass the inference copy (`model.valid()`) for
+/// evaluation; a training-mode model normalises with each batch's statistics.
+#[derive(Debug, Clone, Copy)]
+pub struct FloatModel<'a> {
+    /// The model.
+    pub model: &'a Model,
+    /// Its device.
+    pub device: &'a Device,
+}
 
-impl Default for EvalConfig {
-    fn default() -> Self {
-        Self {
-            validation: None,
-            early_stop: None,
-            every: 0,
-            precise_bn_rows: crate::precise_bn::DEFAULT_ROWS,
-        }
+impl<'a> FloatModel<'a> {
+    /// `model` on `device`.
+    pub fn new(model: &'a Model, device: &'a Device) -> Self {
+        Self { model, device }
     }
 }
 
-impl EvalConfig {
-    /// Epochs between evaluations of a run of `epochs` epochs: `every`, or
-    /// `ceil(epochs / AUTO_EVALUATIONS)` when 0.
-    pub fn interval(&self, epochs: u64) -> u64 {
-        if self.every > 0 {
-            self.every
-        } else {
-            epochs.div_ceil(AUTO_EVALUATIONS).max(1)
-        }
-    }
+/// Reads a logits tensor back to the host.
+fn host_logits(t: burn::tensor::Tensor<2>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::Config(format!("reading the logits: {e:?}")))
+}
 
-    /// Whether the run evaluates after zero-based epoch `epoch` (every interval, and always
-    /// after the last epoch).
-    pub fn due(&self, epoch: u64, epochs: u64) -> bool {
-        (epoch + 1).is_multiple_of(self.interval(epochs)) || epoch + 1 >= epochs
+impl Classifier for FloatModel<'_> {
+    fn batch_logits(&self, batch: HostBatch) -> Result<Vec<f32>> {
+        let tb = batch.into_tensors(self.device);
+        host_logits(self.model.forward(tb.logmel))
     }
+}
 
-    /// The validation rows: the originals of the training clips of split `split` in the
-    /// validation fold.
-    pub fn validation_selection(&self, split: u8) -> Option<Selection> {
-        self.validation.map(|f| Selection {
-            max_split: Some(split),
-            fold: Some(FoldFilter::Only(f)),
-            ..originals(ClipSet::Train)
-        })
+impl Classifier for QatModel {
+    fn batch_logits(&self, batch: HostBatch) -> Result<Vec<f32>> {
+        let tb = batch.into_tensors(&crate::backend::default_device());
+        host_logits(self.forward(tb.logmel)?)
+    }
+}
+
+impl Classifier for Int8Model {
+    fn batch_logits(&self, batch: HostBatch) -> Result<Vec<f32>> {
+        Ok(self.infer_logmel_batch(batch.logmel())?)
     }
 }
 
@@ -89,26 +80,14 @@ pub struct EvalSet {
     len: usize,
 }
 
-/// The selection of the original rows of `set` (DIR and replay rows excluded).
-pub fn originals(set: ClipSet) -> Selection {
-    Selection {
-        set,
-        max_split: None,
-        devices: None,
-        replay: false,
-        p_dir: 0.0,
-        fold: None,
-    }
-}
-
 impl EvalSet {
     /// The original rows of `clip_set` in `set`, in batches of `batch_size` (an empty set when
     /// the shards hold no such row).
     pub fn new(set: &ShardSet, clip_set: ClipSet, batch_size: usize) -> Result<Self> {
-        Self::with_selection(set, originals(clip_set), batch_size)
+        Self::with_selection(set, Selection::originals(clip_set), batch_size)
     }
 
-    /// The rows of `selection` (built from [`originals`], optionally narrowed to a location
+    /// The rows of `selection` (built from [`Selection::originals`], optionally narrowed to a location
     /// fold), in storage order.
     pub fn with_selection(set: &ShardSet, selection: Selection, batch_size: usize) -> Result<Self> {
         let cfg = LoaderConfig {
@@ -135,12 +114,11 @@ impl EvalSet {
         self.len == 0
     }
 
-    /// Runs `model` (an inference copy, `model.valid()`) over every row and calls `f(rows,
-    /// logits [B, n_classes] row-major, labels)` per batch.
-    pub fn for_each_batch(
+    /// The one evaluation loop: runs `model` over every row, in storage order, and calls
+    /// `f(rows, logits [B, n_classes] row-major, labels)` per batch.
+    pub fn for_each_logits(
         &self,
-        model: &Model,
-        device: &Device,
+        model: &dyn Classifier,
         mut f: impl FnMut(&[u32], &[f32], &[i64]) -> Result<()>,
     ) -> Result<()> {
         let Some(loader) = &self.loader else {
@@ -148,26 +126,31 @@ impl EvalSet {
         };
         for batch in loader.epoch(0) {
             let batch = batch?;
+            let rows = batch.rows().to_vec();
             let labels = batch.labels().to_vec();
-            let tb = batch.into_tensors(device);
-            let logits = model.forward(tb.logmel);
-            let host = logits
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| TrainError::Config(format!("reading the logits: {e:?}")))?;
-            f(&tb.rows, &host, &labels)?;
+            let logits = model.batch_logits(batch)?;
+            f(&rows, &logits, &labels)?;
         }
         Ok(())
     }
 
-    /// Evaluates `model` on the labelled rows; `seen` are the devices of the training
-    /// selection (the "seen" group).
-    pub fn evaluate(
+    /// [`Self::for_each_logits`] of the float `model` on `device`.
+    pub fn for_each_batch(
         &self,
         model: &Model,
+        device: &Device,
+        f: impl FnMut(&[u32], &[f32], &[i64]) -> Result<()>,
+    ) -> Result<()> {
+        self.for_each_logits(&FloatModel::new(model, device), f)
+    }
+
+    /// Evaluates `model` on the labelled rows; `seen` are the devices of the training
+    /// selection (the "seen" group). Non-finite logits fail naming their clips.
+    pub fn evaluate(
+        &self,
+        model: &dyn Classifier,
         set: &ShardSet,
         seen: BTreeSet<String>,
-        device: &Device,
     ) -> Result<EvalReport> {
         let meta = set.meta();
         let k = meta.n_classes();
@@ -176,7 +159,7 @@ impl EvalSet {
             meta.devices.names().map(str::to_string).collect(),
             seen,
         );
-        self.for_each_batch(model, device, |rows, logits, labels| {
+        self.for_each_logits(model, |rows, logits, labels| {
             let bad = crate::finite::non_finite_logits(set, rows, Some(logits), k);
             if !bad.is_empty() {
                 return Err(TrainError::NonFinite(format!("evaluation{bad}")));
@@ -190,4 +173,52 @@ impl EvalSet {
         })?;
         Ok(acc.finish())
     }
+}
+
+/// Evaluates the fake-quantized model on the original rows of `clip_set`.
+pub fn evaluate_qat(
+    qm: &QatModel,
+    set: &ShardSet,
+    clip_set: ClipSet,
+    seen: BTreeSet<String>,
+) -> Result<EvalReport> {
+    EvalSet::new(set, clip_set, QAT_BATCH)?.evaluate(qm, set, seen)
+}
+
+/// Refuses shards whose log-mel shape or labels differ from the int8 model's.
+pub fn check_int8_shards(model: &Int8Model, set: &ShardSet) -> Result<()> {
+    let meta = set.meta();
+    let fe = model.frontend();
+    if (meta.frontend.n_mels, meta.frontend.n_frames()) != (fe.n_mels, fe.n_frames()) {
+        return Err(TrainError::Mismatch(format!(
+            "the shards hold {}x{} log-mels, the model expects {}x{} (front end {:?} vs {:?})",
+            meta.frontend.n_mels,
+            meta.frontend.n_frames(),
+            fe.n_mels,
+            fe.n_frames(),
+            meta.frontend.preset,
+            fe.preset
+        )));
+    }
+    let names: Vec<String> = meta.labels.names().map(str::to_string).collect();
+    if names != model.labels().0 {
+        return Err(TrainError::Mismatch(format!(
+            "the shards' labels {names:?} differ from the model's {:?}",
+            model.labels().0
+        )));
+    }
+    Ok(())
+}
+
+/// Evaluates an int8 model on the ORIGINAL rows of `clip_set` of a shard set (the engine runs
+/// the clips of a batch in parallel): the same [`EvalReport`] as the float evaluation. `seen`
+/// are the training devices (the "seen" group).
+pub fn evaluate_int8(
+    model: &Int8Model,
+    set: &ShardSet,
+    clip_set: ClipSet,
+    seen: BTreeSet<String>,
+) -> Result<EvalReport> {
+    check_int8_shards(model, set)?;
+    EvalSet::new(set, clip_set, INT8_BATCH)?.evaluate(model, set, seen)
 }

@@ -3,8 +3,8 @@
 //! ([`non_finite_logits`], when the loss or an evaluation meets one) is reported with the
 //! clip id, variant and shard of its row instead of a position in the batch.
 
+use crate::error::TrainError;
 use crate::loader::{HostBatch, ShardSet};
-use crate::trainer::TrainError;
 
 /// `clip <id> (<variant> row of <shard>)`.
 fn describe(set: &ShardSet, row: u32) -> String {

@@ -32,10 +32,9 @@ use std::collections::BTreeSet;
 
 use data_specs::ClipSet;
 
-use crate::evaluate::originals;
+use crate::error::{Result, TrainError};
 use crate::loader::{FoldFilter, Loader, LoaderConfig, Selection, ShardSet};
 use crate::metrics::{EvalAccumulator, EvalReport};
-use crate::trainer::{Result, TrainError};
 
 /// Candidate L2 weights of the floor's logistic regression (mean-loss units).
 pub const LAMBDAS: [f64; 3] = [1e-3, 1e-2, 1e-1];
@@ -337,7 +336,7 @@ pub fn floor(
     let train_sel = Selection {
         max_split: Some(split),
         fold: exclude_fold.map(FoldFilter::Without),
-        ..originals(ClipSet::Train)
+        ..Selection::originals(ClipSet::Train)
     };
     let (mut x, y, train_rows) = features_of(set, train_sel)?;
     if y.is_empty() {
@@ -384,13 +383,13 @@ pub fn floor(
         })
         .map_or(LAMBDAS[1], |(i, _)| LAMBDAS[i]);
     let model = fit_logistic(&x, &y, k, lambda, &LbfgsOptions::default());
-    let argmax = |z: &[f64]| (0..z.len()).fold(0, |b, c| if z[c] > z[b] { c } else { b });
+    let argmax = asc_kernels::math::argmax::<f64>;
     let train_hits = x
         .chunks_exact(d)
         .zip(&y)
         .filter(|(row, label)| argmax(&model.logits(row)) == **label)
         .count();
-    let (mut xt, yt, rows) = features_of(set, originals(ClipSet::Test))?;
+    let (mut xt, yt, rows) = features_of(set, Selection::originals(ClipSet::Test))?;
     standardise(&mut xt);
     let mut acc = EvalAccumulator::new(
         meta.labels.names().map(str::to_string).collect(),

@@ -9,11 +9,41 @@
 //!   groups are "seen" (devices present in the training selection) and "unseen" (the others);
 //! - log-loss: `(1/N) sum_i -log softmax(logits_i)[label_i]` (natural log, log-sum-exp form);
 //! - confusion matrix: `confusion[true][predicted]` counts.
+//!
+//! [`EpochMetrics`] are the figures of one training epoch (a line of the run's `metrics.jsonl`).
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+/// Figures of one epoch (one line of `metrics.jsonl`). Accuracies are fractions in [0, 1].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Zero-based epoch index.
+    pub epoch: u64,
+    /// Optimizer updates done at the end of the epoch.
+    pub step: u64,
+    /// Learning rate of the last update of the epoch.
+    pub lr: f64,
+    /// Mean training loss over the epoch.
+    pub train_loss: f64,
+    /// Training accuracy over the epoch (augmented inputs).
+    pub train_acc: f64,
+    /// Test macro class accuracy, when the test set was evaluated this epoch (a diagnostic:
+    /// never used to select a model).
+    pub test_macro_acc: Option<f64>,
+    /// Test log-loss, when the test set was evaluated this epoch.
+    pub test_log_loss: Option<f64>,
+    /// Wall-clock seconds of the epoch (training and evaluation).
+    pub seconds: f64,
+    /// Training throughput, examples per second.
+    pub samples_per_s: f64,
+    /// Validation macro class accuracy, when the run has a validation fold and evaluated this
+    /// epoch (what selects the kept model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_macro_acc: Option<f64>,
+}
 
 /// Bad input fed to the accumulator.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -172,12 +202,7 @@ impl EvalAccumulator {
         if logits.iter().any(|v| !v.is_finite()) {
             return Err(MetricsError::NonFinite(self.count));
         }
-        let mut pred = 0;
-        for (i, &v) in logits.iter().enumerate() {
-            if v > logits[pred] {
-                pred = i;
-            }
-        }
+        let pred = asc_kernels::math::argmax(logits);
         let max = logits[pred] as f64;
         let lse = max
             + logits

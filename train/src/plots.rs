@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
-use crate::report::EpochMetrics;
+use crate::metrics::EpochMetrics;
 
 /// The embedded font (DejaVu Sans, see `train/assets/DejaVuSans-LICENSE.txt`).
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");

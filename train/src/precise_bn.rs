@@ -29,10 +29,10 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::error::Result;
 use crate::loader::{Loader, LoaderConfig, Selection, ShardSet};
 use crate::model::Model;
 use crate::model::conv_bn::{BnStats, record_bn_stats};
-use crate::trainer::Result;
 
 /// Training rows used by the trainer's precise BN (enough for stable statistics of every
 /// channel at a cost of a fraction of an epoch).

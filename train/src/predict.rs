@@ -1,11 +1,8 @@
-//! `train predict`: a model's logits for the original rows of a set, as the Parquet table the
-//! pipeline reads as teacher logits (`pipeline --teacher-logits`, [`pipeline::teacher`]):
+//! `train predict`: a model's logits for the original rows of a set, for the logits table the
+//! pipeline reads as teacher logits ([`data_specs::logits`], written by
+//! [`data_specs::write_logits_table`]; `pipeline features --teacher-logits`).
 //!
-//! ```text
-//! clip_id: utf8 (not null), logits: fixed_size_list<float32 (nullable item)>[n_classes] (not null)
-//! ```
-//!
-//! One row per original clip row, in shard order. The file is written to `<out>.tmp`, then renamed.
+//! One row per original clip row, in shard order.
 //!
 //! **Out-of-fold logits** ([`predict_out_of_fold`]): K runs trained with `--holdout-fold k/K`
 //! (k = 1..K; folds group the clips by recording location, [`Fold`]) act as one teacher. Each
@@ -14,25 +11,17 @@
 //! the mean of the K runs' logits.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema};
 use burn::tensor::Device;
 use data_specs::{ClipSet, Variant};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
-use crate::evaluate::{EvalSet, originals};
+use crate::error::{Result, TrainError};
+use crate::evaluate::EvalSet;
 use crate::loader::{Fold, FoldFilter, Selection, ShardSet};
 use crate::model::Model;
-use crate::trainer::{Result, TrainError, io_err};
 
 /// Which rows `predict` covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PredictSet {
     /// Original rows of the training set.
     Train,
@@ -143,19 +132,19 @@ pub fn predict_out_of_fold(
     for &clip_set in sets {
         for (fold, model) in members {
             if clip_set != ClipSet::Train {
-                run(model, originals(clip_set), false)?;
+                run(model, Selection::originals(clip_set), false)?;
                 continue;
             }
             // The member's own held-out fold of the split...
             let held_out = Selection {
                 max_split: split,
                 fold: Some(FoldFilter::Only(*fold)),
-                ..originals(ClipSet::Train)
+                ..Selection::originals(ClipSet::Train)
             };
             run(model, held_out, false)?;
             // ... and, like the test set, the training clips outside the split (if any).
             if outside_split {
-                run(model, originals(ClipSet::Train), true)?;
+                run(model, Selection::originals(ClipSet::Train), true)?;
             }
         }
     }
@@ -166,58 +155,4 @@ pub fn predict_out_of_fold(
         values.extend(sum.iter().map(|s| s / n as f32));
     }
     Ok((ids, values))
-}
-
-/// Writes `clip_id` / `logits` rows to the Parquet file `out` (temp name, then rename).
-pub fn write_logits_parquet(
-    out: &Path,
-    clip_ids: &[String],
-    logits: &[f32],
-    n_classes: usize,
-) -> Result<()> {
-    if n_classes == 0 || logits.len() != clip_ids.len() * n_classes {
-        return Err(io_err(
-            out,
-            format!(
-                "{} logits values for {} clips of {n_classes} classes",
-                logits.len(),
-                clip_ids.len()
-            ),
-        ));
-    }
-    let item = Arc::new(Field::new("item", DataType::Float32, true));
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("clip_id", DataType::Utf8, false),
-        Field::new(
-            "logits",
-            DataType::FixedSizeList(item.clone(), n_classes as i32),
-            false,
-        ),
-    ]));
-    let ids: ArrayRef = Arc::new(StringArray::from_iter_values(clip_ids));
-    let list = FixedSizeListArray::try_new(
-        item,
-        n_classes as i32,
-        Arc::new(Float32Array::from(logits.to_vec())),
-        None,
-    )
-    .map_err(|e| io_err(out, e))?;
-    let batch = RecordBatch::try_new(schema.clone(), vec![ids, Arc::new(list)])
-        .map_err(|e| io_err(out, e))?;
-    let tmp: PathBuf = {
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "logits.parquet".into());
-        out.with_file_name(format!(".{name}.tmp"))
-    };
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
-    let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    let mut writer =
-        ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| io_err(&tmp, e))?;
-    writer.write(&batch).map_err(|e| io_err(&tmp, e))?;
-    writer.close().map_err(|e| io_err(&tmp, e))?;
-    fs::rename(&tmp, out).map_err(|e| io_err(out, e))
 }

@@ -1,106 +1,14 @@
-//! The run folder `runs/<name>/`: resolved config, per-epoch metrics, the markdown report and
-//! the plots.
-//!
-//! ```text
-//! runs/<name>/config.toml      resolved configuration (any serde value that is a table)
-//! runs/<name>/metrics.jsonl    one EpochMetrics JSON object per line, in epoch order
-//! runs/<name>/report.md        final tables: macro accuracy, per class / device / group,
-//!                              confusion matrix, complexity, timing
-//! runs/<name>/loss.png, accuracy.png, confusion.png
-//! runs/<name>/checkpoints/<tag>/   (see crate::checkpoint)
-//! ```
-//!
-//! `config.toml` and `report.md` are written to a temporary name and renamed; `metrics.jsonl`
-//! is appended line by line (one complete line per write), and [`RunDir::truncate_metrics`]
-//! rewrites it (temporary name + rename) when a run resumes from an earlier epoch.
+//! The report of a finished run: `report.md` (macro accuracy, per class / device / group,
+//! model vs floor, confusion matrix, complexity, timing), the model-vs-floor table of the
+//! console, and the three plots ([`write_report`] writes them into the run folder).
 
 use std::fmt::Write as _;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
-use crate::metrics::EvalReport;
-use crate::plots::{self, PlotError};
-
-/// Resolved configuration file of a run.
-pub const CONFIG_FILE: &str = "config.toml";
-/// Per-epoch metrics of a run.
-pub const METRICS_FILE: &str = "metrics.jsonl";
-/// Final markdown report.
-pub const REPORT_FILE: &str = "report.md";
-/// Loss-curve plot.
-pub const LOSS_PLOT: &str = "loss.png";
-/// Accuracy-curve plot.
-pub const ACCURACY_PLOT: &str = "accuracy.png";
-/// Confusion-matrix plot.
-pub const CONFUSION_PLOT: &str = "confusion.png";
-
-/// Why the run folder could not be written or read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    /// A file system operation failed.
-    #[error("run file {path}: {source}")]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// A run name that is empty or would leave the runs folder.
-    #[error("run name {0:?} is not a plain folder name")]
-    BadName(String),
-    /// The configuration cannot be written as TOML (it must serialize to a table).
-    #[error("run config {path}: {message}")]
-    Config {
-        /// The config file.
-        path: PathBuf,
-        /// The serializer's message.
-        message: String,
-    },
-    /// A line of `metrics.jsonl` that is not an EpochMetrics object.
-    #[error("{path} line {line}: {source}")]
-    MetricsLine {
-        /// The metrics file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// The parse error.
-        source: serde_json::Error,
-    },
-    /// A plot could not be drawn.
-    #[error(transparent)]
-    Plot(#[from] PlotError),
-}
-
-/// Figures of one epoch (one line of `metrics.jsonl`). Accuracies are fractions in [0, 1].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// Zero-based epoch index.
-    pub epoch: u64,
-    /// Optimizer updates done at the end of the epoch.
-    pub step: u64,
-    /// Learning rate of the last update of the epoch.
-    pub lr: f64,
-    /// Mean training loss over the epoch.
-    pub train_loss: f64,
-    /// Training accuracy over the epoch (augmented inputs).
-    pub train_acc: f64,
-    /// Test macro class accuracy, when the test set was evaluated this epoch (a diagnostic:
-    /// never used to select a model).
-    pub test_macro_acc: Option<f64>,
-    /// Test log-loss, when the test set was evaluated this epoch.
-    pub test_log_loss: Option<f64>,
-    /// Wall-clock seconds of the epoch (training and evaluation).
-    pub seconds: f64,
-    /// Training throughput, examples per second.
-    pub samples_per_s: f64,
-    /// Validation macro class accuracy, when the run has a validation fold and evaluated this
-    /// epoch (what selects the kept model).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub val_macro_acc: Option<f64>,
-}
+use crate::error::Result;
+use crate::metrics::{EpochMetrics, EvalReport, GroupAccuracy};
+use crate::plots;
+use crate::run::{ACCURACY_PLOT, CONFUSION_PLOT, LOSS_PLOT, REPORT_FILE, RunDir, write_atomic};
 
 /// Everything the final `report.md` shows besides the evaluation tables.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,7 +33,7 @@ pub type ComparisonRow = (String, f64, Option<f64>, u64);
 /// The model-vs-floor comparison of the headline: macro accuracy, the seen / unseen groups and
 /// each device (macro accuracy over the classes of each subset), and the log-loss.
 pub fn comparison_rows(model: &EvalReport, floor: Option<&EvalReport>) -> Vec<ComparisonRow> {
-    let find = |r: &[crate::metrics::GroupAccuracy], name: &str| {
+    let find = |r: &[GroupAccuracy], name: &str| {
         r.iter().find(|g| g.name == name).map(|g| g.macro_accuracy)
     };
     let mut rows = vec![(
@@ -324,144 +232,31 @@ pub fn render_report(summary: &RunSummary, eval: &EvalReport) -> String {
     s
 }
 
-/// A run folder `runs/<name>/`.
-#[derive(Debug, Clone)]
-pub struct RunDir {
-    root: PathBuf,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
-    move |source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))
-}
-
-impl RunDir {
-    /// Create (or reopen) `runs_root/name`. The name must be one plain path component.
-    pub fn create(runs_root: &Path, name: &str) -> Result<Self, ReportError> {
-        let plain = !name.is_empty()
-            && name != "."
-            && name != ".."
-            && !name.contains(['/', '\\'])
-            && Path::new(name).components().count() == 1;
-        if !plain {
-            return Err(ReportError::BadName(name.to_string()));
-        }
-        let root = runs_root.join(name);
-        fs::create_dir_all(&root).map_err(io(&root))?;
-        Ok(Self { root })
-    }
-
-    /// The folder.
-    pub fn path(&self) -> &Path {
-        &self.root
-    }
-
-    /// Folder of the checkpoint `tag` (e.g. `last`, `best`): `<run>/checkpoints/<tag>`.
-    pub fn checkpoint_dir(&self, tag: &str) -> PathBuf {
-        self.root.join("checkpoints").join(tag)
-    }
-
-    /// Write the resolved configuration as `config.toml` (it must serialize to a table).
-    pub fn write_config<T: Serialize>(&self, config: &T) -> Result<PathBuf, ReportError> {
-        let path = self.root.join(CONFIG_FILE);
-        let text = toml::to_string_pretty(config).map_err(|e| ReportError::Config {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&path, text.as_bytes())?;
-        Ok(path)
-    }
-
-    /// Append one epoch to `metrics.jsonl`.
-    pub fn append_metrics(&self, m: &EpochMetrics) -> Result<(), ReportError> {
-        let path = self.root.join(METRICS_FILE);
-        let mut line = serde_json::to_string(m).map_err(|source| ReportError::MetricsLine {
-            path: path.clone(),
-            line: 0,
-            source,
-        })?;
-        line.push('\n');
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        f.write_all(line.as_bytes()).map_err(io(&path))
-    }
-
-    /// All epochs of `metrics.jsonl` (empty when the file does not exist yet).
-    pub fn read_metrics(&self) -> Result<Vec<EpochMetrics>, ReportError> {
-        let path = self.root.join(METRICS_FILE);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&path)(e)),
-        };
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|source| ReportError::MetricsLine {
-                    path: path.clone(),
-                    line: i + 1,
-                    source,
-                })
-            })
-            .collect()
-    }
-
-    /// Keep only the epochs before `epoch` in `metrics.jsonl` (resume from a checkpoint taken
-    /// after `epoch` epochs); returns the kept epochs.
-    pub fn truncate_metrics(&self, epoch: u64) -> Result<Vec<EpochMetrics>, ReportError> {
-        let kept: Vec<EpochMetrics> = self
-            .read_metrics()?
-            .into_iter()
-            .filter(|m| m.epoch < epoch)
-            .collect();
-        let mut text = String::new();
-        for m in &kept {
-            text.push_str(&serde_json::to_string(m).unwrap_or_default());
-            text.push('\n');
-        }
-        write_atomic(&self.root.join(METRICS_FILE), text.as_bytes())?;
-        Ok(kept)
-    }
-
-    /// Write `report.md` and the three plots from the run's epochs and final evaluation;
-    /// returns the paths written.
-    pub fn write_report(
-        &self,
-        summary: &RunSummary,
-        eval: &EvalReport,
-    ) -> Result<Vec<PathBuf>, ReportError> {
-        let report = self.root.join(REPORT_FILE);
-        write_atomic(&report, render_report(summary, eval).as_bytes())?;
-        let loss = self.root.join(LOSS_PLOT);
-        let acc = self.root.join(ACCURACY_PLOT);
-        let cm = self.root.join(CONFUSION_PLOT);
-        plots::plot_loss_curves(&loss, &summary.epochs)?;
-        plots::plot_accuracy_curves(&acc, &summary.epochs)?;
-        plots::plot_confusion(&cm, &eval.class_names, &eval.confusion)?;
-        Ok(vec![report, loss, acc, cm])
-    }
+/// Writes `report.md` and the three plots into the run folder `run` from the run's epochs and
+/// final evaluation; returns the paths written.
+pub fn write_report(run: &RunDir, summary: &RunSummary, eval: &EvalReport) -> Result<Vec<PathBuf>> {
+    let root = run.path();
+    let report = root.join(REPORT_FILE);
+    write_atomic(&report, render_report(summary, eval).as_bytes())?;
+    let loss = root.join(LOSS_PLOT);
+    let acc = root.join(ACCURACY_PLOT);
+    let cm = root.join(CONFUSION_PLOT);
+    plots::plot_loss_curves(&loss, &summary.epochs)?;
+    plots::plot_accuracy_curves(&acc, &summary.epochs)?;
+    plots::plot_confusion(&cm, &eval.class_names, &eval.confusion)?;
+    Ok(vec![report, loss, acc, cm])
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
+    use serde::Serialize;
+
     use super::*;
+    use crate::error::TrainError;
     use crate::metrics::EvalAccumulator;
+    use crate::run::METRICS_FILE;
 
     fn eval() -> EvalReport {
         let labels: Vec<String> = data_specs::TAU22_LABELS
@@ -547,11 +342,11 @@ mod tests {
         let run = RunDir::create(tmp.path(), "demo").unwrap();
         assert!(matches!(
             RunDir::create(tmp.path(), "../x"),
-            Err(ReportError::BadName(_))
+            Err(TrainError::BadRunName(_))
         ));
         assert!(matches!(
             RunDir::create(tmp.path(), ""),
-            Err(ReportError::BadName(_))
+            Err(TrainError::BadRunName(_))
         ));
 
         let cfg = Cfg {
@@ -588,7 +383,7 @@ mod tests {
             selection: "the final model (epoch 4)".into(),
             floor: Some(floor_eval()),
         };
-        let written = run.write_report(&summary, &ev).unwrap();
+        let written = write_report(&run, &summary, &ev).unwrap();
         assert_eq!(written.len(), 4);
         let md = fs::read_to_string(run.path().join(REPORT_FILE)).unwrap();
         assert!(md.contains(&format!(
@@ -628,6 +423,6 @@ mod tests {
         // A malformed metrics line is reported with its line number.
         fs::write(run.path().join(METRICS_FILE), "{\"epoch\": 0}\n").unwrap();
         let e = run.read_metrics().unwrap_err();
-        assert!(matches!(e, ReportError::MetricsLine { line: 1, .. }), "{e}");
+        assert!(matches!(e, TrainError::MetricsLine { line: 1, .. }), "{e}");
     }
 }

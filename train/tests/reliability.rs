@@ -12,7 +12,8 @@ use train::loader::ShardSet;
 use train::loader::synth::{SynthSpec, synth_meta, synth_records, write_records, write_shard_set};
 use train::loss::KdConfig;
 use train::model::{IrMambaConfig, ModelConfig, PmbStageConfig};
-use train::trainer::{self, TrainConfig, TrainError, TrainOptions};
+use train::trainer::{self, TrainOptions};
+use train::{TrainConfig, TrainError};
 
 /// One training at a time (burn's process-wide state; see train_e2e.rs).
 static ONE_TRAINING_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -241,8 +242,8 @@ fn a_run_refuses_shards_with_another_label_vocabulary() {
     write_records(&other, &meta, &synth_records(&spec, &meta), 2, 16).unwrap();
     let set = ShardSet::open(&other, None).unwrap();
     let device = train::backend::default_device();
-    let e =
-        trainer::load_run_model(&runs.join("v"), &set.meta().labels, &other, &device).unwrap_err();
+    let e = train::run::load_run_model(&runs.join("v"), &set.meta().labels, &other, &device)
+        .unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, TrainError::Labels { .. }), "{msg}");
     assert!(
@@ -287,7 +288,11 @@ fn a_renamed_run_folder_resumes_under_its_new_name() {
         !runs.join("old").exists(),
         "nothing written under the old name"
     );
-    assert!(runs.join("new").join(trainer::FINAL_MODEL_FILE).is_file());
+    assert!(
+        runs.join("new")
+            .join(train::run::FINAL_MODEL_FILE)
+            .is_file()
+    );
     assert_eq!(
         std::fs::read_to_string(runs.join("new/metrics.jsonl"))
             .unwrap()

@@ -1,21 +1,22 @@
 //! End-to-end tests of the trainer on tiny synthetic shards (loader::synth) with a tiny
 //! baseline-kind model: run folder contents, metrics recomputed independently, resume
-//! equivalence, corrupt checkpoint refused, predict -> pipeline::teacher round trip.
+//! equivalence, corrupt checkpoint refused, predict -> pipeline::teachers round trip.
 
 use std::path::{Path, PathBuf};
 
-use data_specs::{ClipSet, FrontEndConfig};
+use data_specs::{ClipSet, FrontEndConfig, write_logits_table};
 use train::augment::Augment;
 use train::backend::default_device;
-use train::evaluate::EvalConfig;
+use train::config::EvalConfig;
 use train::loader::Fold;
 use train::loader::ShardSet;
 use train::loader::synth::{SynthSpec, write_shard_set};
 use train::loss::KdConfig;
 use train::model::ModelConfig;
-use train::predict::{check_folds, predict_logits, predict_out_of_fold, write_logits_parquet};
-use train::report::{self, RunDir};
-use train::trainer::{self, TrainConfig, TrainError, TrainOptions};
+use train::predict::{check_folds, predict_logits, predict_out_of_fold};
+use train::run::{self as report, RunDir};
+use train::trainer::{self, TrainOptions};
+use train::{TrainConfig, TrainError};
 
 /// Training runs of this file run one at a time. A `train` process runs one training, but the
 /// test harness runs tests on parallel threads of one process, and two trainings interleaving
@@ -100,7 +101,8 @@ fn options(cfg: TrainConfig, runs: &Path, resume: bool, stop_after: Option<u64>)
 fn test_logits(run: &Path, shards: &Path) -> (Vec<String>, Vec<f32>) {
     let set = ShardSet::open(shards, None).unwrap();
     let device = default_device();
-    let (_, model, _) = trainer::load_run_model(run, &set.meta().labels, shards, &device).unwrap();
+    let (_, model, _) =
+        train::run::load_run_model(run, &set.meta().labels, shards, &device).unwrap();
     predict_logits(&model, &set, &[ClipSet::Test], 16, &device).unwrap()
 }
 
@@ -114,13 +116,13 @@ fn run_writes_every_file_and_consistent_metrics() {
     assert!(out.finished);
     let run = runs.join("e2e");
     for f in [
-        report::CONFIG_FILE,
+        train::config::CONFIG_FILE,
         report::METRICS_FILE,
         report::REPORT_FILE,
         report::LOSS_PLOT,
         report::ACCURACY_PLOT,
         report::CONFUSION_PLOT,
-        trainer::FINAL_MODEL_FILE,
+        train::run::FINAL_MODEL_FILE,
         "checkpoints/last/model.bpk",
         "checkpoints/last/optim.bpk",
         "checkpoints/last/state.json",
@@ -225,7 +227,7 @@ fn resume_reproduces_an_uninterrupted_run() {
     assert!(
         !runs
             .join("resumed")
-            .join(trainer::FINAL_MODEL_FILE)
+            .join(train::run::FINAL_MODEL_FILE)
             .exists()
     );
     let done = trainer::train(options(config(&shards, "resumed", 3), &runs, true, None)).unwrap();
@@ -286,7 +288,7 @@ fn predict_table_reads_back_as_teacher_logits() {
     let k = set.meta().n_classes();
     let device = default_device();
     let (_, model, _) =
-        trainer::load_run_model(&runs.join("p"), &set.meta().labels, &shards, &device).unwrap();
+        train::run::load_run_model(&runs.join("p"), &set.meta().labels, &shards, &device).unwrap();
     let (ids, logits) =
         predict_logits(&model, &set, &[ClipSet::Train, ClipSet::Test], 16, &device).unwrap();
     let originals = set
@@ -295,8 +297,8 @@ fn predict_table_reads_back_as_teacher_logits() {
         .count();
     assert_eq!(ids.len(), originals);
     let out = tmp.path().join("logits.parquet");
-    write_logits_parquet(&out, &ids, &logits, k).unwrap();
-    let read = pipeline::teacher::TeacherLogits::load(&out, &[], k).unwrap();
+    write_logits_table(&out, &ids, &logits, k).unwrap();
+    let read = pipeline::teachers::TeacherLogits::load(&out, &[], k).unwrap();
     assert_eq!(read.len(), ids.len());
     for (id, row) in ids.iter().zip(logits.chunks_exact(k)) {
         assert_eq!(read.get(id).unwrap(), row, "{id}");
@@ -323,7 +325,7 @@ fn out_of_fold_logits_come_from_the_run_that_left_the_clip_out() {
         cfg.split = 50;
         cfg.seed += u64::from(index);
         trainer::train(options(cfg, &runs, false, None)).unwrap();
-        let (cfg, model, _) = trainer::load_run_model(
+        let (cfg, model, _) = train::run::load_run_model(
             &runs.join(format!("f{index}")),
             &set.meta().labels,
             &shards,
@@ -467,18 +469,18 @@ fn short_small_run_is_above_chance_and_eval_mode_matches_train_mode() {
     let k = set.meta().n_classes();
     let run = runs.join("small");
     let (cfg, eval_model, _) =
-        trainer::load_run_model(&run, &set.meta().labels, &shards, &default_device()).unwrap();
+        train::run::load_run_model(&run, &set.meta().labels, &shards, &default_device()).unwrap();
     let train_device = train::backend::training_device();
-    let train_model = trainer::load_model_file(
+    let train_model = train::run::load_model_file(
         &cfg.model,
         k,
-        &run.join(trainer::FINAL_MODEL_FILE),
+        &run.join(train::run::FINAL_MODEL_FILE),
         &train_device,
     )
     .unwrap();
     let rows = train::evaluate::EvalSet::with_selection(
         &set,
-        train::evaluate::originals(ClipSet::Train),
+        train::loader::Selection::originals(ClipSet::Train),
         cfg.batch_size,
     )
     .unwrap();
@@ -534,7 +536,7 @@ fn validation_fold_selects_the_kept_model_without_the_test_set() {
     let set = ShardSet::open(&shards, None).unwrap();
     let k = set.meta().n_classes();
     let device = default_device();
-    let kept = trainer::load_model_file(
+    let kept = train::run::load_model_file(
         &cfg.model,
         k,
         &run.join("checkpoints/best/model.bpk"),
@@ -553,12 +555,12 @@ fn validation_fold_selects_the_kept_model_without_the_test_set() {
         "model.bpk differs from checkpoints/best by {diff}"
     );
     // The validation clips were not trained on: the training selection leaves the fold out.
-    let train_rows = trainer::epoch_rows(&set, &cfg).unwrap();
+    let train_rows = train::config::epoch_rows(&set, &cfg).unwrap();
     let mut all = cfg.clone();
     all.eval.validation = None;
-    assert!(train_rows < trainer::epoch_rows(&set, &all).unwrap());
+    assert!(train_rows < train::config::epoch_rows(&set, &all).unwrap());
     // Early stopping counts evaluations without a gain after the best one.
-    let m = |v: f64| report::EpochMetrics {
+    let m = |v: f64| train::metrics::EpochMetrics {
         val_macro_acc: Some(v),
         ..metrics[0].clone()
     };

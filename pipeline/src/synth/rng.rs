@@ -5,24 +5,7 @@
 //! between releases). Streams are xoshiro256++ (Blackman & Vigna, 2019) seeded through
 //! SplitMix64; every segment and device gets its own stream derived from the seed and a key.
 
-/// SplitMix64 step (Steele, Lea & Flood 2014), used for seeding and key hashing.
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// FNV-1a hash of a string key, to derive independent streams from names.
-pub fn hash_key(key: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    h
-}
+use data_specs::hash::{fnv1a64, splitmix64};
 
 /// xoshiro256++ random stream with the few distributions the generator needs.
 #[derive(Debug, Clone)]
@@ -47,8 +30,10 @@ impl Rng {
 
     /// An independent stream for `key` under the dataset seed.
     pub fn derive(seed: u64, key: &str) -> Self {
-        let mut st = seed ^ hash_key(key).rotate_left(17);
-        Self::new(splitmix64(&mut st) ^ hash_key(key))
+        // The key's FNV-1a hash names the stream.
+        let key = fnv1a64(key.as_bytes());
+        let mut st = seed ^ key.rotate_left(17);
+        Self::new(splitmix64(&mut st) ^ key)
     }
 
     /// Next 64 random bits.

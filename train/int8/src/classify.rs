@@ -34,16 +34,7 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     e.into_iter().map(|v| v / s).collect()
 }
 
-/// Index of the largest value (the first on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
+pub use asc_kernels::math::argmax;
 
 #[cfg(test)]
 mod tests {

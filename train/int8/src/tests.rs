@@ -12,7 +12,7 @@ use super::builder::{GraphBuilder, RandomNetConfig, calibrate, quantize_model, r
 use super::engine::{ExecMode, Reference};
 use super::format::{self, FORMAT_VERSION};
 use super::graph::{Activation, BufKind, Graph, ModelMeta, TensorMap};
-use super::{Int8Error, Int8Model, QParams};
+use super::{Int8Error, Int8Model, QParams, argmax};
 
 fn meta(n_mels: usize, n_classes: usize) -> ModelMeta {
     let frontend = FrontEndConfig {
@@ -248,12 +248,6 @@ fn small_model() -> (Int8Model, Graph, TensorMap) {
     )
     .expect("quantizes");
     (model, graph, tensors)
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(0, |b, (i, &x)| if x > v[b] { i } else { b })
 }
 
 #[test]

@@ -7,8 +7,8 @@
 //!
 //! - [`Isa`]: the one instruction-set detection and dispatch table (portable, AVX2, AVX-512,
 //!   AVX-512 VNNI): every kernel's entry point picks one `#[target_feature]` instance per call.
-//! - [`math`]: `exp`, `2^x`, `ln(1 + e)`, sigmoid, SiLU, softplus, rounding, the multiply-add:
-//!   one definition each (scalar, and vector forms where a kernel needs them).
+//! - [`math`]: `exp`, `2^x`, `ln(1 + e)`, sigmoid, SiLU, softplus, rounding, the multiply-add,
+//!   the arg-max: one definition each (scalar, and vector forms where a kernel needs them).
 //! - [`lanes`], [`buffer`], [`transpose`], [`gemm`]: partial-sum reductions, output buffers,
 //!   tiled transposes, matrix products (the `gemm` crate's kernels and register blocks).
 //! - [`scan`]: the selective scan (channel-major forward/backward, the AVX-512 time-major

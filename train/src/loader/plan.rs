@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use data_specs::hash::{GOLDEN_GAMMA, fnv1a64, splitmix64_mix};
 use data_specs::{ClipSet, SPLITS, Variant};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -152,19 +153,19 @@ impl Selection {
     /// Training rows of split `max_split` with the paper's DIR probability 0.6 and replay on.
     pub fn train(max_split: Option<u8>) -> Self {
         Self {
-            set: ClipSet::Train,
             max_split,
-            devices: None,
             replay: true,
             p_dir: 0.6,
-            fold: None,
+            ..Self::originals(ClipSet::Train)
         }
     }
 
-    /// Test rows, originals only (evaluation).
-    pub fn test() -> Self {
+    /// The original rows of `set` (no DIR, no replay rows), every clip of the set: what
+    /// evaluation, prediction and the floor read. Narrow it with struct update syntax, e.g.
+    /// `Selection { max_split: Some(p), ..Selection::originals(ClipSet::Train) }`.
+    pub fn originals(set: ClipSet) -> Self {
         Self {
-            set: ClipSet::Test,
+            set,
             max_split: None,
             devices: None,
             replay: false,
@@ -248,21 +249,12 @@ pub(crate) struct EpochOrder {
     pub windows: Vec<std::ops::Range<usize>>,
 }
 
-/// 64-bit FNV-1a hash (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// splitmix64 finaliser: decorrelates `(seed, epoch, stream)` into a 64-bit RNG seed.
+/// Decorrelates `(seed, epoch, stream)` into a 64-bit RNG seed: the SplitMix64 finaliser of
+/// `seed ^ epoch * golden gamma ^ stream * 0xD1B54A32D192ED03`.
 fn mix(seed: u64, epoch: u64, stream: u64) -> u64 {
-    let mut z = seed
-        ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    splitmix64_mix(
+        seed ^ epoch.wrapping_mul(GOLDEN_GAMMA) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03),
+    )
 }
 
 impl Plan {
@@ -459,14 +451,6 @@ impl Plan {
 #[cfg(test)]
 mod fold_tests {
     use super::*;
-
-    #[test]
-    fn fnv1a_matches_the_published_test_vectors() {
-        // FNV-1a 64-bit vectors of the reference test suite (isthe.com/chongo/tech/comp/fnv).
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
-    }
 
     #[test]
     fn fold_parses_k_of_k_and_refuses_the_rest() {

@@ -9,12 +9,11 @@ use std::path::Path;
 
 use data_specs::{
     ClipRecord, ClipSet, FrontEndConfig, Manifest, SPEC_VERSION, SPLITS, ShardEntry, ShardMeta,
-    Variant, Vocabulary, col, records_to_batch,
+    Variant, Vocabulary, records_to_batch,
 };
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
 
 use super::{LoaderError, Result};
 
@@ -98,19 +97,7 @@ pub fn writer_properties(row_group_rows: usize, zstd: bool) -> WriterProperties 
     } else {
         Compression::UNCOMPRESSED
     };
-    let mut b = WriterProperties::builder()
-        .set_compression(compression)
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)));
-    for c in [col::LOGMEL, col::TEACHER_LOGITS] {
-        let path = ColumnPath::new(vec![c.into(), "list".into(), "item".into()]);
-        b = b
-            .set_column_dictionary_enabled(path.clone(), false)
-            .set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
-        if zstd {
-            b = b.set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
-        }
-    }
-    b.build()
+    data_specs::shard_writer_properties(compression, zstd, row_group_rows, None)
 }
 
 /// A row of a synthetic set before its values are made.

@@ -226,7 +226,7 @@ fn location_folds_partition_the_training_rows() {
         // Only the fold: exactly its original training rows.
         let s = Selection {
             fold: Some(FoldFilter::Only(fold)),
-            ..crate::evaluate::originals(ClipSet::Train)
+            ..Selection::originals(ClipSet::Train)
         };
         let only: HashSet<u32> = Loader::new(&f.set, s, cfg(16, 3))
             .unwrap()
@@ -307,7 +307,7 @@ fn device_and_set_filters() {
     // Test set: originals only, every test clip once, storage order without shuffle.
     let mut c = cfg(16, 3);
     c.shuffle = false;
-    let loader = Loader::new(&f.set, Selection::test(), c).unwrap();
+    let loader = Loader::new(&f.set, Selection::originals(ClipSet::Test), c).unwrap();
     let rows = loader.epoch_order(0);
     let naive: Vec<u32> = (0..f.records.len() as u32)
         .filter(|&i| f.records[i as usize].set == ClipSet::Test)

@@ -74,9 +74,9 @@ impl BaselineBlock {
     }
 
     fn tally(&self, path: &str, input: [usize; 3], t: &mut Tally) -> [usize; 3] {
-        let s = t.conv_bn(&Tally::child(path, "expand"), &self.expand, input);
-        let s = t.conv_bn(&Tally::child(path, "depthwise"), &self.depthwise, s);
-        t.conv_bn(&Tally::child(path, "project"), &self.project, s)
+        let s = self.expand.tally(t, &Tally::child(path, "expand"), input);
+        let s = self.depthwise.tally(t, &Tally::child(path, "depthwise"), s);
+        self.project.tally(t, &Tally::child(path, "project"), s)
     }
 }
 
@@ -161,7 +161,7 @@ impl Baseline {
     pub fn tally(&self, t: &mut Tally, input: [usize; 3]) -> [usize; 3] {
         let mut s = input;
         for (i, c) in self.in_c.iter().enumerate() {
-            s = t.conv_bn(&format!("in_c.{i}"), c, s);
+            s = c.tally(t, &format!("in_c.{i}"), s);
         }
         for (i, b) in self.blocks.iter().enumerate() {
             s = b.tally(&format!("b{}", i + 1), s, t);

@@ -52,10 +52,10 @@ impl ResBlock {
     }
 
     fn tally(&self, path: &str, input: [usize; 3], t: &mut Tally) -> [usize; 3] {
-        let s = t.conv_bn(&Tally::child(path, "conv1"), &self.conv1, input);
-        let s = t.conv_bn(&Tally::child(path, "conv2"), &self.conv2, s);
+        let s = self.conv1.tally(t, &Tally::child(path, "conv1"), input);
+        let s = self.conv2.tally(t, &Tally::child(path, "conv2"), s);
         if let Some(p) = &self.shortcut {
-            t.conv_bn(&Tally::child(path, "shortcut"), p, input);
+            p.tally(t, &Tally::child(path, "shortcut"), input);
         }
         s
     }
@@ -122,7 +122,7 @@ impl CnnTeacher {
 
     /// Records every layer for an input `[1, n_mels, n_frames]`.
     pub fn tally(&self, t: &mut Tally, input: [usize; 3]) -> [usize; 3] {
-        let s = t.conv_bn("stem", &self.stem, input);
+        let s = self.stem.tally(t, "stem", input);
         let mut s = self.pool.tally("pool.0", s, t);
         let n = self.stages.len();
         for (i, stage) in self.stages.iter().enumerate() {

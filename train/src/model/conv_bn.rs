@@ -10,6 +10,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use crate::complexity::Tally;
+
 pub use bn_stats::{BnStats, record_bn_stats};
 
 /// Activation applied after the BatchNorm of a [`ConvBn`].
@@ -159,6 +161,14 @@ impl ConvBn {
         let oh = (h + 2 * ((kh - 1) / 2) - kh) / sh + 1;
         let ow = (w + 2 * ((kw - 1) / 2) - kw) / sw + 1;
         [c_out, oh, ow]
+    }
+
+    /// Reports this layer on an input `[C, H, W]` to the complexity counter; returns the output
+    /// shape.
+    pub fn tally(&self, t: &mut Tally, path: &str, input: [usize; 3]) -> [usize; 3] {
+        let out = self.out_shape(input);
+        t.conv2d_bn(path, &self.conv, &self.bn, out);
+        out
     }
 }
 

@@ -37,7 +37,7 @@ impl ClassifierHead {
 
     /// Records the head's layers; returns `[n_classes, 1, 1]`.
     pub fn tally(&self, path: &str, input: [usize; 3], t: &mut Tally) -> [usize; 3] {
-        let s = t.conv_bn(&Tally::child(path, "conv"), &self.conv, input);
+        let s = self.conv.tally(t, &Tally::child(path, "conv"), input);
         let out = [s[0], 1, 1];
         t.shape_only(&Tally::child(path, "pool"), "AvgPool", out.to_vec());
         out

@@ -79,8 +79,8 @@ impl InvertedResidual {
 
     /// Records the block's layers; returns its output shape.
     pub fn tally(&self, path: &str, input: [usize; 3], t: &mut Tally) -> [usize; 3] {
-        let s = t.conv_bn(&Tally::child(path, "expand"), &self.expand, input);
-        let s = t.conv_bn(&Tally::child(path, "depthwise"), &self.depthwise, s);
-        t.conv_bn(&Tally::child(path, "project"), &self.project, s)
+        let s = self.expand.tally(t, &Tally::child(path, "expand"), input);
+        let s = self.depthwise.tally(t, &Tally::child(path, "depthwise"), s);
+        self.project.tally(t, &Tally::child(path, "project"), s)
     }
 }

@@ -84,7 +84,7 @@ pub use pool::MaxPool;
 pub use pvm::{ParallelMamba, ParallelMambaConfig};
 pub use stem::{Stem, StemConfig};
 
-use crate::complexity::Tally;
+use crate::complexity::{ComplexityReport, Tally};
 
 /// Any of the toolkit's models.
 // One model lives per run: the variants' size difference costs nothing worth a Box.
@@ -110,12 +110,33 @@ impl Model {
     }
 
     /// Records every layer's complexity for an input `[1, n_mels, n_frames]`
-    /// (see [`crate::complexity::summary`]).
+    /// (see [`ModelConfig::complexity`]).
     pub fn tally(&self, t: &mut Tally, input: [usize; 3]) -> [usize; 3] {
         match self {
             Self::IrMamba(m) => m.tally(t, input),
             Self::Baseline(m) => m.tally(t, input),
             Self::CnnTeacher(m) => m.tally(t, input),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The DCASE complexity report ([`crate::complexity`]) of this model for `n_classes`
+    /// classes and a `[1, n_mels, n_frames]` input.
+    ///
+    /// The model is initialised on the default (CPU) device and walked layer by layer; counts
+    /// come from its parameter shapes.
+    pub fn complexity(&self, n_classes: usize, n_mels: usize, n_frames: usize) -> ComplexityReport {
+        let device = crate::backend::default_device();
+        let model = self.init(n_classes, &device);
+        let mut tally = Tally::default();
+        model.tally(&mut tally, [1, n_mels, n_frames]);
+        ComplexityReport {
+            model: self.name(),
+            input: [1, n_mels, n_frames],
+            rows: tally.rows,
+            buffers: tally.buffers,
+            module_params: model.num_params(),
         }
     }
 }

@@ -59,8 +59,8 @@ impl Stem {
 
     /// Records the stem's layers; returns its output shape.
     pub fn tally(&self, path: &str, input: [usize; 3], t: &mut Tally) -> [usize; 3] {
-        let s = t.conv_bn(&Tally::child(path, "dw1"), &self.dw1, input);
-        let s = t.conv_bn(&Tally::child(path, "dw2"), &self.dw2, s);
-        t.conv_bn(&Tally::child(path, "pw2"), &self.pw2, s)
+        let s = self.dw1.tally(t, &Tally::child(path, "dw1"), input);
+        let s = self.dw2.tally(t, &Tally::child(path, "dw2"), s);
+        self.pw2.tally(t, &Tally::child(path, "pw2"), s)
     }
 }

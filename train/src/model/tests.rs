@@ -7,7 +7,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 use super::*;
-use crate::complexity::{MAX_MACS, summary};
+use data_specs::limits::MAX_MACS;
 
 fn device() -> Device {
     Device::flex()
@@ -207,7 +207,9 @@ fn parallel_mamba_matches_a_burn_ops_composition() {
 #[test]
 fn baseline_matches_published_complexity() {
     // DCASE2024 Task 1 baseline: 61,148 parameters, 29,419,156 MACs (torchinfo) on 1x256x65.
-    let r = summary(&ModelConfig::preset("baseline").unwrap(), 10, 256, 65);
+    let r = ModelConfig::preset("baseline")
+        .unwrap()
+        .complexity(10, 256, 65);
     assert_eq!(r.params(), 61_148);
     assert_eq!(r.params() + r.buffers, r.module_params);
     assert_eq!(r.macs(), 29_419_156);
@@ -219,7 +221,7 @@ fn baseline_matches_published_complexity() {
 fn presets_meet_the_report_budgets() {
     for (name, target) in [("s1", 107_460.0), ("s2", 121_900.0), ("s3", 126_410.0)] {
         let cfg = ModelConfig::preset(name).unwrap();
-        let r = summary(&cfg, 10, 256, 65);
+        let r = cfg.complexity(10, 256, 65);
         assert_eq!(
             r.params() + r.buffers,
             r.module_params,
@@ -243,7 +245,9 @@ fn presets_meet_the_report_budgets() {
 
 #[test]
 fn teacher_and_table_agree() {
-    let r = summary(&ModelConfig::preset("teacher").unwrap(), 10, 256, 65);
+    let r = ModelConfig::preset("teacher")
+        .unwrap()
+        .complexity(10, 256, 65);
     assert_eq!(r.params() + r.buffers, r.module_params);
     assert!((150_000..1_000_000).contains(&r.params()), "{}", r.params());
     let text = r.to_string();

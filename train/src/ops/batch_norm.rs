@@ -35,7 +35,7 @@ pub fn batch_norm_train<const D: usize>(
     epsilon: f64,
     relu: bool,
 ) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
-    if crate::gpu::on_cube(&x.device()) {
+    if crate::backend::on_cube(&x.device()) {
         return batch_norm_train_reference(x, gamma, beta, epsilon, relu);
     }
     let (y, mean, var) = <Dispatch as BatchNormOps>::batch_norm_train_fused(

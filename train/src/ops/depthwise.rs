@@ -135,7 +135,7 @@ pub fn try_depthwise_conv2d(
         true,
     )?;
     let output = depthwise_output_size([h, w], [kh, kw], stride, padding)?;
-    if crate::gpu::on_cube(&x.device()) {
+    if crate::backend::on_cube(&x.device()) {
         return Ok(depthwise_conv2d_reference(x, weight, bias, stride, padding));
     }
     let bias = bias.unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
@@ -194,7 +194,7 @@ pub fn try_depthwise_conv1d_causal(
             padding: [0, 0],
         });
     }
-    if crate::gpu::on_cube(&x.device()) {
+    if crate::backend::on_cube(&x.device()) {
         return Ok(depthwise_conv1d_causal_reference(x, weight, bias));
     }
     let bias = bias.unwrap_or_else(|| Tensor::zeros([c], &x.device()));

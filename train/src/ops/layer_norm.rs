@@ -23,7 +23,7 @@ use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTen
 /// op; `epsilon` must be the one `norm` was built with (burn keeps it
 /// private); a LayerNorm without bias uses zeros. On a Cube device: `norm.forward(x)`.
 pub fn layer_norm(norm: &burn::nn::LayerNorm, epsilon: f64, x: Tensor<3>) -> Tensor<3> {
-    if crate::gpu::on_cube(&x.device()) {
+    if crate::backend::on_cube(&x.device()) {
         return norm.forward(x);
     }
     let c = x.dims()[2];

@@ -32,7 +32,7 @@ pub fn pointwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>
         "pointwise conv: weight {:?} for {c_in} input channels",
         weight.dims()
     );
-    if crate::gpu::on_cube(&x.device()) {
+    if crate::backend::on_cube(&x.device()) {
         return pointwise_conv2d_reference(x, weight, bias);
     }
     let plan = SharedMatmul::pointwise(b, c_in, c_out, h * w);
@@ -71,7 +71,7 @@ pub fn linear_tokens(linear: &burn::nn::Linear, x: Tensor<3>) -> Tensor<3> {
         w_in, d_in,
         "linear: weight [{w_in}, {d_out}] for {d_in} input features"
     );
-    if s * l == 0 || crate::gpu::on_cube(&x.device()) {
+    if s * l == 0 || crate::backend::on_cube(&x.device()) {
         return linear.forward(x);
     }
     let plan = SharedMatmul::rows(s * l, l, d_in, d_out);

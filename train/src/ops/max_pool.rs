@@ -31,7 +31,7 @@ use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTen
 /// When a pooling size is zero.
 pub fn max_pool2d(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     assert!(size[0] > 0 && size[1] > 0, "max pool: size {size:?}");
-    if crate::gpu::on_cube(&x.device()) {
+    if crate::backend::on_cube(&x.device()) {
         return max_pool2d_reference(x, size);
     }
     Tensor::from_dispatch(<Dispatch as MaxPoolOps>::max_pool_fused(

@@ -27,9 +27,9 @@
 //! The backend extensions are implemented for the CPU backends that run host kernels (Flex;
 //! NdArray with the `ndarray` feature) and for `Autodiff<B, C>` over them.
 //!
-//! Every op dispatches on the device of its input ([`crate::gpu::on_cube`]): on a device of
+//! Every op dispatches on the device of its input ([`crate::backend::on_cube`]): on a device of
 //! burn's Cube backend (wgpu, CUDA: train's `wgpu` / `cuda` features) it runs its CubeCL kernel
-//! (the selective scan, [`crate::gpu::scan`]) or its composition from burn's tensor ops, the
+//! (the selective scan, [`scan::cube`]) or its composition from burn's tensor ops, the
 //! `*_reference` function of its module that the fused op is tested against (burn's Cube
 //! kernels compute it, burn's autodiff differentiates it); the Mamba mixer runs that composition
 //! around the scan kernel ([`mixer::mamba_mixer_composed`]). Nothing here panics on a Cube

@@ -29,7 +29,7 @@ use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTen
 pub fn scaled_add<const D: usize>(a: Tensor<D>, r: Tensor<D>, s: Tensor<1>) -> Tensor<D> {
     assert_eq!(a.dims(), r.dims(), "scaled add: shapes");
     assert_eq!(s.dims(), [1], "scaled add: the scale is one value");
-    if crate::gpu::on_cube(&a.device()) {
+    if crate::backend::on_cube(&a.device()) {
         return scaled_add_reference(a, r, s);
     }
     Tensor::from_dispatch(<Dispatch as ScaledAddOps>::scaled_add_fused(

@@ -24,7 +24,7 @@ use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTen
 /// `x.swap_dims(1, 2)` of `x: [B, X, Y, Z]`, made contiguous, as one op on the rayon pool; on a
 /// Cube device burn's `swap_dims` (a strided view, copied where the next op needs it).
 pub fn swap_mid(x: Tensor<4>) -> Tensor<4> {
-    if crate::gpu::on_cube(&x.device()) {
+    if crate::backend::on_cube(&x.device()) {
         return x.swap_dims(1, 2);
     }
     Tensor::from_dispatch(<Dispatch as SwapMidOps>::swap_mid_fused(x.into_dispatch()))

@@ -1,11 +1,12 @@
-//! The scalar (and, where a kernel needs it, vector) math of the float kernels: one file per
-//! function, each written once, branch-free and without libm calls so that loops over it
+//! The scalar (and, where a kernel needs it, vector) math of the float kernels, and the
+//! [`argmax`] that turns logits into a predicted class: one file per function, each written once, branch-free and without libm calls so that loops over it
 //! vectorise.
 //!
 //! `FMA` parameters select fused multiply-adds ([`madd`]); only code compiled with the `fma`
 //! target feature (the [`crate::Isa::Avx2`] and wider instances) instantiates them with
 //! `true`. The AVX-512 forms (`*_16`, on `__m512`) evaluate the same formulas on 16 lanes.
 
+mod argmax;
 mod exp;
 mod exp2;
 mod ln_1p;
@@ -15,6 +16,7 @@ mod sigmoid;
 mod silu;
 mod softplus;
 
+pub use argmax::argmax;
 pub use exp::exp;
 pub use exp2::{EXP2_POLY, exp2};
 pub use ln_1p::{LN_1P_POLY, ln_1p_unit};

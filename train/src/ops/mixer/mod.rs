@@ -114,7 +114,7 @@ impl MixerParams {
 /// Fused Mamba mixer with checked shapes; see [`mamba_mixer`].
 pub fn try_mamba_mixer(xz: Tensor<3>, p: MixerParams) -> Result<Tensor<3>, MixerShapeError> {
     p.check(&xz)?;
-    if crate::gpu::on_cube(&xz.device()) {
+    if crate::backend::on_cube(&xz.device()) {
         return Ok(mamba_mixer_composed(xz, p, super::scan::selective_scan));
     }
     let y = <Dispatch as MambaMixerOps>::mamba_mixer_fused(

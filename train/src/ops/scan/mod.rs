@@ -9,10 +9,12 @@
 //! pass, exposed to burn as the backend extension [`SelectiveScanOps`]: implemented for the CPU
 //! backends (Flex; NdArray with the `ndarray` feature) by running the kernel on host `f32`
 //! views of the inputs (Flex storage in place), for burn's Cube backend (train's `wgpu` / `cuda`
-//! features) by the CubeCL kernels of `crate::gpu::scan`, and for `Autodiff<B, C>` by recording
+//! features) by the CubeCL kernels of [`cube`], and for `Autodiff<B, C>` by recording
 //! one graph node whose backward step runs [`asc_kernels::scan::backward`] (the CubeCL backward
 //! kernel on a Cube backend).
 
+#[cfg(feature = "cube")]
+pub mod cube;
 mod naive;
 #[cfg(test)]
 mod tests;
@@ -131,7 +133,7 @@ pub fn selective_scan(
 }
 
 /// Backends that can run the fused selective scan: the CPU kernels on Flex / NdArray, the
-/// CubeCL kernels of `crate::gpu::scan` on burn's Cube backend (train's `wgpu` / `cuda`
+/// CubeCL kernels of [`cube`] on burn's Cube backend (train's `wgpu` / `cuda`
 /// features).
 #[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Cube: cfg(feature = "cube"), Autodiff)]
 pub trait SelectiveScanOps: Backend {
@@ -208,7 +210,7 @@ impl<B: Backend> Backward<B, 6> for SelectiveScanBackward {
     ) {
         let dy = grads.consume::<B>(&ops.node);
         #[cfg(feature = "cube")]
-        if let Some(g) = crate::gpu::scan::cube_backward::<B>(&ops.state, &dy) {
+        if let Some(g) = cube::cube_backward::<B>(&ops.state, &dy) {
             for (parent, g) in ops.parents.into_iter().zip(g) {
                 if let Some(p) = parent {
                     grads.register::<B>(p.id, g);

@@ -190,19 +190,10 @@ pub fn accuracy(fusion: &Fusion, teachers: &[Vec<f32>], labels: &[usize]) -> f64
         .filter(|&(i, &y)| {
             let rows: Vec<&[f32]> = teachers.iter().map(|t| &t[i * c..(i + 1) * c]).collect();
             let h = fusion.apply(&rows);
-            argmax(&h) == y
+            asc_kernels::math::argmax(&h) == y
         })
         .count();
     correct as f64 / labels.len().max(1) as f64
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv { (i, x) } else { (bi, bv) }
-        })
-        .0
 }
 
 struct Problem<'a> {

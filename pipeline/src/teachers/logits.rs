@@ -1,10 +1,11 @@
 //! Stage 6, teacher logits: loads precomputed teacher logits and joins them to clips.
 //!
 //! Two formats are read:
-//! - **Parquet**: a table with a clip key column, `clip_id` (matched exactly) or `filename`
-//!   (matched on the file stem, so `audio/x.wav` keys clip `x`), and a `logits` column of
-//!   `FixedSizeList<Float32, n_classes>`, `List<Float32>` or `LargeList<Float32>`. Null logits
-//!   mean "no logits".
+//! - **Parquet**: the logits table of [`data_specs::logits`] (read by
+//!   [`data_specs::read_logits_table`]): a clip key column, `clip_id` (matched exactly) or
+//!   `filename` (matched on the file stem, so `audio/x.wav` keys clip `x`), and a `logits`
+//!   column of `FixedSizeList<Float32, n_classes>`, `List<Float32>` or `LargeList<Float32>`.
+//!   Null logits mean "no logits".
 //! - **`.npy`**: a float32 (`<f4`; `<f8` is converted) C-order array of shape
 //!   `[rows of meta.csv, n_classes]`, row `i` holding the logits of row `i` of `meta.csv` (the
 //!   format of CP-JKU's DCASE23 ensemble logits).
@@ -16,10 +17,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::Int32Type;
-use arrow_array::{Array, ArrayRef, Float32Array};
-use arrow_schema::DataType;
+use data_specs::LogitsKey;
 
 use crate::ingest::{MetaRow, file_stem};
 
@@ -34,6 +32,9 @@ pub enum TeacherError {
         /// What is wrong.
         problem: String,
     },
+    /// The Parquet logits table cannot be read ([`data_specs::read_logits_table`]).
+    #[error(transparent)]
+    Table(#[from] data_specs::SpecError),
     /// The file is not in a supported format or has the wrong shape.
     #[error("{path}: {problem}")]
     Format {
@@ -105,67 +106,21 @@ impl TeacherLogits {
     }
 
     fn load_parquet(path: &Path, n_classes: usize) -> Result<Self, TeacherError> {
-        let p = path.display().to_string();
-        let fmt = |problem: String| TeacherError::Format {
-            path: p.clone(),
-            problem,
-        };
-        let file = std::fs::File::open(path).map_err(|e| TeacherError::Io {
-            path: p.clone(),
-            problem: e.to_string(),
-        })?;
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.build())
-            .map_err(|e| fmt(format!("not a readable Parquet file: {e}")))?;
-        let mut index = HashMap::new();
-        let mut values = Vec::new();
-        let mut rows = 0usize;
-        for batch in reader {
-            let batch = batch.map_err(|e| fmt(e.to_string()))?;
-            let schema = batch.schema();
-            let (key_col, by_filename) = if let Ok(i) = schema.index_of("clip_id") {
-                (i, false)
-            } else if let Ok(i) = schema.index_of("filename") {
-                (i, true)
-            } else {
-                return Err(fmt("no 'clip_id' or 'filename' column".into()));
-            };
-            let logits_col = schema
-                .index_of("logits")
-                .map_err(|_| fmt("no 'logits' column".into()))?;
-            let keys = string_values(batch.column(key_col)).ok_or_else(|| {
-                fmt(format!(
-                    "column '{}' is not a string column",
-                    schema.field(key_col).name()
-                ))
-            })?;
-            let logits = batch.column(logits_col);
-            for (r, key) in keys.into_iter().enumerate() {
-                let Some(key) = key else { continue };
-                let Some(v) = list_row(logits, r).map_err(&fmt)? else {
-                    continue;
-                };
-                if v.len() != n_classes {
-                    return Err(fmt(format!(
-                        "logits of '{key}' have {} values, but the label vocabulary has {n_classes}",
-                        v.len()
-                    )));
-                }
-                let key = if by_filename {
-                    file_stem(&key).to_string()
-                } else {
-                    key
-                };
-                let slot = values.len() / n_classes;
-                values.extend_from_slice(&v);
-                index.insert(key, slot);
-                rows += 1;
-            }
-        }
+        let table = data_specs::read_logits_table(path, n_classes)?;
+        let rows = table.keys.len();
+        let index = table
+            .keys
+            .into_iter()
+            .enumerate()
+            .map(|(slot, key)| match table.key {
+                LogitsKey::ClipId => (key, slot),
+                LogitsKey::Filename => (file_stem(&key).to_string(), slot),
+            })
+            .collect();
         Ok(Self {
             n_classes,
             index,
-            values,
+            values: table.values,
             description: format!("{} (parquet, {rows} rows)", display_name(path)),
         })
     }
@@ -205,55 +160,6 @@ fn display_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
-}
-
-/// String values of a Utf8 / LargeUtf8 / Utf8View / Dictionary<Int32, Utf8> column.
-fn string_values(a: &ArrayRef) -> Option<Vec<Option<String>>> {
-    let owned =
-        |it: &mut dyn Iterator<Item = Option<&str>>| it.map(|s| s.map(str::to_string)).collect();
-    match a.data_type() {
-        DataType::Utf8 => Some(owned(&mut a.as_string::<i32>().iter())),
-        DataType::LargeUtf8 => Some(owned(&mut a.as_string::<i64>().iter())),
-        DataType::Utf8View => Some(owned(&mut a.as_string_view().iter())),
-        DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => {
-            let d = a.as_dictionary::<Int32Type>();
-            let vals = d.values().as_string::<i32>();
-            Some(
-                d.keys()
-                    .iter()
-                    .map(|k| k.map(|k| vals.value(k as usize).to_string()))
-                    .collect(),
-            )
-        }
-        _ => None,
-    }
-}
-
-/// Row `r` of a list-of-Float32 column, `None` when null.
-fn list_row(a: &ArrayRef, r: usize) -> Result<Option<Vec<f32>>, String> {
-    if a.is_null(r) {
-        return Ok(None);
-    }
-    let inner: ArrayRef = match a.data_type() {
-        DataType::FixedSizeList(_, _) => a.as_fixed_size_list().value(r),
-        DataType::List(_) => a.as_list::<i32>().value(r),
-        DataType::LargeList(_) => a.as_list::<i64>().value(r),
-        other => {
-            return Err(format!(
-                "column 'logits' has type {other}, expected FixedSizeList<Float32> or List<Float32>"
-            ));
-        }
-    };
-    let f = inner
-        .as_any()
-        .downcast_ref::<Float32Array>()
-        .ok_or_else(|| {
-            format!(
-                "column 'logits' holds {}, expected Float32",
-                inner.data_type()
-            )
-        })?;
-    Ok(Some(f.values().to_vec()))
 }
 
 /// A float array read from a `.npy` file.

@@ -1,19 +1,8 @@
-//! Teacher ensemble: fuse the logits of several teachers (the paper's equation (4)) and
-//! materialize teacher logits into the `teacher_logits` column of an existing shard set.
+//! Joining teacher logits into the `teacher_logits` column of an existing shard set
+//! ([`join_teacher_logits`]), and reading the labelled original rows a fusion is fitted on
+//! ([`read_original_rows`]).
 //!
-//! Two commands (`pipeline teachers ...`):
-//! - `join-logits --shards data/ --logits FILE`: joins one logits table (Parquet
-//!   `clip_id`/`filename` -> `logits`, or CP-JKU `.npy` with `--dataset`) into the shards. The
-//!   table is read by [`TeacherLogits::load`], the very loader `pipeline features
-//!   --teacher-logits` uses, and looked up by [`TeacherLogits::get`] (exact clip id, then without
-//!   its `@k` suffix): imported and fused logits take the same path.
-//! - `fuse-logits --shards data/ --logits t1.parquet t2.parquet ...`: fits
-//!   `h = sum_k alpha_k * logits_k + beta` ([`Fusion::fit`]) on the labelled ORIGINAL rows of the
-//!   training set, reports each teacher's, the averaged and the fused ensemble's accuracy and
-//!   cross-entropy on the training and test clips, writes the fused logits as a Parquet table and
-//!   joins them into the shards.
-//!
-//! ## Safe rewrite ([`join_teacher_logits`])
+//! ## Safe rewrite
 //! Every shard is rewritten, batch by batch, into a sibling folder `<shards>.teachers-new/` (the
 //! other files of the folder are copied there); every column except `teacher_logits` is carried
 //! over as the same Arrow arrays, so it is bit-identical. Each new shard is verified (schema and
@@ -36,24 +25,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, StringBuilder};
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, UInt8Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::{DataType, Field};
 use data_specs::{ClipSet, MANIFEST_FILE, Manifest, ShardEntry, ShardMeta, Variant, col};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::fusion::Fusion;
-use crate::ingest::MetaRow;
+use super::fusion::FusionError;
+use super::logits::{TeacherError, TeacherLogits};
 use crate::shards::{
     Codec, ManifestLock, ShardCompression, ShardError, ShardWriter, check_shard, sha256_file,
 };
-use crate::teacher::{TeacherError, TeacherLogits};
 
 /// Errors of fusing and materializing teacher logits; each names the file or folder.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +64,7 @@ pub enum MaterializeError {
     Teacher(#[from] TeacherError),
     /// The fusion fit failed.
     #[error(transparent)]
-    Fusion(#[from] crate::fusion::FusionError),
+    Fusion(#[from] FusionError),
     /// The inputs are inconsistent (class counts, missing clips, metadata).
     #[error("{path}: {problem}")]
     Invalid {
@@ -88,7 +75,7 @@ pub enum MaterializeError {
     },
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> MaterializeError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> MaterializeError + '_ {
     move |e| MaterializeError::Io {
         path: path.display().to_string(),
         problem: e.to_string(),
@@ -146,7 +133,7 @@ pub struct JoinReport {
 }
 
 /// Sibling folder `<dir><suffix>` (same parent, so that renames stay on one file system).
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let mut s = dir.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
@@ -546,500 +533,4 @@ fn dict_strings(a: &ArrayRef) -> Vec<String> {
                 .unwrap_or_default()
         })
         .collect()
-}
-
-/// Writes a logits table (`clip_id: utf8`, `logits: fixed_size_list<float32>[n_classes]`, the
-/// format [`TeacherLogits::load`] reads) to `path` via a temporary name.
-pub fn write_logits_table(
-    path: &Path,
-    clip_ids: &[String],
-    logits: &[f32],
-    n_classes: usize,
-) -> Result<(), MaterializeError> {
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("clip_id", DataType::Utf8, false),
-        Field::new(
-            "logits",
-            DataType::FixedSizeList(item.clone(), n_classes as i32),
-            false,
-        ),
-    ]));
-    let mut ids = StringBuilder::new();
-    let mut b = FixedSizeListBuilder::new(Float32Builder::new(), n_classes as i32).with_field(item);
-    for (i, id) in clip_ids.iter().enumerate() {
-        ids.append_value(id);
-        b.values()
-            .append_slice(&logits[i * n_classes..(i + 1) * n_classes]);
-        b.append(true);
-    }
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![Arc::new(ids.finish()), Arc::new(b.finish())],
-    )
-    .map_err(|e| MaterializeError::Invalid {
-        path: path.display().to_string(),
-        problem: e.to_string(),
-    })?;
-    let tmp = crate::shards::tmp_path(path);
-    let file = File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut w = ArrowWriter::try_new(file, schema, None).map_err(pq_err(&tmp))?;
-    w.write(&batch).map_err(pq_err(&tmp))?;
-    w.close().map_err(pq_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
-}
-
-/// Accuracy and cross-entropy of one ensemble (or teacher) on one set of clips.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Scores {
-    /// Clips scored.
-    pub clips: usize,
-    /// Fraction of clips whose argmax equals the label.
-    pub accuracy: f64,
-    /// Macro (class-wise mean) accuracy, the DCASE metric.
-    pub macro_accuracy: f64,
-    /// Mean cross-entropy of softmax(logits) against the labels (nats).
-    pub cross_entropy: f64,
-}
-
-/// Scores `fusion` on clips whose teacher logits are `teachers[k]` (row-major) and `labels`.
-pub fn score(fusion: &Fusion, teachers: &[Vec<f32>], labels: &[usize]) -> Scores {
-    let c = fusion.beta.len();
-    let mut hit = vec![0usize; c];
-    let mut count = vec![0usize; c];
-    let mut ce = 0.0;
-    let mut rows: Vec<&[f32]> = Vec::with_capacity(teachers.len());
-    for (i, &y) in labels.iter().enumerate() {
-        rows.clear();
-        rows.extend(teachers.iter().map(|t| &t[i * c..(i + 1) * c]));
-        let h = fusion.apply(&rows);
-        let m = h.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = m + h.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
-        ce += lse - h[y] as f64;
-        let best = h
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                if v > bv { (i, v) } else { (bi, bv) }
-            })
-            .0;
-        count[y] += 1;
-        if best == y {
-            hit[y] += 1;
-        }
-    }
-    let n = labels.len();
-    let present: Vec<f64> = (0..c)
-        .filter(|&k| count[k] > 0)
-        .map(|k| hit[k] as f64 / count[k] as f64)
-        .collect();
-    Scores {
-        clips: n,
-        accuracy: hit.iter().sum::<usize>() as f64 / n.max(1) as f64,
-        macro_accuracy: present.iter().sum::<f64>() / present.len().max(1) as f64,
-        cross_entropy: ce / n.max(1) as f64,
-    }
-}
-
-/// Options of [`fuse_logits`].
-#[derive(Debug, Clone)]
-pub struct FuseOptions {
-    /// Plain averaging (`alpha = 1/K`, `beta = 0`) instead of the fitted fusion.
-    pub average: bool,
-    /// Ridge on `beta` of the fit.
-    pub ridge: f64,
-    /// Ridge shrinking `alpha` toward plain averaging (`alpha_ridge * sum (alpha_k - 1/K)^2`).
-    pub alpha_ridge: f64,
-    /// Fit only on training clips of this DCASE split (split column <= P); None: every
-    /// training clip with logits from every teacher.
-    pub split: Option<u8>,
-}
-
-/// Report of [`fuse_logits`] (written as JSON by `--out-report`).
-#[derive(Debug, Clone, Serialize)]
-pub struct FuseReport {
-    /// The teacher logits files, in order.
-    pub teachers: Vec<String>,
-    /// The fusion used (fitted, or the average with `--average`).
-    pub fusion: Fusion,
-    /// Newton iterations, initial and final training loss of the fit (None with `--average`).
-    pub fit: Option<crate::fusion::FitReport>,
-    /// Split the fit was restricted to.
-    pub split: Option<u8>,
-    /// Per teacher: scores on the training clips used by the fit and on the test clips.
-    pub teacher_scores: Vec<SetScores>,
-    /// Averaged ensemble.
-    pub averaged: SetScores,
-    /// Fused ensemble.
-    pub fused: SetScores,
-    /// Clips written to the fused logits table.
-    pub fused_clips: usize,
-}
-
-/// Scores on training and test clips.
-#[derive(Debug, Clone, Serialize)]
-pub struct SetScores {
-    /// Training clips of the fit.
-    pub train: Scores,
-    /// Test clips (those with logits from every teacher); None when there are none.
-    pub test: Option<Scores>,
-}
-
-/// Gathers the logits of `ids` (row-major per teacher).
-fn gather(teachers: &[TeacherLogits], ids: &[&str]) -> Vec<Vec<f32>> {
-    teachers
-        .iter()
-        .map(|t| {
-            ids.iter()
-                .flat_map(|id| t.get(id).expect("filtered").iter().copied())
-                .collect()
-        })
-        .collect()
-}
-
-/// Fits (or averages) the teachers on the labelled original training rows of `rows`, scores
-/// every teacher and both ensembles, and returns the report with the fused logits of every
-/// original clip id that has logits from every teacher (`(ids, row-major logits)`).
-pub fn fuse_logits(
-    rows: &OriginalRows,
-    n_classes: usize,
-    teachers: &[TeacherLogits],
-    names: &[String],
-    opts: &FuseOptions,
-) -> Result<(FuseReport, Vec<String>, Vec<f32>), MaterializeError> {
-    let has_all = |id: &str| teachers.iter().all(|t| t.get(id).is_some());
-    let pick = |set: ClipSet, split: Option<u8>| -> (Vec<&str>, Vec<usize>) {
-        let mut seen = BTreeSet::new();
-        let mut ids = Vec::new();
-        let mut labels = Vec::new();
-        for i in 0..rows.clip_id.len() {
-            let id = rows.clip_id[i].as_str();
-            let in_split = match split {
-                None => true,
-                Some(p) => rows.split[i].is_some_and(|s| s <= p),
-            };
-            if rows.set[i] == set
-                && in_split
-                && has_all(id)
-                && seen.insert(id)
-                && let Some(y) = rows.label[i].filter(|&y| y < n_classes)
-            {
-                ids.push(id);
-                labels.push(y);
-            }
-        }
-        (ids, labels)
-    };
-    let (train_ids, train_y) = pick(ClipSet::Train, opts.split);
-    if train_ids.is_empty() {
-        return Err(MaterializeError::Invalid {
-            path: names.join(", "),
-            problem: "no labelled training clip has logits from every teacher".into(),
-        });
-    }
-    let (test_ids, test_y) = pick(ClipSet::Test, None);
-    let train_l = gather(teachers, &train_ids);
-    let test_l = gather(teachers, &test_ids);
-    let k = teachers.len();
-    let averaged = Fusion::average(k, n_classes);
-    let (fusion, fit) = if opts.average {
-        (averaged.clone(), None)
-    } else {
-        let (f, r) =
-            Fusion::fit_shrunk(&train_l, &train_y, n_classes, opts.ridge, opts.alpha_ridge)?;
-        (f, Some(r))
-    };
-    // Scores of `f` over all teachers (`only = None`) or over teacher j alone.
-    let scores = |f: &Fusion, only: Option<usize>| {
-        let sel = |l: &[Vec<f32>]| match only {
-            Some(j) => vec![l[j].clone()],
-            None => l.to_vec(),
-        };
-        SetScores {
-            train: score(f, &sel(&train_l), &train_y),
-            test: (!test_y.is_empty()).then(|| score(f, &sel(&test_l), &test_y)),
-        }
-    };
-    let single = Fusion {
-        alpha: vec![1.0],
-        beta: vec![0.0; n_classes],
-    };
-    let teacher_scores = (0..k).map(|j| scores(&single, Some(j))).collect();
-    // Fused logits of every original clip id with logits from every teacher.
-    let mut seen = BTreeSet::new();
-    let mut ids = Vec::new();
-    let mut values = Vec::new();
-    let mut row: Vec<&[f32]> = Vec::with_capacity(k);
-    for id in &rows.clip_id {
-        if !seen.insert(id.as_str()) || !has_all(id) {
-            continue;
-        }
-        row.clear();
-        row.extend(teachers.iter().map(|t| t.get(id).expect("checked")));
-        values.extend(fusion.apply(&row));
-        ids.push(id.clone());
-    }
-    let report = FuseReport {
-        teachers: names.to_vec(),
-        averaged: scores(&averaged, None),
-        fused: scores(&fusion, None),
-        fusion,
-        fit,
-        split: opts.split,
-        teacher_scores,
-        fused_clips: ids.len(),
-    };
-    Ok((report, ids, values))
-}
-
-/// The `asc.teacher` description of a fused ensemble: teachers and weights.
-pub fn fused_description(report: &FuseReport) -> String {
-    let kind = if report.fit.is_some() {
-        "fused (eq. 4, fitted)"
-    } else {
-        "averaged"
-    };
-    let f = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.4}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        "teacher ensemble, {kind}, of {} teacher(s): {}; alpha = [{}]; beta = [{}]; split {}",
-        report.teachers.len(),
-        report.teachers.join(", "),
-        f(&report.fusion.alpha),
-        f(&report.fusion.beta),
-        report
-            .split
-            .map_or_else(|| "all training clips".to_string(), |p| p.to_string())
-    )
-}
-
-/// `pipeline teachers`: fuse teacher logits and materialize them into the shards.
-#[derive(clap::Args, Debug)]
-pub struct TeachersArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: TeachersCommand,
-}
-
-/// The `pipeline teachers` subcommands.
-#[derive(clap::Subcommand, Debug)]
-pub enum TeachersCommand {
-    /// Fit eq. 4 (h = sum_k alpha_k logits_k + beta) on the training clips, report teacher and
-    /// ensemble accuracy, write the fused logits and join them into the shards.
-    FuseLogits(FuseArgs),
-    /// Join one logits table into the shards' teacher_logits column (safe rewrite).
-    JoinLogits(JoinArgs),
-}
-
-/// Which rows receive logits.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JoinSet {
-    /// Rows of the training set (what knowledge distillation uses).
-    Train,
-    /// Rows of every set.
-    All,
-}
-
-impl JoinSet {
-    fn sets(self) -> Vec<ClipSet> {
-        match self {
-            Self::Train => vec![ClipSet::Train],
-            Self::All => vec![ClipSet::Train, ClipSet::Test, ClipSet::Unused],
-        }
-    }
-}
-
-/// Options of `pipeline teachers fuse-logits`.
-#[derive(clap::Args, Debug)]
-pub struct FuseArgs {
-    /// Shard folder (rewritten in place, safely).
-    #[arg(long, value_name = "DIR")]
-    pub shards: PathBuf,
-    /// Teacher logits tables (Parquet clip_id -> logits, as `train predict` writes).
-    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
-    pub logits: Vec<PathBuf>,
-    /// Plain averaging instead of the fitted fusion.
-    #[arg(long)]
-    pub average: bool,
-    /// Fit only on the training clips of this DCASE split (5, 10, 25, 50, 100).
-    #[arg(long, value_name = "P")]
-    pub split: Option<u8>,
-    /// Ridge on beta.
-    #[arg(long, default_value_t = 1e-4, value_parser = crate::cli::finite_f64)]
-    pub ridge: f64,
-    /// Ridge shrinking the teacher weights alpha toward plain averaging, `r * sum (alpha_k -
-    /// 1/K)^2` (0: the paper's unpenalised eq. 4). Useful with in-sample teacher logits, whose
-    /// confidence can drive the fitted alpha large.
-    #[arg(long, default_value_t = 0.0, value_parser = crate::cli::finite_f64)]
-    pub alpha_ridge: f64,
-    /// Report (JSON).
-    #[arg(long, value_name = "FILE")]
-    pub out_report: Option<PathBuf>,
-    /// Fused logits table [default: <shards>.fused-logits.parquet beside the shard folder].
-    #[arg(long, value_name = "FILE")]
-    pub out_logits: Option<PathBuf>,
-    /// Rows that receive the fused logits.
-    #[arg(long, value_enum, default_value = "train")]
-    pub join_set: JoinSet,
-    /// Fit and report only; leave the shards as they are.
-    #[arg(long)]
-    pub no_join: bool,
-}
-
-/// Options of `pipeline teachers join-logits`.
-#[derive(clap::Args, Debug)]
-pub struct JoinArgs {
-    /// Shard folder (rewritten in place, safely).
-    #[arg(long, value_name = "DIR")]
-    pub shards: PathBuf,
-    /// Logits table: Parquet (clip_id or filename -> logits) or CP-JKU .npy (needs --dataset).
-    #[arg(long, value_name = "FILE")]
-    pub logits: PathBuf,
-    /// Dataset folder whose meta.csv indexes the rows of a .npy.
-    #[arg(long, value_name = "DIR")]
-    pub dataset: Option<PathBuf>,
-    /// Rows that receive the logits.
-    #[arg(long, value_enum, default_value = "train")]
-    pub join_set: JoinSet,
-    /// Test hook: fail after writing this many new shards.
-    #[arg(long, hide = true)]
-    pub fail_after_shards: Option<usize>,
-}
-
-/// Runs `pipeline teachers ...`.
-pub fn run(args: &TeachersArgs) -> anyhow::Result<()> {
-    match &args.command {
-        TeachersCommand::FuseLogits(a) => run_fuse(a).map(|_| ()),
-        TeachersCommand::JoinLogits(a) => run_join(a).map(|_| ()),
-    }
-}
-
-/// `join-logits`.
-pub fn run_join(a: &JoinArgs) -> anyhow::Result<JoinReport> {
-    recover_interrupted_swap(&a.shards)?;
-    let (meta, _) = read_original_rows(&a.shards)?;
-    let meta_rows: Vec<MetaRow> = match &a.dataset {
-        Some(ds) => crate::ingest::read_meta(&ds.join("meta.csv"))?,
-        None => Vec::new(),
-    };
-    let t = TeacherLogits::load(&a.logits, &meta_rows, meta.n_classes())?;
-    let opts = JoinOptions {
-        sets: a.join_set.sets(),
-        description: t.description().to_string(),
-        fail_after_shards: a.fail_after_shards,
-    };
-    let r = join_teacher_logits(&a.shards, &t, &opts)?;
-    println!(
-        "joined {} into {}: {} shards, {} of {} rows with logits, {} clips without logits (null)",
-        a.logits.display(),
-        a.shards.display(),
-        r.shards,
-        r.rows_with_logits,
-        r.rows,
-        r.clips_without_logits
-    );
-    Ok(r)
-}
-
-/// `fuse-logits`.
-pub fn run_fuse(a: &FuseArgs) -> anyhow::Result<FuseReport> {
-    recover_interrupted_swap(&a.shards)?;
-    let (meta, rows) = read_original_rows(&a.shards)?;
-    let n_classes = meta.n_classes();
-    let teachers = a
-        .logits
-        .iter()
-        .map(|p| TeacherLogits::load(p, &[], n_classes))
-        .collect::<Result<Vec<_>, _>>()?;
-    // Teachers are named by the path given (`train predict` writes every teacher's table as
-    // `<run>/logits.parquet`, so the file name alone does not tell them apart).
-    let names: Vec<String> = a.logits.iter().map(|p| p.display().to_string()).collect();
-    let opts = FuseOptions {
-        average: a.average,
-        ridge: a.ridge,
-        alpha_ridge: a.alpha_ridge,
-        split: a.split,
-    };
-    let (report, ids, values) = fuse_logits(&rows, n_classes, &teachers, &names, &opts)?;
-    print_report(&report);
-    if let Some(p) = &a.out_report {
-        let text = serde_json::to_string_pretty(&report)?;
-        let tmp = crate::shards::tmp_path(p);
-        std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, p).map_err(io_err(p))?;
-    }
-    let out_logits = a
-        .out_logits
-        .clone()
-        .unwrap_or_else(|| sibling(&a.shards, ".fused-logits.parquet"));
-    write_logits_table(&out_logits, &ids, &values, n_classes)?;
-    println!(
-        "fused logits of {} clips -> {}",
-        ids.len(),
-        out_logits.display()
-    );
-    if !a.no_join {
-        // The same path as imported logits: load the table, then join.
-        let fused = TeacherLogits::load(&out_logits, &[], n_classes)?;
-        let opts = JoinOptions {
-            sets: a.join_set.sets(),
-            description: fused_description(&report),
-            fail_after_shards: None,
-        };
-        let r = join_teacher_logits(&a.shards, &fused, &opts)?;
-        println!(
-            "joined into {}: {} shards, {} of {} rows with logits, {} clips without logits (null)",
-            a.shards.display(),
-            r.shards,
-            r.rows_with_logits,
-            r.rows,
-            r.clips_without_logits
-        );
-    }
-    Ok(report)
-}
-
-fn print_report(r: &FuseReport) {
-    let line = |name: &str, s: &SetScores| {
-        let t = s.test.as_ref();
-        println!(
-            "{name:<28} train acc {:6.2} % macro {:6.2} % CE {:.4} | test acc {} macro {} CE {}",
-            100.0 * s.train.accuracy,
-            100.0 * s.train.macro_accuracy,
-            s.train.cross_entropy,
-            t.map_or("-".into(), |t| format!("{:6.2} %", 100.0 * t.accuracy)),
-            t.map_or("-".into(), |t| format!(
-                "{:6.2} %",
-                100.0 * t.macro_accuracy
-            )),
-            t.map_or("-".into(), |t| format!("{:.4}", t.cross_entropy)),
-        );
-    };
-    println!(
-        "{} training clips, {} test clips",
-        r.fused.train.clips,
-        r.fused.test.as_ref().map_or(0, |t| t.clips)
-    );
-    for (name, s) in r.teachers.iter().zip(&r.teacher_scores) {
-        line(name, s);
-    }
-    line("averaged ensemble", &r.averaged);
-    let used = if r.fit.is_some() {
-        "fused ensemble (eq. 4)"
-    } else {
-        "ensemble used (average)"
-    };
-    line(used, &r.fused);
-    println!("alpha = {:?}", r.fusion.alpha);
-    println!("beta  = {:?}", r.fusion.beta);
-    if let Some(f) = &r.fit {
-        println!(
-            "fit: {} Newton iterations, training CE {:.4} -> {:.4}",
-            f.iterations, f.initial_loss, f.final_loss
-        );
-    }
 }
