@@ -12,6 +12,7 @@ use asc_int8::{Int8Model, QParams};
 use train::backend::{default_device, training_device};
 use train::export::export_int8;
 use train::model::{ConvBnConfig, IrMambaConfig, Model, ModelConfig, PmbStageConfig};
+use train::qat::reference::qat_forward_reference;
 use train::qat::{
     ACT_QMAX, ACT_QMIN, Observers, QatModel, conv_options, fake_quant_act, fake_quant_weight,
     fold_conv_bn, qat_forward,
@@ -310,4 +311,119 @@ fn export_without_observers_is_refused() {
     )
     .expect_err("no ranges");
     assert!(err.to_string().contains("no activation range"), "{err}");
+}
+
+/// The QAT forward on the fused ops (fused convolutions, LayerNorm, layout changes, products,
+/// fake-quant ops) against the composition from burn's generic ops that it replaced: the
+/// observers' ranges, the logits and the gradients of the parameters, over three training-like
+/// steps (observers updating) on random students with trained-like BN statistics.
+fn fused_vs_composed(shared: bool) {
+    let _rng = device_rng();
+    let dev = training_device();
+    let model = random_student(shared, 21, &dev);
+    let Model::IrMamba(m) = &model else {
+        unreachable!()
+    };
+    let (n_mels, n_frames, b) = (32, 33, 6);
+    let mut rng = StdRng::seed_from_u64(5);
+    let (mut of, mut oc) = (Observers::new(0.1), Observers::new(0.1));
+    for step in 0..3 {
+        let x = logmels(&mut rng, b, n_mels, n_frames);
+        let x = Tensor::<4>::from_data(TensorData::new(x, [b, 1, n_mels, n_frames]), &dev);
+        let w = Tensor::<2>::random([b, 10], Distribution::Normal(0.0, 1.0), &dev);
+        let yf = qat_forward(m, x.clone(), &mut of);
+        let yc = qat_forward_reference(m, x, &mut oc);
+        let (hf, hc) = (host(yf.clone()), host(yc.clone()));
+        let scale = hc.iter().fold(0.0f32, |a, v| a.max(v.abs())).max(1e-3);
+        let max = hf
+            .iter()
+            .zip(&hc)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!(
+            "shared={shared} step {step}: max |logit diff| {max:.2e} (max |logit| {scale:.3})"
+        );
+        // The fused kernels sum in another order than burn's: a value that lands next to a
+        // rounding boundary of a fake-quant grid may move by one step; nothing more.
+        assert!(max <= 0.02 * scale, "step {step}: logits differ by {max}");
+        assert_eq!(of.ranges.len(), oc.ranges.len());
+        for ((k, f), (k2, c)) in of.ranges.iter().zip(&oc.ranges) {
+            assert_eq!(k, k2);
+            let span = (c.1 - c.0).abs().max(1e-3);
+            assert!(
+                (f.0 - c.0).abs() <= 0.02 * span && (f.1 - c.1).abs() <= 0.02 * span,
+                "observer {k}: {f:?} vs {c:?}"
+            );
+        }
+        let gf = (yf * w.clone()).sum().backward();
+        let gc = (yc * w).sum().backward();
+        let mb = &m.stages[1].blocks[0];
+        let pairs: Vec<(&str, Vec<f32>, Vec<f32>)> = vec![
+            grads2("stem.dw1.weight", &m.stem.dw1.conv.weight.val(), &gf, &gc),
+            grads1(
+                "irb1.depthwise.gamma",
+                &m.irb1.depthwise.bn.gamma.val(),
+                &gf,
+                &gc,
+            ),
+            grads1("irb2.project.beta", &m.irb2.project.bn.beta.val(), &gf, &gc),
+            grads2(
+                "pvm.mamba.0.in_proj",
+                &mb.mamba[0].in_proj.weight.val(),
+                &gf,
+                &gc,
+            ),
+            grads2("pvm.mamba.0.a_log", &mb.mamba[0].a_log.val(), &gf, &gc),
+            grads1("pvm.norm.gamma", &mb.norm.gamma.val(), &gf, &gc),
+            grads1("pvm.skip_scale", &mb.skip_scale.val(), &gf, &gc),
+            grads2("pvm.proj.weight", &mb.proj.weight.val(), &gf, &gc),
+            grads2("head.conv.weight", &m.head.conv.conv.weight.val(), &gf, &gc),
+        ];
+        for (name, f, c) in pairs {
+            let num: f64 = f
+                .iter()
+                .zip(&c)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
+            let den: f64 = c.iter().map(|b| (*b as f64).powi(2)).sum();
+            let e = (num / den.max(1e-24)).sqrt();
+            eprintln!("  grad {name}: rel err {e:.2e}");
+            assert!(
+                e < 1e-2,
+                "step {step}: gradient of {name} differs, rel err {e}"
+            );
+        }
+    }
+}
+
+fn grads2<const D: usize>(
+    name: &'static str,
+    p: &Tensor<D>,
+    gf: &burn::tensor::Gradients,
+    gc: &burn::tensor::Gradients,
+) -> (&'static str, Vec<f32>, Vec<f32>) {
+    (
+        name,
+        host(p.grad(gf).expect("fused gradient")),
+        host(p.grad(gc).expect("composed gradient")),
+    )
+}
+
+fn grads1(
+    name: &'static str,
+    p: &Tensor<1>,
+    gf: &burn::tensor::Gradients,
+    gc: &burn::tensor::Gradients,
+) -> (&'static str, Vec<f32>, Vec<f32>) {
+    grads2(name, p, gf, gc)
+}
+
+#[test]
+fn fused_qat_forward_matches_the_composition_unshared_mambas() {
+    fused_vs_composed(false);
+}
+
+#[test]
+fn fused_qat_forward_matches_the_composition_shared_mamba() {
+    fused_vs_composed(true);
 }

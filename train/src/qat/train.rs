@@ -99,24 +99,35 @@ pub fn qat_finetune(
             let batch = batch?;
             let device = model_device(&model);
             let rows = batch.len();
-            let tb = batch.into_tensors(&device);
-            let x = cfg.augment.apply(tb.logmel, &mut rng);
-            let logits = qat_forward(student(&model)?, x, &mut obs);
-            let loss = match &cfg.kd {
-                Some(kd) => {
-                    loss::kd_loss_parts(logits, tb.labels, tb.teacher_logits, tb.teacher_mask, kd)
+            // The step's tensor work on a pool worker, as the float trainer's steps
+            // (`backend::in_pool`); the batch came from the loader's channel outside it.
+            let (next, v) = crate::backend::in_pool(|| {
+                let tb = batch.into_tensors(&device);
+                let x = cfg.augment.apply(tb.logmel, &mut rng);
+                let logits = qat_forward(student(&model)?, x, &mut obs);
+                let loss = match &cfg.kd {
+                    Some(kd) => {
+                        loss::kd_loss_parts(
+                            logits,
+                            tb.labels,
+                            tb.teacher_logits,
+                            tb.teacher_mask,
+                            kd,
+                        )
                         .total
+                    }
+                    None => loss::cross_entropy(logits, tb.labels),
+                };
+                let v: f32 = loss.clone().into_scalar();
+                if !v.is_finite() {
+                    return Err(QatTrainError::Diverged { step, loss: v });
                 }
-                None => loss::cross_entropy(logits, tb.labels),
-            };
-            let v: f32 = loss.clone().into_scalar();
-            if !v.is_finite() {
-                return Err(QatTrainError::Diverged { step, loss: v });
-            }
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                Ok((optim.step(cfg.lr, model, grads), v))
+            })?;
+            model = next;
             loss_sum += v as f64 * rows as f64;
             n += rows;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(cfg.lr, model, grads);
             step += 1;
         }
         on_epoch(
