@@ -189,6 +189,9 @@ pub fn run_qat(a: &QatArgs, progress: bool) -> anyhow::Result<()> {
         seed: cfg.seed ^ 0x51a7,
         shuffle: true,
         drop_last: true,
+        // As the float trainer: the loader decodes into the next epoch, never waiting at an
+        // epoch boundary.
+        prefetch_next_epoch: true,
         ..LoaderConfig::default()
     };
     // Fewer training rows than one batch: one smaller batch per epoch instead of none (the
