@@ -208,7 +208,7 @@ fn logmels(rng: &mut StdRng, n: usize, n_mels: usize, n_frames: usize) -> Vec<f3
     out
 }
 
-fn engine_vs_fake_quant(shared: bool) {
+fn engine_vs_fake_quant(shared: bool, act_qmax: i32) {
     let _rng = device_rng();
     let dev = default_device();
     let model = random_student(shared, 7, &dev);
@@ -218,6 +218,7 @@ fn engine_vs_fake_quant(shared: bool) {
     let (n_mels, n_frames, n) = (32, 33, 200);
     let mut rng = StdRng::seed_from_u64(11);
     let mut obs = Observers::new(0.1);
+    obs.act_qmax = act_qmax;
     for _ in 0..4 {
         let x = logmels(&mut rng, 16, n_mels, n_frames);
         let x = Tensor::<4>::from_data(TensorData::new(x, [16, 1, n_mels, n_frames]), &dev);
@@ -238,6 +239,12 @@ fn engine_vs_fake_quant(shared: bool) {
     let int8 = export_int8(&qm, "test", serde_json::Value::Null, fe, labels).expect("export");
     let (im, it) = int8.input_shape();
     assert_eq!((im, it), (n_mels, frames - frames % 16));
+    // The file quantizes on the grid QAT simulated.
+    for b in &int8.graph().buffers {
+        if let asc_int8::graph::BufKind::Quant { q } = b.kind {
+            assert_eq!((q.qmin, q.qmax), (ACT_QMIN, act_qmax), "buffer {}", b.name);
+        }
+    }
     let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, 1, n_mels, frames]), &dev);
     let fq = host(qm.forward(xt).expect("student"));
     let (mut agree, mut max_diff, mut max_logit) = (0usize, 0.0f32, 0.0f32);
@@ -256,7 +263,7 @@ fn engine_vs_fake_quant(shared: bool) {
         }
     }
     eprintln!(
-        "shared={shared}: int8 engine vs fake-quant: {agree}/{n} same predictions, max |logit \
+        "shared={shared} codes 0..={act_qmax}: int8 engine vs fake-quant: {agree}/{n} same predictions, max |logit \
          diff| {max_diff:.5} (max |logit| {max_logit:.3})"
     );
     assert!(agree * 100 >= 99 * n, "{agree}/{n} predictions agree");
@@ -285,12 +292,17 @@ fn engine_vs_fake_quant(shared: bool) {
 
 #[test]
 fn int8_engine_matches_fake_quant_student_unshared_mambas() {
-    engine_vs_fake_quant(false);
+    engine_vs_fake_quant(false, ACT_QMAX);
+}
+
+#[test]
+fn int8_engine_matches_fake_quant_student_full_code_range() {
+    engine_vs_fake_quant(false, 255);
 }
 
 #[test]
 fn int8_engine_matches_fake_quant_student_shared_mamba() {
-    engine_vs_fake_quant(true);
+    engine_vs_fake_quant(true, ACT_QMAX);
 }
 
 #[test]
@@ -426,4 +438,63 @@ fn fused_qat_forward_matches_the_composition_unshared_mambas() {
 #[test]
 fn fused_qat_forward_matches_the_composition_shared_mamba() {
     fused_vs_composed(true);
+}
+
+/// The float control of the QAT measurements is the float model in eval mode: the folded,
+/// frozen BatchNorm and no quantization reproduce `Model::forward` on the inference device; the
+/// observers still record ranges, and those of the input are the batch's.
+#[test]
+fn float_control_forward_is_the_float_model_in_eval_mode() {
+    let _rng = device_rng();
+    let dev = default_device();
+    let model = random_student(false, 9, &dev);
+    let Model::IrMamba(m) = &model else {
+        unreachable!()
+    };
+    let mut rng = StdRng::seed_from_u64(13);
+    let (n_mels, n_frames, b) = (32, 33, 5);
+    let xv = logmels(&mut rng, b, n_mels, n_frames);
+    let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), [b, 1, n_mels, n_frames]), &dev);
+    let mut obs = Observers::new(0.01);
+    obs.float_control = true;
+    let got = host(qat_forward(m, x.clone(), &mut obs));
+    let want = host(model.forward(x));
+    let e = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        e < 1e-4,
+        "float control differs from the eval-mode model by {e}"
+    );
+    // Input range: the cropped input's min and max (first batch sets the range).
+    let keep = n_frames - n_frames % 16;
+    let cropped: Vec<f32> = xv
+        .chunks_exact(n_frames)
+        .flat_map(|row| row[..keep].iter().copied())
+        .collect();
+    let lo = cropped.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = cropped.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    assert_eq!(obs.ranges[train::qat::INPUT_KEY], (lo, hi));
+    assert!(obs.ranges.len() > 20, "every quantization point observed");
+}
+
+/// Observers written before the code range was recorded load with fbgemm's `0..=127`.
+#[test]
+fn observers_without_a_code_range_load_with_the_reduced_range() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("observers.json");
+    std::fs::write(
+        &path,
+        r#"{"momentum": 0.01, "frozen": true, "ranges": {"input.q": [-1.0, 2.0]}}"#,
+    )
+    .expect("write");
+    let obs = Observers::load(&path).expect("load");
+    assert_eq!(obs.act_qmax, ACT_QMAX);
+    assert!(!obs.float_control);
+    let mut full = obs.clone();
+    full.act_qmax = 255;
+    full.save(&path).expect("save");
+    assert_eq!(Observers::load(&path).expect("load").act_qmax, 255);
 }

@@ -28,7 +28,7 @@
 pub mod reference;
 pub mod train;
 
-pub use train::{QatConfig, qat_finetune};
+pub use train::{QatConfig, calibrate_observers, qat_finetune, qat_finetune_from};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -100,6 +100,20 @@ pub struct Observers {
     pub frozen: bool,
     /// `(min, max)` per key.
     pub ranges: BTreeMap<String, (f32, f32)>,
+    /// Largest activation code of the simulated grid (codes `ACT_QMIN..=act_qmax`); the export
+    /// quantizes with the same grid. Files without it were written with [`ACT_QMAX`].
+    #[serde(default = "default_act_qmax")]
+    pub act_qmax: i32,
+    /// The float control of QAT measurements: the observers still record their ranges, but
+    /// the fake-quant points (activations and weights) pass values through unquantized, so
+    /// that [`qat_forward`] is the float model with the same folded, frozen BatchNorm (and an
+    /// export of it is post-training quantization). Not saved.
+    #[serde(skip)]
+    pub float_control: bool,
+}
+
+fn default_act_qmax() -> i32 {
+    ACT_QMAX
 }
 
 impl Default for Observers {
@@ -115,6 +129,8 @@ impl Observers {
             momentum,
             frozen: false,
             ranges: BTreeMap::new(),
+            act_qmax: ACT_QMAX,
+            float_control: false,
         }
     }
 
@@ -128,7 +144,7 @@ impl Observers {
             r.0 += c * (lo - r.0);
             r.1 += c * (hi - r.1);
         }
-        QParams::from_min_max(r.0, r.1, ACT_QMIN, ACT_QMAX)
+        QParams::from_min_max(r.0, r.1, ACT_QMIN, self.act_qmax)
     }
 
     /// The qparams of `key` for a batch: the frozen range, or the range updated with the
@@ -137,7 +153,7 @@ impl Observers {
         if self.frozen
             && let Some(&(lo, hi)) = self.ranges.get(key)
         {
-            return QParams::from_min_max(lo, hi, ACT_QMIN, ACT_QMAX);
+            return QParams::from_min_max(lo, hi, ACT_QMIN, self.act_qmax);
         }
         let (lo, hi) = batch_range();
         self.update(key, lo, hi)
@@ -164,7 +180,32 @@ impl Observers {
         let q = self.qparams_for(key, || {
             ops::fake_quant::act_min_max(&x, bias.as_ref(), channel_axis, relu)
         });
+        if self.float_control {
+            let y = match bias {
+                Some(b) => {
+                    let mut shape = [1usize; D];
+                    shape[channel_axis] = b.dims()[0];
+                    x + b.reshape(shape)
+                }
+                None => x,
+            };
+            return if relu {
+                burn::tensor::activation::relu(y)
+            } else {
+                y
+            };
+        }
         ops::fake_quant::fake_quant_act(x, bias, channel_axis, relu, q.grid())
+    }
+
+    /// A weight fake-quantized per output channel along `axis` ([`ops::fake_quant`]), or as it
+    /// is under [`Observers::float_control`].
+    pub fn fq_weight<const D: usize>(&self, w: Tensor<D>, axis: usize) -> Tensor<D> {
+        if self.float_control {
+            w
+        } else {
+            ops::fake_quant::fake_quant_weight(w, axis)
+        }
     }
 
     /// Writes the observers as JSON (temporary name, then rename).
@@ -266,14 +307,14 @@ pub fn conv_options(cb: &ConvBn) -> ConvOptions<2> {
 /// ([`Observers::fq_with`]).
 pub fn conv_bn_qat(cb: &ConvBn, x: Tensor<4>, key: &str, obs: &mut Observers) -> Tensor<4> {
     let (w, b) = fold_conv_bn(cb);
-    let y = ops::conv2d_with(&cb.conv, x, ops::fake_quant::fake_quant_weight(w, 0), None);
+    let y = ops::conv2d_with(&cb.conv, x, obs.fq_weight(w, 0), None);
     obs.fq_with(key, y, Some(b), 1, cb.activation == Activation::Relu)
 }
 
 /// Token-major linear layer `[S, L, d_in] -> [S, L, d_out]` with fake-quantized weights, its
 /// bias and the output fake-quant `key` fused ([`Observers::fq_with`]).
 fn linear_qat(l: &burn::nn::Linear, x: Tensor<3>, key: &str, obs: &mut Observers) -> Tensor<3> {
-    let w = ops::fake_quant::fake_quant_weight(l.weight.val(), 1);
+    let w = obs.fq_weight(l.weight.val(), 1);
     let y = ops::linear_tokens_with(x, w, None);
     obs.fq_with(key, y, l.bias.as_ref().map(|b| b.val()), 2, false)
 }

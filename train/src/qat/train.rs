@@ -80,6 +80,18 @@ pub fn qat_finetune(
     model: Model,
     loader: &Loader,
     cfg: &QatConfig,
+    on_epoch: impl FnMut(u64, f64, f64),
+) -> Result<QatModel, QatTrainError> {
+    qat_finetune_from(model, Observers::new(cfg.momentum), loader, cfg, on_epoch)
+}
+
+/// [`qat_finetune`] starting from the observers `obs` (e.g. calibrated by
+/// [`calibrate_observers`]; their `momentum` and `float_control` are kept).
+pub fn qat_finetune_from(
+    model: Model,
+    obs: Observers,
+    loader: &Loader,
+    cfg: &QatConfig,
     mut on_epoch: impl FnMut(u64, f64, f64),
 ) -> Result<QatModel, QatTrainError> {
     student(&model)?;
@@ -88,7 +100,7 @@ pub fn qat_finetune(
         .with_weight_decay(cfg.weight_decay as f32)
         .with_epsilon(1e-8)
         .init();
-    let mut obs = Observers::new(cfg.momentum);
+    let mut obs = obs;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut step = 0u64;
     for epoch in 0..cfg.epochs {
@@ -141,6 +153,34 @@ pub fn qat_finetune(
         model: model.valid(),
         observers: obs,
     })
+}
+
+/// Updates `obs` with the fake-quantized forward pass of `model` (inference copy, no
+/// augmentation) over the batches of `loader` until `rows` rows were seen (at least one batch);
+/// returns the rows used. Post-training calibration of the observers, e.g. on the training
+/// originals before QAT.
+pub fn calibrate_observers(
+    model: &Model,
+    loader: &Loader,
+    rows: usize,
+    obs: &mut Observers,
+) -> Result<usize, QatTrainError> {
+    let valid = model.valid();
+    let m = student(&valid)?;
+    let device = crate::backend::default_device();
+    let mut seen = 0;
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        seen += batch.len();
+        crate::backend::in_pool(|| {
+            let tb = batch.into_tensors(&device);
+            qat_forward(m, tb.logmel, obs);
+        });
+        if seen >= rows {
+            break;
+        }
+    }
+    Ok(seen)
 }
 
 fn model_device(model: &Model) -> burn::tensor::Device {
