@@ -16,7 +16,7 @@ use burn::tensor::Tensor;
 use data_specs::{FrontEndConfig, Vocabulary};
 
 use crate::model::{Activation, ConvBn, InvertedResidual, IrMamba, Mamba, ParallelMamba};
-use crate::qat::{self, ACT_QMAX, ACT_QMIN, INPUT_KEY, QatError, QatModel};
+use crate::qat::{self, ACT_QMIN, INPUT_KEY, QatError, QatModel};
 use asc_int8::builder::{GraphBuilder, MambaParams, PvmParams, quantize_model};
 use asc_int8::graph::TensorMap;
 use asc_int8::{Activation as QAct, Graph, Int8Error, Int8Model, ModelMeta};
@@ -192,7 +192,8 @@ pub fn export_int8(
         frontend,
         labels,
     };
-    quantize_model(meta, &graph, &tensors, &ranges, (ACT_QMIN, ACT_QMAX)).map_err(|e| match e {
+    let codes = (ACT_QMIN, qm.observers.act_qmax);
+    quantize_model(meta, &graph, &tensors, &ranges, codes).map_err(|e| match e {
         Int8Error::Invalid { msg, .. } if msg.starts_with("no activation range") => {
             ExportError::Qat(QatError::MissingRange(msg))
         }

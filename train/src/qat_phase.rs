@@ -155,6 +155,9 @@ fn qat_loader(
         seed: cfg.seed ^ 0x51a7,
         shuffle: true,
         drop_last: true,
+        // As the float trainer: the loader decodes into the next epoch, never waiting at an
+        // epoch boundary.
+        prefetch_next_epoch: true,
         ..LoaderConfig::default()
     };
     let rows = Loader::new(set, cfg.selection(), loader_cfg.clone())?.epoch_len();

@@ -12,6 +12,7 @@ use asc_int8::{Int8Model, QParams};
 use train::backend::{default_device, training_device};
 use train::export::export_int8;
 use train::model::{ConvBnConfig, IrMambaConfig, Model, ModelConfig, PmbStageConfig};
+use train::qat::reference::qat_forward_reference;
 use train::qat::{
     ACT_QMAX, ACT_QMIN, Observers, QatModel, conv_options, fake_quant_act, fake_quant_weight,
     fold_conv_bn, qat_forward,
@@ -207,7 +208,7 @@ fn logmels(rng: &mut StdRng, n: usize, n_mels: usize, n_frames: usize) -> Vec<f3
     out
 }
 
-fn engine_vs_fake_quant(shared: bool) {
+fn engine_vs_fake_quant(shared: bool, act_qmax: i32) {
     let _rng = device_rng();
     let dev = default_device();
     let model = random_student(shared, 7, &dev);
@@ -217,6 +218,7 @@ fn engine_vs_fake_quant(shared: bool) {
     let (n_mels, n_frames, n) = (32, 33, 200);
     let mut rng = StdRng::seed_from_u64(11);
     let mut obs = Observers::new(0.1);
+    obs.act_qmax = act_qmax;
     for _ in 0..4 {
         let x = logmels(&mut rng, 16, n_mels, n_frames);
         let x = Tensor::<4>::from_data(TensorData::new(x, [16, 1, n_mels, n_frames]), &dev);
@@ -237,6 +239,12 @@ fn engine_vs_fake_quant(shared: bool) {
     let int8 = export_int8(&qm, "test", serde_json::Value::Null, fe, labels).expect("export");
     let (im, it) = int8.input_shape();
     assert_eq!((im, it), (n_mels, frames - frames % 16));
+    // The file quantizes on the grid QAT simulated.
+    for b in &int8.graph().buffers {
+        if let asc_int8::graph::BufKind::Quant { q } = b.kind {
+            assert_eq!((q.qmin, q.qmax), (ACT_QMIN, act_qmax), "buffer {}", b.name);
+        }
+    }
     let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, 1, n_mels, frames]), &dev);
     let fq = host(qm.forward(xt).expect("student"));
     let (mut agree, mut max_diff, mut max_logit) = (0usize, 0.0f32, 0.0f32);
@@ -255,7 +263,7 @@ fn engine_vs_fake_quant(shared: bool) {
         }
     }
     eprintln!(
-        "shared={shared}: int8 engine vs fake-quant: {agree}/{n} same predictions, max |logit \
+        "shared={shared} codes 0..={act_qmax}: int8 engine vs fake-quant: {agree}/{n} same predictions, max |logit \
          diff| {max_diff:.5} (max |logit| {max_logit:.3})"
     );
     assert!(agree * 100 >= 99 * n, "{agree}/{n} predictions agree");
@@ -284,12 +292,17 @@ fn engine_vs_fake_quant(shared: bool) {
 
 #[test]
 fn int8_engine_matches_fake_quant_student_unshared_mambas() {
-    engine_vs_fake_quant(false);
+    engine_vs_fake_quant(false, ACT_QMAX);
+}
+
+#[test]
+fn int8_engine_matches_fake_quant_student_full_code_range() {
+    engine_vs_fake_quant(false, 255);
 }
 
 #[test]
 fn int8_engine_matches_fake_quant_student_shared_mamba() {
-    engine_vs_fake_quant(true);
+    engine_vs_fake_quant(true, ACT_QMAX);
 }
 
 #[test]
@@ -310,4 +323,178 @@ fn export_without_observers_is_refused() {
     )
     .expect_err("no ranges");
     assert!(err.to_string().contains("no activation range"), "{err}");
+}
+
+/// The QAT forward on the fused ops (fused convolutions, LayerNorm, layout changes, products,
+/// fake-quant ops) against the composition from burn's generic ops that it replaced: the
+/// observers' ranges, the logits and the gradients of the parameters, over three training-like
+/// steps (observers updating) on random students with trained-like BN statistics.
+fn fused_vs_composed(shared: bool) {
+    let _rng = device_rng();
+    let dev = training_device();
+    let model = random_student(shared, 21, &dev);
+    let Model::IrMamba(m) = &model else {
+        unreachable!()
+    };
+    let (n_mels, n_frames, b) = (32, 33, 6);
+    let mut rng = StdRng::seed_from_u64(5);
+    let (mut of, mut oc) = (Observers::new(0.1), Observers::new(0.1));
+    for step in 0..3 {
+        let x = logmels(&mut rng, b, n_mels, n_frames);
+        let x = Tensor::<4>::from_data(TensorData::new(x, [b, 1, n_mels, n_frames]), &dev);
+        let w = Tensor::<2>::random([b, 10], Distribution::Normal(0.0, 1.0), &dev);
+        let yf = qat_forward(m, x.clone(), &mut of);
+        let yc = qat_forward_reference(m, x, &mut oc);
+        let (hf, hc) = (host(yf.clone()), host(yc.clone()));
+        let scale = hc.iter().fold(0.0f32, |a, v| a.max(v.abs())).max(1e-3);
+        let max = hf
+            .iter()
+            .zip(&hc)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!(
+            "shared={shared} step {step}: max |logit diff| {max:.2e} (max |logit| {scale:.3})"
+        );
+        // The fused kernels sum in another order than burn's: a value that lands next to a
+        // rounding boundary of a fake-quant grid may move by one step; nothing more.
+        assert!(max <= 0.02 * scale, "step {step}: logits differ by {max}");
+        assert_eq!(of.ranges.len(), oc.ranges.len());
+        for ((k, f), (k2, c)) in of.ranges.iter().zip(&oc.ranges) {
+            assert_eq!(k, k2);
+            let span = (c.1 - c.0).abs().max(1e-3);
+            assert!(
+                (f.0 - c.0).abs() <= 0.02 * span && (f.1 - c.1).abs() <= 0.02 * span,
+                "observer {k}: {f:?} vs {c:?}"
+            );
+        }
+        let gf = (yf * w.clone()).sum().backward();
+        let gc = (yc * w).sum().backward();
+        let mb = &m.stages[1].blocks[0];
+        let pairs: Vec<(&str, Vec<f32>, Vec<f32>)> = vec![
+            grads2("stem.dw1.weight", &m.stem.dw1.conv.weight.val(), &gf, &gc),
+            grads1(
+                "irb1.depthwise.gamma",
+                &m.irb1.depthwise.bn.gamma.val(),
+                &gf,
+                &gc,
+            ),
+            grads1("irb2.project.beta", &m.irb2.project.bn.beta.val(), &gf, &gc),
+            grads2(
+                "pvm.mamba.0.in_proj",
+                &mb.mamba[0].in_proj.weight.val(),
+                &gf,
+                &gc,
+            ),
+            grads2("pvm.mamba.0.a_log", &mb.mamba[0].a_log.val(), &gf, &gc),
+            grads1("pvm.norm.gamma", &mb.norm.gamma.val(), &gf, &gc),
+            grads1("pvm.skip_scale", &mb.skip_scale.val(), &gf, &gc),
+            grads2("pvm.proj.weight", &mb.proj.weight.val(), &gf, &gc),
+            grads2("head.conv.weight", &m.head.conv.conv.weight.val(), &gf, &gc),
+        ];
+        for (name, f, c) in pairs {
+            let num: f64 = f
+                .iter()
+                .zip(&c)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
+            let den: f64 = c.iter().map(|b| (*b as f64).powi(2)).sum();
+            let e = (num / den.max(1e-24)).sqrt();
+            eprintln!("  grad {name}: rel err {e:.2e}");
+            assert!(
+                e < 1e-2,
+                "step {step}: gradient of {name} differs, rel err {e}"
+            );
+        }
+    }
+}
+
+fn grads2<const D: usize>(
+    name: &'static str,
+    p: &Tensor<D>,
+    gf: &burn::tensor::Gradients,
+    gc: &burn::tensor::Gradients,
+) -> (&'static str, Vec<f32>, Vec<f32>) {
+    (
+        name,
+        host(p.grad(gf).expect("fused gradient")),
+        host(p.grad(gc).expect("composed gradient")),
+    )
+}
+
+fn grads1(
+    name: &'static str,
+    p: &Tensor<1>,
+    gf: &burn::tensor::Gradients,
+    gc: &burn::tensor::Gradients,
+) -> (&'static str, Vec<f32>, Vec<f32>) {
+    grads2(name, p, gf, gc)
+}
+
+#[test]
+fn fused_qat_forward_matches_the_composition_unshared_mambas() {
+    fused_vs_composed(false);
+}
+
+#[test]
+fn fused_qat_forward_matches_the_composition_shared_mamba() {
+    fused_vs_composed(true);
+}
+
+/// The float control of the QAT measurements is the float model in eval mode: the folded,
+/// frozen BatchNorm and no quantization reproduce `Model::forward` on the inference device; the
+/// observers still record ranges, and those of the input are the batch's.
+#[test]
+fn float_control_forward_is_the_float_model_in_eval_mode() {
+    let _rng = device_rng();
+    let dev = default_device();
+    let model = random_student(false, 9, &dev);
+    let Model::IrMamba(m) = &model else {
+        unreachable!()
+    };
+    let mut rng = StdRng::seed_from_u64(13);
+    let (n_mels, n_frames, b) = (32, 33, 5);
+    let xv = logmels(&mut rng, b, n_mels, n_frames);
+    let x = Tensor::<4>::from_data(TensorData::new(xv.clone(), [b, 1, n_mels, n_frames]), &dev);
+    let mut obs = Observers::new(0.01);
+    obs.float_control = true;
+    let got = host(qat_forward(m, x.clone(), &mut obs));
+    let want = host(model.forward(x));
+    let e = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        e < 1e-4,
+        "float control differs from the eval-mode model by {e}"
+    );
+    // Input range: the cropped input's min and max (first batch sets the range).
+    let keep = n_frames - n_frames % 16;
+    let cropped: Vec<f32> = xv
+        .chunks_exact(n_frames)
+        .flat_map(|row| row[..keep].iter().copied())
+        .collect();
+    let lo = cropped.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = cropped.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    assert_eq!(obs.ranges[train::qat::INPUT_KEY], (lo, hi));
+    assert!(obs.ranges.len() > 20, "every quantization point observed");
+}
+
+/// Observers written before the code range was recorded load with fbgemm's `0..=127`.
+#[test]
+fn observers_without_a_code_range_load_with_the_reduced_range() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("observers.json");
+    std::fs::write(
+        &path,
+        r#"{"momentum": 0.01, "frozen": true, "ranges": {"input.q": [-1.0, 2.0]}}"#,
+    )
+    .expect("write");
+    let obs = Observers::load(&path).expect("load");
+    assert_eq!(obs.act_qmax, ACT_QMAX);
+    assert!(!obs.float_control);
+    let mut full = obs.clone();
+    full.act_qmax = 255;
+    full.save(&path).expect("save");
+    assert_eq!(Observers::load(&path).expect("load").act_qmax, 255);
 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use asc_kernels::quant::fake;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -476,19 +477,17 @@ pub fn calibrate<'a>(
 }
 
 /// Per-output-channel symmetric int8 quantization of a weight `[Cout, ...]` (PyTorch's
-/// `per_channel_symmetric` with qint8 `-128..=127`: `scale = max|w| / 127.5`).
+/// `per_channel_symmetric` with qint8 `-128..=127`: `scale = max|w| / 127.5`; the definitions
+/// of [`asc_kernels::quant::fake`], which QAT fake-quantizes with).
 pub fn quantize_weight(w: &[f32], cout: usize) -> (Vec<i8>, Vec<f32>) {
     let per = w.len() / cout.max(1);
     let mut q = Vec::with_capacity(w.len());
     let mut scales = Vec::with_capacity(cout);
     for row in w.chunks(per.max(1)) {
         let m = row.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
-        let s = (m / 127.5).max(f32::EPSILON);
+        let s = fake::weight_scale(m);
         scales.push(s);
-        q.extend(
-            row.iter()
-                .map(|&v| (v / s).round_ties_even().clamp(-128.0, 127.0) as i8),
-        );
+        q.extend(row.iter().map(|&v| fake::weight_code(v, s) as i8));
     }
     (q, scales)
 }

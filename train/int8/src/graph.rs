@@ -51,10 +51,21 @@ impl QParams {
         self.scale * (q - self.zero_point) as f32
     }
 
-    /// Quantize then dequantize (the QAT fake-quant).
+    /// Quantize then dequantize (the QAT fake-quant, [`asc_kernels::quant::fake::Grid`]).
     #[inline]
     pub fn fake_quant(&self, x: f32) -> f32 {
-        self.dequantize(self.quantize(x))
+        self.grid().fake_quant(x)
+    }
+
+    /// The same grid as the fake-quant kernels' [`Grid`](asc_kernels::quant::fake::Grid).
+    #[inline]
+    pub fn grid(&self) -> asc_kernels::quant::fake::Grid {
+        asc_kernels::quant::fake::Grid {
+            scale: self.scale,
+            zero_point: self.zero_point,
+            qmin: self.qmin,
+            qmax: self.qmax,
+        }
     }
 
     fn check(&self) -> Result<(), String> {

@@ -14,8 +14,24 @@ use super::matmul::pointwise_conv2d;
 /// burn's convolution otherwise. The module stays the parameter holder (checkpoints,
 /// complexity counting and QAT see the same `Conv2d`).
 pub fn conv2d_forward(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv2d_with(
+        conv,
+        x,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|b| b.val()),
+    )
+}
+
+/// [`conv2d_forward`] with another `weight` and `bias` of the same shapes as `conv`'s (its
+/// stride, padding, groups and dilation): QAT's folded, fake-quantized weights.
+pub fn conv2d_with(
+    conv: &burn::nn::conv::Conv2d,
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<4> {
     use burn::nn::PaddingConfig2d;
-    let [c_out, c_per_group, kh, kw] = conv.weight.dims();
+    let [c_out, c_per_group, kh, kw] = weight.dims();
     // One input channel per group: depthwise, with a channel multiplier `c_out / groups`
     // (the stem's first conv, 1 -> c1, is such a conv with one group).
     let c_in = x.dims()[1];
@@ -31,21 +47,33 @@ pub fn conv2d_forward(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> 
             PaddingConfig2d::Valid | PaddingConfig2d::Same | PaddingConfig2d::Explicit(0, 0, 0, 0)
         );
     if pointwise {
-        return pointwise_conv2d(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
+        return pointwise_conv2d(x, weight, bias);
     }
     match conv.padding {
         PaddingConfig2d::Explicit(top, left, bottom, right)
             if depthwise && top == bottom && left == right =>
         {
-            depthwise_conv2d(
-                x,
-                conv.weight.val(),
-                conv.bias.as_ref().map(|b| b.val()),
-                conv.stride,
-                [top, left],
-            )
+            depthwise_conv2d(x, weight, bias, conv.stride, [top, left])
         }
-        _ => conv.forward(x),
+        _ => {
+            // As burn's `Conv2d::forward`, with the given weight and bias.
+            let ((top, bottom), (left, right)) = match conv.padding {
+                PaddingConfig2d::Valid => ((0, 0), (0, 0)),
+                PaddingConfig2d::Explicit(top, left, bottom, right) => {
+                    ((top, bottom), (left, right))
+                }
+                PaddingConfig2d::Same => {
+                    panic!("conv2d_with: `Same` padding is not supported (use explicit padding)")
+                }
+            };
+            let options = burn::tensor::ops::ConvOptions::new_with_padding(
+                conv.stride,
+                [(top, bottom), (left, right)],
+                conv.dilation,
+                conv.groups,
+            );
+            burn::tensor::module::conv2d(x, weight, bias, options)
+        }
     }
 }
 

@@ -65,25 +65,35 @@ pub fn pointwise_conv2d_reference(
 /// sequence on the rayon pool ([`asc_kernels::gemm`]), differentiable with a hand-written backward
 /// pass; equal to burn's `Linear::forward` (which runs on a Cube device).
 pub fn linear_tokens(linear: &burn::nn::Linear, x: Tensor<3>) -> Tensor<3> {
+    linear_tokens_with(
+        x,
+        linear.weight.val(),
+        linear.bias.as_ref().map(|b| b.val()),
+    )
+}
+
+/// [`linear_tokens`] with an explicit `weight: [d_in, d_out]` (burn's Linear layout) and
+/// optional `bias: [d_out]`: QAT's fake-quantized weights.
+pub fn linear_tokens_with(x: Tensor<3>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<3> {
     let [s, l, d_in] = x.dims();
-    let [w_in, d_out] = linear.weight.dims();
+    let [w_in, d_out] = weight.dims();
     assert_eq!(
         w_in, d_in,
         "linear: weight [{w_in}, {d_out}] for {d_in} input features"
     );
     if s * l == 0 || crate::backend::on_cube(&x.device()) {
-        return linear.forward(x);
+        return burn::tensor::module::linear(x, weight, bias);
     }
     let plan = SharedMatmul::rows(s * l, l, d_in, d_out);
     let y = <Dispatch as SharedMatmulOps>::shared_matmul_fused(
         x.into_dispatch(),
-        linear.weight.val().into_dispatch(),
+        weight.into_dispatch(),
         plan,
         [s, l, d_out],
     );
     let y = Tensor::<3>::from_dispatch(y);
-    match &linear.bias {
-        Some(bias) => y + bias.val().reshape([1, 1, d_out]),
+    match bias {
+        Some(bias) => y + bias.reshape([1, 1, d_out]),
         None => y,
     }
 }

@@ -21,6 +21,10 @@
 //!   tensor-op reference).
 //! - [`mixer`]: [`mixer::mamba_mixer`], the Mamba mixer between `in_proj` and `out_proj` as
 //!   one graph node (and its composed reference).
+//! - [`fake_quant`]: [`fake_quant::fake_quant_act`] (a folded conv's bias and ReLU and the
+//!   activation fake-quant of QAT in one pass), [`fake_quant::act_min_max`] (the observers'
+//!   batch range), [`fake_quant::fake_quant_weight`] (per-channel int8 weights), with
+//!   straight-through gradients.
 //! - [`conv`]: [`conv2d_forward`], [`conv1d_causal_forward`]: burn's convolution modules
 //!   through the ops above where their configuration allows.
 //!
@@ -45,6 +49,8 @@ pub mod conv;
 #[allow(deprecated)]
 pub mod depthwise;
 #[allow(deprecated)]
+pub mod fake_quant;
+#[allow(deprecated)]
 pub mod layer_norm;
 #[allow(deprecated)]
 pub mod matmul;
@@ -62,14 +68,14 @@ pub mod swap_mid;
 mod tests;
 
 pub use batch_norm::{BatchNormOps, batch_norm_train};
-pub use conv::{conv1d_causal_forward, conv2d_forward};
+pub use conv::{conv1d_causal_forward, conv2d_forward, conv2d_with};
 pub use depthwise::{
     DepthwiseConvOps, DepthwiseError, depthwise_conv1d_causal, depthwise_conv1d_causal_reference,
     depthwise_conv2d, depthwise_conv2d_reference, depthwise_output_size,
     try_depthwise_conv1d_causal, try_depthwise_conv2d,
 };
 pub use layer_norm::{LayerNormOps, layer_norm};
-pub use matmul::{SharedMatmulOps, linear_tokens, pointwise_conv2d};
+pub use matmul::{SharedMatmulOps, linear_tokens, linear_tokens_with, pointwise_conv2d};
 pub use max_pool::{MaxPoolOps, max_pool2d};
 pub use scaled_add::{ScaledAddOps, scaled_add};
 pub use swap_mid::{SwapMidOps, swap_mid};

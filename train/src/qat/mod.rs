@@ -25,9 +25,10 @@
 //! The observers are saved next to the QAT model (`qat/observers.json` of the run folder,
 //! [`QatModel::save`]); [`crate::export`] reads both.
 
+pub mod reference;
 pub mod train;
 
-pub use train::{QatConfig, qat_finetune};
+pub use train::{QatConfig, calibrate_observers, qat_finetune, qat_finetune_from};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -35,14 +36,15 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::store::ModuleRecord;
-use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Bytes, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::model::pvm::LAYER_NORM_EPS;
 use crate::model::{
     Activation, ConvBn, InvertedResidual, IrMamba, Mamba, Model, ModelConfig, ParallelMamba,
 };
+use crate::ops;
 use asc_int8::QParams;
 
 /// Smallest activation code (fbgemm's reduced range `0..=127`).
@@ -98,6 +100,20 @@ pub struct Observers {
     pub frozen: bool,
     /// `(min, max)` per key.
     pub ranges: BTreeMap<String, (f32, f32)>,
+    /// Largest activation code of the simulated grid (codes `ACT_QMIN..=act_qmax`); the export
+    /// quantizes with the same grid. Files without it were written with [`ACT_QMAX`].
+    #[serde(default = "default_act_qmax")]
+    pub act_qmax: i32,
+    /// The float control of QAT measurements: the observers still record their ranges, but
+    /// the fake-quant points (activations and weights) pass values through unquantized, so
+    /// that [`qat_forward`] is the float model with the same folded, frozen BatchNorm (and an
+    /// export of it is post-training quantization). Not saved.
+    #[serde(skip)]
+    pub float_control: bool,
+}
+
+fn default_act_qmax() -> i32 {
+    ACT_QMAX
 }
 
 impl Default for Observers {
@@ -113,6 +129,8 @@ impl Observers {
             momentum,
             frozen: false,
             ranges: BTreeMap::new(),
+            act_qmax: ACT_QMAX,
+            float_control: false,
         }
     }
 
@@ -126,22 +144,68 @@ impl Observers {
             r.0 += c * (lo - r.0);
             r.1 += c * (hi - r.1);
         }
-        QParams::from_min_max(r.0, r.1, ACT_QMIN, ACT_QMAX)
+        QParams::from_min_max(r.0, r.1, ACT_QMIN, self.act_qmax)
+    }
+
+    /// The qparams of `key` for a batch: the frozen range, or the range updated with the
+    /// batch `(min, max)` that `batch_range` computes (called only when needed).
+    pub fn qparams_for(&mut self, key: &str, batch_range: impl FnOnce() -> (f32, f32)) -> QParams {
+        if self.frozen
+            && let Some(&(lo, hi)) = self.ranges.get(key)
+        {
+            return QParams::from_min_max(lo, hi, ACT_QMIN, self.act_qmax);
+        }
+        let (lo, hi) = batch_range();
+        self.update(key, lo, hi)
     }
 
     /// Observes `x` under `key` and fake-quantizes it with the updated qparams (PyTorch's
-    /// `FakeQuantize`: observer first, then quantize-dequantize).
+    /// `FakeQuantize`: observer first, then quantize-dequantize), with the fused op
+    /// [`ops::fake_quant::fake_quant_act`].
     pub fn fq<const D: usize>(&mut self, key: &str, x: Tensor<D>) -> Tensor<D> {
-        let q = if self.frozen && self.ranges.contains_key(key) {
-            let r = self.ranges[key];
-            QParams::from_min_max(r.0, r.1, ACT_QMIN, ACT_QMAX)
+        self.fq_with(key, x, None, 0, false)
+    }
+
+    /// [`Observers::fq`] of `act(x + bias)` (per-channel `bias` along `channel_axis`, ReLU
+    /// when `relu`): the bias and activation of the layer before fused with the fake-quant,
+    /// and the observer sees `act(x + bias)`.
+    pub fn fq_with<const D: usize>(
+        &mut self,
+        key: &str,
+        x: Tensor<D>,
+        bias: Option<Tensor<1>>,
+        channel_axis: usize,
+        relu: bool,
+    ) -> Tensor<D> {
+        let q = self.qparams_for(key, || {
+            ops::fake_quant::act_min_max(&x, bias.as_ref(), channel_axis, relu)
+        });
+        if self.float_control {
+            let y = match bias {
+                Some(b) => {
+                    let mut shape = [1usize; D];
+                    shape[channel_axis] = b.dims()[0];
+                    x + b.reshape(shape)
+                }
+                None => x,
+            };
+            return if relu {
+                burn::tensor::activation::relu(y)
+            } else {
+                y
+            };
+        }
+        ops::fake_quant::fake_quant_act(x, bias, channel_axis, relu, q.grid())
+    }
+
+    /// A weight fake-quantized per output channel along `axis` ([`ops::fake_quant`]), or as it
+    /// is under [`Observers::float_control`].
+    pub fn fq_weight<const D: usize>(&self, w: Tensor<D>, axis: usize) -> Tensor<D> {
+        if self.float_control {
+            w
         } else {
-            let d = x.clone().detach();
-            let lo: f32 = d.clone().min().into_scalar();
-            let hi: f32 = d.max().into_scalar();
-            self.update(key, lo, hi)
-        };
-        fake_quant_act(x, &q)
+            ops::fake_quant::fake_quant_weight(w, axis)
+        }
     }
 
     /// Writes the observers as JSON (temporary name, then rename).
@@ -237,23 +301,22 @@ pub fn conv_options(cb: &ConvBn) -> ConvOptions<2> {
     )
 }
 
-/// Folded conv with fake-quantized weights, its activation, then the output fake-quant `key`.
+/// Folded conv with fake-quantized weights ([`ops::fake_quant::fake_quant_weight`]) through the
+/// fused convolutions of float training ([`ops::conv2d_with`]: depthwise and pointwise
+/// kernels), then its bias, its activation and the output fake-quant `key` as one op
+/// ([`Observers::fq_with`]).
 pub fn conv_bn_qat(cb: &ConvBn, x: Tensor<4>, key: &str, obs: &mut Observers) -> Tensor<4> {
     let (w, b) = fold_conv_bn(cb);
-    let y = conv2d(x, fake_quant_weight(w, 0), Some(b), conv_options(cb));
-    let y = match cb.activation {
-        Activation::Identity => y,
-        Activation::Relu => burn::tensor::activation::relu(y),
-    };
-    obs.fq(key, y)
+    let y = ops::conv2d_with(&cb.conv, x, obs.fq_weight(w, 0), None);
+    obs.fq_with(key, y, Some(b), 1, cb.activation == Activation::Relu)
 }
 
-fn linear_qat<const D: usize>(l: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
-    linear(
-        x,
-        fake_quant_weight(l.weight.val(), 1),
-        l.bias.as_ref().map(|b| b.val()),
-    )
+/// Token-major linear layer `[S, L, d_in] -> [S, L, d_out]` with fake-quantized weights, its
+/// bias and the output fake-quant `key` fused ([`Observers::fq_with`]).
+fn linear_qat(l: &burn::nn::Linear, x: Tensor<3>, key: &str, obs: &mut Observers) -> Tensor<3> {
+    let w = obs.fq_weight(l.weight.val(), 1);
+    let y = ops::linear_tokens_with(x, w, None);
+    obs.fq_with(key, y, l.bias.as_ref().map(|b| b.val()), 2, false)
 }
 
 fn irb_qat(m: &InvertedResidual, name: &str, x: Tensor<4>, obs: &mut Observers) -> Tensor<4> {
@@ -268,51 +331,61 @@ fn irb_qat(m: &InvertedResidual, name: &str, x: Tensor<4>, obs: &mut Observers) 
 }
 
 /// Mamba with int8 `in_proj` / `out_proj` and their fake-quant points under `prefix`
-/// (`<pvm>.mamba` or `<pvm>.mamba.<g>`); the mixer stays f32. Input already fake-quantized.
+/// (`<pvm>.mamba` or `<pvm>.mamba.<g>`); the mixer stays f32 (the fused mixer op of float
+/// training). Input already fake-quantized.
 fn mamba_qat(m: &Mamba, prefix: &str, u: Tensor<3>, obs: &mut Observers) -> Tensor<3> {
-    let xz = obs.fq(&format!("{prefix}.in_proj.out"), linear_qat(&m.in_proj, u));
+    let xz = linear_qat(&m.in_proj, u, &format!("{prefix}.in_proj.out"), obs);
     let y = obs.fq(&format!("{prefix}.out_proj.in"), m.mixer(xz));
-    obs.fq(
-        &format!("{prefix}.out_proj.out"),
-        linear_qat(&m.out_proj, y),
-    )
+    linear_qat(&m.out_proj, y, &format!("{prefix}.out_proj.out"), obs)
 }
 
+/// The parallel Mamba block with the layout changes, LayerNorm, skip and products of float
+/// training ([`ParallelMamba::forward`]), fake-quantized at the int8 engine's points.
 fn pvm_qat(p: &ParallelMamba, name: &str, x: Tensor<4>, obs: &mut Observers) -> Tensor<4> {
+    use ops::{layer_norm, scaled_add, swap_mid};
     let [batch, c, h, w] = x.dims();
     let (len, g) = (h * w, p.groups);
     let d = c / g;
-    let tokens = p.norm.forward(x.reshape([batch, c, len]).swap_dims(1, 2)); // [B, L, C]
+    let tokens = swap_mid(x.reshape([batch, c, len, 1])).reshape([batch, len, c]);
+    let tokens = layer_norm(&p.norm, LAYER_NORM_EPS, tokens); // [B, L, C]
     let tq = obs.fq(&format!("{name}.mamba.in_proj.in"), tokens.clone());
-    let skip = p.skip_scale.val().reshape([1, 1, 1]);
+    let skip = p.skip_scale.val();
     let mixed = if p.mamba.len() == 1 {
-        let split = |t: Tensor<3>| {
-            t.reshape([batch, len, g, d])
-                .swap_dims(1, 2)
-                .reshape([batch * g, len, d])
-        };
-        let y =
-            mamba_qat(&p.mamba[0], &format!("{name}.mamba"), split(tq), obs) + split(tokens) * skip;
-        y.reshape([batch, g, len, d])
-            .swap_dims(1, 2)
-            .reshape([batch, len, c])
+        let split =
+            |t: Tensor<3>| swap_mid(t.reshape([batch, len, g, d])).reshape([batch * g, len, d]);
+        let y = mamba_qat(&p.mamba[0], &format!("{name}.mamba"), split(tq), obs);
+        let y = scaled_add(y, split(tokens), skip);
+        swap_mid(y.reshape([batch, g, len, d])).reshape([batch, len, c])
     } else {
-        let outs = tq
-            .chunk(g, 2)
+        let split = |t: Tensor<3>| {
+            swap_mid(t.reshape([1, batch * len, g, d]))
+                .reshape([g, batch, len, d])
+                .chunk(g, 0)
+        };
+        let outs = split(tq)
             .into_iter()
-            .zip(tokens.chunk(g, 2))
+            .zip(split(tokens))
             .zip(&p.mamba)
             .enumerate()
             .map(|(j, ((q, f), m))| {
-                mamba_qat(m, &format!("{name}.mamba.{j}"), q, obs) + f * skip.clone()
+                let y = mamba_qat(
+                    m,
+                    &format!("{name}.mamba.{j}"),
+                    q.reshape([batch, len, d]),
+                    obs,
+                );
+                scaled_add(y, f.reshape([batch, len, d]), skip.clone()).reshape([1, batch * len, d])
             })
             .collect();
-        Tensor::cat(outs, 2)
+        swap_mid(Tensor::cat(outs, 0).reshape([1, g, batch * len, d])).reshape([batch, len, c])
     };
-    let y = obs.fq(&format!("{name}.proj.in"), p.norm.forward(mixed));
-    let y = obs.fq(&format!("{name}.proj.out"), linear_qat(&p.proj, y));
+    let y = obs.fq(
+        &format!("{name}.proj.in"),
+        layer_norm(&p.norm, LAYER_NORM_EPS, mixed),
+    );
+    let y = linear_qat(&p.proj, y, &format!("{name}.proj.out"), obs);
     let c_out = y.dims()[2];
-    y.swap_dims(1, 2).reshape([batch, c_out, h, w])
+    swap_mid(y.reshape([batch, len, c_out, 1])).reshape([batch, c_out, h, w])
 }
 
 /// Name of PVM block `j` of stage `i` (prefix of its observer keys and int8 tensors).

@@ -80,6 +80,18 @@ pub fn qat_finetune(
     model: Model,
     loader: &Loader,
     cfg: &QatConfig,
+    on_epoch: impl FnMut(u64, f64, f64),
+) -> Result<QatModel, QatTrainError> {
+    qat_finetune_from(model, Observers::new(cfg.momentum), loader, cfg, on_epoch)
+}
+
+/// [`qat_finetune`] starting from the observers `obs` (e.g. calibrated by
+/// [`calibrate_observers`]; their `momentum` and `float_control` are kept).
+pub fn qat_finetune_from(
+    model: Model,
+    obs: Observers,
+    loader: &Loader,
+    cfg: &QatConfig,
     mut on_epoch: impl FnMut(u64, f64, f64),
 ) -> Result<QatModel, QatTrainError> {
     student(&model)?;
@@ -88,7 +100,7 @@ pub fn qat_finetune(
         .with_weight_decay(cfg.weight_decay as f32)
         .with_epsilon(1e-8)
         .init();
-    let mut obs = Observers::new(cfg.momentum);
+    let mut obs = obs;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut step = 0u64;
     for epoch in 0..cfg.epochs {
@@ -99,24 +111,35 @@ pub fn qat_finetune(
             let batch = batch?;
             let device = model_device(&model);
             let rows = batch.len();
-            let tb = batch.into_tensors(&device);
-            let x = cfg.augment.apply(tb.logmel, &mut rng);
-            let logits = qat_forward(student(&model)?, x, &mut obs);
-            let loss = match &cfg.kd {
-                Some(kd) => {
-                    loss::kd_loss_parts(logits, tb.labels, tb.teacher_logits, tb.teacher_mask, kd)
+            // The step's tensor work on a pool worker, as the float trainer's steps
+            // (`backend::in_pool`); the batch came from the loader's channel outside it.
+            let (next, v) = crate::backend::in_pool(|| {
+                let tb = batch.into_tensors(&device);
+                let x = cfg.augment.apply(tb.logmel, &mut rng);
+                let logits = qat_forward(student(&model)?, x, &mut obs);
+                let loss = match &cfg.kd {
+                    Some(kd) => {
+                        loss::kd_loss_parts(
+                            logits,
+                            tb.labels,
+                            tb.teacher_logits,
+                            tb.teacher_mask,
+                            kd,
+                        )
                         .total
+                    }
+                    None => loss::cross_entropy(logits, tb.labels),
+                };
+                let v: f32 = loss.clone().into_scalar();
+                if !v.is_finite() {
+                    return Err(QatTrainError::Diverged { step, loss: v });
                 }
-                None => loss::cross_entropy(logits, tb.labels),
-            };
-            let v: f32 = loss.clone().into_scalar();
-            if !v.is_finite() {
-                return Err(QatTrainError::Diverged { step, loss: v });
-            }
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                Ok((optim.step(cfg.lr, model, grads), v))
+            })?;
+            model = next;
             loss_sum += v as f64 * rows as f64;
             n += rows;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(cfg.lr, model, grads);
             step += 1;
         }
         on_epoch(
@@ -130,6 +153,34 @@ pub fn qat_finetune(
         model: model.valid(),
         observers: obs,
     })
+}
+
+/// Updates `obs` with the fake-quantized forward pass of `model` (inference copy, no
+/// augmentation) over the batches of `loader` until `rows` rows were seen (at least one batch);
+/// returns the rows used. Post-training calibration of the observers, e.g. on the training
+/// originals before QAT.
+pub fn calibrate_observers(
+    model: &Model,
+    loader: &Loader,
+    rows: usize,
+    obs: &mut Observers,
+) -> Result<usize, QatTrainError> {
+    let valid = model.valid();
+    let m = student(&valid)?;
+    let device = crate::backend::default_device();
+    let mut seen = 0;
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        seen += batch.len();
+        crate::backend::in_pool(|| {
+            let tb = batch.into_tensors(&device);
+            qat_forward(m, tb.logmel, obs);
+        });
+        if seen >= rows {
+            break;
+        }
+    }
+    Ok(seen)
 }
 
 fn model_device(model: &Model) -> burn::tensor::Device {

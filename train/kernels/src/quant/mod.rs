@@ -7,11 +7,15 @@
 //! - [`pointwise`]: its pointwise GEMMs (`pmaddwd` tiles, AVX-512 VNNI);
 //! - [`channelwise`]: its depthwise / one-input-channel path over stride-phase planes;
 //! - [`requant`]: the fixed-point multiplier [`FixedMul`] and the fused AVX-512 requantization;
-//! - [`add`]: the quantized residual add, [`QAddKernel`].
+//! - [`add`]: the quantized residual add, [`QAddKernel`];
+//! - [`fake`]: fake quantization for quantization-aware training (activations fused with the
+//!   conv bias and ReLU, per-channel weights, straight-through gradients), and the weight
+//!   scale and code definitions the int8 builder quantizes with.
 
 pub mod add;
 pub mod channelwise;
 pub mod conv;
+pub mod fake;
 #[cfg(target_arch = "x86_64")]
 pub mod pointwise;
 pub mod qconv;
