@@ -339,12 +339,19 @@ mod simd {
     }
 }
 
+/// The filters designed so far, by `(from, to)`.
+type FilterCache = HashMap<(u32, u32), Arc<Polyphase>>;
+
 /// The shared filter of a rate pair (designed on first use).
 pub fn polyphase(from_hz: u32, to_hz: u32) -> Result<Arc<Polyphase>, ResampleError> {
     check_rates(from_hz, to_hz)?;
-    static CACHE: OnceLock<Mutex<HashMap<(u32, u32), Arc<Polyphase>>>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<FilterCache>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(f) = cache.lock().expect("resampler cache").get(&(from_hz, to_hz)) {
+    if let Some(f) = cache
+        .lock()
+        .expect("resampler cache")
+        .get(&(from_hz, to_hz))
+    {
         return Ok(Arc::clone(f));
     }
     // Designed outside the lock; a concurrent design of the same pair gives the same filter.

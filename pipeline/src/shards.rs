@@ -305,10 +305,7 @@ impl ShardWriter {
 
     /// Closes the file, syncs it, renames it to its final name and returns its manifest entry.
     pub fn finish(mut self) -> Result<ShardEntry, ShardError> {
-        let w = self.writer.take().expect("writer open until finish");
-        let file = w.into_inner().map_err(pq(&self.tmp))?;
-        file.sync_all().map_err(io(&self.tmp))?;
-        drop(file);
+        self.close()?;
         let sha256 = sha256_file(&self.tmp)?;
         std::fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
         Ok(ShardEntry {
@@ -317,6 +314,21 @@ impl ShardWriter {
             sha256,
             partition: self.partition,
         })
+    }
+
+    /// Like [`ShardWriter::finish`] without the checksum (for a pass-1 shard written under
+    /// its [`pending_path`], hashed once [`finalize_pending`] gave it its final metadata).
+    /// Returns the rows written.
+    pub fn finish_unhashed(mut self) -> Result<u64, ShardError> {
+        self.close()?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
+        Ok(self.rows)
+    }
+
+    fn close(&mut self) -> Result<(), ShardError> {
+        let w = self.writer.take().expect("writer open until finish");
+        let file = w.into_inner().map_err(pq(&self.tmp))?;
+        file.sync_all().map_err(io(&self.tmp))
     }
 }
 
@@ -335,6 +347,146 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `<path>.pending`: a complete pass-1 shard of `pipeline features` written before the DIR
+/// threshold was known (its `asc.energy_threshold` is `NaN`); [`finalize_pending`] turns it
+/// into the shard `path`. Not a shard: readers and the manifest ignore it.
+pub fn pending_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".pending");
+    PathBuf::from(s)
+}
+
+/// Turns the complete pending shard `pending` into the shard `path` with the metadata `meta`
+/// (the pending metadata with the DIR threshold filled in), without touching its data: the
+/// footer is replaced in place (the file is cut where the old footer starts and the new one
+/// is written there: the same row groups, column statistics and page-index locations, with the
+/// key-value metadata and the embedded Arrow schema as [`ShardWriter`] writes them for
+/// `meta`), synced, checked and renamed. Only the deprecated min/max fields of the small
+/// columns' statistics (kept by writers for old readers beside `min_value`/`max_value`) do not
+/// survive the footer's round trip, so `pipeline features` makes every pass-1 shard this way
+/// and the same inputs give the same bytes. An interruption leaves a pending file that fails
+/// to parse, which the next run rewrites.
+pub fn finalize_pending(
+    pending: &Path,
+    path: &Path,
+    meta: &ShardMeta,
+    partition: [u32; 2],
+) -> Result<ShardEntry, ShardError> {
+    use parquet::file::metadata::{
+        FileMetaData, PageIndexPolicy, ParquetMetaDataBuilder, ParquetMetaDataOptions,
+        ParquetMetaDataReader, ParquetMetaDataWriter,
+    };
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(pending)
+        .map_err(io(pending))?;
+    let len = file.metadata().map_err(io(pending))?.len();
+    // Everything of the old footer is kept as written (the page encoding statistics as a
+    // list, not the reader's default summary bitmask).
+    let old = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Skip)
+        .with_metadata_options(Some(
+            ParquetMetaDataOptions::new().with_encoding_stats_as_mask(false),
+        ))
+        .parse_and_finish(&file)
+        .map_err(pq(pending))?;
+    // The footer: metadata, its length (4 bytes) and the magic (4 bytes) at the end.
+    let mut tail = [0u8; 8];
+    file.seek(SeekFrom::Start(len.saturating_sub(8)))
+        .and_then(|_| std::io::Read::read_exact(&mut file, &mut tail))
+        .map_err(io(pending))?;
+    let footer_len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as u64;
+    let footer_start = len
+        .checked_sub(8 + footer_len)
+        .ok_or_else(|| ShardError::Parquet {
+            path: pending.display().to_string(),
+            problem: "footer longer than the file".into(),
+        })?;
+    // The key-value metadata the writer stores for `meta`: the shard metadata sorted by key,
+    // then the encoded Arrow schema.
+    let mut props = writer_properties(meta, 1, ShardCompression::Uncompressed.codec());
+    parquet::arrow::add_encoded_arrow_schema_to_metadata(&meta.schema(), &mut props);
+    let kv = props.key_value_metadata().cloned();
+    let fm = old.file_metadata();
+    let new_fm = FileMetaData::new(
+        fm.version(),
+        fm.num_rows(),
+        fm.created_by().map(str::to_string),
+        kv,
+        fm.schema_descr_ptr(),
+        fm.column_orders().cloned(),
+    );
+    let rows = fm.num_rows() as u64;
+    let row_groups = ParquetMetaDataBuilder::new_from_metadata(old).take_row_groups();
+    let new = ParquetMetaDataBuilder::new(new_fm)
+        .set_row_groups(row_groups)
+        .build();
+    let mut footer = Vec::new();
+    ParquetMetaDataWriter::new(&mut footer, &new)
+        .finish()
+        .map_err(pq(pending))?;
+    file.set_len(footer_start).map_err(io(pending))?;
+    file.seek(SeekFrom::Start(footer_start))
+        .map_err(io(pending))?;
+    std::io::Write::write_all(&mut file, &footer).map_err(io(pending))?;
+    file.sync_all().map_err(io(pending))?;
+    drop(file);
+    check_shard(pending, Some(meta))?;
+    let sha256 = sha256_file(pending)?;
+    std::fs::rename(pending, path).map_err(io(path))?;
+    Ok(ShardEntry {
+        file: file_name(path),
+        rows,
+        sha256,
+        partition,
+    })
+}
+
+/// `(source_file, energy)` of the `original` rows of a shard, in row order (the clip energies
+/// that pass 1 of `pipeline features` wrote; read from the small columns only).
+pub fn original_energies(path: &Path) -> Result<Vec<(String, f32)>, ShardError> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float32Type, Int32Type};
+    use data_specs::col;
+    let file = File::open(path).map_err(io(path))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(pq(path))?;
+    let schema = builder.schema().clone();
+    let idx: Vec<usize> = [col::SOURCE_FILE, col::VARIANT, col::ENERGY]
+        .iter()
+        .map(|c| {
+            schema.index_of(c).map_err(|_| ShardError::Parquet {
+                path: path.display().to_string(),
+                problem: format!("no column '{c}'"),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), idx);
+    let reader = builder.with_projection(mask).build().map_err(pq(path))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| ShardError::Parquet {
+            path: path.display().to_string(),
+            problem: e.to_string(),
+        })?;
+        let get = |c: &str| batch.column_by_name(c).expect("projected");
+        let files = get(col::SOURCE_FILE).as_string::<i32>();
+        let variants = get(col::VARIANT).as_dictionary::<Int32Type>();
+        let names = variants.values().as_string::<i32>();
+        let energy = get(col::ENERGY).as_primitive::<Float32Type>();
+        for i in 0..batch.num_rows() {
+            let v = variants.keys().value(i) as usize;
+            if !variants.is_null(i) && names.value(v) == data_specs::Variant::Original.as_str() {
+                out.push((files.value(i).to_string(), energy.value(i)));
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -351,8 +503,9 @@ pub fn check_shard(
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(pq(path))?;
     let meta = ShardMeta::validate(builder.schema(), &path.display().to_string())?;
+    // Compared as key-value text, so that the NaN threshold of a pending shard equals itself.
     if let Some(e) = expected
-        && &meta != e
+        && meta.to_key_values() != e.to_key_values()
     {
         return Err(ShardError::Mismatch {
             path: path.display().to_string(),

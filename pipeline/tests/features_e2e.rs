@@ -656,6 +656,111 @@ fn resume_after_interruption_gives_identical_shards() {
     assert_eq!((s5.shards_kept, s5.shards_written), (s.shards_written, 0));
 }
 
+/// The one-pass design against the two-pass one it replaces (an energy pass over every
+/// training file, then the shard pass), on a small demo dataset with the default MicIRP set:
+/// the threshold is bit-identical to the mean clip energy of all training files computed by a
+/// separate pass of the library's decode, resample and energy (f64 sum in meta.csv order); DIR
+/// rows exist exactly for the device-`a` training clips above it, each with the `--dir-variants`
+/// responses `choose_irs` draws, in that order; and a run given that threshold upfront writes
+/// byte-identical shards.
+#[test]
+fn one_pass_threshold_and_variants_equal_two_pass_on_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("demo");
+    pipeline::synth::generate(&pipeline::synth::SynthArgs {
+        out: root.clone(),
+        seed: 7,
+        scale: 0.01,
+        force: false,
+        threads: None,
+    })
+    .unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "--dataset".to_string(),
+            root.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--files-per-shard".into(),
+            "64".into(),
+            "--quiet".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        run_features(&FeaturesArgs::parse_args(a).unwrap()).unwrap()
+    };
+    let out = dir.path().join("one-pass");
+    let s = run(&out, &[]);
+
+    // The two-pass reference threshold.
+    let ds = pipeline::ingest::Dataset::load(
+        &root,
+        &pipeline::ingest::IngestOptions {
+            splits_dir: None,
+            on_error: pipeline::ingest::OnError::Fail,
+        },
+    )
+    .unwrap();
+    let (mut sum, mut n) = (0f64, 0u64);
+    for &r in &ds.usable {
+        if ds.sets[r] != data_specs::ClipSet::Train {
+            continue;
+        }
+        let a = pipeline::ingest::decode_wav(&ds.audio_path(r)).unwrap();
+        let wave = pipeline::resample::resample(&a.samples, a.sample_rate, 32_000).unwrap();
+        for (_, c) in pipeline::ingest::cut_clips(&wave, 32_000) {
+            sum += clip_energy(&c) as f64;
+            n += 1;
+        }
+    }
+    let thr = (sum / n as f64) as f32;
+    assert_eq!(s.energy_threshold.to_bits(), thr.to_bits(), "threshold");
+    assert!(n > 50, "{n} training clips");
+
+    // Variants: DIR rows exactly for the eligible clips, with the drawn responses.
+    let rows = read_set(&out);
+    let irs = pipeline::dir::load_dir_set(&pipeline::dir::default_dir_folder(), 32_000).unwrap();
+    let mut dirs: HashMap<&str, Vec<&str>> = HashMap::new();
+    for r in rows.iter().filter(|r| r.variant == "dir") {
+        dirs.entry(&r.clip_id)
+            .or_default()
+            .push(r.variant_source.as_deref().unwrap());
+    }
+    let mut eligible = 0;
+    for o in rows.iter().filter(|r| r.variant == "original") {
+        let got = dirs.remove(o.clip_id.as_str());
+        if o.set == "train" && o.device == "a" && o.energy > thr {
+            eligible += 1;
+            let want: Vec<&str> = pipeline::dir::choose_irs(&o.clip_id, 2024, irs.len(), 4)
+                .into_iter()
+                .map(|i| irs[i].name.as_str())
+                .collect();
+            assert_eq!(got, Some(want), "DIR rows of {}", o.clip_id);
+        } else {
+            assert_eq!(got, None, "DIR rows of {}", o.clip_id);
+        }
+    }
+    assert!(dirs.is_empty(), "DIR rows without an original: {dirs:?}");
+    let below = rows
+        .iter()
+        .filter(|r| r.variant == "original" && r.set == "train" && r.device == "a")
+        .count()
+        - eligible;
+    assert!(
+        eligible > 5 && below > 5,
+        "{eligible} eligible, {below} below"
+    );
+    assert_eq!(
+        s.dir_files, eligible,
+        "pass 2 decodes the eligible files only"
+    );
+
+    // The threshold given upfront: the same shards, byte for byte.
+    let given = dir.path().join("given");
+    let s2 = run(&given, &["--energy-threshold", &thr.to_string()]);
+    assert_eq!(s2.energy_threshold.to_bits(), thr.to_bits());
+    assert_eq!(shard_bytes(&given), shard_bytes(&out));
+}
+
 #[test]
 fn real_replays_are_aligned_and_cut() {
     let t = tiny_dataset();
