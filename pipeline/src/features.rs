@@ -657,7 +657,8 @@ struct Run<'a> {
 impl Run<'_> {
     /// Processes `rows` in chunks of `--chunk-files` files (rayon-parallel within a chunk)
     /// with `work` and appends their records to `writer` in row order; `seen` gets each file's
-    /// records. A failed file is an error, or a skip with `--on-error skip`.
+    /// records. The records of a chunk are converted and written while the next chunk is
+    /// processed. A failed file is an error, or a skip with `--on-error skip`.
     fn write_rows(
         &mut self,
         writer: &mut ShardWriter,
@@ -666,15 +667,30 @@ impl Run<'_> {
         work: &(dyn Fn(usize) -> Result<Vec<ClipRecord>, IngestError> + Sync),
         seen: &mut dyn FnMut(usize, &[ClipRecord]),
     ) -> anyhow::Result<()> {
+        let write = |writer: &mut ShardWriter, records: Vec<ClipRecord>| -> anyhow::Result<()> {
+            if !records.is_empty() {
+                writer.write(&records_to_batch(meta, &records)?)?;
+            }
+            Ok(())
+        };
+        let mut ready: Vec<ClipRecord> = Vec::new();
         for chunk in rows.chunks(self.args.chunk_files) {
-            let results: Vec<Result<Vec<ClipRecord>, IngestError>> =
-                chunk.par_iter().map(|&r| work(r)).collect();
-            let mut records = Vec::new();
+            let previous = std::mem::take(&mut ready);
+            let (wrote, results) = rayon::join(
+                || write(writer, previous),
+                || {
+                    chunk
+                        .par_iter()
+                        .map(|&r| work(r))
+                        .collect::<Vec<Result<Vec<ClipRecord>, IngestError>>>()
+                },
+            );
+            wrote?;
             for (&r, res) in chunk.iter().zip(results) {
                 match res {
                     Ok(recs) => {
                         seen(r, &recs);
-                        records.extend(recs);
+                        ready.extend(recs);
                     }
                     Err(e) if self.args.on_error == OnError::Skip => self.skipped.push(Skipped {
                         file: self.ds.audio_path(r).display().to_string(),
@@ -683,7 +699,7 @@ impl Run<'_> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            for rec in &records {
+            for rec in &ready {
                 *self
                     .summary
                     .rows
@@ -694,12 +710,9 @@ impl Run<'_> {
                     ))
                     .or_default() += 1;
             }
-            if !records.is_empty() {
-                writer.write(&records_to_batch(meta, &records)?)?;
-            }
             self.pb.inc(chunk.len() as u64);
         }
-        Ok(())
+        write(writer, ready)
     }
 
     /// True when `--stop-after-shards` is reached (the testing aid that simulates an
