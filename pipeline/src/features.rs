@@ -72,8 +72,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use data_specs::{
-    ClipRecord, ClipSet, DirSet, FrontEndConfig, FrontEndPreset, Manifest, ShardEntry, ShardMeta,
-    Variant, clip_energy, records_to_batch,
+    ClipRecord, ClipSet, DirSet, FrontEndConfig, FrontEndPreset, LogmelType, Manifest, ShardEntry,
+    ShardMeta, Variant, clip_energy, records_to_batch,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -168,6 +168,12 @@ pub struct FeaturesArgs {
     /// BYTE_STREAM_SPLIT floats, 22 % smaller).
     #[arg(long, value_enum, default_value = "uncompressed")]
     pub compression: shards::ShardCompression,
+
+    /// Element type of the log-mel column: float32, or float16 (half the size on disk and in
+    /// the page cache; values rounded to nearest binary16, a relative error of at most 2^-11;
+    /// see data-specs/README.md). The trainer reads both.
+    #[arg(long, value_name = "TYPE", default_value = "float32")]
+    pub logmel_type: LogmelType,
 
     /// Files decoded and featurized in parallel per step (bounds memory: a step holds the
     /// waveforms and log-mels of this many files).
@@ -862,6 +868,7 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         .map(|t| t.description().to_string())
         .unwrap_or_default();
     meta.dataset = ds.name.clone();
+    meta.logmel_type = args.logmel_type;
     // Pass 1 shards written before the threshold is known carry NaN until finalized.
     let mut pending_meta = meta.clone();
     pending_meta.energy_threshold = f32::NAN;

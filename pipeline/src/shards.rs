@@ -45,9 +45,11 @@
 //!   default ([`ShardCompression`]) and `--compression zstd` the choice when disk space
 //!   matters more (22 % smaller). Rewrites (teacher-logits joins) keep a shard's codec.
 //! - `BYTE_STREAM_SPLIT` is set **per column** on the log-mel leaf `["logmel", "list", "item"]`
-//!   and the teacher-logits leaf (setting it globally would hit string columns); dictionary
-//!   encoding and statistics are off for those two float columns (a dictionary of 16,640-value
-//!   random floats never pays, and min/max of log-mel values helps no query).
+//!   and the teacher-logits leaf (setting it globally would hit string columns), but not on a
+//!   float16 log-mel (`--logmel-type float16`: a 2-byte `FIXED_LEN_BYTE_ARRAY`, whose
+//!   byte-stream-split encoding DuckDB cannot read); dictionary encoding and statistics are off
+//!   for those two float columns (a dictionary of 16,640-value random floats never pays, and
+//!   min/max of log-mel values helps no query).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -56,7 +58,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
-use data_specs::{MANIFEST_FILE, Manifest, SPEC_VERSION, ShardEntry, ShardMeta, SpecError};
+use data_specs::{
+    LogmelType, MANIFEST_FILE, Manifest, SPEC_VERSION, ShardEntry, ShardMeta, SpecError,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -157,18 +161,25 @@ impl ShardCompression {
 }
 
 impl Codec {
-    /// The codec a shard was written with, read from its log-mel column chunk (first row
-    /// group): a rewrite of the shard keeps it. `None` for a file without row groups or
-    /// log-mel column.
+    /// The codec a shard was written with, read from its float column chunks (first row
+    /// group): the log-mel chunk's compression, and `BYTE_STREAM_SPLIT` when the log-mel or
+    /// teacher-logits chunk uses it (a float16 log-mel never does, see [`writer_properties`]):
+    /// a rewrite of the shard keeps it. `None` for a file without row groups or log-mel
+    /// column.
     pub fn of_file(md: &parquet::file::metadata::ParquetMetaData) -> Option<Codec> {
         let rg = md.row_groups().first()?;
-        let chunk = rg
+        let root = |c: &&parquet::file::metadata::ColumnChunkMetaData| {
+            c.column_path().parts().first().cloned().unwrap_or_default()
+        };
+        let chunk = rg.columns().iter().find(|c| root(c) == "logmel")?;
+        let bss = rg
             .columns()
             .iter()
-            .find(|c| c.column_path().parts().first().map(String::as_str) == Some("logmel"))?;
+            .filter(|c| ["logmel", "teacher_logits"].contains(&root(c).as_str()))
+            .any(|c| c.encodings().any(|e| e == Encoding::BYTE_STREAM_SPLIT));
         Some(Codec {
             compression: chunk.compression(),
-            byte_stream_split: chunk.encodings().any(|e| e == Encoding::BYTE_STREAM_SPLIT),
+            byte_stream_split: bss,
         })
     }
 
@@ -218,11 +229,14 @@ pub fn writer_properties(
         .set_compression(codec.compression)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .set_key_value_metadata(Some(kv));
-    for c in [logmel, logits] {
+    // BYTE_STREAM_SPLIT on float32 only: float16 is a FIXED_LEN_BYTE_ARRAY in Parquet, whose
+    // byte-stream-split encoding DuckDB (2.0) cannot read.
+    let f32_logmel = meta.logmel_type == LogmelType::Float32;
+    for (c, split) in [(logmel, f32_logmel), (logits, true)] {
         b = b
             .set_column_dictionary_enabled(c.clone(), false)
             .set_column_statistics_enabled(c.clone(), EnabledStatistics::None);
-        if codec.byte_stream_split {
+        if codec.byte_stream_split && split {
             b = b.set_column_encoding(c, Encoding::BYTE_STREAM_SPLIT);
         }
     }

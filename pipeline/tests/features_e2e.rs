@@ -265,8 +265,18 @@ fn read_rows(path: &Path) -> Vec<Row> {
             .as_fixed_size_list()
             .clone();
         for i in 0..b.num_rows() {
+            // Float32 values as they are, float16 log-mel widened (exactly) to f32.
             let fl = |a: &arrow_array::FixedSizeListArray| {
-                a.value(i).as_primitive::<Float32Type>().values().to_vec()
+                let v = a.value(i);
+                match v.data_type() {
+                    arrow_schema::DataType::Float16 => v
+                        .as_primitive::<arrow_array::types::Float16Type>()
+                        .values()
+                        .iter()
+                        .map(|x| x.to_f32())
+                        .collect(),
+                    _ => v.as_primitive::<Float32Type>().values().to_vec(),
+                }
             };
             out.push(Row {
                 clip_id: cid.value(i).into(),
@@ -987,33 +997,80 @@ fn python_readers_accept_the_shards() {
     }
     let t = tiny_dataset();
     let irs = tiny_irs(t.root());
-    let out = t.root().join("out");
     let n = t.files.len();
     let npy = t.root().join("teacher.npy");
     write_npy_f32(&npy, n, N_CLASSES, &vec![0.5; n * N_CLASSES]).unwrap();
-    run_features(&args(
-        t.root(),
-        &out,
-        &irs,
-        &["--teacher-logits", npy.to_str().unwrap(), "--replay-sim"],
-    ))
-    .unwrap();
-    let rows = read_set(&out);
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in &rows {
-        *counts.entry(r.variant.as_str()).or_default() += 1;
+    // float32 uncompressed (the default) and float16 with zstd + BYTE_STREAM_SPLIT.
+    for (name, extra) in [
+        ("f32", &[][..]),
+        (
+            "f16-zstd",
+            &["--logmel-type", "float16", "--compression", "zstd"][..],
+        ),
+    ] {
+        let out = t.root().join(name);
+        let mut a = vec!["--teacher-logits", npy.to_str().unwrap(), "--replay-sim"];
+        a.extend(extra);
+        run_features(&args(t.root(), &out, &irs, &a)).unwrap();
+        let rows = read_set(&out);
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &rows {
+            *counts.entry(r.variant.as_str()).or_default() += 1;
+        }
+        let expected: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let o = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&out)
+            .arg(expected.join(","))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "check_shards.py failed on the {name} shards:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        println!("{name}: {}", String::from_utf8_lossy(&o.stdout).trim());
     }
-    let expected: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let o = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(&out)
-        .arg(expected.join(","))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "check_shards.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+}
+
+/// `--logmel-type float16`: the same rows as float32, every log-mel value the float32 value
+/// rounded to nearest binary16, the metadata says so, and the set is about half the size.
+#[test]
+fn float16_logmel_rounds_the_float32_values_and_halves_the_set() {
+    let t = tiny_dataset();
+    let irs = tiny_irs(t.root());
+    let (a, b) = (t.root().join("f32"), t.root().join("f16"));
+    run_features(&args(t.root(), &a, &irs, &[])).unwrap();
+    run_features(&args(t.root(), &b, &irs, &["--logmel-type", "float16"])).unwrap();
+    let first = |d: &Path| d.join(&Manifest::load(d).unwrap().shards[0].file);
+    let meta = data_specs::read_shard_meta(&first(&b)).unwrap();
+    assert_eq!(meta.logmel_type, data_specs::LogmelType::Float16);
+    assert_eq!(meta.spec_version, data_specs::SPEC_VERSION);
+    let (ra, rb) = (keyed(read_set(&a)), keyed(read_set(&b)));
+    assert_eq!(ra.keys().collect::<Vec<_>>(), rb.keys().collect::<Vec<_>>());
+    for (k, x) in &ra {
+        let y = &rb[k];
+        let rounded: Vec<f32> = x
+            .logmel
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(y.logmel, rounded, "log-mel of {k:?}");
+        let strip = |r: &Row| Row {
+            logmel: Vec::new(),
+            ..r.clone()
+        };
+        assert_eq!(strip(x), strip(y), "{k:?}");
+    }
+    let size = |d: &Path| -> u64 {
+        pipeline::shards::list_shard_files(d)
+            .unwrap()
+            .iter()
+            .map(|n| std::fs::metadata(d.join(n)).unwrap().len())
+            .sum()
+    };
+    let ratio = size(&b) as f64 / size(&a) as f64;
+    println!("float16 / float32 shard bytes: {ratio:.3}");
+    assert!((0.45..0.55).contains(&ratio), "{ratio}");
 }
