@@ -164,6 +164,20 @@ impl FrontEndConfig {
     pub fn n_freqs(&self) -> usize {
         self.n_fft / 2 + 1
     }
+
+    /// The log-mel value of a bin with zero mel power (digital silence):
+    /// `ln(0 + log_offset)`, then the preset's normalisation `(x + shift) / scale` if any.
+    /// dcase2024: `ln(1e-5) = -11.51`; cpjku: `(ln(1e-5) + 4.5) / 5 = -1.40`. The DCASE2024
+    /// baseline's frequency mask zeroes mel *power* before the log, so its masked bins read
+    /// this value.
+    pub fn log_silence(&self) -> f32 {
+        let x = f64::from(self.log_offset).ln();
+        let x = match self.normalize {
+            Some((shift, scale)) => (x + f64::from(shift)) / f64::from(scale),
+            None => x,
+        };
+        x as f32
+    }
 }
 
 impl Default for FrontEndConfig {
@@ -184,6 +198,13 @@ mod tests {
             assert_eq!(c.logmel_len(), 256 * 65);
             assert_eq!(c.n_freqs(), 2049);
         }
+    }
+
+    #[test]
+    fn log_silence_follows_each_preset() {
+        // ln(1e-5) = -11.512925...; CP-JKU: (ln(1e-5) + 4.5) / 5 = -1.402585...
+        assert!((FrontEndConfig::dcase2024().log_silence() - (-11.512_925)).abs() < 1e-5);
+        assert!((FrontEndConfig::cpjku().log_silence() - (-1.402_585)).abs() < 1e-5);
     }
 
     #[test]

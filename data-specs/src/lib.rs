@@ -9,6 +9,7 @@
 //! readers in pyarrow, DuckDB or polars.
 
 pub mod frontend;
+pub mod integrity;
 pub mod manifest;
 pub mod schema;
 pub mod vocab;
@@ -16,6 +17,7 @@ pub mod vocab;
 use std::path::Path;
 
 pub use frontend::{FrontEndConfig, FrontEndPreset, MelScale, WindowKind};
+pub use integrity::{VERIFIED_FILE, VerifyReport, sha256_file, verify_shards};
 pub use manifest::{MANIFEST_FILE, Manifest, ShardEntry};
 pub use schema::{
     ClipRecord, ClipSet, DirSet, LogmelType, META_DATASET, META_DEVICES, META_DIR_SET,
@@ -115,6 +117,36 @@ pub enum SpecError {
         file: String,
         /// What is wrong.
         problem: String,
+    },
+    /// A shard the manifest lists is not there.
+    #[error(
+        "{file}: listed in {manifest} but missing; restore it, or rerun `pipeline features` with \
+         the same options and --out to write it again"
+    )]
+    ShardMissing {
+        /// The shard.
+        file: String,
+        /// The manifest listing it.
+        manifest: String,
+    },
+    /// A shard's bytes do not have the SHA-256 the manifest records.
+    #[error(
+        "{file}: SHA-256 {found}, but {manifest} records {expected}: the shard was damaged or \
+         changed after it was written{}; rerun `pipeline features` with the same options and \
+         --out to write it again (it rewrites shards that do not match the manifest)",
+        if *others > 0 { format!(" ({others} more shards differ too)") } else { String::new() }
+    )]
+    Checksum {
+        /// The shard.
+        file: String,
+        /// The manifest.
+        manifest: String,
+        /// SHA-256 recorded in the manifest.
+        expected: String,
+        /// SHA-256 of the file's bytes.
+        found: String,
+        /// Further shards that differ.
+        others: usize,
     },
     /// Reading or writing failed.
     #[error("{file}: {problem}")]

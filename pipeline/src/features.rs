@@ -65,7 +65,7 @@
 //! one partition. The union of the shards of `0/n .. n-1/n` holds exactly the rows of a `0/1`
 //! run (in other shard files).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -116,7 +116,7 @@ pub struct FeaturesArgs {
 
     /// DIR energy threshold (sum of squared 32 kHz samples of a 1 s clip; the paper's p_thd is
     /// 323). Default: the mean clip energy of all training clips, computed in a first pass.
-    #[arg(long, value_name = "X")]
+    #[arg(long, value_name = "X", value_parser = crate::cli::finite_f32)]
     pub energy_threshold: Option<f32>,
 
     /// DIR copies per eligible clip (device-a training clips with energy above the threshold).
@@ -142,7 +142,7 @@ pub struct FeaturesArgs {
     pub replay_sim: bool,
 
     /// Largest lag searched when aligning a replay to its original, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 200.0)]
+    #[arg(long, value_name = "MS", default_value_t = 200.0, value_parser = crate::cli::finite_f32)]
     pub replay_max_lag_ms: f32,
 
     /// Teacher logits to join: a .npy float32 [rows of meta.csv, n_classes] (CP-JKU's format,
@@ -185,13 +185,24 @@ pub struct FeaturesArgs {
     pub seed: u64,
 
     /// Worker threads (default: all cores).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::cli::positive_usize)]
     pub threads: Option<usize>,
 
     /// What to do with a bad input file (missing, truncated, not a WAV, unknown list entry):
     /// fail with an error naming it, or skip it and list it in <out>/skipped.tsv.
     #[arg(long, value_enum, default_value = "fail")]
     pub on_error: OnError,
+
+    /// The scene label vocabulary in index order, comma-separated (e.g. for a dataset with other
+    /// scenes than TAU22's). Default: the ten TAU22 scenes when most clips carry TAU22 labels,
+    /// else the labels of the training clips. A label outside the vocabulary is an error.
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+
+    /// Test and unused clips may have no scene label (an evaluation set); training clips
+    /// always need one.
+    #[arg(long)]
+    pub allow_unlabelled: bool,
 
     /// Leave out clips that are in neither the training nor the test list.
     #[arg(long)]
@@ -204,6 +215,10 @@ pub struct FeaturesArgs {
     /// Testing aid: stop after writing this many shards, as if the run were interrupted.
     #[arg(long, hide = true)]
     pub stop_after_shards: Option<usize>,
+
+    /// Testing aid: sleep this many milliseconds after taking the run lock (concurrency tests).
+    #[arg(long, hide = true)]
+    pub pause_after_lock_ms: Option<u64>,
 }
 
 #[derive(Parser)]
@@ -277,6 +292,8 @@ pub struct Summary {
     pub dir_files: usize,
     /// Files left out (with `--on-error skip`).
     pub skipped: Vec<Skipped>,
+    /// Files skipped by the previous run that this run tried again.
+    pub retried: usize,
     /// The manifest after the run (`None` when the run was stopped early).
     pub manifest: Option<Manifest>,
     /// Wall-clock seconds.
@@ -322,6 +339,12 @@ impl Summary {
             println!(
                 "  DIR variants: {} files decoded again for their DIR copies",
                 self.dir_files
+            );
+        }
+        if self.retried > 0 {
+            println!(
+                "  retried {} files the previous run skipped (listed in its skip report)",
+                self.retried
             );
         }
         println!("  by set: {sets}");
@@ -658,6 +681,10 @@ struct Run<'a> {
     summary: Summary,
     skipped: Vec<Skipped>,
     pb: ProgressBar,
+    /// The previous run's skip report (its files are retried: crate::skips).
+    previous: crate::skips::PreviousSkips,
+    /// Files of the shards this run wrote in pass 1 (each retried if the previous run skipped it).
+    retried: HashSet<String>,
 }
 
 impl Run<'_> {
@@ -728,16 +755,6 @@ impl Run<'_> {
     }
 }
 
-/// Removes the temporary file of `path` left by an interrupted run.
-fn remove_stale_tmp(path: &Path) -> anyhow::Result<()> {
-    let tmp = shards::tmp_path(path);
-    if tmp.exists() {
-        std::fs::remove_file(&tmp)
-            .with_context(|| format!("{}: cannot remove stale temporary file", tmp.display()))?;
-    }
-    Ok(())
-}
-
 /// The energies of the original rows of a shard written by pass 1, into `energies`.
 fn read_energies(ds: &Dataset, path: &Path, energies: &mut Energies) -> anyhow::Result<()> {
     let by_file: HashMap<&str, usize> = ds
@@ -774,10 +791,17 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         &IngestOptions {
             splits_dir: args.splits.clone(),
             on_error: args.on_error,
+            labels: args.labels.clone(),
+            allow_unlabelled: args.allow_unlabelled,
         },
     )?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the output folder", args.out.display()))?;
+    // One lock for the whole run (of this partition): see crate::lock.
+    let _run_lock = crate::lock::lock_features_run(&args.out, part_i, part_n)?;
+    if let Some(ms) = args.pause_after_lock_ms {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 
     // Shards of another partitioning in the folder would duplicate rows.
     for name in shards::list_shard_files(&args.out)? {
@@ -916,6 +940,10 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         },
         skipped: ds.skipped.clone(),
         pb: progress(plan.len() as u64, "features", args.quiet),
+        previous: crate::skips::PreviousSkips::read(&crate::skips::report_path(
+            &args.out, part_i, part_n,
+        ))?,
+        retried: HashSet::new(),
     };
     let mut energies: Energies = vec![None; ds.rows.len()];
     let mut fresh: Vec<ShardEntry> = Vec::new();
@@ -929,13 +957,18 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
     for (k, rows) in shard_rows.iter().enumerate() {
         let path = args.out.join(shards::shard_name(part_i, part_n, k));
         let pending_path = shards::pending_path(&path);
-        remove_stale_tmp(&path)?;
-        remove_stale_tmp(&pending_path)?;
-        // A complete shard is kept unless it was written with another --compression.
+        // A complete (or pending) shard is kept unless it holds a file the previous run
+        // skipped (retried) or was written with another --compression.
+        let audio: Vec<String> = rows
+            .iter()
+            .map(|&r| ds.audio_path(r).display().to_string())
+            .collect();
+        let retry = audio.iter().any(|f| run.previous.lists(f));
         let same_codec = |p: &Path| -> anyhow::Result<bool> {
             Ok(shards::shard_codec(p).ok().flatten() == Some(codec))
         };
-        if path.is_file()
+        if !retry
+            && path.is_file()
             && let Ok((found, _)) = shards::check_shard(&path, None)
         {
             // The expected metadata, with this run's threshold or, before it is known, the
@@ -959,7 +992,7 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
                 continue;
             }
         }
-        if pending_path.is_file() {
+        if !retry && pending_path.is_file() {
             match shards::check_shard(&pending_path, Some(&pending_meta)) {
                 Ok(_) if same_codec(&pending_path)? => {
                     read_energies(&ds, &pending_path, &mut energies)?;
@@ -980,6 +1013,7 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         // Written under the pending name with the pending metadata, then finalized (now when
         // the threshold is known, else after the pass), so that every pass-1 shard is made
         // the same way, byte for byte.
+        run.retried.extend(audio);
         let mut writer = ShardWriter::create(
             &pending_path,
             &pending_meta,
@@ -1019,7 +1053,7 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
     }
     run.pb.finish_and_clear();
     if stopped {
-        return finish(run, &fresh, &meta, true, start);
+        return finish(run, &plan, &fresh, &meta, true, start);
     }
 
     // The threshold: known, or the mean over every training clip (pass 1's energies, plus an
@@ -1061,7 +1095,7 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
                 training_clips: n,
                 threshold: mean,
             };
-            let tmp = cache_path.with_extension("json.tmp");
+            let tmp = shards::tmp_path(&cache_path);
             std::fs::write(&tmp, serde_json::to_string_pretty(&c)?)
                 .and_then(|_| std::fs::rename(&tmp, &cache_path))
                 .with_context(|| format!("{}: cannot write", cache_path.display()))?;
@@ -1106,11 +1140,14 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
     let dir_shards: Vec<&[usize]> = eligible.chunks(per_shard).collect();
     run.summary.shards_total += dir_shards.len();
     run.pb = progress(eligible.len() as u64, "DIR variants", args.quiet);
+    // A file of the previous skip report retried in pass 1 may have become eligible, which
+    // moves the others between DIR shards: then every DIR shard is written again.
+    let redo_dir = run.retried.iter().any(|f| run.previous.lists(f));
     for (j, rows) in dir_shards.iter().enumerate() {
         let k = shard_rows.len() + j;
         let path = args.out.join(shards::shard_name(part_i, part_n, k));
-        remove_stale_tmp(&path)?;
-        if let Some(entry) = shards::shard_is_complete(&path, old_manifest.as_ref(), &meta)?
+        if !redo_dir
+            && let Some(entry) = shards::shard_is_complete(&path, old_manifest.as_ref(), &meta)?
             && shards::shard_codec(&path)? == Some(codec)
         {
             fresh.push(entry);
@@ -1141,13 +1178,14 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         run.summary.shards_written += 1;
     }
     run.pb.finish_and_clear();
-    finish(run, &fresh, &meta, stopped, start)
+    finish(run, &plan, &fresh, &meta, stopped, start)
 }
 
-/// Writes the skip report, then (unless the run was stopped early) the manifest, and
-/// completes the summary.
+/// Writes the skip report (this run's entries, plus the previous ones of files of `plan` not
+/// retried), then (unless the run was stopped early) the manifest, and completes the summary.
 fn finish(
     run: Run<'_>,
+    plan: &[usize],
     fresh: &[ShardEntry],
     meta: &ShardMeta,
     stopped: bool,
@@ -1155,33 +1193,22 @@ fn finish(
 ) -> anyhow::Result<Summary> {
     let Run {
         args,
+        ds,
         mut summary,
         mut skipped,
+        previous,
+        retried,
         ..
     } = run;
     let (part_i, part_n) = args.partition;
-    // Skip report (deduplicated: the passes may meet the same file).
-    skipped.sort_by(|a, b| (&a.file, &a.reason).cmp(&(&b.file, &b.reason)));
-    skipped.dedup_by(|a, b| a.file == b.file);
-    let report = if part_n == 1 {
-        args.out.join("skipped.tsv")
-    } else {
-        args.out.join(format!("skipped-p{part_i}of{part_n}.tsv"))
-    };
-    if skipped.is_empty() {
-        let _ = std::fs::remove_file(&report);
-    } else {
-        let mut text = String::from("file\treason\n");
-        for s in &skipped {
-            text.push_str(&format!(
-                "{}\t{}\n",
-                s.file,
-                s.reason.replace(['\t', '\n'], " ")
-            ));
-        }
-        std::fs::write(&report, text)
-            .with_context(|| format!("{}: cannot write the skip report", report.display()))?;
-    }
+    let report = crate::skips::report_path(&args.out, part_i, part_n);
+    let in_plan: HashSet<String> = plan
+        .iter()
+        .map(|&r| ds.audio_path(r).display().to_string())
+        .collect();
+    summary.retried = previous.still_pending(|f| retried.contains(f)).len();
+    skipped.extend(previous.still_pending(|f| in_plan.contains(f) && !retried.contains(f)));
+    crate::skips::write_report(&report, &mut skipped)?;
     summary.skipped = skipped;
     if !stopped {
         summary.manifest = Some(shards::rewrite_manifest(&args.out, fresh, meta)?);

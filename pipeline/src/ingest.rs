@@ -14,6 +14,21 @@
 //! - List entries are matched on the file name without folder, so `audio/x.wav` and `x.wav` are
 //!   the same clip. An entry that names no row of `meta.csv` is an error (or a skip).
 //!
+//! # Labels
+//!
+//! Labels are checked at ingest, every fault an error naming the file and line (or, with
+//! `--on-error skip`, a skipped row listed in the skip report):
+//! - `meta.csv` needs a `scene_label` column and every clip a label; test and unused clips may
+//!   be unlabelled only with [`IngestOptions::allow_unlabelled`] (e.g. an evaluation set).
+//!   A clip without a label in `meta.csv` takes the one its labelled list gives it.
+//! - The vocabulary is fixed: [`IngestOptions::labels`] (`--labels a,b,...`) when given; else
+//!   the ten TAU22 scenes in their official order when most labelled clips carry TAU22 labels;
+//!   else the sorted labels of the training clips (all clips when there is no training list).
+//!   A label outside it is an error, so a stray label can never grow or re-sort the vocabulary.
+//! - A file listed twice in `meta.csv` is an error (two rows would share one clip id).
+//! - A labelled list (`filename<TAB>scene_label`) that gives a clip another label than
+//!   `meta.csv` is an error naming both places.
+//!
 //! # Long recordings
 //!
 //! Recordings longer than 1 s (e.g. the 10 s files of TAU 2020) are cut into 1 s clips after
@@ -97,6 +112,41 @@ pub enum IngestError {
         /// File.
         path: String,
     },
+    /// A file is not where a WAV file was expected (a folder, or nothing at all).
+    #[error("{path}: {problem}")]
+    NotAFile {
+        /// The path.
+        path: String,
+        /// What is there instead.
+        problem: String,
+    },
+    /// A float WAV holds NaN or infinite samples.
+    #[error(
+        "{path}: sample {index} (frame {frame}, {seconds:.4} s) is {value}: the audio holds \
+         non-finite values"
+    )]
+    NonFinite {
+        /// File.
+        path: String,
+        /// Index of the sample in the file (interleaved channels).
+        index: usize,
+        /// Frame (sample index / channels).
+        frame: usize,
+        /// Time of the frame in seconds.
+        seconds: f64,
+        /// The value (`NaN`, `inf`, `-inf`).
+        value: f32,
+    },
+    /// A label fault of `meta.csv` or a list (missing, unknown, conflicting, duplicate row).
+    #[error("{file}, line {line}: {problem}")]
+    Label {
+        /// The file.
+        file: String,
+        /// Line number (1-based).
+        line: usize,
+        /// What is wrong.
+        problem: String,
+    },
     /// An audio file cannot be decoded.
     #[error("{path}: cannot decode WAV: {problem}")]
     BadWav {
@@ -112,6 +162,8 @@ pub enum IngestError {
 pub struct MetaRow {
     /// 0-based index of the data row in `meta.csv` (teacher logits in `.npy` form are indexed by it).
     pub row: usize,
+    /// Line of the row in `meta.csv` (1-based, the header is line 1).
+    pub line: usize,
     /// File name as written in `meta.csv`, relative to the dataset root (e.g. `audio/x.wav`).
     pub filename: String,
     /// Scene label, `None` when the column is absent or empty.
@@ -175,6 +227,11 @@ pub struct IngestOptions {
     pub splits_dir: Option<PathBuf>,
     /// Fail or skip on bad input.
     pub on_error: OnError,
+    /// The label vocabulary, in index order (`--labels`); `None`: TAU22 or the data's own (see
+    /// the module documentation).
+    pub labels: Option<Vec<String>>,
+    /// Test and unused clips may have no label (`--allow-unlabelled`).
+    pub allow_unlabelled: bool,
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> IngestError {
@@ -190,8 +247,17 @@ struct Table {
     rows: Vec<(usize, Vec<String>)>,
 }
 
-fn read_table(path: &Path) -> Result<Table, IngestError> {
+/// Reads a text file, without the UTF-8 byte-order mark some editors put at its start.
+fn read_text(path: &Path) -> Result<String, IngestError> {
     let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
+fn read_table(path: &Path) -> Result<Table, IngestError> {
+    let text = read_text(path)?;
     let mut lines = text
         .lines()
         .enumerate()
@@ -257,6 +323,7 @@ pub fn read_meta(path: &Path) -> Result<Vec<MetaRow>, IngestError> {
         };
         rows.push(MetaRow {
             row: rows.len(),
+            line: *line,
             filename,
             scene_label: get(c_scene),
             device,
@@ -274,12 +341,24 @@ pub fn read_meta(path: &Path) -> Result<Vec<MetaRow>, IngestError> {
     Ok(rows)
 }
 
-/// Reads the `filename` column of a list file (the first column when there is no such header).
-/// Returns `(line number, entry)` pairs.
-pub fn read_list(path: &Path) -> Result<Vec<(usize, String)>, IngestError> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+/// One entry of a list file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    /// Line number (1-based).
+    pub line: usize,
+    /// The file name as written.
+    pub file: String,
+    /// The `scene_label` column, when the list has one and it is not empty.
+    pub label: Option<String>,
+}
+
+/// Reads a list file: the `filename` column (the first column when there is no such header)
+/// and the `scene_label` column when the header has one.
+pub fn read_list(path: &Path) -> Result<Vec<ListEntry>, IngestError> {
+    let text = read_text(path)?;
     let mut out = Vec::new();
     let mut col = 0;
+    let mut label_col = None;
     let mut first = true;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -291,14 +370,61 @@ pub fn read_list(path: &Path) -> Result<Vec<(usize, String)>, IngestError> {
             first = false;
             if let Some(c) = fields.iter().position(|f| *f == "filename") {
                 col = c;
+                label_col = fields.iter().position(|f| *f == "scene_label");
                 continue;
             }
         }
         if let Some(f) = fields.get(col).filter(|f| !f.is_empty()) {
-            out.push((i + 1, f.to_string()));
+            out.push(ListEntry {
+                line: i + 1,
+                file: f.to_string(),
+                label: label_col
+                    .and_then(|c| fields.get(c))
+                    .filter(|l| !l.is_empty())
+                    .map(|l| l.to_string()),
+            });
         }
     }
     Ok(out)
+}
+
+/// True when the header of the table `path` has the column `name`.
+fn table_has_column(path: &Path, name: &str) -> Result<bool, IngestError> {
+    Ok(read_table(path)?.col(name).is_some())
+}
+
+/// The label vocabulary of a dataset (see the module documentation): `given` when set; the
+/// TAU22 scenes when most labelled rows carry TAU22 labels; else the sorted labels of the
+/// training rows (of every row when none is a training row).
+pub fn label_vocabulary(
+    rows: &[MetaRow],
+    sets: &[ClipSet],
+    dropped: &[bool],
+    given: Option<&[String]>,
+) -> Vocabulary {
+    if let Some(g) = given {
+        return Vocabulary(g.to_vec());
+    }
+    let labelled: Vec<(usize, &str)> = rows
+        .iter()
+        .filter(|r| !dropped[r.row])
+        .filter_map(|r| r.scene_label.as_deref().map(|l| (r.row, l)))
+        .collect();
+    let tau = labelled
+        .iter()
+        .filter(|(_, l)| TAU22_LABELS.contains(l))
+        .count();
+    if labelled.is_empty() || 2 * tau > labelled.len() {
+        return Vocabulary::tau22_labels();
+    }
+    let any_train = labelled.iter().any(|(r, _)| sets[*r] == ClipSet::Train);
+    Vocabulary::from_observed(
+        labelled
+            .iter()
+            .filter(|(r, _)| !any_train || sets[*r] == ClipSet::Train)
+            .map(|(_, l)| *l),
+        &[],
+    )
 }
 
 /// First existing `name` in `dirs`.
@@ -316,11 +442,60 @@ impl Dataset {
                 path: root.display().to_string(),
             });
         }
-        let rows = read_meta(&meta_path)?;
+        let mut rows = read_meta(&meta_path)?;
         let mut skipped = Vec::new();
+        // Rows left out for a label fault or as duplicates (with --on-error skip).
+        let mut dropped = vec![false; rows.len()];
+        let meta_s = meta_path.display().to_string();
+        let fault = |file: &str,
+                     line: usize,
+                     problem: String,
+                     skipped: &mut Vec<Skipped>|
+         -> Result<(), IngestError> {
+            match opts.on_error {
+                OnError::Fail => Err(IngestError::Label {
+                    file: file.to_string(),
+                    line,
+                    problem,
+                }),
+                OnError::Skip => {
+                    skipped.push(Skipped {
+                        file: format!("{file}:{line}"),
+                        reason: problem,
+                    });
+                    Ok(())
+                }
+            }
+        };
+        if !opts.allow_unlabelled && !table_has_column(&meta_path, "scene_label")? {
+            return Err(IngestError::BadCsv {
+                path: meta_s,
+                problem: "no 'scene_label' column: every clip needs a scene label (for a \
+                          dataset whose test clips are unlabelled, pass --allow-unlabelled; \
+                          training clips still need labels, in meta.csv or their lists)"
+                    .into(),
+            });
+        }
         let mut by_stem: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+        let mut duplicates = Vec::new();
         for r in &rows {
-            by_stem.insert(r.stem(), r.row);
+            if let Some(&first) = by_stem.get(r.stem()) {
+                duplicates.push((r.row, first));
+            } else {
+                by_stem.insert(r.stem(), r.row);
+            }
+        }
+        for &(r, first) in &duplicates {
+            fault(
+                &meta_s,
+                rows[r].line,
+                format!(
+                    "'{}' is listed twice (first on line {}); each file must appear once",
+                    rows[r].filename, rows[first].line
+                ),
+                &mut skipped,
+            )?;
+            dropped[r] = true;
         }
 
         // Audio present?
@@ -346,15 +521,6 @@ impl Dataset {
         for &m in &missing {
             present[m] = false;
         }
-        let usable: Vec<usize> = (0..rows.len()).filter(|&i| present[i]).collect();
-        if usable.is_empty() {
-            return Err(IngestError::Empty {
-                path: format!(
-                    "{} (no audio file of meta.csv is present)",
-                    meta_path.display()
-                ),
-            });
-        }
 
         // Lists.
         let mut search = vec![
@@ -369,21 +535,30 @@ impl Dataset {
         let mut lists = Vec::new();
         let mut sets = vec![ClipSet::Unused; rows.len()];
         let mut splits: Vec<Option<u8>> = vec![None; rows.len()];
-        let resolve =
+        // Where each row's label comes from: (file, line), for the messages.
+        let mut label_at: Vec<(String, usize)> =
+            rows.iter().map(|r| (meta_s.clone(), r.line)).collect();
+        let mut list_labels: Vec<(usize, String, usize, String)> = Vec::new();
+        let mut resolve =
             |path: &Path, skipped: &mut Vec<Skipped>| -> Result<Vec<usize>, IngestError> {
                 let mut out = Vec::new();
-                for (line, entry) in read_list(path)? {
-                    match by_stem.get(file_stem(&entry)) {
-                        Some(&r) => out.push(r),
+                for entry in read_list(path)? {
+                    match by_stem.get(file_stem(&entry.file)) {
+                        Some(&r) => {
+                            out.push(r);
+                            if let Some(l) = entry.label {
+                                list_labels.push((r, path.display().to_string(), entry.line, l));
+                            }
+                        }
                         None if opts.on_error == OnError::Skip => skipped.push(Skipped {
-                            file: format!("{}:{line}", path.display()),
-                            reason: format!("'{entry}' is not in meta.csv"),
+                            file: format!("{}:{}", path.display(), entry.line),
+                            reason: format!("'{}' is not in meta.csv", entry.file),
                         }),
                         None => {
                             return Err(IngestError::UnknownClip {
                                 list: path.display().to_string(),
-                                line,
-                                clip: entry,
+                                line: entry.line,
+                                clip: entry.file,
                             });
                         }
                     }
@@ -429,10 +604,101 @@ impl Dataset {
             lists.push(p);
         }
 
-        let labels = Vocabulary::from_observed(
-            rows.iter().filter_map(|r| r.scene_label.as_deref()),
-            &TAU22_LABELS,
-        );
+        // Labels of the lists: fill in a missing label, refuse a disagreement.
+        for (r, file, line, label) in list_labels {
+            if dropped[r] {
+                continue;
+            }
+            match &rows[r].scene_label {
+                None => {
+                    rows[r].scene_label = Some(label);
+                    label_at[r] = (file, line);
+                }
+                Some(m) if *m != label => {
+                    let (mf, ml) = &label_at[r];
+                    fault(
+                        &file,
+                        line,
+                        format!(
+                            "label '{label}' of '{}' disagrees with '{m}' given in {mf}, line {ml}",
+                            rows[r].filename
+                        ),
+                        &mut skipped,
+                    )?;
+                    dropped[r] = true;
+                }
+                Some(_) => {}
+            }
+        }
+
+        // Every clip labelled (test and unused clips only with --allow-unlabelled).
+        for r in 0..rows.len() {
+            if dropped[r] || rows[r].scene_label.is_some() {
+                continue;
+            }
+            let train = sets[r] == ClipSet::Train;
+            if train || !opts.allow_unlabelled {
+                let problem = if train {
+                    format!(
+                        "'{}' has no scene label (a training clip needs one)",
+                        rows[r].filename
+                    )
+                } else {
+                    format!(
+                        "'{}' has no scene label (pass --allow-unlabelled if this dataset's \
+                         test clips are unlabelled)",
+                        rows[r].filename
+                    )
+                };
+                fault(&meta_s, rows[r].line, problem, &mut skipped)?;
+                dropped[r] = true;
+            }
+        }
+
+        // The fixed vocabulary, and every label in it.
+        let labels = label_vocabulary(&rows, &sets, &dropped, opts.labels.as_deref());
+        let why = if opts.labels.is_some() {
+            "the vocabulary given with --labels".to_string()
+        } else if labels == Vocabulary::tau22_labels() {
+            "the TAU22 scene labels; pass --labels with the full vocabulary to use others"
+                .to_string()
+        } else {
+            "the labels of the training clips; pass --labels with the full vocabulary".to_string()
+        };
+        for r in 0..rows.len() {
+            if dropped[r] {
+                continue;
+            }
+            if let Some(l) = &rows[r].scene_label
+                && labels.index_of(l).is_none()
+            {
+                let (file, line) = &label_at[r];
+                fault(
+                    file,
+                    *line,
+                    format!(
+                        "label '{l}' of '{}' is not one of {} ({})",
+                        rows[r].filename,
+                        labels.0.join(", "),
+                        why
+                    ),
+                    &mut skipped,
+                )?;
+                dropped[r] = true;
+            }
+        }
+
+        let usable: Vec<usize> = (0..rows.len())
+            .filter(|&i| present[i] && !dropped[i])
+            .collect();
+        if usable.is_empty() {
+            return Err(IngestError::Empty {
+                path: format!(
+                    "{} (no audio file of meta.csv is present and usable)",
+                    meta_path.display()
+                ),
+            });
+        }
         let devices =
             Vocabulary::from_observed(rows.iter().map(|r| r.device.as_str()), &TAU22_DEVICES);
         let name = root
@@ -476,9 +742,17 @@ pub fn decode_wav(path: &Path) -> Result<Audio, IngestError> {
         path: path.display().to_string(),
         problem,
     };
-    if !path.is_file() {
-        return Err(IngestError::MissingAudio {
+    if path.is_dir() {
+        return Err(IngestError::NotAFile {
             path: path.display().to_string(),
+            problem: "is a folder, not a WAV file (pass the WAV files in it, e.g. DIR/*.wav)"
+                .into(),
+        });
+    }
+    if !path.is_file() {
+        return Err(IngestError::NotAFile {
+            path: path.display().to_string(),
+            problem: "no such file".into(),
         });
     }
     // The whole file in one read; hound parses and validates the header from memory.
@@ -501,6 +775,15 @@ pub fn decode_wav(path: &Path) -> Result<Audio, IngestError> {
         (hound::SampleFormat::Float, 32) => {
             for (i, s) in reader.into_samples::<f32>().enumerate() {
                 let s = s.map_err(|e| bad(format!("sample {i}: {e}")))?;
+                if !s.is_finite() {
+                    return Err(IngestError::NonFinite {
+                        path: path.display().to_string(),
+                        index: i,
+                        frame: i / channels,
+                        seconds: (i / channels) as f64 / spec.sample_rate as f64,
+                        value: s,
+                    });
+                }
                 mono[i / channels] += s * inv_ch;
                 count += 1;
             }

@@ -7,15 +7,18 @@
 //! One module per stage; each stage is a pure function over clips where it can be, and the
 //! orchestration (threads, shards, resume, partitions) lives in [`features`] and [`shards`].
 
+pub mod cli;
 pub mod dir;
 pub mod features;
 pub mod fusion;
 pub mod ingest;
 pub mod inspect;
+pub mod lock;
 pub mod logmel;
 pub mod materialize;
 pub mod replay;
 pub mod resample;
 pub mod shards;
+pub mod skips;
 pub mod synth;
 pub mod teacher;

@@ -242,7 +242,20 @@ pub fn join_teacher_logits(
     }
     new_meta.teacher = opts.description.clone();
 
-    let lock = ManifestLock::acquire(dir)?;
+    let lock = ManifestLock::acquire(dir, "pipeline teachers join-logits")?;
+    if let Some((file, holder)) = crate::lock::live_holders(dir, crate::lock::FEATURES_LOCK_PREFIX)
+        .into_iter()
+        .next()
+    {
+        return Err(MaterializeError::Invalid {
+            path: dir.display().to_string(),
+            problem: format!(
+                "{holder} is writing shards into this folder (lock file {}); join the logits \
+                 after it has finished",
+                file.display()
+            ),
+        });
+    }
     let new_dir = sibling(dir, NEW_SUFFIX);
     if new_dir.exists() {
         std::fs::remove_dir_all(&new_dir).map_err(io_err(&new_dir))?;
@@ -262,7 +275,7 @@ pub fn join_teacher_logits(
         std::fs::remove_dir_all(&old_dir).map_err(io_err(&old_dir))?;
     }
     std::fs::rename(dir, &old_dir).map_err(io_err(dir))?;
-    std::mem::forget(lock);
+    lock.forget();
     if let Err(e) = std::fs::rename(&new_dir, dir) {
         // Put the old set back so that the folder name never stays empty.
         let _ = std::fs::rename(&old_dir, dir);
@@ -856,12 +869,12 @@ pub struct FuseArgs {
     #[arg(long, value_name = "P")]
     pub split: Option<u8>,
     /// Ridge on beta.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = crate::cli::finite_f64)]
     pub ridge: f64,
     /// Ridge shrinking the teacher weights alpha toward plain averaging, `r * sum (alpha_k -
     /// 1/K)^2` (0: the paper's unpenalised eq. 4). Useful with in-sample teacher logits, whose
     /// confidence can drive the fitted alpha large.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::cli::finite_f64)]
     pub alpha_ridge: f64,
     /// Report (JSON).
     #[arg(long, value_name = "FILE")]

@@ -53,20 +53,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_array::RecordBatch;
-use data_specs::{
-    LogmelType, MANIFEST_FILE, Manifest, SPEC_VERSION, ShardEntry, ShardMeta, SpecError,
-};
+use data_specs::{LogmelType, Manifest, SPEC_VERSION, ShardEntry, ShardMeta, SpecError};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use sha2::{Digest, Sha256};
 
 /// Rows per row group (see the module documentation).
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 512;
@@ -99,6 +95,9 @@ pub enum ShardError {
     /// The shard does not follow the spec.
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// The folder's lock is held by another process (or could not be taken).
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     /// The shard was written with another configuration than this run's.
     #[error("{path}: {problem}")]
     Mismatch {
@@ -256,19 +255,9 @@ pub fn parse_shard_name(name: &str) -> Option<(u32, u32, usize)> {
     Some((i.parse().ok()?, n.parse().ok()?, k.parse().ok()?))
 }
 
-/// Lower-case hex SHA-256 of a file.
+/// Lower-case hex SHA-256 of a file ([`data_specs::sha256_file`]).
 pub fn sha256_file(path: &Path) -> Result<String, ShardError> {
-    let mut f = File::open(path).map_err(io(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(data_specs::sha256_file(path)?)
 }
 
 /// Writes one shard: rows go to `<name>.tmp`; [`ShardWriter::finish`] closes the file and
@@ -354,11 +343,10 @@ impl Drop for ShardWriter {
     }
 }
 
-/// `<path>.tmp`.
+/// A temporary name for `path`, unique to this process and call (`<path>.<pid>-<seq>.tmp`,
+/// see [`crate::lock::tmp_name`]): concurrent writers never share a temporary file.
 pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
+    crate::lock::tmp_name(path)
 }
 
 /// `<path>.pending`: a complete pass-1 shard of `pipeline features` written before the DIR
@@ -606,51 +594,41 @@ pub fn shard_codec(path: &Path) -> Result<Option<Codec>, ShardError> {
     Ok(Codec::of_file(builder.metadata()))
 }
 
-/// An exclusive lock on the manifest of a folder (`manifest.json.lock`, created with
-/// `create_new`); released on drop. A lock older than ten minutes is considered stale.
-pub struct ManifestLock {
-    path: PathBuf,
-}
+/// File name of the manifest lock inside a shard folder.
+pub const MANIFEST_LOCK: &str = "manifest.json.lock";
+
+/// How long a manifest rewrite waits for another process's (the lock is held for moments,
+/// except by `pipeline teachers join-logits`, which holds it for the whole rewrite).
+pub const MANIFEST_LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// The lock on the manifest of a folder ([`crate::lock::FolderLock`] `manifest.json.lock`):
+/// a stale lock of a killed run is taken over with a note, a live holder is waited for with
+/// a message saying whom for; released on drop.
+pub struct ManifestLock(crate::lock::FolderLock);
 
 impl ManifestLock {
-    /// Takes the lock, waiting up to two minutes.
-    pub fn acquire(dir: &Path) -> Result<Self, ShardError> {
-        let path = dir.join(format!("{MANIFEST_FILE}.lock"));
-        let start = Instant::now();
-        loop {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(_) => return Ok(Self { path }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > Duration::from_secs(600));
-                    if stale {
-                        let _ = std::fs::remove_file(&path);
-                        continue;
-                    }
-                    if start.elapsed() > Duration::from_secs(120) {
-                        return Err(ShardError::Io {
-                            path: path.display().to_string(),
-                            problem: "manifest lock held for over two minutes by another run; delete the file if no run is active".into(),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => return Err(io(&path)(e)),
-            }
-        }
+    /// Takes the lock for `purpose`, waiting up to [`MANIFEST_LOCK_WAIT`] for a live holder.
+    pub fn acquire(dir: &Path, purpose: &str) -> Result<Self, ShardError> {
+        Self::acquire_with(dir, purpose, crate::lock::Wait::UpTo(MANIFEST_LOCK_WAIT))
     }
-}
 
-impl Drop for ManifestLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+    /// Takes the lock with the given waiting rule.
+    pub fn acquire_with(
+        dir: &Path,
+        purpose: &str,
+        wait: crate::lock::Wait,
+    ) -> Result<Self, ShardError> {
+        Ok(Self(crate::lock::FolderLock::acquire(
+            dir,
+            MANIFEST_LOCK,
+            purpose,
+            wait,
+        )?))
+    }
+
+    /// Gives up the lock without deleting its file (see [`crate::lock::FolderLock::forget`]).
+    pub fn forget(self) {
+        self.0.forget();
     }
 }
 
@@ -663,7 +641,7 @@ pub fn rewrite_manifest(
     fresh: &[ShardEntry],
     expected: &ShardMeta,
 ) -> Result<Manifest, ShardError> {
-    let _lock = ManifestLock::acquire(dir)?;
+    let _lock = ManifestLock::acquire(dir, "manifest rewrite")?;
     let old = Manifest::load(dir).ok();
     let mut entries: HashMap<String, ShardEntry> = HashMap::new();
     if let Some(old) = &old {

@@ -147,7 +147,7 @@ fn tiny_dataset() -> Tiny {
         };
         for f in names {
             if labelled {
-                s.push_str(&format!("{f}\tx\n"));
+                s.push_str(&format!("{f}\t{}\n", scene_of(f)));
             } else {
                 s.push_str(&format!("{f}\n"));
             }
@@ -666,6 +666,36 @@ fn resume_after_interruption_gives_identical_shards() {
     assert_eq!((s5.shards_kept, s5.shards_written), (s.shards_written, 0));
 }
 
+/// A file the previous `--on-error skip` run left out is retried; once fixed, it gets its DIR
+/// copies and the DIR shards (whose files it shifts) are written again: the folder then holds
+/// the rows of a clean run, none twice, none missing.
+#[test]
+fn a_fixed_skipped_file_gets_its_dir_copies_as_in_a_clean_run() {
+    let t = tiny_dataset();
+    let irs = tiny_irs(t.root());
+    // files[0]: a device-a training file; threshold 0 makes its clip eligible for DIR.
+    let p = t.root().join(&t.files[0]);
+    let good = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &good[..good.len() / 2]).unwrap();
+    let extra = ["--energy-threshold", "0", "--on-error", "skip"];
+    let out = t.root().join("out");
+    let s = run_features(&args(t.root(), &out, &irs, &extra)).unwrap();
+    assert_eq!(s.skipped.len(), 1);
+    std::fs::write(&p, &good).unwrap();
+    let s = run_features(&args(t.root(), &out, &irs, &extra)).unwrap();
+    assert_eq!(s.retried, 1);
+    assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+    let clean = t.root().join("clean");
+    run_features(&args(t.root(), &clean, &irs, &extra)).unwrap();
+    let rows = keyed(read_set(&out));
+    assert!(
+        rows.values()
+            .any(|r| r.variant == "dir" && r.source_file == t.files[0]),
+        "DIR rows of the fixed file"
+    );
+    assert_eq!(rows, keyed(read_set(&clean)));
+}
+
 /// The one-pass design against the two-pass one it replaces (an energy pass over every
 /// training file, then the shard pass), on a small demo dataset with the default MicIRP set:
 /// the threshold is bit-identical to the mean clip energy of all training files computed by a
@@ -707,6 +737,7 @@ fn one_pass_threshold_and_variants_equal_two_pass_on_demo() {
         &pipeline::ingest::IngestOptions {
             splits_dir: None,
             on_error: pipeline::ingest::OnError::Fail,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -1073,4 +1104,12 @@ fn float16_logmel_rounds_the_float32_values_and_halves_the_set() {
     let ratio = size(&b) as f64 / size(&a) as f64;
     println!("float16 / float32 shard bytes: {ratio:.3}");
     assert!((0.45..0.55).contains(&ratio), "{ratio}");
+}
+
+/// The scene of a TAU-style file name (`audio/<scene>-...`): the label a labelled list gives.
+fn scene_of(f: &str) -> &str {
+    f.trim_start_matches("audio/")
+        .split('-')
+        .next()
+        .unwrap_or("")
 }

@@ -93,7 +93,7 @@ impl Tiny {
         let list = |names: &[String]| {
             let mut s = String::from("filename\tscene_label\n");
             for f in names {
-                s.push_str(&format!("{f}\tx\n"));
+                s.push_str(&format!("{f}\t{}\n", scene_of(f)));
             }
             s
         };
@@ -579,4 +579,12 @@ fn fuse_logits_fits_reports_and_joins_the_fused_logits() {
         }
     }
     no_leftovers(&data);
+}
+
+/// The scene of a TAU-style file name (`audio/<scene>-...`): the label a labelled list gives.
+fn scene_of(f: &str) -> &str {
+    f.trim_start_matches("audio/")
+        .split('-')
+        .next()
+        .unwrap_or("")
 }

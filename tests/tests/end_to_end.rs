@@ -120,6 +120,10 @@ fn demo_dataset_to_shards_to_trained_model_to_teacher_logits() {
         kd: KdConfig::default(),
         augment: Augment::default(),
         model: ModelConfig::from_toml_str(SMALL_MODEL).unwrap(),
+        updates: 0,
+        schedule_rule: String::new(),
+        eval: Default::default(),
+        labels: None,
     };
     let outcome = trainer::train(TrainOptions {
         config,
@@ -139,7 +143,8 @@ fn demo_dataset_to_shards_to_trained_model_to_teacher_logits() {
     // The model's logits for the training clips, joined back as teacher logits.
     let device = default_device();
     let run = runs.join("e2e");
-    let (_, model, _) = trainer::load_run_model(&run, labels.len(), &device).unwrap();
+    let (_, model, _) =
+        trainer::load_run_model(&run, &set.meta().labels, &shards, &device).unwrap();
     let (ids, logits) = predict_logits(&model, &set, &[ClipSet::Train], 64, &device).unwrap();
     let table = tmp.path().join("teacher.parquet");
     write_logits_parquet(&table, &ids, &logits, labels.len()).unwrap();

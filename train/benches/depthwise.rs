@@ -103,7 +103,7 @@ fn report(name: &str, what: &str, row: &[(f64, f64)]) {
 
 /// The kernels alone on host buffers (no tensor transfers): forward and backward.
 fn bench_kernel(name: &str, shape: [usize; 4], stride: [usize; 2]) {
-    use train::ops::depthwise_cpu::{DwDims, backward, forward};
+    use asc_kernels::depthwise::{DwDims, backward, forward};
     let [b, c, h, w] = shape;
     let out = [(h + 2 - 3) / stride[0] + 1, (w + 2 - 3) / stride[1] + 1];
     let d = DwDims {

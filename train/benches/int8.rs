@@ -8,14 +8,16 @@
 
 mod common;
 
+use asc_int8::builder::{CHUNK_SEP, RandomNetConfig, calibrate, quantize_model, random_irmamba};
+use asc_int8::engine::Reference;
+use asc_int8::{ExecMode, ModelMeta, QParams};
+use asc_kernels::Isa;
+use asc_kernels::mixer::inference::MambaKernel;
+use asc_kernels::quant::{ConvGeom, FixedMul, QConvKernel};
 use common::{min_time, time};
 use data_specs::{FrontEndConfig, Vocabulary};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use train::int8::builder::{CHUNK_SEP, RandomNetConfig, calibrate, quantize_model, random_irmamba};
-use train::int8::engine::Reference;
-use train::int8::kernels::{ConvGeom, FixedMul, Isa, MambaKernel, QConvKernel};
-use train::int8::{ExecMode, ModelMeta, QParams};
 
 fn logmel(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n)
@@ -24,8 +26,8 @@ fn logmel(rng: &mut StdRng, n: usize) -> Vec<f32> {
 }
 
 /// Integer multiply-adds of the convolutions and linear layers, and state updates of the scans.
-fn work(g: &train::int8::Graph, t: &train::int8::graph::TensorMap) -> (usize, usize) {
-    use train::int8::Op;
+fn work(g: &asc_int8::Graph, t: &asc_int8::graph::TensorMap) -> (usize, usize) {
+    use asc_int8::Op;
     let (mut macs, mut scan) = (0, 0);
     for op in &g.ops {
         match op {
@@ -45,7 +47,7 @@ fn work(g: &train::int8::Graph, t: &train::int8::graph::TensorMap) -> (usize, us
 /// The per-layer profile at the dispatched ISA: every op (the P chunks of a PVM summed, keyed by
 /// output name up to the chunk separator) above 5 us, then the sum per block (name up to the first
 /// dot: stem1, irb2, pmb1, ...).
-fn per_layer(model: &train::int8::Int8Model, clip: &[f32]) {
+fn per_layer(model: &asc_int8::Int8Model, clip: &[f32]) {
     // Per op, the minimum over 100 single runs (the least disturbed on a shared machine).
     let mut ops = model.profile_ops(clip, 1).expect("runs");
     for _ in 0..100 {
@@ -231,7 +233,7 @@ fn kernel_table(best: Isa) {
     ];
     println!("kernels alone (min of 200 runs, us):");
     for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni] {
-        if !isa.available() || isa > best {
+        if !isa.is_available() || isa > best {
             continue;
         }
         let mut line = format!("    {:<11}", isa.name());
@@ -255,7 +257,7 @@ fn kernel_table(best: Isa) {
 /// thread: median, mean and minimum per clip over random log-mel clips, then its per-layer
 /// profile).
 fn exported_model(path: &str) {
-    let model = train::int8::Int8Model::load(std::path::Path::new(path)).expect("loads");
+    let model = asc_int8::Int8Model::load(std::path::Path::new(path)).expect("loads");
     let pm = model.param_memory();
     println!(
         "{path}: {} ops, {} params, {} B at 8 bit",
@@ -343,7 +345,7 @@ fn main() {
     let best = Isa::detect();
     println!("CPU kernels: {} (dispatched at run time)", best.name());
     for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni] {
-        if !isa.available() || isa > best {
+        if !isa.is_available() || isa > best {
             continue;
         }
         model.set_isa(isa);

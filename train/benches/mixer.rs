@@ -1,5 +1,5 @@
-//! Fused Mamba mixer kernel timings ([`train::mixer::cpu`]) at the sizes of IRMamba's parallel
-//! Mamba blocks at batch 64 (2 groups folded into the sequences): forward and backward per
+//! Fused Mamba mixer kernel timings ([`asc_kernels::mixer::training`]) at the sizes of IRMamba's
+//! parallel Mamba blocks at batch 64 (2 groups folded into the sequences): forward and backward per
 //! instruction set, in ms per call and µs per sequence; the bare scan at the same sizes for
 //! comparison.
 //!
@@ -7,10 +7,11 @@
 
 mod common;
 
+use asc_kernels::Isa;
+use asc_kernels::mixer::training::{self as cpu, MixerDims, MixerWeights};
+use asc_kernels::scan::{self, ScanDims};
 use common::time_ms;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use train::mixer::cpu::{self, MixerDims, MixerWeights};
-use train::scan::cpu::{self as scan, Isa, ScanDims};
 
 fn main() {
     train::backend::keep_freed_buffers();

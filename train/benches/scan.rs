@@ -6,16 +6,17 @@
 //! `cargo bench -p train --bench scan`. The naive graph is slow: by default it only runs where
 //! batch * L <= 256 * 128; set `SCAN_BENCH_FULL=1` to run it everywhere.
 //!
-//! A first table times the bare kernels ([`train::scan::cpu::forward`] / `backward` on host
+//! A first table times the bare kernels ([`asc_kernels::scan::forward`] / `backward` on host
 //! buffers, every available instruction set) at the training sizes, in ms and ns per state update
 //! (`batch * d_inner * d_state * L` updates per pass). `SCAN_BENCH_KERNEL_ONLY=1` stops after it.
 
 mod common;
 
+use asc_kernels::Isa;
+use asc_kernels::scan::{self as cpu, ScanDims};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use common::time_ms;
-use train::scan::cpu::{self, Isa, ScanDims};
-use train::scan::{selective_scan, selective_scan_naive};
+use train::ops::scan::{selective_scan, selective_scan_naive};
 
 type ScanFn = fn(Tensor<3>, Tensor<3>, Tensor<2>, Tensor<3>, Tensor<3>, Tensor<1>) -> Tensor<3>;
 

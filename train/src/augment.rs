@@ -136,23 +136,28 @@ pub fn time_roll(x: Tensor<4>, shifts: &[i64]) -> Tensor<4> {
     Tensor::cat(parts, 0).select(0, index(&inverse))
 }
 
-/// Frequency masking, torchaudio `FrequencyMasking(48, iid_masks=True)` on log-mel.
+/// Frequency masking as the DCASE2024 baseline does it: torchaudio
+/// `FrequencyMasking(48, iid_masks=True)` applied to the mel *power*, before `log(x + 1e-5)`.
 ///
-/// Per example, a band of `w ~ U{0..=max_width}` bins (clamped to `F`) starting at
-/// `f0 ~ U{0..=F-w}` is set to `mask_value`. torchaudio draws a real width in `[0, 48)` and
-/// truncates it, so its widths stop at 47; the difference is one bin at the top.
-/// torchaudio's fill is 0.0. The baseline masks the *power* mel before `log(x + 1e-5)`, so
-/// its masked band reads `ln(1e-5) = -11.51` on the log scale; set `mask_value` to that to
-/// reproduce it on precomputed log-mel (0.0 is the default, torchaudio's value on its input).
+/// Per example, a band of `w ~ U{0..max_width-1}` bins (clamped to `F`) starting at
+/// `f0 ~ U{0..=F-w}` is set to the fill value. torchaudio draws a real width in `[0, 48)` and
+/// truncates it, so its widths run 0..47, as here. The baseline's masked power is 0, so on the
+/// log scale its band reads the front end's log of silence, `ln(0 + 1e-5) = -11.51` for the
+/// dcase2024 preset ([`data_specs::FrontEndConfig::log_silence`]; the cpjku preset rescales
+/// it): that is the default fill (`mask_value = None`, resolved from the shards' front end by
+/// [`Augment::for_frontend`]). A fill of 0.0 (torchaudio's value on whatever it is given)
+/// would put a loud flat band into a log-mel whose values sit around -5..5.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FreqMask {
     /// Whether masking is applied.
     pub enabled: bool,
-    /// Largest band width in mel bins (paper and baseline: 48).
+    /// Band widths are drawn below this many mel bins (paper and baseline: 48, widths 0..47).
     pub max_width: usize,
-    /// Value written into the masked band.
-    pub mask_value: f32,
+    /// Value written into the masked band; `None`: the front end's log of silence
+    /// ([`FreqMask::fill`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_value: Option<f32>,
 }
 
 impl Default for FreqMask {
@@ -160,19 +165,26 @@ impl Default for FreqMask {
         Self {
             enabled: true,
             max_width: 48,
-            mask_value: 0.0,
+            mask_value: None,
         }
     }
 }
 
 impl FreqMask {
-    /// One band `(f0, w)` per example for `n_mels` bins: `w ~ U{0..=min(max_width, F)}`,
+    /// The value written into a masked band: `mask_value`, or (not resolved to a front end)
+    /// the dcase2024 preset's log of silence, `ln(1e-5)`.
+    pub fn fill(&self) -> f32 {
+        self.mask_value
+            .unwrap_or_else(|| data_specs::FrontEndConfig::dcase2024().log_silence())
+    }
+
+    /// One band `(f0, w)` per example for `n_mels` bins: `w ~ U{0..min(max_width, F + 1) - 1}`,
     /// `f0 ~ U{0..=F-w}`.
     pub fn draw_bands(&self, rng: &mut StdRng, batch: usize, n_mels: usize) -> Vec<(usize, usize)> {
-        let wmax = self.max_width.min(n_mels);
+        let wend = self.max_width.min(n_mels + 1).max(1);
         (0..batch)
             .map(|_| {
-                let w = rng.random_range(0..=wmax);
+                let w = rng.random_range(0..wend);
                 let f0 = rng.random_range(0..=n_mels - w);
                 (f0, w)
             })
@@ -390,6 +402,15 @@ pub struct Augment {
 }
 
 impl Augment {
+    /// The augmentations for log-mel of the front end `fe`: an unset frequency-mask fill
+    /// becomes `fe`'s log of silence (see [`FreqMask`]); explicit settings stay.
+    pub fn for_frontend(mut self, fe: &data_specs::FrontEndConfig) -> Self {
+        if self.freq_mask.mask_value.is_none() {
+            self.freq_mask.mask_value = Some(fe.log_silence());
+        }
+        self
+    }
+
     /// Every augmentation switched off (evaluation, or a plain run).
     pub fn none() -> Self {
         let mut a = Self::default();
@@ -419,12 +440,10 @@ impl Augment {
         if !(m.eps.is_finite() && m.eps >= 0.0) {
             return bad("freq_mixstyle.eps", m.eps, "must be >= 0");
         }
-        if !self.freq_mask.mask_value.is_finite() {
-            return bad(
-                "freq_mask.mask_value",
-                self.freq_mask.mask_value as f64,
-                "must be finite",
-            );
+        if let Some(v) = self.freq_mask.mask_value
+            && !v.is_finite()
+        {
+            return bad("freq_mask.mask_value", v as f64, "must be finite");
         }
         Ok(())
     }
@@ -442,7 +461,7 @@ impl Augment {
         }
         if self.freq_mask.enabled {
             let bands = self.freq_mask.draw_bands(rng, b, f);
-            freq_mask_host(x, shape, &bands, self.freq_mask.mask_value);
+            freq_mask_host(x, shape, &bands, self.freq_mask.fill());
         }
         if self.freq_mixstyle.enabled
             && let Some(draw) = self.freq_mixstyle.draw(rng, b)
@@ -462,7 +481,7 @@ impl Augment {
         }
         if self.freq_mask.enabled {
             let bands = self.freq_mask.draw_bands(rng, b, f);
-            x = freq_mask(x, &bands, self.freq_mask.mask_value);
+            x = freq_mask(x, &bands, self.freq_mask.fill());
         }
         if self.freq_mixstyle.enabled
             && let Some(draw) = self.freq_mixstyle.draw(rng, b)
@@ -546,11 +565,58 @@ mod tests {
                 }
             }
         }
-        // Draws: widths in 0..=48, bands inside 0..F.
+        // Draws: widths 0..=47 as torchaudio's truncated U[0, 48), bands inside 0..F.
         let mut rng = StdRng::seed_from_u64(4);
         let bands = FreqMask::default().draw_bands(&mut rng, 5_000, 256);
-        assert!(bands.iter().all(|&(f0, w)| w <= 48 && f0 + w <= 256));
-        assert!(bands.iter().any(|&(_, w)| w == 48) && bands.iter().any(|&(_, w)| w == 0));
+        assert!(bands.iter().all(|&(f0, w)| w <= 47 && f0 + w <= 256));
+        assert!(bands.iter().any(|&(_, w)| w == 47) && bands.iter().any(|&(_, w)| w == 0));
+        // Fewer bins than the width limit: at most every bin.
+        let bands = FreqMask::default().draw_bands(&mut rng, 2_000, 10);
+        assert!(bands.iter().all(|&(f0, w)| f0 + w <= 10));
+        assert!(bands.iter().any(|&(_, w)| w == 10));
+    }
+
+    #[test]
+    fn default_fill_is_the_front_ends_log_of_silence() {
+        use data_specs::FrontEndConfig;
+        // The baseline masks mel power before log(x + 1e-5): masked bins read ln(1e-5).
+        let dcase = Augment::default().for_frontend(&FrontEndConfig::dcase2024());
+        assert_eq!(dcase.freq_mask.mask_value, Some(1e-5f64.ln() as f32));
+        assert!((dcase.freq_mask.fill() + 11.5129).abs() < 1e-4);
+        assert_eq!(Augment::default().freq_mask.fill(), dcase.freq_mask.fill());
+        // CP-JKU's front end rescales: (ln(1e-5) + 4.5) / 5.
+        let cpjku = Augment::default().for_frontend(&FrontEndConfig::cpjku());
+        let want = ((1e-5f64.ln() + 4.5) / 5.0) as f32;
+        assert!((cpjku.freq_mask.fill() - want).abs() < 1e-6);
+        // An explicit fill is kept.
+        let mut own = Augment::default();
+        own.freq_mask.mask_value = Some(0.0);
+        assert_eq!(
+            own.for_frontend(&FrontEndConfig::cpjku()).freq_mask.fill(),
+            0.0
+        );
+        // The fill reaches the batch: every masked value is the silence value.
+        let device = Device::flex();
+        let shape = [8, 1, 256, 4];
+        let (v, x) = batch(&device, shape, 3);
+        let mut rng = StdRng::seed_from_u64(5);
+        let bands = dcase.freq_mask.draw_bands(&mut rng.clone(), 8, 256);
+        let aug = Augment {
+            freq_mask: dcase.freq_mask.clone(),
+            ..Augment::none()
+        };
+        let got = host(aug.apply(x, &mut rng));
+        for (b, &(f0, w)) in bands.iter().enumerate() {
+            for m in 0..256 {
+                let i = (b * 256 + m) * 4;
+                let want = if (f0..f0 + w).contains(&m) {
+                    dcase.freq_mask.fill()
+                } else {
+                    v[i]
+                };
+                assert_eq!(got[i], want, "example {b} bin {m}");
+            }
+        }
     }
 
     /// Mean and unbiased std per (example, bin) over channels and time, in f64.
@@ -747,12 +813,29 @@ mod tests {
             let mut buf = v.clone();
             aug.apply_host(&mut buf, shape, &mut StdRng::seed_from_u64(seed));
             let dev = run(seed);
+            // The same draws as apply: shifts, then bands.
+            let mut r = StdRng::seed_from_u64(seed);
+            let _ = aug.time_roll.draw_shifts(&mut r, 4);
+            let bands = aug.freq_mask.draw_bands(&mut r, 4, 64);
             for (i, (a, b)) in buf.iter().zip(&dev).enumerate() {
-                assert!(
-                    (a - b).abs() < 1e-4 * b.abs().max(1.0),
-                    "seed {seed} [{i}]: {a} vs {b}"
-                );
+                // A masked band is constant: its sigma is sqrt(eps) = 1e-3, and Freq-MixStyle
+                // scales it by mix(sigma) / sigma (up to ~1e3), which amplifies the f32 rounding
+                // of the band's mean (-11.51, not exact in f32 as 0.0 was) to ~1e-3 there.
+                let (f0, w) = bands[i / (64 * 65)];
+                let masked = (f0..f0 + w).contains(&((i / 65) % 64));
+                let tol = 1e-4 * b.abs().max(1.0) + if masked { 5e-3 } else { 0.0 };
+                assert!((a - b).abs() < tol, "seed {seed} [{i}]: {a} vs {b}");
             }
+        }
+        // With a fill whose mean is exact in f32 (0.0) the two paths agree to f32 rounding.
+        let mut zero_fill = aug.clone();
+        zero_fill.freq_mask.mask_value = Some(0.0);
+        let mut buf = v.clone();
+        zero_fill.apply_host(&mut buf, shape, &mut StdRng::seed_from_u64(11));
+        let x = Tensor::<4>::from_data(TensorData::new(v.clone(), shape), &device);
+        let dev = host(zero_fill.apply(x, &mut StdRng::seed_from_u64(11)));
+        for (i, (a, b)) in buf.iter().zip(&dev).enumerate() {
+            assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "[{i}]: {a} vs {b}");
         }
         assert_ne!(run(11), run(12));
         let mut bad = Augment::default();

@@ -8,11 +8,15 @@
 //!                     "files": [{"name", "bytes", "sha256"}, ...], "state": TrainState}
 //! ```
 //!
-//! Writing: each file goes to `<name>.tmp`, is flushed to disk, then renamed over `<name>`; the
-//! sidecar is written last. A crash mid-save leaves either the old sidecar with a new record
-//! (its checksum no longer matches: the load is refused) or a complete checkpoint. Loading
-//! checks every listed file's length and SHA-256 before decoding it, so a truncated or corrupted
-//! file is refused with an error naming it.
+//! Writing is atomic for the checkpoint as a whole: the files go to a new sibling folder
+//! `<dir>.new-<pid>` (each flushed to disk, the sidecar last), then the folders are swapped:
+//! `<dir>` is renamed to `<dir>.old-<pid>`, the new folder to `<dir>`, and the leftovers are
+//! deleted. A crash at any point leaves the previous checkpoint intact under `<dir>` or
+//! `<dir>.old-<pid>`, and a complete new one when its sidecar was written. Loading checks every
+//! listed file's length and SHA-256 before decoding it, so a truncated or corrupted file is
+//! refused with an error naming it; [`newest_intact`] picks, among the checkpoint folders of a
+//! run (`last`, `best` and such leftovers), the newest that verifies, and says so when that is
+//! not the one asked for.
 //!
 //! The module record keeps each parameter's `ParamId`, and the optimizer's state is keyed by
 //! those ids, so the optimizer state applies to the loaded model as it did before saving.
@@ -102,6 +106,14 @@ pub enum CheckpointError {
         path: PathBuf,
         /// burn's error message.
         message: String,
+    },
+    /// No checkpoint folder of a run verifies.
+    #[error("no intact checkpoint in {path}: {problems}")]
+    NoneIntact {
+        /// The run's checkpoints folder.
+        path: PathBuf,
+        /// Each candidate's problem.
+        problems: String,
     },
     /// The checkpoint was written by a run with another configuration.
     #[error("checkpoint {path} was written with config hash {found}, this run has {expected}")]
@@ -210,14 +222,47 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<FileDigest, Chec
     })
 }
 
-/// Save `model`, `optim` and `state` into the folder `dir` (created if missing).
+/// Save `model`, `optim` and `state` as the checkpoint folder `dir`, atomically as a whole
+/// (see the module documentation).
 pub fn save_checkpoint<M: Module>(
     dir: &Path,
     model: &M,
     optim: &ModuleOptimizer,
     state: &TrainState,
 ) -> Result<(), CheckpointError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    save_steps(dir, model, optim, state, None).map(|_| ())
+}
+
+/// A sibling of `dir` named `<dir name><suffix>`.
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// [`save_checkpoint`] as its sequence of file system steps; with `stop_after: Some(k)` it
+/// stops after `k` steps, as a crash there would (tests of the crash points). Returns whether
+/// it completed.
+fn save_steps<M: Module>(
+    dir: &Path,
+    model: &M,
+    optim: &ModuleOptimizer,
+    state: &TrainState,
+    stop_after: Option<usize>,
+) -> Result<bool, CheckpointError> {
+    let mut steps = 0usize;
+    let mut step = || {
+        steps += 1;
+        stop_after.is_some_and(|k| steps > k)
+    };
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let pid = std::process::id();
+    let new_dir = sibling(dir, &format!(".new-{pid}"));
+    if new_dir.exists() {
+        fs::remove_dir_all(&new_dir).map_err(io_err(&new_dir))?;
+    }
+    fs::create_dir_all(&new_dir).map_err(io_err(&new_dir))?;
     let record_err = |name: &str| {
         let path = dir.join(name);
         move |e: burn::store::RecordError| CheckpointError::Record {
@@ -234,23 +279,150 @@ pub fn save_checkpoint<M: Module>(
         .to_record()
         .into_bytes()
         .map_err(record_err(OPTIM_FILE))?;
-    let files = vec![
-        write_atomic(dir, MODEL_FILE, &model_bytes)?,
-        write_atomic(dir, OPTIM_FILE, &optim_bytes)?,
-    ];
+    let mut files = Vec::new();
+    for (name, bytes) in [
+        (MODEL_FILE, &model_bytes[..]),
+        (OPTIM_FILE, &optim_bytes[..]),
+    ] {
+        if step() {
+            return Ok(false);
+        }
+        files.push(write_atomic(&new_dir, name, bytes)?);
+    }
     let sidecar = Sidecar {
         format: FORMAT.to_string(),
         version: VERSION,
         files,
         state: state.clone(),
     };
-    let state_path = dir.join(STATE_FILE);
+    let state_path = new_dir.join(STATE_FILE);
     let json = serde_json::to_vec_pretty(&sidecar).map_err(|source| CheckpointError::Sidecar {
         path: state_path.clone(),
         source,
     })?;
-    write_atomic(dir, STATE_FILE, &json)?;
-    Ok(())
+    if step() {
+        return Ok(false);
+    }
+    write_atomic(&new_dir, STATE_FILE, &json)?;
+    sync_dir(&new_dir);
+    // Swap: the previous checkpoint aside, the new one in, then the leftovers away.
+    let old_dir = sibling(dir, &format!(".old-{pid}"));
+    if dir.exists() {
+        if step() {
+            return Ok(false);
+        }
+        if old_dir.exists() {
+            fs::remove_dir_all(&old_dir).map_err(io_err(&old_dir))?;
+        }
+        fs::rename(dir, &old_dir).map_err(io_err(dir))?;
+    }
+    if step() {
+        return Ok(false);
+    }
+    fs::rename(&new_dir, dir).map_err(io_err(dir))?;
+    sync_dir(parent);
+    if step() {
+        return Ok(false);
+    }
+    // Every other folder of this tag (ours, and those of crashed saves) is older than `dir`.
+    for (path, _) in leftovers(dir) {
+        fs::remove_dir_all(&path).map_err(io_err(&path))?;
+    }
+    Ok(true)
+}
+
+/// Flushes a folder's entries to disk (best effort; not every platform can open folders).
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// The leftover folders of the checkpoint `dir` from interrupted saves: `<dir>.new-<pid>` and
+/// `<dir>.old-<pid>`, as `(path, file name)`.
+fn leftovers(dir: &Path) -> Vec<(PathBuf, String)> {
+    let Some(tag) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Vec::new();
+    };
+    let Some(parent) = dir.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(PathBuf, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix(&tag)?;
+            let pid = rest
+                .strip_prefix(".new-")
+                .or_else(|| rest.strip_prefix(".old-"))?;
+            pid.parse::<u32>().ok()?;
+            e.path().is_dir().then(|| (e.path(), name))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The newest intact checkpoint of a run: among the folders of `root` (`<run>/checkpoints`) -
+/// `preferred` (e.g. `last`), the other tags (`best`) and the leftovers of interrupted saves -
+/// the one with the most updates whose files all verify ([`verify_checkpoint`]). When that is
+/// not `root/preferred`, a note on stderr says why and which one is used. Fails, naming every
+/// candidate's problem, when none is intact.
+pub fn newest_intact(root: &Path, preferred: &str) -> Result<PathBuf, CheckpointError> {
+    let wanted = root.join(preferred);
+    let mut candidates: Vec<PathBuf> = fs::read_dir(root)
+        .map_err(io_err(root))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    candidates.sort();
+    let mut best: Option<(PathBuf, TrainState)> = None;
+    let mut problems = Vec::new();
+    for dir in candidates {
+        match verify_checkpoint(&dir) {
+            Ok(state) => {
+                // Most updates first; on a tie the preferred folder.
+                let better = best.as_ref().is_none_or(|(b, s)| {
+                    state.step > s.step || (state.step == s.step && dir == wanted && *b != wanted)
+                });
+                if better {
+                    best = Some((dir, state));
+                }
+            }
+            Err(e) => problems.push((dir, e)),
+        }
+    }
+    let Some((dir, state)) = best else {
+        let listed: Vec<String> = problems.iter().map(|(_, e)| e.to_string()).collect();
+        return Err(CheckpointError::NoneIntact {
+            path: root.to_path_buf(),
+            problems: if listed.is_empty() {
+                "no checkpoint folder".into()
+            } else {
+                listed.join("; ")
+            },
+        });
+    };
+    if dir != wanted {
+        let why = match problems.iter().find(|(p, _)| *p == wanted) {
+            Some((_, e)) => format!("is not intact ({e})"),
+            None if wanted.exists() => "is older".to_string(),
+            None => "is missing".to_string(),
+        };
+        eprintln!(
+            "note: checkpoint {} {why}; using {} (epoch {}, update {}), the newest intact \
+             checkpoint",
+            wanted.display(),
+            dir.display(),
+            state.epoch,
+            state.step
+        );
+    }
+    Ok(dir)
 }
 
 fn read_sidecar(dir: &Path) -> Result<Sidecar, CheckpointError> {
@@ -501,6 +673,81 @@ mod tests {
         // A missing folder.
         let err = verify_checkpoint(&dir.path().join("nope")).unwrap_err();
         assert!(matches!(err, CheckpointError::Io { .. }));
+    }
+
+    fn folder_names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_save_interrupted_at_any_step_leaves_an_intact_checkpoint() {
+        let device = Device::flex().autodiff();
+        let (_keep, model, optim) = saved(&device);
+        let at = |step, epoch| TrainState {
+            step,
+            epoch,
+            ..state()
+        };
+        // Steps: model.bpk, optim.bpk, state.json into last.new-<pid>; last -> last.old-<pid>;
+        // last.new-<pid> -> last; leftovers deleted.
+        for k in 0..=6 {
+            let root = tempfile::tempdir().unwrap();
+            let last = root.path().join("last");
+            save_checkpoint(&last, &model, &optim, &at(10, 1)).unwrap();
+            let done = save_steps(&last, &model, &optim, &at(20, 2), Some(k)).unwrap();
+            assert_eq!(done, k >= 6, "crash point {k}");
+            let dir = newest_intact(root.path(), "last").unwrap();
+            let st = verify_checkpoint(&dir).unwrap();
+            // The new checkpoint counts once its sidecar is written (step 3).
+            assert_eq!(st.step, if k >= 3 { 20 } else { 10 }, "crash point {k}");
+            let (loaded, _, st2) = load_checkpoint(
+                &dir,
+                LinearConfig::new(3, 2).init(&device),
+                AdamWConfig::new().init(),
+            )
+            .unwrap();
+            assert_eq!(weights(&loaded), weights(&model));
+            assert_eq!(st2, st);
+            if done {
+                assert_eq!(folder_names(root.path()), ["last"]);
+            }
+            // The next complete save leaves only `last`, the newest.
+            save_checkpoint(&last, &model, &optim, &at(30, 3)).unwrap();
+            assert_eq!(folder_names(root.path()), ["last"], "crash point {k}");
+            assert_eq!(verify_checkpoint(&last).unwrap().step, 30);
+        }
+    }
+
+    #[test]
+    fn a_damaged_last_falls_back_to_best_and_none_intact_names_each_problem() {
+        let device = Device::flex().autodiff();
+        let (_keep, model, optim) = saved(&device);
+        let root = tempfile::tempdir().unwrap();
+        let (last, best) = (root.path().join("last"), root.path().join("best"));
+        let at = |step| TrainState { step, ..state() };
+        save_checkpoint(&best, &model, &optim, &at(5)).unwrap();
+        save_checkpoint(&last, &model, &optim, &at(9)).unwrap();
+        assert_eq!(newest_intact(root.path(), "last").unwrap(), last);
+        // A kill during an in-place rewrite (the old layout): a new model.bpk under the old
+        // sidecar.
+        let m = last.join(MODEL_FILE);
+        let mut b = fs::read(&m).unwrap();
+        b[10] ^= 1;
+        fs::write(&m, &b).unwrap();
+        assert_eq!(newest_intact(root.path(), "last").unwrap(), best);
+        fs::remove_file(best.join(STATE_FILE)).unwrap();
+        let e = newest_intact(root.path(), "last").unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, CheckpointError::NoneIntact { .. }), "{msg}");
+        assert!(
+            msg.contains(MODEL_FILE) && msg.contains(STATE_FILE),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -7,18 +7,19 @@
 //! [`Int8Model::save`]).
 //!
 //! The int8 graph's input is the log-mel cropped to the student's time multiple (256 x 64 for the
-//! DCASE front end's 65 frames); [`crop_frames`] does that crop for the engine's callers.
+//! DCASE front end's 65 frames); the engine takes the front end's full log-mel and crops it
+//! itself ([`Int8Model::classify`], [`Int8Model::infer_logmel`]).
 
 use std::collections::BTreeMap;
 
 use burn::tensor::Tensor;
 use data_specs::{FrontEndConfig, Vocabulary};
 
-use crate::int8::builder::{GraphBuilder, MambaParams, PvmParams, quantize_model};
-use crate::int8::graph::TensorMap;
-use crate::int8::{Activation as QAct, Graph, Int8Error, Int8Model, ModelMeta};
 use crate::model::{Activation, ConvBn, InvertedResidual, IrMamba, Mamba, ParallelMamba};
 use crate::qat::{self, ACT_QMAX, ACT_QMIN, INPUT_KEY, QatError, QatModel};
+use asc_int8::builder::{GraphBuilder, MambaParams, PvmParams, quantize_model};
+use asc_int8::graph::TensorMap;
+use asc_int8::{Activation as QAct, Graph, Int8Error, Int8Model, ModelMeta};
 
 /// Errors of the export.
 #[derive(Debug, thiserror::Error)]
@@ -197,26 +198,4 @@ pub fn export_int8(
         }
         e => ExportError::Int8(e),
     })
-}
-
-/// Crops a row-major log-mel `[n_mels, n_frames]` to its first `keep` frames (the student's
-/// time crop, 65 -> 64), into `out` (cleared first).
-pub fn crop_frames(
-    logmel: &[f32],
-    n_mels: usize,
-    n_frames: usize,
-    keep: usize,
-    out: &mut Vec<f32>,
-) {
-    out.clear();
-    for row in logmel.chunks_exact(n_frames).take(n_mels) {
-        out.extend_from_slice(&row[..keep.min(n_frames)]);
-    }
-}
-
-/// `(n_mels, n_frames)` of an int8 model's input buffer.
-pub fn input_shape(model: &Int8Model) -> (usize, usize) {
-    let g = model.graph();
-    let s = &g.buffers[g.input].shape;
-    (s[s.len() - 2], s[s.len() - 1])
 }

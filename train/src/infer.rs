@@ -1,8 +1,9 @@
-//! Inference with the int8 engine: WAV files through the pipeline's front end
+//! Inference with the int8 engine ([`asc_int8`]): WAV files through the pipeline's front end
 //! ([`infer_wav`]: `pipeline::ingest::decode_wav` -> `pipeline::resample::resample` ->
 //! `pipeline::ingest::cut_clips` -> `pipeline::logmel::LogMel`, the one front end of the
-//! toolkit, configured by the model file), and evaluation of an int8 model on the original rows
-//! of a shard set with the float evaluation's metrics ([`evaluate_int8`]).
+//! toolkit, configured by the model file) into [`Int8Model::classify`], and evaluation of an
+//! int8 model on the original rows of a shard set with the float evaluation's metrics
+//! ([`evaluate_int8`]). The engine takes the full log-mel and crops it itself.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,9 @@ use data_specs::{ClipSet, Variant};
 use pipeline::ingest::{clip_id, cut_clips, decode_wav, file_stem};
 use pipeline::logmel::LogMel;
 
-use crate::export::{crop_frames, input_shape};
-use crate::int8::{Int8Error, Int8Model};
 use crate::loader::{Loader, LoaderConfig, LoaderError, Selection, ShardSet};
 use crate::metrics::{EvalAccumulator, EvalReport, MetricsError};
+use asc_int8::{Int8Error, Int8Model};
 
 /// Errors of int8 inference and evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,9 @@ pub enum InferError {
         /// What went wrong.
         problem: String,
     },
+    /// The audio file is not a readable, finite WAV file (the message names it).
+    #[error(transparent)]
+    Decode(#[from] pipeline::ingest::IngestError),
     /// The engine refused the input or the model.
     #[error(transparent)]
     Int8(#[from] Int8Error),
@@ -54,24 +57,7 @@ pub struct ClipPrediction {
     pub logits: Vec<f32>,
 }
 
-/// Softmax of logits (max-subtracted).
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = logits.iter().map(|&v| (v - m).exp()).collect();
-    let s: f32 = e.iter().sum();
-    e.into_iter().map(|v| v / s).collect()
-}
-
-/// Index of the largest value (the first on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
+pub use asc_int8::{argmax, softmax};
 
 /// Decodes a WAV file, resamples it to the model's front-end rate, cuts it into 1 s clips
 /// (the pipeline's rule) and classifies each clip with the int8 engine.
@@ -85,7 +71,7 @@ pub fn infer_wav(
         path: path.to_path_buf(),
         problem,
     };
-    let audio = decode_wav(path).map_err(|e| audio_err(e.to_string()))?;
+    let audio = decode_wav(path)?;
     let wave = if audio.sample_rate == fe.sample_rate {
         audio.samples
     } else {
@@ -101,26 +87,14 @@ pub fn infer_wav(
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("clip");
     let stem = file_stem(name);
-    let (n_mels, n_frames) = (fe.n_mels, fe.n_frames());
-    let (_, keep) = input_shape(model);
-    let mut crop = Vec::with_capacity(n_mels * keep);
     let mut out = Vec::with_capacity(clips.len());
     for (k, clip) in clips {
-        let lm = logmel.compute(&clip);
-        crop_frames(&lm, n_mels, n_frames, keep, &mut crop);
-        let logits = model.infer(&crop)?;
-        let probs = softmax(&logits);
-        let label = model
-            .labels()
-            .0
-            .get(argmax(&logits))
-            .cloned()
-            .unwrap_or_default();
+        let p = model.classify(&logmel.compute(&clip))?;
         out.push(ClipPrediction {
             clip_id: clip_id(stem, k),
-            label,
-            probs,
-            logits,
+            label: p.label,
+            probs: p.probs,
+            logits: p.logits,
         });
     }
     Ok(out)
@@ -181,19 +155,10 @@ pub fn evaluate_int8(
         ..LoaderConfig::default()
     };
     let loader = Loader::new(set, sel, cfg)?;
-    let (n_mels, n_frames) = (fe.n_mels, fe.n_frames());
-    let (_, keep) = input_shape(model);
     let k = model.n_classes();
-    let mut crops = Vec::new();
-    let mut one = Vec::new();
     for batch in loader.epoch(0) {
         let batch = batch?;
-        crops.clear();
-        for clip in batch.logmel().chunks_exact(n_mels * n_frames) {
-            crop_frames(clip, n_mels, n_frames, keep, &mut one);
-            crops.extend_from_slice(&one);
-        }
-        let logits = model.infer_batch(&crops)?;
+        let logits = model.infer_logmel_batch(batch.logmel())?;
         for ((row, lg), &y) in batch
             .rows()
             .iter()

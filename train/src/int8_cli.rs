@@ -20,11 +20,11 @@ use data_specs::{ClipSet, Variant};
 
 use crate::export::export_int8;
 use crate::infer::{argmax, evaluate_int8, infer_wav};
-use crate::int8::Int8Model;
 use crate::loader::{Loader, LoaderConfig, ShardSet};
 use crate::metrics::{EvalAccumulator, EvalReport};
 use crate::qat::{QatConfig, QatModel, qat_finetune};
 use crate::trainer::{self, TrainConfig};
+use asc_int8::Int8Model;
 
 /// DCASE2024 Task 1 limit on parameter memory (128 KB).
 pub const PARAM_MEMORY_LIMIT: usize = 128 * 1024;
@@ -44,7 +44,7 @@ pub struct QatArgs {
     #[arg(long, default_value_t = 2)]
     pub epochs: u64,
     /// Constant learning rate of the QAT epochs.
-    #[arg(long, default_value_t = 5e-5)]
+    #[arg(long, default_value_t = 5e-5, value_parser = pipeline::cli::finite_f64)]
     pub lr: f64,
     /// Observers frozen for the last this-many epochs [default: epochs / 5, at least 1].
     #[arg(long)]
@@ -79,7 +79,15 @@ fn load_set(run: &Path, shards: Option<&PathBuf>) -> anyhow::Result<(TrainConfig
     let cfg = TrainConfig::load(run)?;
     let path = shards.cloned().unwrap_or_else(|| cfg.shards.clone());
     let set = ShardSet::open(&path, None)?;
+    trainer::check_labels(&cfg, run, &set.meta().labels, &path)?;
     Ok((cfg, set))
+}
+
+fn set_path(run: &Path, shards: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match shards {
+        Some(p) => p.clone(),
+        None => TrainConfig::load(run)?.shards,
+    })
 }
 
 fn model_json(cfg: &TrainConfig) -> serde_json::Value {
@@ -176,17 +184,34 @@ pub fn run_qat(a: &QatArgs, progress: bool) -> anyhow::Result<()> {
         &path,
         &crate::backend::default_device(),
     )?;
-    let loader = Loader::new(
-        &set,
-        cfg.selection(),
-        LoaderConfig {
-            batch_size: cfg.batch_size,
-            seed: cfg.seed ^ 0x51a7,
-            shuffle: true,
-            drop_last: true,
-            ..LoaderConfig::default()
-        },
-    )?;
+    let mut loader_cfg = LoaderConfig {
+        batch_size: cfg.batch_size,
+        seed: cfg.seed ^ 0x51a7,
+        shuffle: true,
+        drop_last: true,
+        ..LoaderConfig::default()
+    };
+    // Fewer training rows than one batch: one smaller batch per epoch instead of none (the
+    // BatchNorm statistics are frozen during QAT, so a small batch is safe).
+    let rows = Loader::new(&set, cfg.selection(), loader_cfg.clone())?.epoch_len();
+    if rows == 0 {
+        bail!(
+            "{}: the run's training selection (split {}) holds no rows of {}; QAT needs \
+             training rows",
+            a.model.display(),
+            cfg.split,
+            set_path(&a.model, a.shards.as_ref())?.display()
+        );
+    }
+    if rows < loader_cfg.batch_size {
+        eprintln!(
+            "note: {rows} training rows, fewer than one batch of {}: QAT uses one batch of \
+             {rows} per epoch",
+            loader_cfg.batch_size
+        );
+        loader_cfg.drop_last = false;
+    }
+    let loader = Loader::new(&set, cfg.selection(), loader_cfg)?;
     let mut qc = QatConfig::new(a.epochs);
     qc.lr = a.lr;
     if let Some(f) = a.freeze_last {

@@ -3,9 +3,7 @@
 //! The training half of the ASC toolkit: a memory-mapped shard loader, the IRMamba student
 //! (and reference models) in burn, the KD/QAT trainer, evaluation, int8 export and inference.
 
-pub mod mixer;
 pub mod ops;
-pub mod scan;
 #[cfg(test)]
 mod test_util;
 
@@ -26,11 +24,12 @@ pub mod schedule;
 
 // The trainer, evaluation and prediction.
 pub mod evaluate;
+pub mod finite;
+pub mod floor;
+pub mod precise_bn;
 pub mod predict;
 pub mod qat_hook;
 pub mod trainer;
-
-pub mod int8;
 
 pub mod export;
 pub mod infer;

@@ -5,6 +5,8 @@
 //!                                                           carry teacher logits), leave runs/<name>/
 //! train summary --model s1                                the DCASE complexity table
 //! train eval --shards data/ --model runs/<name>           evaluate a run on the test set
+//! train floor --shards data/ [--split 100]                the floor: logistic regression on
+//!                                                           log-mel mean/std, on the test set
 //! train predict --shards data/ --model runs/<name> --out logits.parquet [--set train|test|all]
 //! train qat --model runs/<name> [--epochs 2]              QAT, runs/<name>/qat/model.asc8
 //! train export --model runs/<name> --out model.asc8       QAT model -> int8 model file
@@ -34,7 +36,8 @@ use train::trainer::{self, TrainConfig, TrainOptions};
 ///
 /// Without a subcommand, `train` trains. Example: `train --shards data/` trains the s1 student
 /// on the shards written by `pipeline features` and leaves runs/s1-split100-s42/ with
-/// config.toml, metrics.jsonl, checkpoints/{last,best}/, model.bpk, report.md and PNG plots.
+/// config.toml, metrics.jsonl, checkpoints/last/ (and best/ with --val-fold), model.bpk,
+/// report.md (model vs floor) and PNG plots.
 #[derive(Parser, Debug)]
 #[command(
     version,
@@ -74,6 +77,21 @@ enum Command {
         /// Batch size of inference.
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
+    },
+    /// The floor every run is compared with: a multinomial logistic regression on the
+    /// per-mel-bin mean and std over time of the log-mel, fitted on the training clips of the
+    /// split (originals), evaluated on the test set (macro, per device, seen/unseen). Seconds.
+    Floor {
+        /// Shard folder or manifest.json.
+        #[arg(long)]
+        shards: PathBuf,
+        /// DCASE2024 training split in percent: 5, 10, 25, 50 or 100.
+        #[arg(long, default_value_t = 100)]
+        split: u8,
+        /// Leave location fold k of K of the training clips out (as a run with --val-fold or
+        /// --holdout-fold k/K does).
+        #[arg(long, value_name = "k/K")]
+        without_fold: Option<train::loader::Fold>,
     },
     /// Quantization-aware training of a finished float run; exports runs/<name>/qat/model.asc8.
     Qat(train::int8_cli::QatArgs),
@@ -125,23 +143,28 @@ struct TrainArgs {
     /// DCASE2024 training split in percent: 5, 10, 25, 50 or 100.
     #[arg(long, default_value_t = 100)]
     split: u8,
-    /// Epochs [default: 150 on the real dataset (>= 50,000 training rows), 7 on smaller
-    /// (demo) shard sets].
-    #[arg(long)]
+    /// Epochs [default: from the schedule rule: the paper's 150 of batch 256 when that gives
+    /// at least 1,000 updates (>= 1,792 training rows per epoch, every TAU22 split); on
+    /// smaller sets a batch of 128/64/32 for >= 16 updates per epoch and enough epochs for
+    /// 1,000 updates]. The start of a run prints the outcome ("N updates of B").
+    #[arg(long, conflicts_with = "updates")]
     epochs: Option<u64>,
-    /// Examples per update.
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
+    /// Total optimizer updates instead of --epochs (epochs = ceil(updates / updates per epoch)).
+    #[arg(long)]
+    updates: Option<u64>,
+    /// Examples per update [default: from the schedule rule, see --epochs].
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Peak learning rate (AdamW), reached after the warm-up, then cosine decay to 0.
     #[arg(long, default_value_t = 0.005)]
     lr: f64,
     /// AdamW decoupled weight decay.
     #[arg(long, default_value_t = 1e-4)]
     weight_decay: f64,
-    /// Linear warm-up updates; capped at 10 % of all updates on short runs
-    /// (W = min(requested, max(1, round(0.1 * total)))).
-    #[arg(long, default_value_t = 2000)]
-    warmup_steps: u64,
+    /// Linear warm-up updates, used as given [default: the paper's 2,000 capped at 10 % of the
+    /// run: min(2000, max(1, round(0.1 * updates)))].
+    #[arg(long)]
+    warmup_steps: Option<u64>,
     /// Run seed (model init, loader shuffle and DIR draw, augmentations).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -156,6 +179,22 @@ struct TrainArgs {
     /// did not train on it).
     #[arg(long, value_name = "k/K")]
     holdout_fold: Option<train::loader::Fold>,
+    /// Hold location fold k of K of the training clips out as a validation set: it selects
+    /// the kept model (best validation macro accuracy) and enables --early-stop. Without it
+    /// the run keeps its final model. The test set never selects.
+    #[arg(long, value_name = "k/K", conflicts_with = "holdout_fold")]
+    val_fold: Option<train::loader::Fold>,
+    /// Stop after this many evaluations without a validation gain (needs --val-fold).
+    #[arg(long, value_name = "EVALUATIONS", requires = "val_fold")]
+    early_stop: Option<u64>,
+    /// Evaluate every N epochs and after the last [default: about 10 evaluations per run].
+    #[arg(long, value_name = "N")]
+    eval_every: Option<u64>,
+    /// Training rows of the precise BatchNorm that recomputes the BN statistics for the
+    /// current weights before each evaluation and before the model is saved (0: off, keep the
+    /// running averages).
+    #[arg(long, default_value_t = train::precise_bn::DEFAULT_ROWS)]
+    precise_bn_rows: usize,
     /// Switch off the circular time roll.
     #[arg(long)]
     no_time_roll: bool,
@@ -180,8 +219,9 @@ struct TrainArgs {
     /// Run name [default: <model>-split<P>-s<seed>]; an existing run folder is never overwritten.
     #[arg(long)]
     name: Option<String>,
-    /// Continue the run folder runs/<name> from its last checkpoint (its config.toml is used;
-    /// the other training options are ignored, except --threads).
+    /// Continue the run folder runs/<name> from its newest intact checkpoint (its config.toml
+    /// is used; the other training options are ignored, except --threads). The run keeps the
+    /// folder's name, also when the folder was moved or renamed.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
     /// Quantization-aware training epochs after the float epochs (lr 5e-5, observers frozen for
@@ -190,7 +230,7 @@ struct TrainArgs {
     qat_epochs: u64,
     /// Compute threads (rayon pool: burn Flex kernels and the selective scan) [default: all
     /// cores]. The loader adds one prefetch thread.
-    #[arg(long)]
+    #[arg(long, value_parser = pipeline::cli::positive_usize)]
     threads: Option<usize>,
     /// No progress bars (per-epoch lines only).
     #[arg(long)]
@@ -230,7 +270,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let model = model.context("--model or --int8 is required")?;
             let set = ShardSet::open(&shards, None)?;
             let device = train::backend::default_device();
-            let (cfg, m, path) = trainer::load_run_model(&model, set.meta().n_classes(), &device)?;
+            let (cfg, m, path) =
+                trainer::load_run_model(&model, &set.meta().labels, &shards, &device)?;
             eprintln!(
                 "evaluating {} on the test set of {}",
                 path.display(),
@@ -256,7 +297,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let device = train::backend::default_device();
             let n_classes = set.meta().n_classes();
             let (ids, logits) = if let [run] = model.as_slice() {
-                let (cfg, m, path) = trainer::load_run_model(run, n_classes, &device)?;
+                let (cfg, m, path) =
+                    trainer::load_run_model(run, &set.meta().labels, &shards, &device)?;
                 if let Some(f) = cfg.holdout_fold {
                     eprintln!(
                         "note: {} left out fold {f}; pass all {} fold runs for out-of-fold logits",
@@ -270,7 +312,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut members = Vec::with_capacity(model.len());
                 let mut split = None;
                 for run in &model {
-                    let (cfg, m, _) = trainer::load_run_model(run, n_classes, &device)?;
+                    let (cfg, m, _) =
+                        trainer::load_run_model(run, &set.meta().labels, &shards, &device)?;
                     if split.is_some_and(|p| p != cfg.split) {
                         bail!(
                             "{}: trained on split {}, the other runs on split {}",
@@ -307,6 +350,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote logits of {} clips to {}", ids.len(), out.display());
             Ok(())
         }
+        Some(Command::Floor {
+            shards,
+            split,
+            without_fold,
+        }) => {
+            let set = ShardSet::open(&shards, None)?;
+            let seen = trainer::seen_devices(&set, split);
+            let f = train::floor::floor(&set, split, without_fold, seen)?;
+            eprintln!(
+                "floor: logistic regression on log-mel mean/std, fitted on {} training clips \
+                 (L2 weight {} by location-fold cross-validation, held-out accuracy {}; \
+                 training accuracy {:.2} %, {} L-BFGS iterations, {:.1} s)",
+                f.n_train,
+                f.lambda,
+                f.cv_accuracy
+                    .iter()
+                    .map(|a| format!("{:.1} %", 100.0 * a))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                100.0 * f.train_accuracy,
+                f.iterations,
+                f.seconds
+            );
+            println!("{}", f.eval);
+            Ok(())
+        }
         Some(Command::Qat(a)) => train::int8_cli::run_qat(&a, true),
         Some(Command::Export(a)) => train::int8_cli::run_export(&a),
         Some(Command::Infer(a)) => train::int8_cli::run_infer(&a),
@@ -323,6 +392,8 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
     }
     let (runs_root, name, resume) = match &a.resume {
         Some(dir) => {
+            // The run name follows the folder (a moved or renamed run keeps working).
+            let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
             let name = dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -333,27 +404,13 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
         None => (a.runs.clone(), String::new(), false),
     };
     let config = if resume {
-        TrainConfig::load(&runs_root.join(&name))?
+        TrainConfig {
+            name: name.clone(),
+            ..TrainConfig::load(&runs_root.join(&name))?
+        }
     } else {
         let shards = a.shards.clone().context("--shards is required")?;
         let model = ModelConfig::from_name_or_file(&a.model)?;
-        let epochs = match a.epochs {
-            Some(e) => e,
-            None => {
-                let set = ShardSet::open(&shards, None)?;
-                let rows = trainer::count_train_rows(&set);
-                let e = trainer::default_epochs(rows);
-                eprintln!(
-                    "epochs: {e} ({rows} training rows: {})",
-                    if rows >= trainer::REAL_DATASET_MIN_ROWS {
-                        "the real dataset, the paper's 150"
-                    } else {
-                        "a demo-sized set, the demo default"
-                    }
-                );
-                e
-            }
-        };
         let mut augment = Augment::default();
         augment.time_roll.enabled = !a.no_time_roll;
         augment.freq_mask.enabled = !a.no_freq_mask;
@@ -362,7 +419,7 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| a.model.clone());
-        TrainConfig {
+        let mut config = TrainConfig {
             name: a
                 .name
                 .clone()
@@ -370,11 +427,14 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
             shards,
             model_spec: a.model.clone(),
             split: a.split,
-            epochs,
-            batch_size: a.batch_size,
+            // Set by the schedule rule below.
+            epochs: 1,
+            batch_size: 1,
+            updates: 0,
+            schedule_rule: String::new(),
             lr: a.lr,
             weight_decay: a.weight_decay,
-            warmup_steps: a.warmup_steps,
+            warmup_steps: 1,
             seed: a.seed,
             p_dir: a.p_dir,
             replay: a.replay == OnOff::On,
@@ -388,7 +448,24 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
             },
             augment,
             model,
-        }
+            eval: train::evaluate::EvalConfig {
+                validation: a.val_fold,
+                early_stop: a.early_stop,
+                every: a.eval_every.unwrap_or(0),
+                precise_bn_rows: a.precise_bn_rows,
+            },
+            labels: None,
+        };
+        let set = ShardSet::open(&config.shards, None)?;
+        let flags = train::schedule::ScheduleFlags {
+            batch_size: a.batch_size,
+            epochs: a.epochs,
+            updates: a.updates,
+            warmup_steps: a.warmup_steps,
+        };
+        let rule = trainer::apply_schedule_rule(&mut config, &set, &flags)?;
+        eprintln!("schedule: {}", rule.reason);
+        config
     };
     let outcome = trainer::train(TrainOptions {
         config: config.clone(),
@@ -407,12 +484,22 @@ fn train_command(a: TrainArgs) -> anyhow::Result<()> {
 fn print_summary(name: &str, eval: &EvalReport, o: &trainer::TrainOutcome) {
     println!("run {name}: {}", o.run_dir.display());
     println!("{eval}");
-    if let Some((e, acc)) = o.best {
-        println!(
-            "best epoch by test macro accuracy (test-set selection): {} ({:.2} %)",
+    match (o.selected_epoch, o.best) {
+        (Some(e), Some((b, acc))) if e == b => println!(
+            "kept model: epoch {} (best validation macro accuracy {:.2} %){}",
             e + 1,
-            100.0 * acc
+            100.0 * acc,
+            if o.stopped_early { ", early stop" } else { "" }
+        ),
+        (Some(e), _) => println!("kept model: the final one (epoch {})", e + 1),
+        _ => {}
+    }
+    if let Some(f) = &o.floor {
+        println!(
+            "model vs floor (logistic regression on log-mel mean/std, {:.1} s):",
+            f.seconds
         );
+        print!("{}", train::report::comparison_table(eval, Some(&f.eval)));
     }
     let train_s: f64 = o.metrics.iter().map(|m| m.seconds).sum();
     println!(

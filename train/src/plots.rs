@@ -179,7 +179,8 @@ pub fn plot_loss_curves(path: &Path, metrics: &[EpochMetrics]) -> Result<(), Plo
     )
 }
 
-/// Train accuracy and test macro class accuracy per epoch, in percent.
+/// Train accuracy, test macro class accuracy (a diagnostic) and, when the run has one, the
+/// validation macro accuracy per epoch, in percent.
 pub fn plot_accuracy_curves(path: &Path, metrics: &[EpochMetrics]) -> Result<(), PlotError> {
     let train = metrics
         .iter()
@@ -189,16 +190,22 @@ pub fn plot_accuracy_curves(path: &Path, metrics: &[EpochMetrics]) -> Result<(),
         .iter()
         .filter_map(|m| m.test_macro_acc.map(|v| (m.epoch as f64, 100.0 * v)))
         .collect();
-    line_chart(
-        path,
-        "Accuracy",
-        "accuracy (%)",
-        vec![
-            ("train accuracy", RGBColor(31, 119, 180), train),
-            ("test macro accuracy", RGBColor(214, 39, 40), test),
-        ],
-        Some((0.0, 100.0)),
-    )
+    let val: Vec<(f64, f64)> = metrics
+        .iter()
+        .filter_map(|m| m.val_macro_acc.map(|v| (m.epoch as f64, 100.0 * v)))
+        .collect();
+    let mut series = vec![
+        ("train accuracy", RGBColor(31, 119, 180), train),
+        (
+            "test macro accuracy (diagnostic)",
+            RGBColor(214, 39, 40),
+            test,
+        ),
+    ];
+    if !val.is_empty() {
+        series.push(("validation macro accuracy", RGBColor(44, 160, 44), val));
+    }
+    line_chart(path, "Accuracy", "accuracy (%)", series, Some((0.0, 100.0)))
 }
 
 /// Confusion-matrix heat map: rows are true classes (`"k name"`), columns predicted classes
@@ -311,6 +318,7 @@ mod tests {
                 test_log_loss: (e % 2 == 0).then_some(2.2 / (1.0 + 0.2 * e as f64)),
                 seconds: 3.0,
                 samples_per_s: 1000.0,
+                val_macro_acc: None,
             })
             .collect()
     }

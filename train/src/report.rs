@@ -87,7 +87,8 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     /// Training accuracy over the epoch (augmented inputs).
     pub train_acc: f64,
-    /// Test macro class accuracy, when the test set was evaluated this epoch.
+    /// Test macro class accuracy, when the test set was evaluated this epoch (a diagnostic:
+    /// never used to select a model).
     pub test_macro_acc: Option<f64>,
     /// Test log-loss, when the test set was evaluated this epoch.
     pub test_log_loss: Option<f64>,
@@ -95,6 +96,10 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// Training throughput, examples per second.
     pub samples_per_s: f64,
+    /// Validation macro class accuracy, when the run has a validation fold and evaluated this
+    /// epoch (what selects the kept model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_macro_acc: Option<f64>,
 }
 
 /// Everything the final `report.md` shows besides the evaluation tables.
@@ -108,6 +113,75 @@ pub struct RunSummary {
     pub total_seconds: f64,
     /// The per-epoch metrics of the run.
     pub epochs: Vec<EpochMetrics>,
+    /// Which model the evaluation is of, one line (e.g. "the final model (epoch 39)").
+    pub selection: String,
+    /// The floor of the run ([`crate::floor`]) on the same test rows, when computed.
+    pub floor: Option<EvalReport>,
+}
+
+/// One line of the model-vs-floor comparison: what, model, floor (fractions), examples.
+pub type ComparisonRow = (String, f64, Option<f64>, u64);
+
+/// The model-vs-floor comparison of the headline: macro accuracy, the seen / unseen groups and
+/// each device (macro accuracy over the classes of each subset), and the log-loss.
+pub fn comparison_rows(model: &EvalReport, floor: Option<&EvalReport>) -> Vec<ComparisonRow> {
+    let find = |r: &[crate::metrics::GroupAccuracy], name: &str| {
+        r.iter().find(|g| g.name == name).map(|g| g.macro_accuracy)
+    };
+    let mut rows = vec![(
+        "macro accuracy".to_string(),
+        model.macro_accuracy,
+        floor.map(|f| f.macro_accuracy),
+        model.n_examples,
+    )];
+    for g in &model.per_group {
+        rows.push((
+            format!("{} devices", g.name),
+            g.macro_accuracy,
+            floor.and_then(|f| find(&f.per_group, &g.name)),
+            g.n,
+        ));
+    }
+    for d in &model.per_device {
+        rows.push((
+            format!("device {}", d.name),
+            d.macro_accuracy,
+            floor.and_then(|f| find(&f.per_device, &d.name)),
+            d.n,
+        ));
+    }
+    rows
+}
+
+/// The warning shown when the model's macro accuracy is below the floor's (`None` otherwise).
+pub fn below_floor_warning(model: &EvalReport, floor: Option<&EvalReport>) -> Option<String> {
+    let f = floor?;
+    (model.macro_accuracy < f.macro_accuracy).then(|| {
+        format!(
+            "WARNING: the model ({:.2} %) is below the floor ({:.2} %, a logistic regression on \
+             log-mel mean and std): too few updates, a broken setting or a data problem",
+            100.0 * model.macro_accuracy,
+            100.0 * f.macro_accuracy
+        )
+    })
+}
+
+/// The model-vs-floor table for the terminal (aligned columns, percentages).
+pub fn comparison_table(model: &EvalReport, floor: Option<&EvalReport>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<20} {:>9} {:>9} {:>9}",
+        "test set", "model %", "floor %", "examples"
+    );
+    for (name, m, f, n) in comparison_rows(model, floor) {
+        let f = f.map_or_else(|| "-".to_string(), |v| format!("{:.2}", 100.0 * v));
+        let _ = writeln!(s, "{name:<20} {:>9.2} {f:>9} {n:>9}", 100.0 * m);
+    }
+    if let Some(w) = below_floor_warning(model, floor) {
+        let _ = writeln!(s, "{w}");
+    }
+    s
 }
 
 /// Format a fraction as a percentage with two decimals.
@@ -120,6 +194,28 @@ pub fn render_report(summary: &RunSummary, eval: &EvalReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Run `{}`\n", summary.name);
     let _ = writeln!(s, "## Result\n");
+    if !summary.selection.is_empty() {
+        let _ = writeln!(s, "Model: {}. Test set.\n", summary.selection);
+    }
+    let floor = summary.floor.as_ref();
+    let _ = writeln!(
+        s,
+        "| test set | model (%) | floor (%) | examples |\n|---|---:|---:|---:|"
+    );
+    for (name, m, f, n) in comparison_rows(eval, floor) {
+        let f = f.map_or_else(|| "-".to_string(), pct);
+        let _ = writeln!(s, "| {name} | {} | {f} | {n} |", pct(m));
+    }
+    let _ = writeln!(
+        s,
+        "\nFloor: multinomial logistic regression on the per-mel-bin mean and std over time of \
+         the log-mel, fitted on the same training clips (originals); macro accuracy over the \
+         classes of each subset."
+    );
+    if let Some(w) = below_floor_warning(eval, floor) {
+        let _ = writeln!(s, "\n**{w}**");
+    }
+    let _ = writeln!(s);
     let _ = writeln!(s, "| metric | value |\n|---|---|");
     let _ = writeln!(
         s,
@@ -397,6 +493,30 @@ mod tests {
         acc.finish()
     }
 
+    /// A report of 70 % everywhere (7 of every 10 examples right).
+    fn floor_eval() -> EvalReport {
+        let ev = eval();
+        let mut acc = EvalAccumulator::new(
+            ev.class_names.clone(),
+            data_specs::TAU22_DEVICES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ev.seen_devices.iter().cloned().collect(),
+        );
+        for y in 0..10 {
+            for d in data_specs::TAU22_DEVICES {
+                for i in 0..10 {
+                    let pred = if i < 7 { y } else { (y + 1) % 10 };
+                    let mut logits = [0.0f32; 10];
+                    logits[pred] = 2.0;
+                    acc.push(&logits, y, d).unwrap();
+                }
+            }
+        }
+        acc.finish()
+    }
+
     fn epochs() -> Vec<EpochMetrics> {
         (0..4)
             .map(|e| EpochMetrics {
@@ -409,6 +529,7 @@ mod tests {
                 test_log_loss: Some(1.9 - 0.2 * e as f64),
                 seconds: 12.5,
                 samples_per_s: 512.0,
+                val_macro_acc: None,
             })
             .collect()
     }
@@ -464,6 +585,8 @@ mod tests {
             complexity: "params 61,148 | MACs 29.4 M".into(),
             total_seconds: 50.0,
             epochs: run.read_metrics().unwrap(),
+            selection: "the final model (epoch 4)".into(),
+            floor: Some(floor_eval()),
         };
         let written = run.write_report(&summary, &ev).unwrap();
         assert_eq!(written.len(), 4);
@@ -478,6 +601,23 @@ mod tests {
         assert!(md.contains("| 0 airport | 18 | 9 | 0 |"), "{md}");
         assert!(md.contains("params 61,148 | MACs 29.4 M"));
         assert!(md.contains("| total time (s) | 50.0 |") && md.contains("| epochs | 4 |"));
+        // Model vs floor side by side, with the warning when the model is below the floor.
+        assert!(
+            md.contains("| macro accuracy | 66.67 | 70.00 | 270 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| unseen devices | 66.67 | 70.00 | 90 |"),
+            "{md}"
+        );
+        assert!(md.contains("| device s6 | 66.67 | 70.00 | 30 |"), "{md}");
+        assert!(md.contains("WARNING: the model (66.67 %) is below the floor (70.00 %"));
+        let table = comparison_table(&ev, Some(&floor_eval()));
+        assert!(
+            table.contains("macro accuracy") && table.contains("WARNING"),
+            "{table}"
+        );
+        assert!(!comparison_table(&floor_eval(), Some(&ev)).contains("WARNING"));
         for name in [LOSS_PLOT, ACCURACY_PLOT, CONFUSION_PLOT] {
             let bytes = fs::read(run.path().join(name)).unwrap();
             assert!(

@@ -6,16 +6,21 @@
 //!   for each batch (step s):  augment (rng = epoch_rng(seed, s, AUGMENT_STREAM))
 //!                             -> forward -> kd_loss (teacher logits + mask) | cross_entropy
 //!                             -> backward -> AdamW step with lr = LrSchedule::lr_at(s)
-//!   evaluate on the test set (originals, model.valid())  -> EvalReport
-//!   metrics.jsonl += EpochMetrics;  checkpoints/last  (+ checkpoints/best when the test macro
-//!   accuracy improved)
-//! end: model.bpk (the LAST epoch's model), report.md, loss/accuracy/confusion PNGs
+//!   every few epochs and after the last (EvalConfig::due): precise BN over training rows,
+//!   then evaluate on the validation fold (if any) and on the test set (a diagnostic)
+//!   metrics.jsonl += EpochMetrics;  checkpoints/last  (+ checkpoints/best when the validation
+//!   macro accuracy improved); optional early stopping on the validation accuracy
+//! start: the schedule (ScheduleRule, chosen by the caller) and the floor (crate::floor)
+//! end: model.bpk (the final model, or the validation-selected one; precise BN), report.md
+//!   with model vs floor on the test set, loss/accuracy/confusion PNGs, then QAT if asked
 //! ```
 //!
 //! # Model selection
-//! TAU22 has no validation split, so `checkpoints/best` is chosen by the **test** macro accuracy:
-//! that is test-set model selection and its figure is optimistic. The final report and
-//! `model.bpk` therefore use the model of the last epoch; the best epoch is shown separately.
+//! Never by the test set. Without a validation fold (`EvalConfig::validation`) the run keeps
+//! its final model; with one (location fold k of K of the training clips, left out of
+//! training), `checkpoints/best` and `model.bpk` hold the model of the evaluation with the best
+//! validation macro accuracy. The per-epoch test accuracy is logged and plotted as a
+//! diagnostic only.
 //!
 //! # Reproducibility and resume
 //! Every random draw is derived from the run seed: the model initialisation seeds the device with
@@ -47,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use crate::augment::Augment;
 use crate::checkpoint::{self, CheckpointError, TrainState};
 use crate::complexity;
-use crate::evaluate::EvalSet;
+use crate::evaluate::{EvalConfig, EvalSet};
 use crate::loader::{
     Fold, FoldFilter, LoaderConfig, LoaderError, LoaderState, Selection, ShardSet,
 };
@@ -61,15 +66,8 @@ use crate::schedule::{self, LrSchedule};
 pub const FINAL_MODEL_FILE: &str = "model.bpk";
 /// Checkpoint tag of the last epoch.
 pub const LAST: &str = "last";
-/// Checkpoint tag of the epoch with the best test macro accuracy.
+/// Checkpoint tag of the evaluation with the best validation macro accuracy.
 pub const BEST: &str = "best";
-/// Training rows from which the shards count as the real TAU22 development set.
-pub const REAL_DATASET_MIN_ROWS: usize = 50_000;
-/// Epochs of the paper's recipe (real dataset).
-pub const PAPER_EPOCHS: u64 = 150;
-/// Default epochs on smaller (demo) shard sets, chosen so the demo finishes in about 15 minutes
-/// on 2 cores (measured, see the README).
-pub const DEMO_EPOCHS: u64 = 7;
 /// RNG stream of the model initialisation.
 pub const INIT_STREAM: u64 = 1;
 /// RNG stream of the batch augmentations (indexed by update step).
@@ -115,14 +113,35 @@ pub enum TrainError {
     /// The QAT phase failed.
     #[error("QAT phase: {0}")]
     Qat(String),
+    /// The shards' label vocabulary differs from the run's.
+    #[error(
+        "{run}: the run was trained with the {} labels [{}], but {shards} has the {} labels \
+         [{}]; use the shards the run was trained on (or train a new run on these)",
+        run_labels.len(), run_labels.0.join(", "), shard_labels.len(), shard_labels.0.join(", ")
+    )]
+    Labels {
+        /// The run folder.
+        run: PathBuf,
+        /// The run's vocabulary.
+        run_labels: data_specs::Vocabulary,
+        /// The shard set.
+        shards: PathBuf,
+        /// The shards' vocabulary.
+        shard_labels: data_specs::Vocabulary,
+    },
     /// The training loss became NaN or infinite.
-    #[error("training diverged at update {step}: loss {loss}")]
+    #[error("training diverged at update {step}: loss {loss}{detail}")]
     Diverged {
         /// Update step.
         step: u64,
         /// Loss value.
         loss: f32,
+        /// The clips whose logits are not finite, if any ([`crate::finite::non_finite_logits`]).
+        detail: String,
     },
+    /// A clip's input or output holds NaN or infinite values.
+    #[error("{0}")]
+    NonFinite(String),
 }
 
 /// Result alias of the trainer.
@@ -150,11 +169,19 @@ pub struct TrainConfig {
     pub epochs: u64,
     /// Rows per batch.
     pub batch_size: usize,
+    /// Planned optimizer updates (epochs x updates per epoch), as the schedule rule computed
+    /// them (informative: the run's length is `epochs`; 0 when the caller set no rule).
+    #[serde(default)]
+    pub updates: u64,
+    /// How epochs, batch and warm-up were chosen ([`schedule::ScheduleRule::reason`]).
+    #[serde(default)]
+    pub schedule_rule: String,
     /// Peak learning rate.
     pub lr: f64,
     /// AdamW decoupled weight decay.
     pub weight_decay: f64,
-    /// Requested warm-up updates (capped by [`schedule::warmup_steps_for`]).
+    /// Warm-up updates, used as given (the schedule rule's default is capped at 10 % of the
+    /// run, [`schedule::default_warmup`]).
     pub warmup_steps: u64,
     /// Run seed.
     pub seed: u64,
@@ -176,6 +203,14 @@ pub struct TrainConfig {
     pub augment: Augment,
     /// The model architecture.
     pub model: ModelConfig,
+    /// Evaluation while training: validation fold, early stopping, interval, precise BN.
+    #[serde(default)]
+    pub eval: EvalConfig,
+    /// The label vocabulary of the shards the run was trained on (recorded when the run
+    /// starts; absent in runs of older versions). Evaluation, prediction, QAT and resume refuse
+    /// shards with another vocabulary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<data_specs::Vocabulary>,
 }
 
 impl TrainConfig {
@@ -220,7 +255,34 @@ impl TrainConfig {
             .validate()
             .map_err(|e| TrainError::Config(e.to_string()))?;
         self.model.validate()?;
+        if self.eval.validation.is_some() && self.holdout_fold.is_some() {
+            return Err(TrainError::Config(
+                "--val-fold and --holdout-fold cannot be combined (both leave a location fold \
+                 out)"
+                    .into(),
+            ));
+        }
+        if self.eval.validation.is_some_and(|f| !f.is_valid()) {
+            return Err(TrainError::Config("--val-fold must be a fold k/K".into()));
+        }
+        if self.eval.early_stop.is_some() && self.eval.validation.is_none() {
+            return Err(TrainError::Config(
+                "--early-stop needs a validation fold (--val-fold k/K)".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The settings that depend on the shards: the frequency-mask fill becomes the front end's
+    /// log of silence ([`Augment::for_frontend`]) unless set.
+    pub fn for_frontend(mut self, fe: &data_specs::FrontEndConfig) -> Self {
+        self.augment = self.augment.for_frontend(fe);
+        self
+    }
+
+    /// The location fold the training selection leaves out (hold-out or validation), if any.
+    pub fn excluded_fold(&self) -> Option<Fold> {
+        self.holdout_fold.or(self.eval.validation)
     }
 
     /// Reads the `config.toml` of a run folder.
@@ -240,19 +302,33 @@ impl TrainConfig {
             devices: None,
             replay: self.replay,
             p_dir: self.p_dir,
-            fold: self.holdout_fold.map(FoldFilter::Without),
+            fold: self.excluded_fold().map(FoldFilter::Without),
         }
     }
 }
 
-/// Default epochs for a shard set with `train_rows` training rows: the paper's 150 on the real
-/// dataset, [`DEMO_EPOCHS`] on a smaller (demo) set.
-pub fn default_epochs(train_rows: usize) -> u64 {
-    if train_rows >= REAL_DATASET_MIN_ROWS {
-        PAPER_EPOCHS
-    } else {
-        DEMO_EPOCHS
-    }
+/// Rows per epoch of the training selection of `cfg` in `set` (one per clip plus replay rows):
+/// the `N` of [`schedule::ScheduleRule`].
+pub fn epoch_rows(set: &ShardSet, cfg: &TrainConfig) -> Result<usize> {
+    let probe = crate::loader::Loader::new(set, cfg.selection(), LoaderConfig::default())?;
+    Ok(probe.epoch_len())
+}
+
+/// Sets `cfg`'s batch size, epochs, warm-up, planned updates and rule line from the schedule
+/// rule for its training selection in `set`, the values in `flags` winning; returns the rule.
+pub fn apply_schedule_rule(
+    cfg: &mut TrainConfig,
+    set: &ShardSet,
+    flags: &schedule::ScheduleFlags,
+) -> Result<schedule::ScheduleRule> {
+    let rows = epoch_rows(set, cfg)?;
+    let rule = schedule::ScheduleRule::for_rows(rows, flags);
+    cfg.batch_size = rule.batch_size;
+    cfg.epochs = rule.epochs;
+    cfg.warmup_steps = rule.warmup_steps;
+    cfg.updates = rule.updates;
+    cfg.schedule_rule = rule.reason.clone();
+    Ok(rule)
 }
 
 /// Training rows (any variant) of a shard set.
@@ -280,10 +356,18 @@ pub struct TrainOptions {
 pub struct TrainOutcome {
     /// The run folder.
     pub run_dir: PathBuf,
-    /// Evaluation of the last epoch's model on the test set.
+    /// Evaluation of the kept model (final, or validation-selected) on the test set; for a
+    /// stopped run, of the last evaluated epoch.
     pub final_eval: Option<EvalReport>,
-    /// `(epoch, test macro accuracy)` of `checkpoints/best`.
+    /// `(epoch, validation macro accuracy)` of `checkpoints/best` (runs with a validation
+    /// fold).
     pub best: Option<(u64, f64)>,
+    /// Zero-based epoch of the kept model.
+    pub selected_epoch: Option<u64>,
+    /// The floor on the same test rows ([`crate::floor`]), when it could be computed.
+    pub floor: Option<crate::floor::Floor>,
+    /// True when early stopping ended the run before its last epoch.
+    pub stopped_early: bool,
     /// Every epoch's metrics.
     pub metrics: Vec<EpochMetrics>,
     /// Wall-clock seconds of this invocation.
@@ -359,23 +443,46 @@ pub fn load_model_file(
     model.try_load_record(record).map_err(|e| io_err(path, e))
 }
 
+/// Refuses shards whose label vocabulary (`labels`, of the set at `shards`) differs from the
+/// one the run `run_dir` (configuration `cfg`) was trained with.
+pub fn check_labels(
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    labels: &data_specs::Vocabulary,
+    shards: &Path,
+) -> Result<()> {
+    match &cfg.labels {
+        Some(own) if own != labels => Err(TrainError::Labels {
+            run: run_dir.to_path_buf(),
+            run_labels: own.clone(),
+            shards: shards.to_path_buf(),
+            shard_labels: labels.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The model of a finished run (`<run>/model.bpk`; when the run has not finished, the model of
-/// its last checkpoint, verified first), its configuration and the path it came from.
+/// its newest intact checkpoint), its configuration and the path it came from. `labels` is the
+/// vocabulary of the shards `shards` it will see: another than the run's is refused.
 pub fn load_run_model(
     run_dir: &Path,
-    n_classes: usize,
+    labels: &data_specs::Vocabulary,
+    shards: &Path,
     device: &Device,
 ) -> Result<(TrainConfig, Model, PathBuf)> {
     let cfg = TrainConfig::load(run_dir)?;
+    check_labels(&cfg, run_dir, labels, shards)?;
+    let n_classes = labels.len();
     let final_path = run_dir.join(FINAL_MODEL_FILE);
     let path = if final_path.exists() {
         final_path
     } else {
-        let dir = run_dir.join("checkpoints").join(LAST);
-        checkpoint::verify_checkpoint(&dir)?;
+        let dir = checkpoint::newest_intact(&run_dir.join("checkpoints"), LAST)?;
         eprintln!(
-            "note: {} has no {FINAL_MODEL_FILE} (run not finished); using checkpoints/{LAST}",
-            run_dir.display()
+            "note: {} has no {FINAL_MODEL_FILE} (run not finished); using {}",
+            run_dir.display(),
+            dir.display()
         );
         dir.join(checkpoint::MODEL_FILE)
     };
@@ -413,21 +520,29 @@ fn count_correct(logits: &[f32], labels: &[i64], n_classes: usize) -> usize {
 pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
     let t_start = Instant::now();
     let run_path = opts.runs_root.join(&opts.config.name);
-    let cfg = if opts.resume {
-        TrainConfig::load(&run_path)?
+    // On resume, the checkpoints carry the hash of the configuration as written; the run name
+    // then follows the folder, so a moved or renamed run folder resumes under its new name.
+    let (mut cfg, resumed_hash) = if opts.resume {
+        let mut c = TrainConfig::load(&run_path)?;
+        let hash = checkpoint::config_hash(&c);
+        c.name = opts.config.name.clone();
+        (c, Some(hash))
     } else {
         if run_path.exists() {
             return Err(TrainError::RunExists(run_path));
         }
-        opts.config.clone()
+        (opts.config.clone(), None)
     };
     cfg.validate()?;
     let set = ShardSet::open(&cfg.shards, None)?;
     let meta = set.meta().clone();
+    check_labels(&cfg, &run_path, &meta.labels, &cfg.shards)?;
+    cfg.labels = Some(meta.labels.clone());
+    let cfg = cfg.for_frontend(&meta.frontend);
     let n_classes = meta.n_classes();
     let (n_mels, n_frames) = (meta.frontend.n_mels, meta.frontend.n_frames());
     let run = RunDir::create(&opts.runs_root, &cfg.name)?;
-    let config_hash = checkpoint::config_hash(&cfg);
+    let config_hash = resumed_hash.unwrap_or_else(|| checkpoint::config_hash(&cfg));
     if !opts.resume {
         run.write_config(&cfg)?;
     }
@@ -445,6 +560,10 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
     loader_cfg.drop_last = probe.epoch_len() > cfg.batch_size;
     drop(probe);
     let test = EvalSet::new(&set, ClipSet::Test, cfg.batch_size.max(64))?;
+    let val = match cfg.eval.validation_selection(cfg.split) {
+        Some(sel) => Some(EvalSet::with_selection(&set, sel, cfg.batch_size.max(64))?),
+        None => None,
+    };
     let seen = seen_devices(&set, cfg.split);
 
     // Model, optimizer, state.
@@ -468,7 +587,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
     };
     let mut metrics = Vec::new();
     if opts.resume {
-        let dir = run.checkpoint_dir(LAST);
+        let dir = checkpoint::newest_intact(&run.path().join("checkpoints"), LAST)?;
         let (m, o, s) = checkpoint::load_checkpoint(&dir, model, optim)?;
         checkpoint::check_config(&dir, &s, &config_hash)?;
         model = m;
@@ -492,7 +611,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
     let loader = crate::loader::Loader::resume(&set, cfg.selection(), loader_cfg, loader_state)?;
     let steps_per_epoch = loader.batches_per_epoch();
     let total_steps = cfg.epochs * steps_per_epoch;
-    let sched = LrSchedule::new(cfg.lr, cfg.warmup_steps, total_steps);
+    let sched = LrSchedule::exact(cfg.lr, cfg.warmup_steps, total_steps);
 
     // Starting message.
     let cx = complexity::summary(&cfg.model, n_classes, n_mels, n_frames);
@@ -520,6 +639,17 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
     eprintln!("  by device:  {}", fmt_counts(&by_device));
     eprintln!("  by variant: {}", fmt_counts(&by_variant));
     eprintln!("test rows: {} (originals)", test.len());
+    if let (Some(v), Some(f)) = (&val, cfg.eval.validation) {
+        eprintln!(
+            "validation rows: {} (originals of location fold {f}, left out of training; they \
+             select the kept model{})",
+            v.len(),
+            cfg.eval
+                .early_stop
+                .map(|p| format!(" and stop the run after {p} evaluations without gain"))
+                .unwrap_or_default()
+        );
+    }
     eprintln!(
         "loss: {}",
         if use_kd {
@@ -541,15 +671,23 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
         }
     );
     eprintln!(
-        "epochs {} x {steps_per_epoch} updates of {} (drop_last {}), lr {} warm-up {} updates \
-         (requested {}, capped at {:.0} % of {total_steps} updates) then cosine to 0",
-        cfg.epochs,
+        "schedule: {total_steps} updates of {} ({} epochs x {steps_per_epoch}, drop_last {}), \
+         lr {} warm-up {} updates then cosine to 0{}",
         cfg.batch_size,
+        cfg.epochs,
         loader.config().drop_last,
         cfg.lr,
         sched.warmup_steps,
-        cfg.warmup_steps,
-        100.0 * schedule::DEFAULT_MAX_WARMUP_FRACTION,
+        if cfg.schedule_rule.is_empty() {
+            String::new()
+        } else {
+            format!("\n  rule: {}", cfg.schedule_rule)
+        }
+    );
+    eprintln!(
+        "evaluation: every {} epochs and after the last, precise BN over {} training rows first",
+        cfg.eval.interval(cfg.epochs),
+        cfg.eval.precise_bn_rows
     );
     eprintln!(
         "threads: {} rayon (burn Flex kernels, selective scan) + 1 loader prefetch thread",
@@ -561,14 +699,16 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             "the training selection is empty (check --split and the shards)".into(),
         ));
     }
+    let floor = compute_floor(&set, &cfg, seen.clone());
 
     let mut train_samples = 0u64;
     let mut train_seconds = 0.0f64;
-    let mut last_eval: Option<EvalReport> = None;
+    let mut last_eval: Option<(u64, EvalReport)> = None;
     let mut epochs_this_call = 0u64;
     let log_to_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let log_every = steps_per_epoch.div_ceil(10).max(1);
-    while state.epoch < cfg.epochs {
+    let mut stopped_early = early_stop_reached(&metrics, cfg.eval.early_stop);
+    while state.epoch < cfg.epochs && !stopped_early {
         if opts.stop_after.is_some_and(|k| epochs_this_call >= k) {
             break;
         }
@@ -595,6 +735,7 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             lr = sched.lr_at(step);
             device.seed(checkpoint::derive_seed(cfg.seed, step, DEVICE_STREAM));
             let mut rng = checkpoint::epoch_rng(cfg.seed, step, AUGMENT_STREAM);
+            crate::finite::check_batch(&set, &batch)?;
             let (batch_index, b) = (batch.index(), batch.len() as u64);
             let host_labels = batch.labels().to_vec();
             // The step's tensor work on a pool worker (`in_pool`); the batch came from the
@@ -617,9 +758,16 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
                 };
                 let loss_value: f32 = loss.clone().into_scalar();
                 if !loss_value.is_finite() {
+                    let host = logits.clone().into_data().try_to_vec::<f32>().ok();
                     return Err(TrainError::Diverged {
                         step,
                         loss: loss_value,
+                        detail: crate::finite::non_finite_logits(
+                            &set,
+                            &tb.rows,
+                            host.as_deref(),
+                            n_classes,
+                        ),
                     });
                 }
                 let host_logits = logits
@@ -660,13 +808,14 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
         train_samples += n_seen;
         train_seconds += train_secs;
 
-        // Evaluation on the test set with the inference copy.
-        let eval = test.evaluate(
-            &model.valid(),
-            &set,
-            seen.clone(),
-            &crate::backend::default_device(),
-        )?;
+        // Every few epochs: precise BN, then validation (selection) and test (diagnostic).
+        let evaluation = if cfg.eval.due(epoch, cfg.epochs) {
+            let (m, ev) = evaluate_now(model, &set, &cfg, &test, val.as_ref(), &seen)?;
+            model = m;
+            Some(ev)
+        } else {
+            None
+        };
         state.epoch += 1;
         state.loader_state = serde_json::to_value(LoaderState {
             seed: cfg.seed,
@@ -674,98 +823,241 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
             batch: 0,
         })
         .unwrap_or_default();
-        let improved =
-            eval.n_examples > 0 && state.best_metric.is_none_or(|b| eval.macro_accuracy > b);
+        let val_acc = evaluation
+            .as_ref()
+            .and_then(|(_, v)| v.as_ref())
+            .filter(|v| v.n_examples > 0)
+            .map(|v| v.macro_accuracy);
+        let improved = val_acc.is_some_and(|a| state.best_metric.is_none_or(|b| a > b));
         if improved {
-            state.best_metric = Some(eval.macro_accuracy);
+            state.best_metric = val_acc;
             state.best_epoch = Some(epoch);
         }
+        let test_eval = evaluation
+            .as_ref()
+            .map(|(t, _)| t)
+            .filter(|t| t.n_examples > 0);
         let m = EpochMetrics {
             epoch,
             step: state.step,
             lr,
             train_loss: loss_sum / n_seen.max(1) as f64,
             train_acc: n_correct as f64 / n_seen.max(1) as f64,
-            test_macro_acc: (eval.n_examples > 0).then_some(eval.macro_accuracy),
-            test_log_loss: (eval.n_examples > 0).then_some(eval.log_loss),
+            test_macro_acc: test_eval.map(|t| t.macro_accuracy),
+            test_log_loss: test_eval.map(|t| t.log_loss),
             seconds: t_epoch.elapsed().as_secs_f64(),
             samples_per_s: n_seen as f64 / train_secs.max(1e-9),
+            val_macro_acc: val_acc,
         };
         run.append_metrics(&m)?;
         checkpoint::save_checkpoint(&run.checkpoint_dir(LAST), &model, &optim, &state)?;
         if improved {
             checkpoint::save_checkpoint(&run.checkpoint_dir(BEST), &model, &optim, &state)?;
         }
-        eprintln!(
-            "epoch {:>3}/{}: loss {:.4} train acc {:5.1} % | test macro acc {:5.2} % log-loss {:.4} | \
-             {:.0} samples/s, {:.0} s{}",
-            epoch + 1,
-            cfg.epochs,
-            m.train_loss,
-            100.0 * m.train_acc,
-            100.0 * eval.macro_accuracy,
-            eval.log_loss,
-            m.samples_per_s,
-            m.seconds,
-            if improved { " (best)" } else { "" }
-        );
+        eprintln!("{}", epoch_line(&m, cfg.epochs, improved));
         metrics.push(m);
-        last_eval = Some(eval);
+        if let Some((t, _)) = evaluation {
+            last_eval = Some((epoch, t));
+        }
         epochs_this_call += 1;
+        stopped_early = early_stop_reached(&metrics, cfg.eval.early_stop);
+        if stopped_early && state.epoch < cfg.epochs {
+            eprintln!(
+                "early stop: no validation gain in {} evaluations (best: epoch {})",
+                cfg.eval.early_stop.unwrap_or(0),
+                state.best_epoch.map_or(0, |e| e + 1)
+            );
+        }
     }
 
-    let finished = state.epoch >= cfg.epochs;
+    let finished = state.epoch >= cfg.epochs || stopped_early;
     let best = state.best_epoch.zip(state.best_metric);
     let samples_per_s = train_samples as f64 / train_seconds.max(1e-9);
     if !finished {
         return Ok(TrainOutcome {
             run_dir: run.path().to_path_buf(),
-            final_eval: last_eval,
+            final_eval: last_eval.map(|(_, e)| e),
             best,
+            selected_epoch: None,
+            floor,
             metrics,
             seconds: t_start.elapsed().as_secs_f64(),
             samples_per_s,
             finished,
+            stopped_early,
         });
     }
-    // Final model: the last epoch's.
-    save_model_file(&model, &run.path().join(FINAL_MODEL_FILE))?;
-    let final_eval = match last_eval {
-        Some(e) => e,
-        // Resumed a finished run: evaluate the loaded model.
-        None => test.evaluate(
-            &model.valid(),
-            &set,
-            seen,
-            &crate::backend::default_device(),
-        )?,
+    // The kept model: the validation-selected one, else the final one; its BN statistics
+    // recomputed for its weights (precise BN) before it is saved and evaluated.
+    let last_epoch = state.epoch.saturating_sub(1);
+    let (model, selected_epoch, selection) = match state.best_epoch {
+        Some(e) if val.is_some() => {
+            let path = run.checkpoint_dir(BEST).join(checkpoint::MODEL_FILE);
+            let m = load_model_file(&cfg.model, n_classes, &path, &device)?;
+            let what = format!(
+                "the validation-selected model (epoch {} of {}, validation macro accuracy {:.2} %)",
+                e + 1,
+                state.epoch,
+                100.0 * state.best_metric.unwrap_or(0.0)
+            );
+            (m, e, what)
+        }
+        _ => (
+            model,
+            last_epoch,
+            format!("the final model (epoch {})", state.epoch),
+        ),
     };
+    let (model, final_eval) = match last_eval {
+        Some((e, eval)) if e == selected_epoch => (model, eval),
+        // Another epoch's model, or a resumed finished run: precise BN and evaluate it.
+        _ => {
+            let (m, (eval, _)) = evaluate_now(model, &set, &cfg, &test, None, &seen)?;
+            (m, eval)
+        }
+    };
+    save_model_file(&model, &run.path().join(FINAL_MODEL_FILE))?;
     let total_seconds: f64 = metrics.iter().map(|m| m.seconds).sum();
-    let mut complexity_text = cx.to_string();
-    if let Some((e, acc)) = best {
-        complexity_text.push_str(&format!(
-            "\n\nBest epoch by TEST macro accuracy (test-set model selection, optimistic; the \
-             tables report the last epoch): epoch {} with {:.2} %.",
-            e + 1,
-            100.0 * acc
-        ));
-    }
     let summary = RunSummary {
         name: cfg.name.clone(),
-        complexity: complexity_text,
+        complexity: cx.to_string(),
         total_seconds,
         epochs: metrics.clone(),
+        selection,
+        floor: floor.as_ref().map(|f| f.eval.clone()),
     };
     run.write_report(&summary, &final_eval)?;
-    // QAT fine-tuning of the final model, then int8 export (runs/<name>/qat/).
+    // QAT fine-tuning of the kept model (model.bpk, precise BN statistics), then int8 export
+    // (runs/<name>/qat/).
     crate::qat_hook::run_qat_phase(run.path(), cfg.qat_epochs, opts.progress)?;
     Ok(TrainOutcome {
         run_dir: run.path().to_path_buf(),
         final_eval: Some(final_eval),
         best,
+        selected_epoch: Some(selected_epoch),
+        floor,
         metrics,
         seconds: t_start.elapsed().as_secs_f64(),
         samples_per_s,
         finished,
+        stopped_early,
     })
+}
+
+/// Precise BN of `model` over the run's training rows (unless switched off), then the
+/// evaluation of its inference copy on the test set and, when given, the validation set.
+fn evaluate_now(
+    model: Model,
+    set: &ShardSet,
+    cfg: &TrainConfig,
+    test: &EvalSet,
+    val: Option<&EvalSet>,
+    seen: &BTreeSet<String>,
+) -> Result<(Model, (EvalReport, Option<EvalReport>))> {
+    let eval_device = crate::backend::default_device();
+    let model = if cfg.eval.precise_bn_rows > 0 {
+        crate::precise_bn::precise_bn_on_training_rows(
+            model,
+            set,
+            cfg.selection(),
+            cfg.batch_size,
+            cfg.eval.precise_bn_rows,
+            &eval_device,
+        )?
+        .0
+    } else {
+        model
+    };
+    let inference = model.valid();
+    let t = test.evaluate(&inference, set, seen.clone(), &eval_device)?;
+    let v = match val {
+        Some(v) => Some(v.evaluate(&inference, set, seen.clone(), &eval_device)?),
+        None => None,
+    };
+    Ok((model, (t, v)))
+}
+
+/// True when the last `patience` evaluations with a validation accuracy brought no gain over
+/// the best one before them (`None`: never).
+pub fn early_stop_reached(metrics: &[EpochMetrics], patience: Option<u64>) -> bool {
+    let Some(p) = patience else {
+        return false;
+    };
+    let vals: Vec<f64> = metrics.iter().filter_map(|m| m.val_macro_acc).collect();
+    let Some(best_at) = vals
+        .iter()
+        .enumerate()
+        .fold(None, |b: Option<(usize, f64)>, (i, &v)| match b {
+            Some((_, bv)) if v <= bv => b,
+            _ => Some((i, v)),
+        })
+        .map(|(i, _)| i)
+    else {
+        return false;
+    };
+    (vals.len() - 1 - best_at) as u64 >= p.max(1)
+}
+
+/// The floor of a run ([`crate::floor`]) with its starting message; `None` (with a note) when
+/// it cannot be computed, which does not stop the run.
+fn compute_floor(
+    set: &ShardSet,
+    cfg: &TrainConfig,
+    seen: BTreeSet<String>,
+) -> Option<crate::floor::Floor> {
+    match crate::floor::floor(set, cfg.split, cfg.excluded_fold(), seen) {
+        Ok(f) => {
+            let group = |name: &str| {
+                f.eval
+                    .per_group
+                    .iter()
+                    .find(|g| g.name == name)
+                    .map_or_else(
+                        || "-".into(),
+                        |g| format!("{:.2} %", 100.0 * g.macro_accuracy),
+                    )
+            };
+            eprintln!(
+                "floor (logistic regression on log-mel mean/std, {} training clips, L2 {}): \
+                 test macro accuracy {:.2} % (seen {}, unseen {}), {:.1} s",
+                f.n_train,
+                f.lambda,
+                100.0 * f.eval.macro_accuracy,
+                group("seen"),
+                group("unseen"),
+                f.seconds
+            );
+            Some(f)
+        }
+        Err(e) => {
+            eprintln!("note: no floor for this run: {e}");
+            None
+        }
+    }
+}
+
+/// The console line of one epoch.
+fn epoch_line(m: &EpochMetrics, epochs: u64, improved: bool) -> String {
+    let mut line = format!(
+        "epoch {:>3}/{epochs}: loss {:.4} train acc {:5.1} %",
+        m.epoch + 1,
+        m.train_loss,
+        100.0 * m.train_acc
+    );
+    if let Some(v) = m.val_macro_acc {
+        line.push_str(&format!(" | val macro acc {:5.2} %", 100.0 * v));
+    }
+    if let (Some(a), Some(l)) = (m.test_macro_acc, m.test_log_loss) {
+        line.push_str(&format!(
+            " | test macro acc {:5.2} % log-loss {l:.4} (diagnostic)",
+            100.0 * a
+        ));
+    }
+    line.push_str(&format!(
+        " | {:.0} samples/s, {:.0} s{}",
+        m.samples_per_s,
+        m.seconds,
+        if improved { " (best)" } else { "" }
+    ));
+    line
 }

@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use asc_int8::builder::{RandomNetConfig, calibrate, quantize_model, random_irmamba};
+use asc_int8::{Int8Model, ModelMeta, QParams};
 use data_specs::{FrontEndConfig, Vocabulary};
-use train::int8::builder::{RandomNetConfig, calibrate, quantize_model, random_irmamba};
-use train::int8::{Int8Model, ModelMeta, QParams};
 
 /// An 8 kHz front end with 32 mel bins and 17 frames (the model keeps the first 16).
 fn frontend() -> FrontEndConfig {
@@ -224,4 +224,57 @@ fn infer_names_a_missing_or_garbage_wav_in_its_error() {
     let out = run_infer(&garbage, &[&good]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("garbage.wav"));
+}
+
+/// A 32-bit float mono WAV (format tag 3) with the given samples.
+fn write_float_wav(path: &Path, rate: u32, samples: &[f32]) {
+    let data: Vec<u8> = samples.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut b = Vec::with_capacity(44 + data.len());
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&3u16.to_le_bytes()); // IEEE float
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&rate.to_le_bytes());
+    b.extend_from_slice(&(rate * 4).to_le_bytes());
+    b.extend_from_slice(&4u16.to_le_bytes());
+    b.extend_from_slice(&32u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    b.extend_from_slice(&data);
+    std::fs::write(path, b).expect("writes the WAV");
+}
+
+#[test]
+fn infer_refuses_a_folder_and_non_finite_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, mpath) = tiny_model(dir.path());
+    let rate = model.frontend().sample_rate;
+    let wavs = dir.path().join("wavs");
+    std::fs::create_dir_all(&wavs).unwrap();
+    let out = run_infer(&mpath, &[&wavs]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("is a folder, not a WAV file") && !stderr.contains("meta.csv"),
+        "{stderr}"
+    );
+    for (value, word) in [(f32::NAN, "NaN"), (f32::NEG_INFINITY, "-inf")] {
+        let mut x = audio(rate, 1.0, 4);
+        x[777] = value;
+        let nan = wavs.join("nan.wav");
+        write_float_wav(&nan, rate, &x);
+        let out = run_infer(&mpath, &[&nan]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "a label was printed for non-finite audio"
+        );
+        assert!(out.stdout.is_empty());
+        assert!(
+            stderr.contains("nan.wav") && stderr.contains("sample 777") && stderr.contains(word),
+            "{stderr}"
+        );
+    }
 }

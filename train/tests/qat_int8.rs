@@ -7,10 +7,10 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use asc_int8::builder::quantize_weight;
+use asc_int8::{Int8Model, QParams};
 use train::backend::{default_device, training_device};
-use train::export::{crop_frames, export_int8, input_shape};
-use train::int8::builder::quantize_weight;
-use train::int8::{Int8Model, QParams};
+use train::export::export_int8;
 use train::model::{ConvBnConfig, IrMambaConfig, Model, ModelConfig, PmbStageConfig};
 use train::qat::{
     ACT_QMAX, ACT_QMIN, Observers, QatModel, conv_options, fake_quant_act, fake_quant_weight,
@@ -235,15 +235,13 @@ fn engine_vs_fake_quant(shared: bool) {
     // Build at the test's frame count: export uses the front end's n_frames, so feed that.
     let x = logmels(&mut rng, n, n_mels, frames);
     let int8 = export_int8(&qm, "test", serde_json::Value::Null, fe, labels).expect("export");
-    let (im, it) = input_shape(&int8);
+    let (im, it) = int8.input_shape();
     assert_eq!((im, it), (n_mels, frames - frames % 16));
     let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, 1, n_mels, frames]), &dev);
     let fq = host(qm.forward(xt).expect("student"));
-    let mut crop = Vec::new();
     let (mut agree, mut max_diff, mut max_logit) = (0usize, 0.0f32, 0.0f32);
     for (i, clip) in x.chunks_exact(n_mels * frames).enumerate() {
-        crop_frames(clip, n_mels, frames, it, &mut crop);
-        let e = int8.infer(&crop).expect("infer");
+        let e = int8.infer_logmel(clip).expect("infer");
         let f = &fq[i * 10..(i + 1) * 10];
         let am = |v: &[f32]| {
             (0..v.len())
@@ -271,10 +269,10 @@ fn engine_vs_fake_quant(shared: bool) {
     let path = dir.path().join("m.asc8");
     int8.save(&path).expect("save");
     let back = Int8Model::load(&path).expect("load");
-    crop_frames(&x[..n_mels * frames], n_mels, frames, it, &mut crop);
+    let clip = &x[..n_mels * frames];
     assert_eq!(
-        back.infer(&crop).expect("infer"),
-        int8.infer(&crop).expect("infer")
+        back.infer_logmel(clip).expect("infer"),
+        int8.infer_logmel(clip).expect("infer")
     );
     let bytes = std::fs::read(&path).expect("read");
     let cut = dir.path().join("cut.asc8");

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use data_specs::{ClipSet, FrontEndConfig};
 use train::augment::Augment;
 use train::backend::default_device;
+use train::evaluate::EvalConfig;
 use train::loader::Fold;
 use train::loader::ShardSet;
 use train::loader::synth::{SynthSpec, write_shard_set};
@@ -77,6 +78,10 @@ fn config(shards: &Path, name: &str, epochs: u64) -> TrainConfig {
         kd: KdConfig::default(),
         augment: Augment::default(),
         model: ModelConfig::from_toml_str(TINY_MODEL).expect("tiny model"),
+        updates: 0,
+        schedule_rule: String::new(),
+        eval: EvalConfig::default(),
+        labels: None,
     }
 }
 
@@ -94,7 +99,7 @@ fn options(cfg: TrainConfig, runs: &Path, resume: bool, stop_after: Option<u64>)
 fn test_logits(run: &Path, shards: &Path) -> (Vec<String>, Vec<f32>) {
     let set = ShardSet::open(shards, None).unwrap();
     let device = default_device();
-    let (_, model, _) = trainer::load_run_model(run, set.meta().n_classes(), &device).unwrap();
+    let (_, model, _) = trainer::load_run_model(run, &set.meta().labels, shards, &device).unwrap();
     predict_logits(&model, &set, &[ClipSet::Test], 16, &device).unwrap()
 }
 
@@ -118,7 +123,6 @@ fn run_writes_every_file_and_consistent_metrics() {
         "checkpoints/last/model.bpk",
         "checkpoints/last/optim.bpk",
         "checkpoints/last/state.json",
-        "checkpoints/best/state.json",
     ] {
         let p = run.join(f);
         assert!(
@@ -126,8 +130,28 @@ fn run_writes_every_file_and_consistent_metrics() {
             "missing {f}"
         );
     }
-    // config.toml round-trips to the configuration of the run.
-    assert_eq!(TrainConfig::load(&run).unwrap(), config(&shards, "e2e", 2));
+    // No validation fold: no model selection, so no `best` checkpoint.
+    assert!(!run.join("checkpoints/best").exists());
+    assert_eq!(out.selected_epoch, Some(1));
+    // config.toml round-trips to the configuration of the run (the mask fill resolved to the
+    // shards' front end: its log of silence; the shards' labels recorded).
+    let fe = ShardSet::open(&shards, None)
+        .unwrap()
+        .meta()
+        .frontend
+        .clone();
+    let saved = TrainConfig::load(&run).unwrap();
+    let mut expected = config(&shards, "e2e", 2).for_frontend(&fe);
+    expected.labels = Some(data_specs::Vocabulary::tau22_labels());
+    assert_eq!(saved, expected);
+    assert_eq!(saved.augment.freq_mask.mask_value, Some(fe.log_silence()));
+    // The floor was computed and the report shows it beside the model.
+    assert!(out.floor.is_some());
+    let md = std::fs::read_to_string(run.join(report::REPORT_FILE)).unwrap();
+    assert!(
+        md.contains("| test set | model (%) | floor (%) | examples |"),
+        "{md}"
+    );
     let metrics = RunDir::create(&runs, "e2e")
         .unwrap()
         .read_metrics()
@@ -173,7 +197,9 @@ fn run_writes_every_file_and_consistent_metrics() {
         eval.macro_accuracy
     );
     assert!((eval.log_loss - nll / labels.len() as f64).abs() < 1e-4);
-    assert_eq!(metrics[1].test_macro_acc, Some(eval.macro_accuracy));
+    // (metrics.jsonl keeps the figure to within JSON's float round trip)
+    let logged = metrics[1].test_macro_acc.unwrap();
+    assert!((logged - eval.macro_accuracy).abs() < 1e-12, "{logged}");
 
     // An existing run folder is never overwritten.
     let again = trainer::train(options(config(&shards, "e2e", 2), &runs, false, None));
@@ -226,6 +252,9 @@ fn corrupt_checkpoint_is_refused_naming_the_file() {
     let shards = make_shards(tmp.path());
     let runs = tmp.path().join("runs");
     trainer::train(options(config(&shards, "c", 2), &runs, false, Some(1))).unwrap();
+    // No validation fold, so no `checkpoints/best`: keep an intact copy of `last` aside.
+    let saved_best = runs.join("best-copy");
+    copy_dir(&runs.join("c/checkpoints/last"), &saved_best);
     let victim = runs.join("c/checkpoints/last/optim.bpk");
     let len = victim.metadata().unwrap().len();
     std::fs::OpenOptions::new()
@@ -234,9 +263,15 @@ fn corrupt_checkpoint_is_refused_naming_the_file() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
+    // No checkpoint is intact: refused, naming the file.
     let err = trainer::train(options(config(&shards, "c", 2), &runs, true, None)).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("optim.bpk"), "{msg}");
+    // An intact `checkpoints/best` of the same epoch: resume falls back to it.
+    std::fs::rename(&saved_best, runs.join("c/checkpoints/best")).unwrap();
+    let done = trainer::train(options(config(&shards, "c", 2), &runs, true, None)).unwrap();
+    assert!(done.finished);
+    assert_eq!(done.metrics.len(), 2);
 }
 
 #[test]
@@ -249,7 +284,8 @@ fn predict_table_reads_back_as_teacher_logits() {
     let set = ShardSet::open(&shards, None).unwrap();
     let k = set.meta().n_classes();
     let device = default_device();
-    let (_, model, _) = trainer::load_run_model(&runs.join("p"), k, &device).unwrap();
+    let (_, model, _) =
+        trainer::load_run_model(&runs.join("p"), &set.meta().labels, &shards, &device).unwrap();
     let (ids, logits) =
         predict_logits(&model, &set, &[ClipSet::Train, ClipSet::Test], 16, &device).unwrap();
     let originals = set
@@ -286,8 +322,13 @@ fn out_of_fold_logits_come_from_the_run_that_left_the_clip_out() {
         cfg.split = 50;
         cfg.seed += u64::from(index);
         trainer::train(options(cfg, &runs, false, None)).unwrap();
-        let (cfg, model, _) =
-            trainer::load_run_model(&runs.join(format!("f{index}")), k, &device).unwrap();
+        let (cfg, model, _) = trainer::load_run_model(
+            &runs.join(format!("f{index}")),
+            &set.meta().labels,
+            &shards,
+            &device,
+        )
+        .unwrap();
         assert_eq!(cfg.holdout_fold, Some(fold), "config.toml keeps the fold");
         // Reference: the member's logits for every original row, by the ordinary path.
         let (ids, logits) = predict_logits(&model, &set, &sets, 16, &device).unwrap();
@@ -345,4 +386,195 @@ fn out_of_fold_logits_come_from_the_run_that_left_the_clip_out() {
         check_folds(&[f(0, 2), f(3, 2)]).is_err(),
         "an invalid fold is an error, no panic"
     );
+}
+
+/// Synthetic shards whose log-mel carries the class: the records of `make_shards`' layout with
+/// a +6 band over mel bins 3 * label .. 3 * label + 2 (32 mels, 10 classes) on top of the
+/// label-free synthetic values. Learnable, tiny.
+fn make_learnable_shards(dir: &Path, n_clips: usize) -> PathBuf {
+    use train::loader::synth::{synth_meta, synth_records, write_records};
+    let spec = SynthSpec {
+        frontend: FrontEndConfig {
+            n_mels: 32,
+            clip_samples: 16_000,
+            ..FrontEndConfig::dcase2024()
+        },
+        n_clips,
+        n_shards: 2,
+        row_group_rows: 32,
+        dir_per_clip: 1,
+        replay_every: 0,
+        test_every: 4,
+        missing_teacher_every: 0,
+    };
+    let meta = synth_meta(spec.frontend.clone());
+    let frames = spec.frontend.n_frames();
+    let mut records = synth_records(&spec, &meta);
+    for r in &mut records {
+        let label = r.label.unwrap() as usize;
+        for bin in 3 * label..3 * label + 3 {
+            for v in &mut r.logmel[bin * frames..(bin + 1) * frames] {
+                *v += 6.0;
+            }
+        }
+    }
+    let shards = dir.join("learnable");
+    std::fs::create_dir_all(&shards).unwrap();
+    write_records(&shards, &meta, &records, spec.n_shards, spec.row_group_rows).unwrap();
+    shards
+}
+
+/// Accuracy of `logits` rows against `labels`.
+fn accuracy(logits: &[f32], labels: &[i64], k: usize) -> f64 {
+    let hits = logits
+        .chunks_exact(k)
+        .zip(labels)
+        .filter(|(row, y)| (0..k).fold(0, |b, c| if row[c] > row[b] { c } else { b }) as i64 == **y)
+        .count();
+    hits as f64 / labels.len().max(1) as f64
+}
+
+#[test]
+fn short_small_run_is_above_chance_and_eval_mode_matches_train_mode() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = make_learnable_shards(tmp.path(), 120);
+    let runs = tmp.path().join("runs");
+    // 90 training clips, batch 16: 5 updates per epoch, 12 epochs = 60 updates; no batch
+    // augmentation (a 47-bin frequency mask would hide most of 32 bins).
+    let mut cfg = config(&shards, "small", 12);
+    cfg.batch_size = 16;
+    cfg.use_kd = false;
+    cfg.augment = Augment::none();
+    let out = trainer::train(options(cfg, &runs, false, None)).unwrap();
+    let eval = out.final_eval.unwrap();
+    // Chance is 10 %; the class band is easy once the BN statistics fit the weights.
+    assert!(
+        eval.macro_accuracy >= 0.5,
+        "eval-mode test macro accuracy {} after 60 updates",
+        eval.macro_accuracy
+    );
+    let floor = out.floor.expect("floor");
+    assert!(
+        floor.eval.macro_accuracy > 0.5,
+        "the floor sees the band too"
+    );
+
+    // Eval mode (precise-BN running statistics) vs train mode (batch statistics) on the
+    // training rows, with the same weights: close.
+    let set = ShardSet::open(&shards, None).unwrap();
+    let k = set.meta().n_classes();
+    let run = runs.join("small");
+    let (cfg, eval_model, _) =
+        trainer::load_run_model(&run, &set.meta().labels, &shards, &default_device()).unwrap();
+    let train_device = train::backend::training_device();
+    let train_model = trainer::load_model_file(
+        &cfg.model,
+        k,
+        &run.join(trainer::FINAL_MODEL_FILE),
+        &train_device,
+    )
+    .unwrap();
+    let rows = train::evaluate::EvalSet::with_selection(
+        &set,
+        train::evaluate::originals(ClipSet::Train),
+        cfg.batch_size,
+    )
+    .unwrap();
+    let (mut eval_logits, mut train_logits, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    rows.for_each_batch(&eval_model, &default_device(), |_, lg, y| {
+        eval_logits.extend_from_slice(lg);
+        labels.extend_from_slice(y);
+        Ok(())
+    })
+    .unwrap();
+    rows.for_each_batch(&train_model, &train_device, |_, lg, _| {
+        train_logits.extend_from_slice(lg);
+        Ok(())
+    })
+    .unwrap();
+    let (a_eval, a_train) = (
+        accuracy(&eval_logits, &labels, k),
+        accuracy(&train_logits, &labels, k),
+    );
+    assert!(
+        (a_eval - a_train).abs() <= 0.1,
+        "eval-mode accuracy {a_eval} vs train-mode {a_train} on the training rows"
+    );
+}
+
+#[test]
+fn validation_fold_selects_the_kept_model_without_the_test_set() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = make_learnable_shards(tmp.path(), 120);
+    let runs = tmp.path().join("runs");
+    let mut cfg = config(&shards, "val", 4);
+    cfg.batch_size = 16;
+    cfg.use_kd = false;
+    cfg.eval.validation = Some(Fold { index: 1, count: 3 });
+    let out = trainer::train(options(cfg.clone(), &runs, false, None)).unwrap();
+    let run = runs.join("val");
+    let metrics = RunDir::create(&runs, "val")
+        .unwrap()
+        .read_metrics()
+        .unwrap();
+    // Every epoch evaluated (4 epochs, interval 1), each with a validation accuracy; the kept
+    // model is the first epoch with the best one.
+    let vals: Vec<f64> = metrics.iter().map(|m| m.val_macro_acc.unwrap()).collect();
+    let best = vals
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &v)| if v > vals[b] { i } else { b });
+    assert_eq!(out.selected_epoch, Some(best as u64));
+    assert_eq!(out.best.map(|(e, _)| e), Some(best as u64));
+    assert!(run.join("checkpoints/best/state.json").is_file());
+    // model.bpk is that checkpoint's model.
+    let set = ShardSet::open(&shards, None).unwrap();
+    let k = set.meta().n_classes();
+    let device = default_device();
+    let kept = trainer::load_model_file(
+        &cfg.model,
+        k,
+        &run.join("checkpoints/best/model.bpk"),
+        &device,
+    )
+    .unwrap();
+    let (_, a) = predict_logits(&kept, &set, &[ClipSet::Test], 16, &device).unwrap();
+    let (_, b) = test_logits(&run, &shards);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff <= 1e-4,
+        "model.bpk differs from checkpoints/best by {diff}"
+    );
+    // The validation clips were not trained on: the training selection leaves the fold out.
+    let train_rows = trainer::epoch_rows(&set, &cfg).unwrap();
+    let mut all = cfg.clone();
+    all.eval.validation = None;
+    assert!(train_rows < trainer::epoch_rows(&set, &all).unwrap());
+    // Early stopping counts evaluations without a gain after the best one.
+    let m = |v: f64| report::EpochMetrics {
+        val_macro_acc: Some(v),
+        ..metrics[0].clone()
+    };
+    let seq = [m(0.2), m(0.5), m(0.4), m(0.5)];
+    assert!(!trainer::early_stop_reached(&seq[..3], Some(2)));
+    assert!(
+        trainer::early_stop_reached(&seq, Some(2)),
+        "0.5 again is no gain"
+    );
+    assert!(!trainer::early_stop_reached(&seq, None));
+}
+
+/// Copies the files of a flat folder (a checkpoint) into a new folder.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }

@@ -74,7 +74,7 @@ pub struct SynthArgs {
     pub seed: u64,
     /// Multiplies the number of 10 s segments (1 => about 2,800 clips; 10 => about 28,000).
     /// Fractions are allowed; every class keeps at least one segment per set and device.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::cli::finite_f64)]
     pub scale: f64,
     /// Write into a non-empty folder that is not a previous synth output; files of the
     /// TAU layout already there (audio/*.wav with TAU names, the CSV lists) are deleted first.

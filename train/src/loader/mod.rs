@@ -130,6 +130,14 @@ pub enum LoaderError {
         /// What is wrong.
         problem: String,
     },
+    /// The path given as a shard set is something else (a dataset's `meta.csv`, a missing path).
+    #[error("{path}: {problem}")]
+    NotAShardSet {
+        /// The path.
+        path: String,
+        /// What it is and what is expected.
+        problem: String,
+    },
     /// The folder holds no shard.
     #[error("{path}: no Parquet shards found (expected manifest.json or *.parquet)")]
     NoShards {

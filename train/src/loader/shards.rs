@@ -352,8 +352,34 @@ impl ShardSet {
     }
 }
 
+/// What a path given as a shard set is, when it is not one (for the error message).
+fn not_a_shard_set(path: &Path, problem: &str) -> LoaderError {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let dataset = path.is_dir() && path.join("meta.csv").is_file();
+    let hint = if name == "meta.csv" || name.ends_with(".csv") || dataset {
+        "; this looks like a dataset (meta.csv): turn it into shards first with `pipeline \
+         features --dataset DATASET --out data`, then pass --shards data/"
+    } else {
+        ""
+    };
+    LoaderError::NotAShardSet {
+        path: path.display().to_string(),
+        problem: format!("{problem}{hint}"),
+    }
+}
+
 /// The shard files of a set with the row counts of the manifest (when there is one).
+///
+/// With a manifest, every listed shard is first verified against its SHA-256
+/// ([`data_specs::verify_shards`]: hashed once, then trusted while its file is unchanged), so
+/// damaged or replaced bytes are refused before any row is read.
 fn list_shards(path: &Path) -> Result<Vec<(PathBuf, Option<u64>)>> {
+    if !path.exists() {
+        return Err(not_a_shard_set(path, "no such file or folder"));
+    }
     let manifest_path = if path.is_dir() {
         let m = path.join(MANIFEST_FILE);
         m.is_file().then_some(m)
@@ -361,7 +387,19 @@ fn list_shards(path: &Path) -> Result<Vec<(PathBuf, Option<u64>)>> {
         Some(path.to_path_buf())
     };
     if let Some(m) = manifest_path {
-        let manifest = Manifest::load(&m)?;
+        let manifest = match Manifest::load(&m) {
+            Ok(manifest) => manifest,
+            Err(data_specs::SpecError::BadManifest { .. })
+                if m.file_name().is_none_or(|n| n != MANIFEST_FILE) =>
+            {
+                return Err(not_a_shard_set(
+                    &m,
+                    "not a shard folder or manifest: expected the folder written by `pipeline \
+                     features` (shard-*.parquet with manifest.json) or its manifest.json",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let dir = m.parent().unwrap_or(Path::new("."));
         let files: Vec<_> = manifest
             .shards
@@ -373,6 +411,11 @@ fn list_shards(path: &Path) -> Result<Vec<(PathBuf, Option<u64>)>> {
                 path: m.display().to_string(),
             });
         }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let report = data_specs::verify_shards(&m, &manifest, threads)?;
+        if report.hashed > 0 || report.sidecar_problem.is_some() {
+            eprintln!("{}: {report}", m.display());
+        }
         return Ok(files);
     }
     let mut files: Vec<_> = std::fs::read_dir(path)
@@ -383,8 +426,12 @@ fn list_shards(path: &Path) -> Result<Vec<(PathBuf, Option<u64>)>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(LoaderError::NoShards {
-            path: path.display().to_string(),
+        return Err(if path.join("meta.csv").is_file() {
+            not_a_shard_set(path, "holds no shards (no manifest.json, no *.parquet)")
+        } else {
+            LoaderError::NoShards {
+                path: path.display().to_string(),
+            }
         });
     }
     Ok(files)

@@ -311,7 +311,7 @@ fn write_with(
         shards.push(ShardEntry {
             file: name,
             rows: (last - first) as u64,
-            sha256: String::new(),
+            sha256: data_specs::sha256_file(&path)?,
             partition: [0, 1],
         });
     }

@@ -10,6 +10,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+pub use bn_stats::{BnStats, record_bn_stats};
+
 /// Activation applied after the BatchNorm of a [`ConvBn`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Activation {
@@ -117,6 +119,9 @@ impl ConvBn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let z = crate::ops::conv2d_forward(&self.conv, x);
         let bn = &self.bn;
+        if let Some(y) = bn_stats::record(self, &z) {
+            return y;
+        }
         if z.device().is_autodiff() && bn.training.is_enabled() {
             let (y, mean, var) = crate::ops::batch_norm_train(
                 z,
@@ -154,5 +159,120 @@ impl ConvBn {
         let oh = (h + 2 * ((kh - 1) / 2) - kh) / sh + 1;
         let ow = (w + 2 * ((kw - 1) / 2) - kw) / sw + 1;
         [c_out, oh, ow]
+    }
+}
+
+/// Recording of BatchNorm input statistics for precise BatchNorm ([`crate::precise_bn`]).
+///
+/// While [`record_bn_stats`] runs its closure, every [`ConvBn::forward`] on that thread
+/// normalises with the batch's own statistics (training-mode BN, whatever the model's mode)
+/// and adds the per-channel count, sum and sum of squares of its BN input to a table keyed by
+/// the BN's `gamma` parameter id. Nothing else changes; outside the closure the hook costs one
+/// thread-local read.
+mod bn_stats {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use burn::module::ParamId;
+    use burn::tensor::Tensor;
+
+    use super::{Activation, ConvBn};
+
+    /// Per-channel sums of the BN inputs of every [`ConvBn`] that ran under
+    /// [`record_bn_stats`], keyed by the id of its BN's `gamma`.
+    #[derive(Debug, Clone, Default)]
+    pub struct BnStats {
+        /// `gamma` id -> (values per channel so far, sum per channel, sum of squares per
+        /// channel), in f64.
+        pub layers: HashMap<ParamId, (u64, Vec<f64>, Vec<f64>)>,
+    }
+
+    impl BnStats {
+        /// Adds the sums of another recording (e.g. the next batch).
+        pub fn merge(&mut self, other: BnStats) {
+            for (id, (n, s1, s2)) in other.layers {
+                match self.layers.get_mut(&id) {
+                    None => {
+                        self.layers.insert(id, (n, s1, s2));
+                    }
+                    Some((n0, a1, a2)) => {
+                        *n0 += n;
+                        a1.iter_mut().zip(&s1).for_each(|(a, b)| *a += b);
+                        a2.iter_mut().zip(&s2).for_each(|(a, b)| *a += b);
+                    }
+                }
+            }
+        }
+
+        /// Population mean and (biased) variance per channel of one layer:
+        /// `mean = S1 / n`, `var = S2 / n - mean^2` (clamped at 0).
+        pub fn mean_var(&self, gamma: &ParamId) -> Option<(Vec<f64>, Vec<f64>)> {
+            let (n, s1, s2) = self.layers.get(gamma)?;
+            let n = (*n).max(1) as f64;
+            let mean: Vec<f64> = s1.iter().map(|s| s / n).collect();
+            let var = s2
+                .iter()
+                .zip(&mean)
+                .map(|(s, m)| (s / n - m * m).max(0.0))
+                .collect();
+            Some((mean, var))
+        }
+    }
+
+    thread_local! {
+        static RECORDING: RefCell<Option<BnStats>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f` with recording on for this thread and returns its result and the statistics
+    /// of every [`ConvBn`] forward it ran (nested calls record into the innermost).
+    pub fn record_bn_stats<R>(f: impl FnOnce() -> R) -> (R, BnStats) {
+        let outer = RECORDING.with(|r| r.replace(Some(BnStats::default())));
+        let out = f();
+        let stats = RECORDING.with(|r| r.replace(outer)).unwrap_or_default();
+        (out, stats)
+    }
+
+    /// The recording forward of `layer` on its convolution output `z` (`None` when not
+    /// recording): BN with the batch statistics (+ ReLU), and the sums added to the table.
+    pub(super) fn record(layer: &ConvBn, z: &Tensor<4>) -> Option<Tensor<4>> {
+        if !RECORDING.with(|r| r.borrow().is_some()) {
+            return None;
+        }
+        let bn = &layer.bn;
+        let [b, c, h, w] = z.dims();
+        let (y, mean, var) = crate::ops::batch_norm_train(
+            z.clone().detach(),
+            bn.gamma.val().detach(),
+            bn.beta.val().detach(),
+            bn.epsilon,
+            layer.activation == Activation::Relu,
+        );
+        let host = |t: Tensor<1>| -> Vec<f64> {
+            t.into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default()
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        };
+        let (mean, var) = (host(mean), host(var));
+        let n = (b * h * w) as u64;
+        let nf = n as f64;
+        let s1: Vec<f64> = mean.iter().map(|m| m * nf).collect();
+        let s2: Vec<f64> = mean
+            .iter()
+            .zip(&var)
+            .map(|(m, v)| (v + m * m) * nf)
+            .collect();
+        debug_assert_eq!(s1.len(), c);
+        let mut one = BnStats::default();
+        one.layers.insert(bn.gamma.id, (n, s1, s2));
+        RECORDING.with(|r| {
+            if let Some(stats) = r.borrow_mut().as_mut() {
+                stats.merge(one);
+            }
+        });
+        Some(y)
     }
 }

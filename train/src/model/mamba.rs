@@ -5,7 +5,7 @@
 //! `x, z = in_proj(u)`; `x = SiLU(causal depthwise conv1d(x))` (kernel `d_conv`);
 //! `dt, B, C = x_proj(x)` (`dt_rank`, `d_state`, `d_state`); `delta = softplus(dt_proj(dt))`;
 //! `A = -exp(A_log)`; the selective scan `h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t`,
-//! `y_t = <h_t, C_t> + D x_t` ([`crate::scan::selective_scan`]); output `out_proj(y * SiLU(z))`.
+//! `y_t = <h_t, C_t> + D x_t` ([`crate::ops::scan::selective_scan`]); output `out_proj(y * SiLU(z))`.
 //!
 //! Defaults and initialisation follow the reference: `d_state` 16, `d_conv` 4, `expand` 2,
 //! `dt_rank = ceil(d_model / 16)`, no bias in `in_proj`/`out_proj`, conv bias on,
@@ -155,13 +155,13 @@ impl Mamba {
     /// skip, gating). Split out so that QAT ([`crate::qat`]) can fake-quantize `in_proj` and
     /// `out_proj` and keep this part in floating point, as the int8 engine does.
     pub fn mixer(&self, xz: Tensor<3>) -> Tensor<3> {
-        crate::mixer::mamba_mixer(xz, self.mixer_params())
+        crate::ops::mixer::mamba_mixer(xz, self.mixer_params())
     }
 
     /// The mixer's parameters as tensors (`A = -exp(A_log)`: the exponential stays in the
     /// graph, so `A_log` receives its gradient through it).
-    pub fn mixer_params(&self) -> crate::mixer::MixerParams {
-        crate::mixer::MixerParams {
+    pub fn mixer_params(&self) -> crate::ops::mixer::MixerParams {
+        crate::ops::mixer::MixerParams {
             conv_w: self.conv1d.weight.val(),
             conv_b: match &self.conv1d.bias {
                 Some(b) => b.val(),

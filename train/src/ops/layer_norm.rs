@@ -1,19 +1,16 @@
-//! LayerNorm over the last axis as one fused op with a hand-written backward pass (burn
-//! backend extension).
+//! LayerNorm over the last axis ([`layer_norm()`]) as one fused op with a hand-written backward
+//! pass (burn backend extension).
 //!
 //! Under autodiff burn composes LayerNorm from nine tensor ops (two means, subtract, square,
 //! add, sqrt, divide, scale, shift), each a pass over memory on the calling thread, and as many
 //! backward steps. Here the forward is one rayon pass over blocks of rows and the backward one
-//! more, from the saved input (mean and `1 / std` are recomputed per row):
-//!
-//! `y = x̂ γ + β` with `x̂ = (x - μ) / sqrt(σ² + ε)` (biased `σ²`, as burn and PyTorch);
-//! `dx = (g - mean(g) - x̂ mean(g x̂)) / sqrt(σ² + ε)` with `g = dy γ`;
-//! `dγ = Σ dy x̂`, `dβ = Σ dy` over the rows (per-block partial sums, summed in block order).
+//! more, from the saved input ([`asc_kernels::layer_norm`]: `forward_rows`, `backward_rows`).
 
-use std::mem::MaybeUninit;
+use asc_kernels::layer_norm::{backward_rows, forward_rows};
+use burn::backend::Dispatch;
+use burn::tensor::Tensor;
 
-use super::lanes::{self, LANES};
-use super::{from_host, host_view, register_host_grads, written_by};
+use super::host::{from_host, host_view, impl_for_cpu_backends, register_host_grads};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -21,10 +18,25 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTensor};
-use rayon::prelude::*;
 
-/// Rows per rayon task (and per partial sum of `dγ`, `dβ`).
-const ROWS: usize = 256;
+/// `norm.forward(x)` for burn's `LayerNorm` over the last axis of `x: [S, L, C]` as one fused
+/// op; `epsilon` must be the one `norm` was built with (burn keeps it
+/// private); a LayerNorm without bias uses zeros.
+pub fn layer_norm(norm: &burn::nn::LayerNorm, epsilon: f64, x: Tensor<3>) -> Tensor<3> {
+    let c = x.dims()[2];
+    let gamma = norm.gamma.val();
+    assert_eq!(gamma.dims(), [c], "layer norm: gamma for {c} features");
+    let beta = match &norm.beta {
+        Some(b) => b.val(),
+        None => Tensor::zeros([c], &x.device()),
+    };
+    Tensor::from_dispatch(<Dispatch as LayerNormOps>::layer_norm_fused(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    ))
+}
 
 /// Backends that can run the fused LayerNorm.
 #[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Autodiff)]
@@ -38,103 +50,6 @@ pub trait LayerNormOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// Mean and `1 / sqrt(var + eps)` of one row (two passes, f32).
-#[inline(always)]
-fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
-    let n = x.len() as f32;
-    let mean = lanes::sum(x) / n;
-    let var = lanes::sum_sq_dev(x, mean) / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
-/// Forward pass over `x` `[rows, c]`.
-pub fn forward_host(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
-    let c = gamma.len();
-    assert!(
-        c > 0 && x.len().is_multiple_of(c) && beta.len() == c,
-        "layer norm: sizes"
-    );
-    let rows = |y: &mut [MaybeUninit<f32>]| {
-        y.par_chunks_mut(ROWS * c)
-            .zip(x.par_chunks(ROWS * c))
-            .for_each(|(yb, xb)| {
-                for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
-                    let (mean, rstd) = row_stats(xr, eps);
-                    for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
-                        o.write((v - mean) * rstd * g + b);
-                    }
-                }
-            })
-    };
-    // SAFETY: `x.len()` is a multiple of `c` (asserted), so the rows of `c` cover `y`.
-    unsafe { written_by(x.len(), rows) }
-}
-
-/// Backward pass: `(dx, dgamma, dbeta)` of `sum(dy ⊙ y)`.
-pub fn backward_host(
-    x: &[f32],
-    gamma: &[f32],
-    dy: &[f32],
-    eps: f32,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let c = gamma.len();
-    assert!(
-        c > 0 && x.len().is_multiple_of(c) && dy.len() == x.len(),
-        "layer norm: sizes"
-    );
-    let blocks = x.len().div_ceil(ROWS * c);
-    let mut dx = Vec::with_capacity(x.len());
-    let mut partials = vec![0.0f32; blocks * 2 * c];
-    dx.spare_capacity_mut()[..x.len()]
-        .par_chunks_mut(ROWS * c)
-        .zip(x.par_chunks(ROWS * c).zip(dy.par_chunks(ROWS * c)))
-        .zip(partials.par_chunks_mut(2 * c))
-        .for_each(|((dxb, (xb, dyb)), part)| {
-            let (dg, db) = part.split_at_mut(c);
-            for ((dxr, xr), dyr) in dxb
-                .chunks_exact_mut(c)
-                .zip(xb.chunks_exact(c))
-                .zip(dyb.chunks_exact(c))
-            {
-                let (mean, rstd) = row_stats(xr, eps);
-                // Row sums in 16 partial sums (see `lanes`): `sum dy g`, `sum dy g xhat`.
-                let (mut sg, mut sgx) = ([0.0f32; LANES], [0.0f32; LANES]);
-                for (i, (((&v, &d), &g), (dgv, dbv))) in xr
-                    .iter()
-                    .zip(dyr)
-                    .zip(gamma)
-                    .zip(dg.iter_mut().zip(db.iter_mut()))
-                    .enumerate()
-                {
-                    let xh = (v - mean) * rstd;
-                    *dgv += d * xh;
-                    *dbv += d;
-                    sg[i % LANES] += d * g;
-                    sgx[i % LANES] += d * g * xh;
-                }
-                let n = c as f32;
-                let (mg, mgx) = (lanes::fold(sg) / n, lanes::fold(sgx) / n);
-                for (((o, &v), &d), &g) in dxr.iter_mut().zip(xr).zip(dyr).zip(gamma) {
-                    let xh = (v - mean) * rstd;
-                    o.write(rstd * (d * g - mg - xh * mgx));
-                }
-            }
-        });
-    // SAFETY: the rows of `c` (`x.len()` a multiple of `c`, asserted) cover `dx`, each written.
-    unsafe { dx.set_len(x.len()) };
-    let mut dgamma = vec![0.0f32; c];
-    let mut dbeta = vec![0.0f32; c];
-    for part in partials.chunks_exact(2 * c) {
-        for (acc, v) in dgamma.iter_mut().zip(&part[..c]) {
-            *acc += v;
-        }
-        for (acc, v) in dbeta.iter_mut().zip(&part[c..]) {
-            *acc += v;
-        }
-    }
-    (dx, dgamma, dbeta)
-}
-
 impl_for_cpu_backends!(LayerNormOps {
     fn layer_norm_fused(
         x: FloatTensor<Self>,
@@ -143,7 +58,7 @@ impl_for_cpu_backends!(LayerNormOps {
         epsilon: f64,
     ) -> FloatTensor<Self> {
         let (shape, device) = (x.shape().to_vec(), x.device());
-        let y = forward_host(
+        let y = forward_rows(
             &host_view::<Self>(&x),
             &host_view::<Self>(&gamma),
             &host_view::<Self>(&beta),
@@ -170,7 +85,7 @@ impl<B: Backend> Backward<B, 3> for LayerNormBackward {
         let (x, gamma, eps) = ops.state;
         let (shape, device) = (x.shape().to_vec(), x.device());
         let c = gamma.shape()[0];
-        let (dx, dg, db) = backward_host(
+        let (dx, dg, db) = backward_rows(
             &host_view::<B>(&x),
             &host_view::<B>(&gamma),
             &host_view::<B>(&dy),

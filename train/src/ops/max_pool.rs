@@ -1,6 +1,6 @@
-//! Non-overlapping 2-D max pooling (kernel = stride, no padding, floor mode: IRMamba's pooling
-//! between the parallel Mamba blocks) as one fused op with a hand-written backward pass (burn
-//! backend extension).
+//! Non-overlapping 2-D max pooling ([`max_pool2d`]: kernel = stride, no padding, floor mode:
+//! IRMamba's pooling between the parallel Mamba blocks) as one fused op with a hand-written
+//! backward pass (burn backend extension; kernels in [`asc_kernels::max_pool`]).
 //!
 //! Under autodiff burn runs its generic 3-D pooling kernel, which writes an `i64` index per
 //! output (twice the output's bytes) and scatters the gradient through them into a zeroed
@@ -11,9 +11,11 @@
 //! `dx = dy[b, c, i, j]` at the first maximum of its window (row-major order, as burn and
 //! PyTorch), zero elsewhere, including the rows and columns the windows leave out.
 
-use std::mem::MaybeUninit;
+use asc_kernels::max_pool::{self as kernel, PoolDims};
+use burn::backend::Dispatch;
+use burn::tensor::Tensor;
 
-use super::{from_host, host_view, register_host_grads, written_by};
+use super::host::{from_host, host_view, impl_for_cpu_backends, register_host_grads};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -21,10 +23,19 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTensor};
-use rayon::prelude::*;
 
-/// Planes per rayon task.
-const PLANES: usize = 64;
+/// Max pooling of `x: [B, C, H, W]` with kernel and stride `size`, no padding, floor mode, as
+/// one fused op; equal to burn's `MaxPool2d` with those settings.
+///
+/// # Panics
+/// When a pooling size is zero.
+pub fn max_pool2d(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
+    assert!(size[0] > 0 && size[1] > 0, "max pool: size {size:?}");
+    Tensor::from_dispatch(<Dispatch as MaxPoolOps>::max_pool_fused(
+        x.into_dispatch(),
+        size,
+    ))
+}
 
 /// Backends that can run the fused max pooling.
 #[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Autodiff)]
@@ -32,108 +43,6 @@ pub trait MaxPoolOps: Backend {
     /// Max pooling of `x: [B, C, H, W]` with kernel and stride `size` (`size` >= 1, checked
     /// by the caller).
     fn max_pool_fused(x: FloatTensor<Self>, size: [usize; 2]) -> FloatTensor<Self>;
-}
-
-/// Sizes of one pooling call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolDims {
-    /// `B * C` planes.
-    pub planes: usize,
-    /// Input height and width.
-    pub input: [usize; 2],
-    /// Kernel (= stride) height and width.
-    pub size: [usize; 2],
-}
-
-impl PoolDims {
-    /// Output height and width, `floor(input / size)`.
-    pub fn output(&self) -> [usize; 2] {
-        [self.input[0] / self.size[0], self.input[1] / self.size[1]]
-    }
-
-    fn in_plane(&self) -> usize {
-        self.input[0] * self.input[1]
-    }
-
-    fn out_plane(&self) -> usize {
-        let [oh, ow] = self.output();
-        oh * ow
-    }
-}
-
-/// Flat index in the plane and value of the first maximum of output `(i, j)`'s window.
-#[inline(always)]
-fn window_max(d: &PoolDims, x_p: &[f32], i: usize, j: usize) -> (usize, f32) {
-    let ([kh, kw], w) = (d.size, d.input[1]);
-    let first = i * kh * w + j * kw;
-    let mut best = (first, x_p[first]);
-    for p in 0..kh {
-        let row = first + p * w;
-        for (q, &v) in x_p[row..row + kw].iter().enumerate() {
-            if v > best.1 {
-                best = (row + q, v);
-            }
-        }
-    }
-    best
-}
-
-/// Forward pass: `y` `[planes, OH, OW]` from `x` `[planes, H, W]`.
-pub fn forward_host(d: PoolDims, x: &[f32]) -> Vec<f32> {
-    assert!(d.size[0] > 0 && d.size[1] > 0, "max pool: zero kernel");
-    assert_eq!(x.len(), d.planes * d.in_plane(), "max pool: input size");
-    let (in_plane, out_plane) = (d.in_plane(), d.out_plane());
-    let ow = d.output()[1];
-    let fill = |y: &mut [MaybeUninit<f32>]| {
-        if out_plane == 0 {
-            return;
-        }
-        y.par_chunks_mut(PLANES * out_plane)
-            .zip(x.par_chunks(PLANES * in_plane))
-            .for_each(|(yb, xb)| {
-                for (y_p, x_p) in yb
-                    .chunks_exact_mut(out_plane)
-                    .zip(xb.chunks_exact(in_plane))
-                {
-                    for (o, slot) in y_p.iter_mut().enumerate() {
-                        slot.write(window_max(&d, x_p, o / ow, o % ow).1);
-                    }
-                }
-            });
-    };
-    // SAFETY: every plane task writes each of its `out_plane` outputs.
-    unsafe { written_by(d.planes * out_plane, fill) }
-}
-
-/// Backward pass: `dx` `[planes, H, W]` of `sum(dy ⊙ y)`.
-pub fn backward_host(d: PoolDims, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    assert_eq!(x.len(), d.planes * d.in_plane(), "max pool: input size");
-    assert_eq!(
-        dy.len(),
-        d.planes * d.out_plane(),
-        "max pool: output gradient size"
-    );
-    let (in_plane, out_plane) = (d.in_plane(), d.out_plane());
-    let ow = d.output()[1];
-    let mut dx = super::zeros_par(x.len());
-    if in_plane == 0 || out_plane == 0 {
-        return dx;
-    }
-    dx.par_chunks_mut(PLANES * in_plane)
-        .zip(x.par_chunks(PLANES * in_plane))
-        .zip(dy.par_chunks(PLANES * out_plane))
-        .for_each(|((dxb, xb), dyb)| {
-            for ((dx_p, x_p), dy_p) in dxb
-                .chunks_exact_mut(in_plane)
-                .zip(xb.chunks_exact(in_plane))
-                .zip(dyb.chunks_exact(out_plane))
-            {
-                for (o, &g) in dy_p.iter().enumerate() {
-                    dx_p[window_max(&d, x_p, o / ow, o % ow).0] = g;
-                }
-            }
-        });
-    dx
 }
 
 /// `[B, C, H, W]` of a tensor as pooling sizes.
@@ -152,7 +61,7 @@ impl_for_cpu_backends!(MaxPoolOps {
     fn max_pool_fused(x: FloatTensor<Self>, size: [usize; 2]) -> FloatTensor<Self> {
         let (shape, device) = (x.shape().to_vec(), x.device());
         let d = dims_of(&shape, size);
-        let y = forward_host(d, &host_view::<Self>(&x));
+        let y = kernel::forward(d, &host_view::<Self>(&x));
         let [oh, ow] = d.output();
         from_host::<Self>(y, vec![shape[0], shape[1], oh, ow], &device)
     }
@@ -174,7 +83,7 @@ impl<B: Backend> Backward<B, 1> for MaxPoolBackward {
         let dy = grads.consume::<B>(&ops.node);
         let (x, size) = ops.state;
         let (shape, device) = (x.shape().to_vec(), x.device());
-        let dx = backward_host(
+        let dx = kernel::backward(
             dims_of(&shape, size),
             &host_view::<B>(&x),
             &host_view::<B>(&dy),

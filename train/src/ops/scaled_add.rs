@@ -1,13 +1,18 @@
-//! `y = a + s r` for same-shaped `a`, `r` and a learned scalar `s` (the parallel Mamba block's
-//! skip connection, `mamba(g) + skip_scale g`) as one op on the rayon pool, with its backward
-//! pass (burn backend extension).
+//! `y = a + s r` for same-shaped `a`, `r` and a learned scalar `s` ([`scaled_add()`]: the
+//! parallel Mamba block's skip connection, `mamba(g) + skip_scale g`) as one op on the rayon
+//! pool, with its backward pass (burn backend extension; kernels in
+//! [`asc_kernels::scaled_add`]).
 //!
 //! burn runs it as a broadcast multiply and an add on the calling thread, and the backward pass
 //! as two more multiplies and a sum; here `y` is one parallel pass, and the backward pass
 //! hands `dy` on to `a` unchanged and computes `dr = s dy` and `ds = sum(dy r)` in one parallel
 //! pass (per-block partial sums added in block order: deterministic).
 
-use super::{from_host, host_view, register_host_grads, written_by};
+use asc_kernels::scaled_add as kernel;
+use burn::backend::Dispatch;
+use burn::tensor::Tensor;
+
+use super::host::{from_host, host_view, impl_for_cpu_backends, register_host_grads};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -15,10 +20,21 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTensor};
-use rayon::prelude::*;
 
-/// Elements per rayon task (and per partial sum of `ds`).
-const BLOCK: usize = 1 << 14;
+/// `a + s r` for `a`, `r` of one shape and a scalar `s: [1]`, as one op on the rayon pool;
+/// differentiable in all three.
+///
+/// # Panics
+/// When the shapes of `a` and `r` differ or `s` is not one value.
+pub fn scaled_add<const D: usize>(a: Tensor<D>, r: Tensor<D>, s: Tensor<1>) -> Tensor<D> {
+    assert_eq!(a.dims(), r.dims(), "scaled add: shapes");
+    assert_eq!(s.dims(), [1], "scaled add: the scale is one value");
+    Tensor::from_dispatch(<Dispatch as ScaledAddOps>::scaled_add_fused(
+        a.into_dispatch(),
+        r.into_dispatch(),
+        s.into_dispatch(),
+    ))
+}
 
 /// Backends that can run the fused scaled add.
 #[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Autodiff)]
@@ -29,45 +45,6 @@ pub trait ScaledAddOps: Backend {
         r: FloatTensor<Self>,
         s: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
-}
-
-/// Forward pass: `a + s r`.
-pub fn forward_host(a: &[f32], r: &[f32], s: f32) -> Vec<f32> {
-    assert_eq!(a.len(), r.len(), "scaled add: sizes");
-    let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
-        y.par_chunks_mut(BLOCK)
-            .zip(a.par_chunks(BLOCK).zip(r.par_chunks(BLOCK)))
-            .for_each(|(yb, (ab, rb))| {
-                for ((o, &av), &rv) in yb.iter_mut().zip(ab).zip(rb) {
-                    o.write(av + s * rv);
-                }
-            })
-    };
-    // SAFETY: the blocks of `y` pair with those of `a` (same length), each element written.
-    unsafe { written_by(a.len(), fill) }
-}
-
-/// Backward pass for `r` and `s`: `(s dy, sum(dy r))`.
-pub fn backward_host(r: &[f32], s: f32, dy: &[f32]) -> (Vec<f32>, f32) {
-    assert_eq!(r.len(), dy.len(), "scaled add: sizes");
-    let blocks = r.len().div_ceil(BLOCK);
-    let mut partials = vec![0.0f32; blocks];
-    let fill = |dr: &mut [std::mem::MaybeUninit<f32>]| {
-        dr.par_chunks_mut(BLOCK)
-            .zip(r.par_chunks(BLOCK).zip(dy.par_chunks(BLOCK)))
-            .zip(partials.par_iter_mut())
-            .for_each(|((db, (rb, gb)), part)| {
-                let mut acc = [0.0f32; super::lanes::LANES];
-                for (i, ((o, &rv), &g)) in db.iter_mut().zip(rb).zip(gb).enumerate() {
-                    o.write(s * g);
-                    acc[i % super::lanes::LANES] += g * rv;
-                }
-                *part = super::lanes::fold(acc);
-            })
-    };
-    // SAFETY: the blocks of `dr` pair with those of `r` (same length), each element written.
-    let dr = unsafe { written_by(r.len(), fill) };
-    (dr, partials.iter().sum())
 }
 
 /// The scalar of a `[1]` host buffer.
@@ -83,7 +60,7 @@ impl_for_cpu_backends!(ScaledAddOps {
         s: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         let (shape, device) = (a.shape().to_vec(), a.device());
-        let y = forward_host(
+        let y = kernel::forward(
             &host_view::<Self>(&a),
             &host_view::<Self>(&r),
             scalar(&host_view::<Self>(&s)),
@@ -109,7 +86,7 @@ impl<B: Backend> Backward<B, 3> for ScaledAddBackward {
         let (r, s) = ops.state;
         let (shape, device) = (r.shape().to_vec(), r.device());
         let [pa, pr, ps] = ops.parents.map(|p| p.map(|n| n.id));
-        let (dr, ds) = backward_host(
+        let (dr, ds) = kernel::backward(
             &host_view::<B>(&r),
             scalar(&host_view::<B>(&s)),
             &host_view::<B>(&dy),

@@ -1,18 +1,18 @@
-//! Exchanging the two middle axes of a `[B, X, Y, Z]` tensor into a contiguous `[B, Y, X, Z]`
-//! one, as one op with its backward pass (burn backend extension): the layout changes around
-//! the parallel Mamba blocks (feature map `[B, C, H*W]` to tokens `[B, H*W, C]` and back, the
-//! tokens' channel groups `[B, L, P, d]` to sequences `[B, P, L, d]` and back).
+//! Exchanging the two middle axes of a `[B, X, Y, Z]` tensor into a contiguous `[B, Y, X, Z]` one
+//! ([`swap_mid()`]), as one op with its backward pass (burn backend extension): the layout changes
+//! around the parallel Mamba blocks (feature map `[B, C, H*W]` to tokens `[B, H*W, C]` and back,
+//! the tokens' channel groups `[B, L, P, d]` to sequences `[B, P, L, d]` and back).
 //!
 //! burn expresses them as `swap_dims` + `reshape`, which copies the strided view on the calling
 //! thread when the next op needs contiguous memory, and copies the gradient again in the
-//! backward pass; here both directions run on the rayon pool: over the batch with register
-//! tiles for `Z = 1` (`int8::kernels::transpose_strided_fast`), over the output blocks
-//! `[b, y]` with row copies of `Z` values otherwise. The backward pass of the swap is the swap
-//! of the gradient the other way.
+//! backward pass; here both directions run on the rayon pool ([`asc_kernels::swap_mid`]). The
+//! backward pass of the swap is the swap of the gradient the other way.
 
-use std::mem::MaybeUninit;
+use asc_kernels::swap_mid::swap_mid as swap_mid_host;
+use burn::backend::Dispatch;
+use burn::tensor::Tensor;
 
-use super::{from_host, host_view, register_host_grads, written_by};
+use super::host::{from_host, host_view, impl_for_cpu_backends, register_host_grads};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -20,54 +20,17 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::backend::{Backend, TensorMetadata, backend_extension, tensor::FloatTensor};
-use rayon::prelude::*;
 
-use crate::int8::kernels::transpose_strided_fast;
+/// `x.swap_dims(1, 2)` of `x: [B, X, Y, Z]`, made contiguous, as one op on the rayon pool.
+pub fn swap_mid(x: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as SwapMidOps>::swap_mid_fused(x.into_dispatch()))
+}
 
 /// Backends that can run the fused axis swap.
 #[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Autodiff)]
 pub trait SwapMidOps: Backend {
     /// `[B, X, Y, Z] -> [B, Y, X, Z]`, contiguous.
     fn swap_mid_fused(x: FloatTensor<Self>) -> FloatTensor<Self>;
-}
-
-/// `dst[b, y, x, :] = src[b, x, y, :]` for `src` `[B, X, Y, Z]` (`shape`), on the rayon pool
-/// (over `B` for `Z = 1`, over the output blocks `[b, y]` otherwise, written without a
-/// zero-fill).
-pub fn swap_mid_host(src: &[f32], [b, xn, yn, z]: [usize; 4]) -> Vec<f32> {
-    let block = xn * yn * z;
-    assert_eq!(src.len(), b * block, "swap_mid: input size");
-    if z == 1 {
-        let mut dst = super::zeros_par(src.len());
-        if block > 0 {
-            dst.par_chunks_mut(block)
-                .zip(src.par_chunks(block))
-                .for_each(|(d, s)| transpose_strided_fast(s, yn, d, xn, xn, yn));
-        }
-        return dst;
-    }
-    // Rows of `Z` values: one task per output block `[b, y]` (`[X, Z]`, contiguous), which
-    // gathers its rows from `src[b, :, y]`; parallel even for `B = 1`.
-    let out_block = xn * z;
-    let fill = |dst: &mut [MaybeUninit<f32>]| {
-        if out_block == 0 {
-            return;
-        }
-        dst.par_chunks_mut(out_block)
-            .enumerate()
-            .for_each(|(by, d)| {
-                let (b, y) = (by / yn, by % yn);
-                let s = &src[b * block..(b + 1) * block];
-                for (x, o) in d.chunks_exact_mut(z).enumerate() {
-                    let row = &s[(x * yn + y) * z..(x * yn + y + 1) * z];
-                    for (o, &v) in o.iter_mut().zip(row) {
-                        o.write(v);
-                    }
-                }
-            });
-    };
-    // SAFETY: the `B * Y` output blocks of `X * Z` values cover the buffer, each value written.
-    unsafe { written_by(src.len(), fill) }
 }
 
 /// The shape as `[B, X, Y, Z]`.

@@ -6,6 +6,7 @@ use super::{
     depthwise_conv2d_reference, try_depthwise_conv1d_causal, try_depthwise_conv2d,
 };
 use crate::test_util::{host, rel_err};
+use asc_kernels::math;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -457,105 +458,6 @@ fn batch_norm_matches_burn_batch_norm_train_with_and_without_relu() {
     }
 }
 
-/// The AVX-512 row kernels (where this CPU has them) against the baseline ones: rows of 1, 15,
-/// 16, 17, 63 and 100 values (masked tails, one to four register sets).
-#[test]
-fn batch_norm_row_kernels_agree_across_instruction_sets() {
-    use super::batch_norm_cpu::{BnDims, backward_with, forward_with};
-    use crate::scan::cpu::Isa;
-    use std::mem::MaybeUninit;
-    let mut rng = StdRng::seed_from_u64(9);
-    for spatial in [1, 15, 16, 17, 63, 100] {
-        let d = BnDims {
-            batch: 3,
-            channels: 2,
-            spatial,
-        };
-        let x: Vec<f32> = (0..d.len())
-            .map(|_| 2.0 + rng.random_range(-1.0f32..1.0))
-            .collect();
-        let dy = rand_vec(&mut rng, d.len());
-        let (gamma, beta) = (vec![1.5f32, -0.7], vec![0.2f32, 0.1]);
-        for relu in [false, true] {
-            let run = |isa| {
-                let mut y = vec![MaybeUninit::uninit(); d.len()];
-                let (mean, var) = forward_with(isa, d, &x, &gamma, &beta, 1e-5, relu, &mut y);
-                // SAFETY: `forward_with` wrote every element.
-                let y: Vec<f32> = y.into_iter().map(|v| unsafe { v.assume_init() }).collect();
-                let g = backward_with(
-                    isa,
-                    d,
-                    &x,
-                    [&gamma, &beta, &mean, &var],
-                    1e-5,
-                    relu,
-                    &dy,
-                    true,
-                );
-                [y, mean, var, g.dx, g.dgamma, g.dbeta]
-            };
-            let (base, wide) = (run(Isa::Portable), run(Isa::Avx512));
-            for (i, (a, b)) in base.iter().zip(&wide).enumerate() {
-                let e = rel_err(a, b);
-                assert!(
-                    e < 1e-5,
-                    "spatial {spatial} relu {relu}: output {i} rel err {e}"
-                );
-            }
-        }
-    }
-}
-
-/// The AVX-512 3x3 plane kernels (where this CPU has them) against the portable ones, forward
-/// and backward (`dx`, `dw`, `db`): widths around and past one register (masked chunks, stride-2
-/// windows straddling two registers), paddings 0 to 2, vertical strides 1 to 3, horizontal
-/// strides 1 and 2, and a channel multiplier.
-#[test]
-fn depthwise_kernels_agree_across_instruction_sets() {
-    use super::depthwise_cpu::{DwDims, backward_with, forward_with};
-    use crate::scan::cpu::Isa;
-    let mut rng = StdRng::seed_from_u64(13);
-    let geometries = [
-        // [H, W], stride, pad, in_channels
-        ([6, 16], [1, 1], [1, 1], 3),
-        ([7, 17], [1, 1], [1, 1], 3),
-        ([5, 40], [2, 1], [1, 1], 3),
-        ([9, 33], [2, 2], [1, 1], 3),
-        ([8, 64], [2, 2], [1, 1], 1),
-        ([10, 31], [3, 2], [2, 0], 3),
-        ([4, 20], [1, 2], [0, 2], 1),
-        ([3, 5], [1, 1], [0, 0], 3),
-    ];
-    for (input, stride, pad, in_channels) in geometries {
-        let output = std::array::from_fn(|a| (input[a] + 2 * pad[a] - 3) / stride[a] + 1);
-        let d = DwDims {
-            batch: 2,
-            channels: 3,
-            in_channels,
-            input,
-            kernel: [3, 3],
-            stride,
-            pad,
-            output,
-        };
-        let x = rand_vec(&mut rng, d.x_len());
-        let w = rand_vec(&mut rng, d.w_len());
-        let bias = rand_vec(&mut rng, d.channels);
-        let dy = rand_vec(&mut rng, d.y_len());
-        let run = |isa| {
-            let mut y = vec![0.0f32; d.y_len()];
-            forward_with(isa, d, &x, &w, &bias, &mut y);
-            let g = backward_with(isa, d, &x, &w, &bias, &dy, true);
-            [y, g.dx, g.dw, g.db]
-        };
-        let (base, wide) = (run(Isa::Portable), run(Isa::Avx512));
-        for (i, (a, b)) in base.iter().zip(&wide).enumerate() {
-            let e = rel_err(a, b);
-            assert!(e < 1e-5, "{d:?}: output {i} rel err {e}");
-        }
-    }
-}
-
 #[test]
 fn batch_norm_statistics_match_an_f64_loop_on_a_3d_input() {
     let (b, c, l) = (3usize, 4usize, 10usize);
@@ -924,6 +826,64 @@ fn scaled_add_matches_burn_values_and_gradients() {
         assert!(
             rel_err(&ds1, &ds2) < 1e-5,
             "{shape:?}: ds {ds1:?} vs {ds2:?}"
+        );
+    }
+}
+
+/// The kernels' SiLU and softplus (and their derivatives) against an f64 evaluation and burn's
+/// own activations and autodiff derivatives.
+#[test]
+fn silu_and_softplus_match_f64_and_burn_values_and_gradients() {
+    let device = Device::default().autodiff();
+    let mut rng = StdRng::seed_from_u64(8);
+    // Wide range, including large magnitudes where the naive formulas overflow.
+    let mut xv: Vec<f32> = (0..3 * 5 * 41)
+        .map(|_| rng.random_range(-12.0..12.0))
+        .collect();
+    xv[..6].copy_from_slice(&[-100.0, -30.0, 0.0, 1e-6, 30.0, 100.0]);
+    for softplus in [false, true] {
+        let (y, dx): (Vec<f32>, Vec<f32>) = xv
+            .iter()
+            .map(|&v| {
+                if softplus {
+                    (math::softplus::<false>(v), math::sigmoid::<false>(v))
+                } else {
+                    (math::silu::<false>(v), math::silu_grad::<false>(v))
+                }
+            })
+            .unzip();
+        // Elementwise, against an f64 evaluation where burn's composition overflows.
+        for i in 0..xv.len() {
+            let v = xv[i] as f64;
+            let s = 1.0 / (1.0 + (-v).exp());
+            let (want, dwant) = if softplus {
+                (v.max(0.0) + (-v.abs()).exp().ln_1p(), s)
+            } else {
+                (v * s, s * (1.0 + v * (1.0 - s)))
+            };
+            assert!(
+                (y[i] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "y({v})"
+            );
+            assert!(
+                (dx[i] as f64 - dwant).abs() <= 1e-5 * dwant.abs().max(1.0),
+                "dy({v})"
+            );
+        }
+        // And burn's own ops (values, autodiff derivatives) away from the extremes.
+        let x =
+            Tensor::<1>::from_data(TensorData::new(xv.clone(), [xv.len()]), &device).require_grad();
+        let y_ref = if softplus {
+            burn::tensor::activation::softplus(x.clone(), 1.0)
+        } else {
+            burn::tensor::activation::silu(x.clone())
+        };
+        let grads = y_ref.clone().sum().backward();
+        let (y_ref, dx_ref) = (host(y_ref), host(x.grad(&grads).expect("dx")));
+        assert!(rel_err(&y[6..], &y_ref[6..]) < 1e-5, "softplus {softplus}");
+        assert!(
+            rel_err(&dx[6..], &dx_ref[6..]) < 1e-5,
+            "softplus {softplus}"
         );
     }
 }

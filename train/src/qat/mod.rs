@@ -1,7 +1,7 @@
 //! # Quantization-aware training (fbgemm-style) of the IRMamba student
 //!
 //! The fake-quantized forward pass [`qat_forward`] simulates, in float, exactly what the int8
-//! engine ([`crate::int8`]) computes from the exported model ([`crate::export`]):
+//! engine ([`asc_int8`]) computes from the exported model ([`crate::export`]):
 //!
 //! * **Conv + BN folding** (PyTorch `fuse_conv_bn_weights`): `w' = w * gamma / sqrt(var + eps)`,
 //!   `b' = beta - gamma * mean / sqrt(var + eps)` ([`fold_conv_bn`]), with the BN's running
@@ -9,14 +9,14 @@
 //!   `freeze_bn_stats`, which CP-JKU applies for the last epochs): gamma and beta still learn
 //!   through the fold.
 //! * **Weights**: symmetric per output channel, `s = max|w| / 127.5`, codes `-128..=127`
-//!   ([`fake_quant_weight`], the same formula as [`crate::int8::builder::quantize_weight`]).
+//!   ([`fake_quant_weight`], the same formula as [`asc_int8::builder::quantize_weight`]).
 //! * **Activations**: per tensor, affine, codes `0..=127` (fbgemm's reduced range), with
 //!   moving-average min/max observers (`min += c (min_batch - min)`, `c` = [`DEFAULT_MOMENTUM`],
 //!   PyTorch's `MovingAverageMinMaxObserver`) and `QParams::from_min_max` (PyTorch's
 //!   `calculate_qparams`) ([`Observers`], [`fake_quant_act`]).
 //! * **Straight-through estimator**: `x + (fq(x) - x).detach()`: identity gradient.
 //! * Fake-quant points = the int8 engine's quantized buffers (observer keys, see
-//!   [`crate::int8::builder`]): the input (`input.q`), every conv output after its ReLU, every
+//!   [`asc_int8::builder`]): the input (`input.q`), every conv output after its ReLU, every
 //!   residual add (`<irb>.add`), per PVM `<pvm>.mamba[.<g>].in_proj.in/.in_proj.out/
 //!   .out_proj.in/.out_proj.out`, `<pvm>.proj.in/.proj.out`, `head.conv`, `head.pool`. Max
 //!   pooling keeps its input's grid. LayerNorm, the PVM skip and the Mamba mixer (conv1d,
@@ -40,10 +40,10 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Bytes, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::int8::QParams;
 use crate::model::{
     Activation, ConvBn, InvertedResidual, IrMamba, Mamba, Model, ModelConfig, ParallelMamba,
 };
+use asc_int8::QParams;
 
 /// Smallest activation code (fbgemm's reduced range `0..=127`).
 pub const ACT_QMIN: i32 = 0;
