@@ -1,5 +1,7 @@
 //! Whole-pipeline benchmark: files/s of `pipeline features` on the demo dataset (1 s files: a
-//! file is a clip), on all cores and on one core, and the shard compression measurement.
+//! file is a clip), on all cores and on one core, in wall time and per CPU-second of the
+//! process (less sensitive to other load on a shared machine), and the shard compression
+//! measurement.
 //!
 //! `cargo bench -p pipeline --bench pipeline [-- [--scale S] [--dataset DIR] [--compression-only]]`
 //!
@@ -23,7 +25,19 @@ fn arg_value(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-fn run(dataset: &Path, out: &Path, threads: usize) -> anyhow::Result<(f64, Summary)> {
+/// CPU seconds used by this process so far (every thread; `CLOCK_PROCESS_CPUTIME_ID`).
+fn cpu_seconds() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// Runs `pipeline features` on `dataset`: (wall seconds, CPU seconds, summary).
+fn run(dataset: &Path, out: &Path, threads: usize) -> anyhow::Result<(f64, f64, Summary)> {
     let args = FeaturesArgs::parse_args([
         "--dataset",
         dataset.to_str().unwrap(),
@@ -33,19 +47,21 @@ fn run(dataset: &Path, out: &Path, threads: usize) -> anyhow::Result<(f64, Summa
         &threads.to_string(),
         "--quiet",
     ])?;
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_seconds());
     let s = run_features(&args)?;
-    Ok((t.elapsed().as_secs_f64(), s))
+    Ok((t.elapsed().as_secs_f64(), cpu_seconds() - c, s))
 }
 
-fn report(threads: usize, secs: f64, s: &Summary) {
+fn report(threads: usize, secs: f64, cpu: f64, s: &Summary) {
     println!(
-        "features, {threads} thread(s): {} files ({} decoded again for their DIR copies) -> {} rows in {secs:.1} s: {:.1} files/s, {:.1} rows/s",
+        "features, {threads} thread(s): {} files ({} decoded again for their DIR copies) -> {} rows in {secs:.1} s: {:.1} files/s, {:.1} rows/s; {cpu:.1} CPU-s: {:.0} files per CPU-s ({:.2} ms of CPU per file)",
         s.files,
         s.dir_files,
         s.total_rows(),
         s.files as f64 / secs,
-        s.total_rows() as f64 / secs
+        s.total_rows() as f64 / secs,
+        s.files as f64 / cpu,
+        1e3 * cpu / s.files as f64
     );
 }
 
@@ -139,12 +155,12 @@ fn main() -> anyhow::Result<()> {
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let all_out = tmp.path().join("out-all");
-    let (secs, s) = run(&dataset, &all_out, cores)?;
-    report(cores, secs, &s);
+    let (secs, cpu, s) = run(&dataset, &all_out, cores)?;
+    report(cores, secs, cpu, &s);
     if !args.iter().any(|a| a == "--compression-only") {
         let one_out = tmp.path().join("out-1");
-        let (secs, s) = run(&dataset, &one_out, 1)?;
-        report(1, secs, &s);
+        let (secs, cpu, s) = run(&dataset, &one_out, 1)?;
+        report(1, secs, cpu, &s);
     }
     compression_table(&all_out)
 }

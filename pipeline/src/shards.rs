@@ -723,7 +723,6 @@ mod tests {
     /// back as the values rounded to binary16.
     #[test]
     fn float16_batches_written_in_slices_equal_one_write() {
-        use arrow_array::Array;
         use arrow_array::cast::AsArray;
         use data_specs::{ClipRecord, ClipSet, FrontEndConfig, Variant, Vocabulary};
         let mut meta = ShardMeta::new(
