@@ -28,9 +28,10 @@ pub use integrity::{VERIFIED_FILE, VerifyReport, sha256_file, verify_shards};
 pub use logits::{LogitsKey, LogitsTable, read_logits_table, write_logits_table};
 pub use manifest::{MANIFEST_FILE, Manifest, ShardEntry};
 pub use schema::{
-    ClipRecord, ClipSet, DirSet, META_DATASET, META_DEVICES, META_DIR_SET, META_ENERGY_THRESHOLD,
-    META_FRONTEND, META_LABELS, META_SPEC_VERSION, META_TEACHER, SPEC_VERSION, SPLITS, ShardMeta,
-    Variant, col, records_to_batch,
+    ClipRecord, ClipSet, DirSet, LogmelType, META_DATASET, META_DEVICES, META_DIR_SET,
+    META_ENERGY_THRESHOLD, META_FRONTEND, META_LABELS, META_LOGMEL_TYPE, META_SPEC_VERSION,
+    META_TEACHER, MIN_SPEC_VERSION, SPEC_VERSION, SPLITS, ShardMeta, Variant, col,
+    records_to_batch,
 };
 pub use vocab::{
     REFERENCE_DEVICE, TAU22_DEVICES, TAU22_LABELS, TAU22_UNSEEN_DEVICES, TauFileName, Vocabulary,
@@ -49,7 +50,8 @@ pub enum SpecError {
     },
     /// The spec version differs from the one this build reads.
     #[error(
-        "{file}: shard spec version {found}, but this build reads version {expected}; rebuild the shards with `make features`"
+        "{file}: shard spec version {found}, but this build reads version {min} to version {expected}; rebuild the shards with `make features`",
+        min = MIN_SPEC_VERSION
     )]
     VersionMismatch {
         /// File.

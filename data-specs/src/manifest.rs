@@ -53,7 +53,7 @@ impl Manifest {
             file: file.display().to_string(),
             problem: e.to_string(),
         })?;
-        if m.spec_version != crate::SPEC_VERSION {
+        if !(crate::MIN_SPEC_VERSION..=crate::SPEC_VERSION).contains(&m.spec_version) {
             return Err(SpecError::VersionMismatch {
                 file: file.display().to_string(),
                 found: m.spec_version,

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    FixedSizeListBuilder, Float32Builder, Int32Builder, StringBuilder, StringDictionaryBuilder,
-    UInt8Builder,
+    FixedSizeListBuilder, Float16Builder, Float32Builder, Int32Builder, StringBuilder,
+    StringDictionaryBuilder, UInt8Builder,
 };
 use arrow_array::types::Int32Type;
 use arrow_array::{ArrayRef, RecordBatch};
@@ -19,8 +19,16 @@ use crate::SpecError;
 use crate::frontend::FrontEndConfig;
 use crate::vocab::Vocabulary;
 
-/// Version of the shard format defined here. Bump on any incompatible change.
-pub const SPEC_VERSION: u32 = 1;
+/// Version of the shard format written by this build. Bump on any change of the format.
+///
+/// History (`data-specs/README.md`, "Versions"): 1, the first format; 2, the log-mel column may
+/// be stored as float16 instead of float32 (key [`META_LOGMEL_TYPE`]). A version only adds
+/// alternatives, so a reader of version N reads every version from [`MIN_SPEC_VERSION`] to N;
+/// a shard of a newer version is refused (it may use an alternative this build does not know).
+pub const SPEC_VERSION: u32 = 2;
+
+/// The oldest shard version this build reads.
+pub const MIN_SPEC_VERSION: u32 = 1;
 
 /// Metadata key: the spec version (decimal string).
 pub const META_SPEC_VERSION: &str = "asc.spec_version";
@@ -39,6 +47,9 @@ pub const META_DIR_SET: &str = "asc.dir_set";
 pub const META_TEACHER: &str = "asc.teacher";
 /// Metadata key: the dataset the shards were made from (folder name).
 pub const META_DATASET: &str = "asc.dataset";
+/// Metadata key: the element type of the `logmel` column, `float32` or `float16` (see
+/// [`LogmelType`]; since spec version 2, absent in version 1, where it is always float32).
+pub const META_LOGMEL_TYPE: &str = "asc.logmel_type";
 
 /// Column names, in schema order.
 pub mod col {
@@ -74,7 +85,8 @@ pub mod col {
     pub const ENERGY: &str = "energy";
     /// Teacher logits (FixedSizeList<Float32, n_classes>, null when missing).
     pub const TEACHER_LOGITS: &str = "teacher_logits";
-    /// Log-mel (FixedSizeList<Float32, n_mels * n_frames>, mel-major).
+    /// Log-mel (FixedSizeList<Float32 or Float16, n_mels * n_frames>, mel-major; the element
+    /// type is [`super::LogmelType`], metadata key [`super::META_LOGMEL_TYPE`]).
     pub const LOGMEL: &str = "logmel";
 }
 
@@ -148,6 +160,68 @@ impl Variant {
     }
 }
 
+/// Element type of the `logmel` column.
+///
+/// float16 (IEEE 754 binary16, Arrow `Float16`, Parquet `FIXED_LEN_BYTE_ARRAY(2)` with the
+/// `FLOAT16` logical type) halves the column: log-mel values lie within about [-12, 12], where
+/// binary16 keeps 11 significant bits (a rounding error of at most 2^-8 = 0.004 for values of
+/// magnitude 8 to 16, 0.25 % of the value at most), far below the variation between clips.
+/// Values are rounded to nearest (ties to even) when written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogmelType {
+    /// 32-bit floats (the default; the only type of spec version 1).
+    #[default]
+    Float32,
+    /// 16-bit floats: half the size on disk and in the page cache.
+    Float16,
+}
+
+impl LogmelType {
+    /// Name as stored in the metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Float32 => "float32",
+            Self::Float16 => "float16",
+        }
+    }
+
+    /// Bytes per value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::Float32 => 4,
+            Self::Float16 => 2,
+        }
+    }
+
+    /// The Arrow type of one value.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            Self::Float32 => DataType::Float32,
+            Self::Float16 => DataType::Float16,
+        }
+    }
+}
+
+impl std::str::FromStr for LogmelType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "float32" => Ok(Self::Float32),
+            "float16" => Ok(Self::Float16),
+            other => Err(format!(
+                "unknown log-mel type '{other}' (expected float32 or float16)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for LogmelType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The DCASE2024 training split percentages, smallest first.
 pub const SPLITS: [u8; 5] = [5, 10, 25, 50, 100];
 
@@ -179,6 +253,8 @@ pub struct ShardMeta {
     pub teacher: String,
     /// Dataset name.
     pub dataset: String,
+    /// Element type of the `logmel` column.
+    pub logmel_type: LogmelType,
 }
 
 impl ShardMeta {
@@ -193,6 +269,7 @@ impl ShardMeta {
             dir_set: DirSet::default(),
             teacher: String::new(),
             dataset: String::new(),
+            logmel_type: LogmelType::Float32,
         }
     }
 
@@ -216,13 +293,15 @@ impl ShardMeta {
             (META_DIR_SET.into(), json(&self.dir_set)),
             (META_TEACHER.into(), self.teacher.clone()),
             (META_DATASET.into(), self.dataset.clone()),
+            (META_LOGMEL_TYPE.into(), self.logmel_type.as_str().into()),
         ])
     }
 
     /// Reads and checks the metadata of a shard. `source` names the file in errors.
     ///
     /// Fails with [`SpecError::NotAShard`] when the spec version key is missing and with
-    /// [`SpecError::VersionMismatch`] when it differs from [`SPEC_VERSION`].
+    /// [`SpecError::VersionMismatch`] when it is outside [`MIN_SPEC_VERSION`] ..=
+    /// [`SPEC_VERSION`]. A missing [`META_LOGMEL_TYPE`] means float32.
     pub fn from_key_values(kv: &HashMap<String, String>, source: &str) -> Result<Self, SpecError> {
         let get = |key: &str| {
             kv.get(key).ok_or_else(|| SpecError::MissingMetadata {
@@ -244,7 +323,7 @@ impl ShardMeta {
                     key: META_SPEC_VERSION.to_string(),
                     problem: format!("'{version_text}' is not a version number"),
                 })?;
-        if spec_version != SPEC_VERSION {
+        if !(MIN_SPEC_VERSION..=SPEC_VERSION).contains(&spec_version) {
             return Err(SpecError::VersionMismatch {
                 file: source.to_string(),
                 found: spec_version,
@@ -285,17 +364,22 @@ impl ShardMeta {
             dir_set: typed(parse_json(META_DIR_SET)?, source, META_DIR_SET)?,
             teacher: kv.get(META_TEACHER).cloned().unwrap_or_default(),
             dataset: kv.get(META_DATASET).cloned().unwrap_or_default(),
+            logmel_type: match kv.get(META_LOGMEL_TYPE) {
+                None => LogmelType::Float32,
+                Some(t) => t.parse().map_err(|problem| SpecError::BadMetadata {
+                    file: source.to_string(),
+                    key: META_LOGMEL_TYPE.to_string(),
+                    problem,
+                })?,
+            },
         })
     }
 
     /// The Arrow schema of a shard with this metadata (schema-level metadata included).
     pub fn schema(&self) -> SchemaRef {
         let dict = || DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-        let list = |n: usize| {
-            DataType::FixedSizeList(
-                Arc::new(Field::new("item", DataType::Float32, false)),
-                n as i32,
-            )
+        let list = |item: DataType, n: usize| {
+            DataType::FixedSizeList(Arc::new(Field::new("item", item, false)), n as i32)
         };
         let fields = vec![
             Field::new(col::CLIP_ID, DataType::Utf8, false),
@@ -313,8 +397,16 @@ impl ShardMeta {
             Field::new(col::VARIANT, dict(), false),
             Field::new(col::VARIANT_SOURCE, DataType::Utf8, true),
             Field::new(col::ENERGY, DataType::Float32, false),
-            Field::new(col::TEACHER_LOGITS, list(self.n_classes()), true),
-            Field::new(col::LOGMEL, list(self.frontend.logmel_len()), false),
+            Field::new(
+                col::TEACHER_LOGITS,
+                list(DataType::Float32, self.n_classes()),
+                true,
+            ),
+            Field::new(
+                col::LOGMEL,
+                list(self.logmel_type.arrow_type(), self.frontend.logmel_len()),
+                false,
+            ),
         ];
         Arc::new(Schema::new_with_metadata(fields, self.to_key_values()))
     }
@@ -404,7 +496,8 @@ pub struct ClipRecord {
     pub energy: f32,
     /// Teacher logits (length `n_classes`) or `None`.
     pub teacher_logits: Option<Vec<f32>>,
-    /// Log-mel, `n_mels * n_frames` values, mel-major.
+    /// Log-mel, `n_mels * n_frames` values, mel-major (rounded to the column's
+    /// [`LogmelType`] when written).
     pub logmel: Vec<f32>,
 }
 
@@ -431,19 +524,14 @@ pub fn records_to_batch(
     let mut variant = StringDictionaryBuilder::<Int32Type>::new();
     let mut variant_source = StringBuilder::with_capacity(n, n * 16);
     let mut energy = Float32Builder::with_capacity(n);
-    let item = |_len: usize| Arc::new(Field::new("item", DataType::Float32, false));
+    let item = |t: DataType| Arc::new(Field::new("item", t, false));
     let mut logits = FixedSizeListBuilder::with_capacity(
         Float32Builder::with_capacity(n * n_classes),
         n_classes as i32,
         n,
     )
-    .with_field(item(n_classes));
-    let mut logmel = FixedSizeListBuilder::with_capacity(
-        Float32Builder::with_capacity(n * logmel_len),
-        logmel_len as i32,
-        n,
-    )
-    .with_field(item(logmel_len));
+    .with_field(item(DataType::Float32));
+    let mut logmel = LogmelBuilder::new(meta.logmel_type, logmel_len, n);
 
     for r in records {
         if r.logmel.len() != logmel_len {
@@ -487,8 +575,7 @@ pub fn records_to_batch(
                 logits.append(false);
             }
         }
-        logmel.values().append_slice(&r.logmel);
-        logmel.append(true);
+        logmel.append(&r.logmel);
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(clip_id.finish()),
@@ -507,7 +594,61 @@ pub fn records_to_batch(
         Arc::new(variant_source.finish()),
         Arc::new(energy.finish()),
         Arc::new(logits.finish()),
-        Arc::new(logmel.finish()),
+        logmel.finish(),
     ];
     RecordBatch::try_new(meta.schema(), columns).map_err(|e| SpecError::Arrow(e.to_string()))
+}
+
+/// The builder of the `logmel` column in its element type.
+enum LogmelBuilder {
+    F32(FixedSizeListBuilder<Float32Builder>),
+    F16(FixedSizeListBuilder<Float16Builder>, Vec<half::f16>),
+}
+
+impl LogmelBuilder {
+    fn new(t: LogmelType, len: usize, rows: usize) -> Self {
+        let field = Arc::new(Field::new("item", t.arrow_type(), false));
+        match t {
+            LogmelType::Float32 => Self::F32(
+                FixedSizeListBuilder::with_capacity(
+                    Float32Builder::with_capacity(rows * len),
+                    len as i32,
+                    rows,
+                )
+                .with_field(field),
+            ),
+            LogmelType::Float16 => Self::F16(
+                FixedSizeListBuilder::with_capacity(
+                    Float16Builder::with_capacity(rows * len),
+                    len as i32,
+                    rows,
+                )
+                .with_field(field),
+                vec![half::f16::ZERO; len],
+            ),
+        }
+    }
+
+    /// Appends one row (rounded to nearest, ties to even, for float16).
+    fn append(&mut self, values: &[f32]) {
+        match self {
+            Self::F32(b) => {
+                b.values().append_slice(values);
+                b.append(true);
+            }
+            Self::F16(b, scratch) => {
+                use half::slice::HalfFloatSliceExt;
+                scratch.convert_from_f32_slice(values);
+                b.values().append_slice(scratch);
+                b.append(true);
+            }
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Self::F32(mut b) => Arc::new(b.finish()),
+            Self::F16(mut b, _) => Arc::new(b.finish()),
+        }
+    }
 }

@@ -213,3 +213,98 @@ fn manifest_round_trips_and_checks_version() {
         "{err}"
     );
 }
+
+/// float16 log-mel: the schema says Float16, the values read back are the f32 values rounded to
+/// nearest binary16 (within half a unit in the last place: relative error <= 2^-11), and the
+/// metadata round-trips. (The halved size is checked on real shards in the pipeline's tests.)
+#[test]
+fn float16_logmel_round_trips() {
+    let mut meta = meta();
+    meta.logmel_type = LogmelType::Float16;
+    let records: Vec<_> = (0..3)
+        .map(|i| {
+            let mut r = record(i, &meta, true);
+            // Log-mel-like values: natural logs of powers from 1e-5 to 1e5.
+            for (k, v) in r.logmel.iter_mut().enumerate() {
+                *v = (-11.5 + 23.0 * ((k * 7919 + i) % 16640) as f32 / 16640.0) * 1.0001;
+            }
+            r
+        })
+        .collect();
+    let batch = records_to_batch(&meta, &records).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f16.parquet");
+    write(&batch, &path);
+    let read_meta = read_shard_meta(&path).unwrap();
+    assert_eq!(read_meta, meta);
+    assert_eq!(
+        read_meta
+            .schema()
+            .field_with_name(col::LOGMEL)
+            .unwrap()
+            .data_type(),
+        &arrow_schema::DataType::FixedSizeList(
+            Arc::new(arrow_schema::Field::new(
+                "item",
+                arrow_schema::DataType::Float16,
+                false
+            )),
+            16640
+        )
+    );
+    let file = std::fs::File::open(&path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut row = 0;
+    for b in reader {
+        let b = b.unwrap();
+        let mel = b.column_by_name(col::LOGMEL).unwrap().as_fixed_size_list();
+        for i in 0..b.num_rows() {
+            let v = mel.value(i);
+            let v = v.as_primitive::<arrow_array::types::Float16Type>();
+            for (k, (&got, &want)) in v.values().iter().zip(&records[row].logmel).enumerate() {
+                // Rounded to nearest by the standard conversion, within half an ulp.
+                assert_eq!(got, half::f16::from_f32(want), "row {row} value {k}");
+                let err = (got.to_f32() - want).abs();
+                assert!(err <= want.abs() * 2f32.powi(-11), "{got} vs {want}");
+            }
+            row += 1;
+        }
+    }
+    assert_eq!(row, 3);
+}
+
+/// A version-1 shard (no `asc.logmel_type`, float32) is still read; a float16 key with a float32
+/// column is a type error naming the column.
+#[test]
+fn version_1_is_read_and_types_must_match_the_key() {
+    let meta = meta();
+    let batch = records_to_batch(&meta, &[record(0, &meta, true)]).unwrap();
+    let mut kv: HashMap<String, String> = HashMap::from(batch.schema().metadata());
+    kv.insert(META_SPEC_VERSION.into(), "1".into());
+    kv.remove(META_LOGMEL_TYPE);
+    let schema = batch.schema().as_ref().clone().with_metadata(kv.clone());
+    let v1 = ShardMeta::validate(&schema, "v1.parquet").unwrap();
+    assert_eq!(v1.spec_version, 1);
+    assert_eq!(v1.logmel_type, LogmelType::Float32);
+    kv.insert(META_SPEC_VERSION.into(), SPEC_VERSION.to_string());
+    kv.insert(META_LOGMEL_TYPE.into(), "float16".into());
+    let schema = batch.schema().as_ref().clone().with_metadata(kv.clone());
+    let err = ShardMeta::validate(&schema, "x.parquet")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("'logmel'") && err.contains("Float32"), "{err}");
+    kv.insert(META_LOGMEL_TYPE.into(), "bfloat16".into());
+    let schema = batch.schema().as_ref().clone().with_metadata(kv);
+    let err = ShardMeta::validate(&schema, "x.parquet")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("asc.logmel_type") && err.contains("bfloat16"),
+        "{err}"
+    );
+    assert_eq!("float16".parse::<LogmelType>(), Ok(LogmelType::Float16));
+    assert_eq!(LogmelType::Float16.to_string(), "float16");
+}

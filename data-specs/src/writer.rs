@@ -17,7 +17,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::schema::{ShardMeta, col};
+use crate::schema::{LogmelType, ShardMeta, col};
 
 /// The Parquet leaf of a list column's values (`<column>.list.item`).
 pub fn list_leaf(column: &str) -> ColumnPath {
@@ -25,12 +25,15 @@ pub fn list_leaf(column: &str) -> ColumnPath {
 }
 
 /// Writer properties of a shard: `compression`, `BYTE_STREAM_SPLIT` on the float leaves when
-/// `byte_stream_split`, row groups of at most `row_group_rows` rows, and `meta` (when given) as
-/// file key-value metadata.
+/// `byte_stream_split` (on the log-mel leaf only when `logmel_type` is float32: a float16 value
+/// is a 2-byte `FIXED_LEN_BYTE_ARRAY` in Parquet, whose byte-stream-split encoding DuckDB cannot
+/// read), row groups of at most `row_group_rows` rows, and `meta` (when given) as file
+/// key-value metadata.
 pub fn shard_writer_properties(
     compression: Compression,
     byte_stream_split: bool,
     row_group_rows: usize,
+    logmel_type: LogmelType,
     meta: Option<&ShardMeta>,
 ) -> WriterProperties {
     let mut b = WriterProperties::builder()
@@ -47,7 +50,7 @@ pub fn shard_writer_properties(
         b = b
             .set_column_dictionary_enabled(leaf.clone(), false)
             .set_column_statistics_enabled(leaf.clone(), EnabledStatistics::None);
-        if byte_stream_split {
+        if byte_stream_split && (c == col::TEACHER_LOGITS || logmel_type == LogmelType::Float32) {
             b = b.set_column_encoding(leaf, Encoding::BYTE_STREAM_SPLIT);
         }
     }
@@ -60,7 +63,13 @@ mod tests {
 
     #[test]
     fn float_leaves_get_their_settings_and_others_keep_the_defaults() {
-        let p = shard_writer_properties(Compression::UNCOMPRESSED, true, 512, None);
+        let p = shard_writer_properties(
+            Compression::UNCOMPRESSED,
+            true,
+            512,
+            LogmelType::Float32,
+            None,
+        );
         for c in [col::LOGMEL, col::TEACHER_LOGITS] {
             let leaf = list_leaf(c);
             assert!(!p.dictionary_enabled(&leaf));
@@ -71,7 +80,26 @@ mod tests {
         assert!(p.dictionary_enabled(&other));
         assert_eq!(p.encoding(&other), None);
         assert_eq!(p.max_row_group_row_count(), Some(512));
-        let plain = shard_writer_properties(Compression::UNCOMPRESSED, false, 0, None);
+        // float16 log-mel: BYTE_STREAM_SPLIT on the teacher logits only.
+        let f16 = shard_writer_properties(
+            Compression::UNCOMPRESSED,
+            true,
+            512,
+            LogmelType::Float16,
+            None,
+        );
+        assert_eq!(f16.encoding(&list_leaf(col::LOGMEL)), None);
+        assert_eq!(
+            f16.encoding(&list_leaf(col::TEACHER_LOGITS)),
+            Some(Encoding::BYTE_STREAM_SPLIT)
+        );
+        let plain = shard_writer_properties(
+            Compression::UNCOMPRESSED,
+            false,
+            0,
+            LogmelType::Float32,
+            None,
+        );
         assert_eq!(plain.encoding(&list_leaf(col::LOGMEL)), None);
         assert_eq!(plain.max_row_group_row_count(), Some(1));
     }

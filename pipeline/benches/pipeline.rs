@@ -1,5 +1,7 @@
-//! Whole-pipeline benchmark: clips/s of `pipeline features` on the demo dataset, on one core
-//! and on all cores, and the shard compression measurement.
+//! Whole-pipeline benchmark: files/s of `pipeline features` on the demo dataset (1 s files: a
+//! file is a clip), on all cores and on one core, in wall time and per CPU-second of the
+//! process (less sensitive to other load on a shared machine), and the shard compression
+//! measurement.
 //!
 //! `cargo bench -p pipeline --bench pipeline [-- [--scale S] [--dataset DIR] [--compression-only]]`
 //!
@@ -14,8 +16,8 @@ use std::time::Instant;
 use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use pipeline::features::{FeaturesArgs, run_features};
-use pipeline::shards::Codec;
+use pipeline::features::{FeaturesArgs, Summary, run_features};
+use pipeline::shards::{Codec, writer_properties};
 
 fn arg_value(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -23,7 +25,19 @@ fn arg_value(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-fn run(dataset: &Path, out: &Path, threads: usize) -> anyhow::Result<(f64, u64, usize)> {
+/// CPU seconds used by this process so far (every thread; `CLOCK_PROCESS_CPUTIME_ID`).
+fn cpu_seconds() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// Runs `pipeline features` on `dataset`: (wall seconds, CPU seconds, summary).
+fn run(dataset: &Path, out: &Path, threads: usize) -> anyhow::Result<(f64, f64, Summary)> {
     let args = FeaturesArgs::parse_args([
         "--dataset",
         dataset.to_str().unwrap(),
@@ -33,9 +47,22 @@ fn run(dataset: &Path, out: &Path, threads: usize) -> anyhow::Result<(f64, u64, 
         &threads.to_string(),
         "--quiet",
     ])?;
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_seconds());
     let s = run_features(&args)?;
-    Ok((t.elapsed().as_secs_f64(), s.total_rows(), s.files))
+    Ok((t.elapsed().as_secs_f64(), cpu_seconds() - c, s))
+}
+
+fn report(threads: usize, secs: f64, cpu: f64, s: &Summary) {
+    println!(
+        "features, {threads} thread(s): {} files ({} decoded again for their DIR copies) -> {} rows in {secs:.1} s: {:.1} files/s, {:.1} rows/s; {cpu:.1} CPU-s: {:.0} files per CPU-s ({:.2} ms of CPU per file)",
+        s.files,
+        s.dir_files,
+        s.total_rows(),
+        s.files as f64 / secs,
+        s.total_rows() as f64 / secs,
+        s.files as f64 / cpu,
+        1e3 * cpu / s.files as f64
+    );
 }
 
 fn read_batches(dir: &Path, max_rows: usize) -> anyhow::Result<Vec<RecordBatch>> {
@@ -68,12 +95,7 @@ fn compression_table(dir: &Path) -> anyhow::Result<()> {
         // Best of three (the build machine is shared).
         let (mut write_ms, mut read_ms, mut size) = (f64::MAX, f64::MAX, 0.0);
         for _ in 0..3 {
-            let props = data_specs::shard_writer_properties(
-                codec.compression,
-                codec.byte_stream_split,
-                pipeline::shards::DEFAULT_ROW_GROUP_ROWS,
-                Some(&meta),
-            );
+            let props = writer_properties(&meta, pipeline::shards::DEFAULT_ROW_GROUP_ROWS, codec);
             let t = Instant::now();
             let mut buf = Vec::new();
             let mut w = ArrowWriter::try_new(&mut buf, meta.schema(), Some(props))?;
@@ -133,20 +155,12 @@ fn main() -> anyhow::Result<()> {
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let all_out = tmp.path().join("out-all");
-    let (secs, rows, files) = run(&dataset, &all_out, cores)?;
-    println!(
-        "features, {cores} threads: {files} files -> {rows} rows in {secs:.1} s: {:.1} clips/s, {:.1} rows/s",
-        files as f64 / secs,
-        rows as f64 / secs
-    );
+    let (secs, cpu, s) = run(&dataset, &all_out, cores)?;
+    report(cores, secs, cpu, &s);
     if !args.iter().any(|a| a == "--compression-only") {
         let one_out = tmp.path().join("out-1");
-        let (secs, rows, files) = run(&dataset, &one_out, 1)?;
-        println!(
-            "features, 1 thread: {files} files -> {rows} rows in {secs:.1} s: {:.1} clips/s, {:.1} rows/s",
-            files as f64 / secs,
-            rows as f64 / secs
-        );
+        let (secs, cpu, s) = run(&dataset, &one_out, 1)?;
+        report(1, secs, cpu, &s);
     }
     compression_table(&all_out)
 }

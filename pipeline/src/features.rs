@@ -4,9 +4,9 @@
 //! 2. Decode, [resample](crate::resample) to 32 kHz, cut into 1 s clips.
 //! 3. Energy ([`data_specs::clip_energy`]) and the DIR threshold: `--energy-threshold`, or the
 //!    mean clip energy over **all** training clips (every device, not only `a`: the paper's
-//!    "average energy of the training set"), computed in a first pass over the whole training
-//!    set (not only this partition, so that every partition gates alike) and cached in
-//!    `<out>/energy-threshold.json` (keyed by a hash of the training list).
+//!    "average energy of the training set"), over the whole training set (not only this
+//!    partition, so that every partition gates alike), cached in
+//!    `<out>/energy-threshold.json` (keyed by a hash of the training list and the front end).
 //! 4. DIR variants: for device-`a` training clips with energy > threshold, `--dir-variants K`
 //!    copies, each convolved with an impulse response drawn by
 //!    [`choose_irs`](crate::dir::choose_irs). K = 4 by default: the trainer replaces a device-`a`
@@ -20,17 +20,52 @@
 //! 6. Teacher logits ([`TeacherLogits`]) joined by clip id; every variant carries its clip's
 //!    logits; missing logits are null.
 //! 7. Log-mel ([`LogMel`]).
-//! 8. Shards ([`crate::shards`]): the rows of `--files-per-shard` consecutive files of this
-//!    partition go to one shard, processed in chunks (memory bounded), rayon-parallel over the
-//!    files of a chunk, with deterministic output; complete shards are skipped on re-runs, and
-//!    the manifest is rewritten from every complete shard of the folder at the end.
+//! 8. Shards ([`crate::shards`]), processed in chunks of `--chunk-files` files (memory
+//!    bounded), rayon-parallel over the files of a chunk, with deterministic output; complete
+//!    shards are skipped on re-runs, and the manifest is rewritten from every complete shard of
+//!    the folder at the end.
+//!
+//! # Two passes, one decode per file
+//!
+//! The threshold depends on every training clip, and DIR variants (and every shard's
+//! `asc.energy_threshold`) depend on the threshold. Rather than decoding and resampling the
+//! training set twice (an energy pass, then the shard pass), the work is split by what depends
+//! on the threshold:
+//!
+//! - **Pass 1** decodes and resamples every file of the partition once and writes everything
+//!   that does not depend on the threshold: the original rows and their replays, in shards of
+//!   `--files-per-shard` files (`shard-p<i>of<n>-<k>`, k = 0 .. K-1). Their `energy` column
+//!   holds every clip's energy, so the threshold follows from pass 1 alone: the mean in
+//!   dataset row order and clip order, summed in f64, the same numbers in the same order as a
+//!   separate energy pass, hence bit-identical. Until the threshold is known, each shard is
+//!   written as `<shard>.pending` with `asc.energy_threshold = NaN`; once it is known,
+//!   [`shards::finalize_pending`] rewrites only the footer (the data pages stay in place) and
+//!   renames it. With `--energy-threshold` or a cached threshold each shard is finalized as
+//!   soon as it is written; every pass-1 shard goes through the same steps, so the bytes do not
+//!   depend on when the threshold became known.
+//! - **Pass 2** writes the DIR copies of the eligible clips (device `a`, training, energy above
+//!   the threshold, taken from pass 1) into shards of their own (k = K, K+1, ...; about
+//!   `--files-per-shard` rows each), in the plan's file order. It decodes only the files of
+//!   eligible clips a second time (on the demo set 540 of 2,800 files); every other file is
+//!   decoded once. One forward FFT of a clip serves its K copies
+//!   ([`DirBank`](crate::dir::DirBank)).
+//!
+//! The rows and their values are the same as with an energy pass followed by a single shard
+//! pass, given the same threshold; only their placement differs (DIR copies in their own
+//! shards; the loader groups rows by clip id across shards). A run interrupted in either pass
+//! resumes: complete and pending shards are kept, and their energies read back from the
+//! `energy` column.
+//!
+//! With `--partition i/n` the training files of the other partitions still need their
+//! energies for the threshold: they go through an energy-only pass (decode, resample, energy),
+//! unless the threshold is given or cached.
 //!
 //! Partitions: `--partition i/n` keeps the rows whose 10 s segment id hashes (FNV-1a 64) to
 //! `i` modulo `n`, so the ten seconds and the parallel device recordings of a segment stay in
 //! one partition. The union of the shards of `0/n .. n-1/n` holds exactly the rows of a `0/1`
 //! run (in other shard files).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -38,8 +73,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use data_specs::hash::fnv1a64;
 use data_specs::{
-    ClipRecord, ClipSet, DirSet, FrontEndConfig, FrontEndPreset, Manifest, ShardEntry, ShardMeta,
-    Variant, clip_energy, records_to_batch,
+    ClipRecord, ClipSet, DirSet, FrontEndConfig, FrontEndPreset, LogmelType, Manifest, ShardEntry,
+    ShardMeta, Variant, clip_energy, records_to_batch,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -134,6 +169,12 @@ pub struct FeaturesArgs {
     /// BYTE_STREAM_SPLIT floats, 22 % smaller).
     #[arg(long, value_enum, default_value = "uncompressed")]
     pub compression: shards::ShardCompression,
+
+    /// Element type of the log-mel column: float32, or float16 (half the size on disk and in
+    /// the page cache; values rounded to nearest binary16, a relative error of at most 2^-11;
+    /// see data-specs/README.md). The trainer reads both.
+    #[arg(long, value_name = "TYPE", default_value = "float32")]
+    pub logmel_type: LogmelType,
 
     /// Files decoded and featurized in parallel per step (bounds memory: a step holds the
     /// waveforms and log-mels of this many files).
@@ -240,8 +281,10 @@ pub struct Summary {
     pub shards_kept: usize,
     /// Shards of this partition.
     pub shards_total: usize,
-    /// Source files processed by this run.
+    /// Source files processed by this run (pass 1: decoded once each).
     pub files: usize,
+    /// Files decoded again by this run for their DIR copies (pass 2).
+    pub dir_files: usize,
     /// Files left out (with `--on-error skip`).
     pub skipped: Vec<Skipped>,
     /// Files skipped by the previous run that this run tried again.
@@ -287,6 +330,12 @@ impl Summary {
             self.files as f64 / self.seconds.max(1e-9),
             self.seconds
         );
+        if self.dir_files > 0 {
+            println!(
+                "  DIR variants: {} files decoded again for their DIR copies",
+                self.dir_files
+            );
+        }
         if self.retried > 0 {
             println!(
                 "  retried {} files the previous run skipped (listed in its skip report)",
@@ -329,9 +378,10 @@ struct Ctx<'a> {
     cfg: FrontEndConfig,
     logmel: LogMel,
     irs: Vec<crate::dir::ImpulseResponse>,
+    /// The DIR set's spectra at the clip length (`None` without DIR variants).
+    bank: Option<crate::dir::DirBank>,
     dir_k: usize,
     seed: u64,
-    threshold: f32,
     replay_dir: Option<PathBuf>,
     replay_sim: bool,
     max_lag: usize,
@@ -420,8 +470,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// All records of one source file, in a deterministic order: per clip, the original, its DIR
-    /// copies, its replay.
+    /// Pass 1: the records of one source file that do not depend on the DIR threshold, in a
+    /// deterministic order: per clip, the original, then its replay.
     fn process_row(&self, r: usize) -> Result<Vec<ClipRecord>, IngestError> {
         let row = &self.ds.rows[r];
         let (wave, clips) = load_clips(&self.ds.audio_path(r), &self.cfg)?;
@@ -461,33 +511,8 @@ impl Ctx<'_> {
         let mut out = Vec::new();
         for (ci, (k, clip)) in clips.iter().enumerate() {
             let id = clip_id(row.stem(), *k);
-            let seg_index = match k {
-                Some(k) if row.segment_index == 0 => *k as i32,
-                _ => row.segment_index,
-            };
-            let original = self.record(row, &id, seg_index, Variant::Original, None, clip);
-            let eligible = is_train
-                && row.device == data_specs::REFERENCE_DEVICE
-                && original.energy > self.threshold
-                && self.dir_k > 0
-                && !self.irs.is_empty();
-            out.push(original);
-            if eligible {
-                let chosen = crate::dir::choose_irs(&id, self.seed, self.irs.len(), self.dir_k);
-                for i in chosen {
-                    let ir = &self.irs[i];
-                    let mut conv = crate::dir::convolve_causal(clip, &ir.samples);
-                    conv.resize(clip.len(), 0.0);
-                    out.push(self.record(
-                        row,
-                        &id,
-                        seg_index,
-                        Variant::Dir,
-                        Some(ir.name.clone()),
-                        &conv,
-                    ));
-                }
-            }
+            let seg_index = self.segment_index(row, *k);
+            out.push(self.record(row, &id, seg_index, Variant::Original, None, clip));
             if let Some((src, rclips)) = &replay {
                 if let Some((_, rc)) = rclips.get(ci) {
                     out.push(self.record(
@@ -515,6 +540,61 @@ impl Ctx<'_> {
         }
         Ok(out)
     }
+
+    /// `segment_index` of clip `k` of a row: the clip index for a long recording whose name
+    /// does not carry one, the name's index otherwise.
+    fn segment_index(&self, row: &MetaRow, k: Option<usize>) -> i32 {
+        match k {
+            Some(k) if row.segment_index == 0 => k as i32,
+            _ => row.segment_index,
+        }
+    }
+
+    /// True when DIR variants can apply to the clips of row `r`: a device-`a` training file,
+    /// with DIR variants on.
+    fn dir_applies(&self, r: usize) -> bool {
+        self.ds.sets[r] == ClipSet::Train
+            && self.ds.rows[r].device == data_specs::REFERENCE_DEVICE
+            && self.dir_k > 0
+            && self.bank.as_ref().is_some_and(|b| !b.is_empty())
+    }
+
+    /// Pass 2: the DIR copies of the clips of row `r` whose original energy (`energies`, per
+    /// clip in clip order, as pass 1 wrote them) is above `threshold`, in a deterministic
+    /// order: per clip, its `dir_k` copies in the order [`choose_irs`](crate::dir::choose_irs)
+    /// draws the responses.
+    fn dir_rows(
+        &self,
+        r: usize,
+        energies: &[f32],
+        threshold: f32,
+    ) -> Result<Vec<ClipRecord>, IngestError> {
+        let Some(bank) = &self.bank else {
+            return Ok(Vec::new());
+        };
+        let row = &self.ds.rows[r];
+        let (_, clips) = load_clips(&self.ds.audio_path(r), &self.cfg)?;
+        let mut out = Vec::new();
+        for (ci, (k, clip)) in clips.iter().enumerate() {
+            if !energies.get(ci).is_some_and(|&e| e > threshold) {
+                continue;
+            }
+            let id = clip_id(row.stem(), *k);
+            let seg_index = self.segment_index(row, *k);
+            let chosen = crate::dir::choose_irs(&id, self.seed, self.irs.len(), self.dir_k);
+            for (i, conv) in chosen.iter().zip(bank.convolve(clip, &chosen)) {
+                out.push(self.record(
+                    row,
+                    &id,
+                    seg_index,
+                    Variant::Dir,
+                    Some(self.irs[*i].name.clone()),
+                    &conv,
+                ));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The cached threshold of a shard folder.
@@ -525,28 +605,23 @@ struct ThresholdCache {
     threshold: f32,
 }
 
-/// Result of the energy pass: `(mean, clips)` when any clip was read, and the failed rows.
-type EnergyPass = (Option<(f64, u64)>, Vec<(usize, IngestError)>);
+/// Clip energies of files: `energies[r]` holds the energies of row `r`'s clips in clip order,
+/// for the rows read so far (`None`: not read, or failed).
+type Energies = Vec<Option<Vec<f32>>>;
 
-/// Mean clip energy over every 1 s clip of the training files (row order, f64 sum), with the
-/// files that failed.
-fn mean_training_energy(
+/// Energy-only pass (decode, resample, energy) over `rows`, for the training files of other
+/// partitions: fills `energies` and returns the files that failed.
+fn energy_pass(
     ds: &Dataset,
     cfg: &FrontEndConfig,
+    rows: &[usize],
     chunk: usize,
     quiet: bool,
-) -> EnergyPass {
-    let train: Vec<usize> = ds
-        .usable
-        .iter()
-        .copied()
-        .filter(|&r| ds.sets[r] == ClipSet::Train)
-        .collect();
-    let pb = progress(train.len() as u64, "energy pass", quiet);
-    let mut sum = 0f64;
-    let mut count = 0u64;
+    energies: &mut Energies,
+) -> Vec<(usize, IngestError)> {
+    let pb = progress(rows.len() as u64, "energy pass (other partitions)", quiet);
     let mut errors = Vec::new();
-    for c in train.chunks(chunk.max(1)) {
+    for c in rows.chunks(chunk.max(1)) {
         let res: Vec<Result<Vec<f32>, IngestError>> = c
             .par_iter()
             .map(|&r| {
@@ -556,19 +631,30 @@ fn mean_training_energy(
             .collect();
         for (&r, e) in c.iter().zip(res) {
             match e {
-                Ok(es) => {
-                    for e in es {
-                        sum += e as f64;
-                        count += 1;
-                    }
-                }
+                Ok(es) => energies[r] = Some(es),
                 Err(err) => errors.push((r, err)),
             }
         }
         pb.inc(c.len() as u64);
     }
     pb.finish_and_clear();
-    ((count > 0).then_some((sum / count as f64, count)), errors)
+    errors
+}
+
+/// The DIR threshold: the mean energy of every clip of the training files (every device), as
+/// an f64 sum in dataset row order and clip order, rounded to f32; with the number of clips.
+fn mean_training_energy(ds: &Dataset, energies: &Energies) -> Option<(f32, u64)> {
+    let (mut sum, mut count) = (0f64, 0u64);
+    for &r in &ds.usable {
+        if ds.sets[r] != ClipSet::Train {
+            continue;
+        }
+        for &e in energies[r].iter().flatten() {
+            sum += e as f64;
+            count += 1;
+        }
+    }
+    (count > 0).then(|| ((sum / count as f64) as f32, count))
 }
 
 /// Runs the pipeline and returns what it did (the library entry point of `pipeline features`).
@@ -581,6 +667,112 @@ pub fn run_features(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         b.build().context("cannot start the worker threads")?
     };
     pool.install(|| run_in_pool(args))
+}
+
+/// What the shard loops share: the run's settings and what it has done so far.
+struct Run<'a> {
+    args: &'a FeaturesArgs,
+    ds: &'a Dataset,
+    summary: Summary,
+    skipped: Vec<Skipped>,
+    pb: ProgressBar,
+    /// The previous run's skip report (its files are retried: crate::skips).
+    previous: crate::skips::PreviousSkips,
+    /// Files of the shards this run wrote in pass 1 (each retried if the previous run skipped it).
+    retried: HashSet<String>,
+}
+
+impl Run<'_> {
+    /// Processes `rows` in chunks of `--chunk-files` files (rayon-parallel within a chunk)
+    /// with `work` and appends their records to `writer` in row order; `seen` gets each file's
+    /// records. The records of a chunk are converted and written while the next chunk is
+    /// processed. A failed file is an error, or a skip with `--on-error skip`.
+    fn write_rows(
+        &mut self,
+        writer: &mut ShardWriter,
+        meta: &ShardMeta,
+        rows: &[usize],
+        work: &(dyn Fn(usize) -> Result<Vec<ClipRecord>, IngestError> + Sync),
+        seen: &mut dyn FnMut(usize, &[ClipRecord]),
+    ) -> anyhow::Result<()> {
+        let write = |writer: &mut ShardWriter, records: Vec<ClipRecord>| -> anyhow::Result<()> {
+            if !records.is_empty() {
+                writer.write(&records_to_batch(meta, &records)?)?;
+            }
+            Ok(())
+        };
+        let mut ready: Vec<ClipRecord> = Vec::new();
+        for chunk in rows.chunks(self.args.chunk_files) {
+            let previous = std::mem::take(&mut ready);
+            let (wrote, results) = rayon::join(
+                || write(writer, previous),
+                || {
+                    chunk
+                        .par_iter()
+                        .map(|&r| work(r))
+                        .collect::<Vec<Result<Vec<ClipRecord>, IngestError>>>()
+                },
+            );
+            wrote?;
+            for (&r, res) in chunk.iter().zip(results) {
+                match res {
+                    Ok(recs) => {
+                        seen(r, &recs);
+                        ready.extend(recs);
+                    }
+                    Err(e) if self.args.on_error == OnError::Skip => self.skipped.push(Skipped {
+                        file: self.ds.audio_path(r).display().to_string(),
+                        reason: e.to_string(),
+                    }),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            for rec in &ready {
+                *self
+                    .summary
+                    .rows
+                    .entry((
+                        rec.set.as_str().to_string(),
+                        rec.device.clone(),
+                        rec.variant.as_str().to_string(),
+                    ))
+                    .or_default() += 1;
+            }
+            self.pb.inc(chunk.len() as u64);
+        }
+        write(writer, ready)
+    }
+
+    /// True when `--stop-after-shards` is reached (the testing aid that simulates an
+    /// interruption).
+    fn stop_here(&self) -> bool {
+        self.args.stop_after_shards == Some(self.summary.shards_written)
+    }
+}
+
+/// The energies of the original rows of a shard written by pass 1, into `energies`.
+fn read_energies(ds: &Dataset, path: &Path, energies: &mut Energies) -> anyhow::Result<()> {
+    let by_file: HashMap<&str, usize> = ds
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(r, row)| (row.filename.as_str(), r))
+        .collect();
+    let mut seen: Vec<usize> = Vec::new();
+    for (file, energy) in shards::original_energies(path)? {
+        let Some(&r) = by_file.get(file.as_str()) else {
+            bail!(
+                "{}: holds clips of {file}, which is not in this dataset's meta.csv; use another --out folder",
+                path.display()
+            );
+        };
+        if seen.last() != Some(&r) {
+            seen.push(r);
+            energies[r] = Some(Vec::new());
+        }
+        energies[r].get_or_insert_with(Vec::new).push(energy);
+    }
+    Ok(())
 }
 
 fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
@@ -598,7 +790,6 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
             allow_unlabelled: args.allow_unlabelled,
         },
     )?;
-    let mut skipped = ds.skipped.clone();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the output folder", args.out.display()))?;
     // One lock for the whole run (of this partition): see crate::lock.
@@ -654,83 +845,65 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
         None => None,
     };
 
-    // Energy threshold.
-    let (threshold, threshold_source) = match args.energy_threshold {
-        Some(x) => (x, "--energy-threshold".to_string()),
-        None => {
-            let mut h = Sha256::new();
-            for &r in &ds.usable {
-                if ds.sets[r] == ClipSet::Train {
-                    h.update(ds.rows[r].filename.as_bytes());
-                    h.update(b"\n");
-                }
+    // The DIR threshold, when known before pass 1: given, or cached by an earlier run (keyed
+    // by the training list and the front end).
+    let fingerprint = {
+        let mut h = Sha256::new();
+        for &r in &ds.usable {
+            if ds.sets[r] == ClipSet::Train {
+                h.update(ds.rows[r].filename.as_bytes());
+                h.update(b"\n");
             }
-            h.update(serde_json::to_string(&cfg)?.as_bytes());
-            let fingerprint: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-            let cache_path = args.out.join("energy-threshold.json");
-            let cached = std::fs::read_to_string(&cache_path)
-                .ok()
-                .and_then(|t| serde_json::from_str::<ThresholdCache>(&t).ok())
-                .filter(|c| c.fingerprint == fingerprint);
-            match cached {
-                Some(c) => (
+        }
+        h.update(serde_json::to_string(&cfg)?.as_bytes());
+        h.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let cache_path = args.out.join("energy-threshold.json");
+    let known: Option<(f32, String)> = match args.energy_threshold {
+        Some(x) => Some((x, "--energy-threshold".to_string())),
+        None => std::fs::read_to_string(&cache_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<ThresholdCache>(&t).ok())
+            .filter(|c| c.fingerprint == fingerprint)
+            .map(|c| {
+                (
                     c.threshold,
                     format!(
                         "mean over {} training clips, cached in {}",
                         c.training_clips,
                         cache_path.display()
                     ),
-                ),
-                None => {
-                    let (mean, errors) =
-                        mean_training_energy(&ds, &cfg, args.chunk_files, args.quiet);
-                    for (r, e) in errors {
-                        if args.on_error == OnError::Fail {
-                            return Err(e.into());
-                        }
-                        skipped.push(Skipped {
-                            file: ds.audio_path(r).display().to_string(),
-                            reason: e.to_string(),
-                        });
-                    }
-                    let Some((mean, n)) = mean else {
-                        bail!(
-                            "{}: no training clips to compute the DIR energy threshold from (no fold1_train.csv or split*.csv found?); pass --energy-threshold",
-                            args.dataset.display()
-                        );
-                    };
-                    let c = ThresholdCache {
-                        fingerprint,
-                        training_clips: n,
-                        threshold: mean as f32,
-                    };
-                    let tmp = shards::tmp_path(&cache_path);
-                    std::fs::write(&tmp, serde_json::to_string_pretty(&c)?)
-                        .and_then(|_| std::fs::rename(&tmp, &cache_path))
-                        .with_context(|| format!("{}: cannot write", cache_path.display()))?;
-                    (c.threshold, format!("mean over {n} training clips"))
-                }
-            }
-        }
+                )
+            }),
     };
 
     let mut meta = ShardMeta::new(cfg.clone(), ds.labels.clone(), ds.devices.clone());
-    meta.energy_threshold = threshold;
     meta.dir_set = dir_set;
     meta.teacher = teacher
         .as_ref()
         .map(|t| t.description().to_string())
         .unwrap_or_default();
     meta.dataset = ds.name.clone();
+    meta.logmel_type = args.logmel_type;
+    // Pass 1 shards written before the threshold is known carry NaN until finalized.
+    let mut pending_meta = meta.clone();
+    pending_meta.energy_threshold = f32::NAN;
+    if let Some((x, _)) = &known {
+        meta.energy_threshold = *x;
+    }
 
+    let bank = (!irs.is_empty()).then(|| crate::dir::DirBank::new(&irs, cfg.clip_samples));
     let ctx = Ctx {
         ds: &ds,
         cfg: cfg.clone(),
         logmel,
         irs,
+        bank,
         dir_k: args.dir_variants,
         seed: args.seed,
-        threshold,
         replay_dir: args.replay_dir.clone(),
         replay_sim: args.replay_sim,
         max_lag: (args.replay_max_lag_ms.max(0.0) * cfg.sample_rate as f32 / 1000.0) as usize,
@@ -756,88 +929,280 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
     });
     let shard_rows: Vec<&[usize]> = plan.chunks(args.files_per_shard).collect();
     let old_manifest = Manifest::load(&args.out).ok();
+    let codec = args.compression.codec();
 
-    let mut summary = Summary {
-        energy_threshold: threshold,
-        threshold_source,
-        shards_total: shard_rows.len(),
-        ..Summary::default()
+    let mut run = Run {
+        args,
+        ds: &ds,
+        summary: Summary {
+            shards_total: shard_rows.len(),
+            ..Summary::default()
+        },
+        skipped: ds.skipped.clone(),
+        pb: progress(plan.len() as u64, "features", args.quiet),
+        previous: crate::skips::PreviousSkips::read(&crate::skips::report_path(
+            &args.out, part_i, part_n,
+        ))?,
+        retried: HashSet::new(),
     };
-    // Files the previous run skipped are retried: their shards are rewritten (crate::skips).
-    let report = crate::skips::report_path(&args.out, part_i, part_n);
-    let previous = crate::skips::PreviousSkips::read(&report)?;
-    let mut retried: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let pb = progress(plan.len() as u64, "features", args.quiet);
+    let mut energies: Energies = vec![None; ds.rows.len()];
     let mut fresh: Vec<ShardEntry> = Vec::new();
+    // Pass 1 shards to finalize once the threshold is known, and the thresholds of the final
+    // shards kept from an earlier run whose threshold this run recomputes.
+    let mut pending: Vec<usize> = Vec::new();
+    let mut kept_thresholds: Vec<(PathBuf, f32)> = Vec::new();
     let mut stopped = false;
+
+    // Pass 1: originals (and replays) of every file of the partition, one decode each.
     for (k, rows) in shard_rows.iter().enumerate() {
         let path = args.out.join(shards::shard_name(part_i, part_n, k));
-        // A complete shard is kept unless it holds a file the previous run skipped (retried) or
-        // was written with another --compression.
+        let pending_path = shards::pending_path(&path);
+        // A complete (or pending) shard is kept unless it holds a file the previous run
+        // skipped (retried) or was written with another --compression.
         let audio: Vec<String> = rows
             .iter()
             .map(|&r| ds.audio_path(r).display().to_string())
             .collect();
-        let retry = audio.iter().any(|f| previous.lists(f));
+        let retry = audio.iter().any(|f| run.previous.lists(f));
+        let same_codec = |p: &Path| -> anyhow::Result<bool> {
+            Ok(shards::shard_codec(p).ok().flatten() == Some(codec))
+        };
         if !retry
-            && let Some(entry) = shards::shard_is_complete(&path, old_manifest.as_ref(), &meta)?
-            && shards::shard_codec(&path)? == Some(args.compression.codec())
+            && path.is_file()
+            && let Ok((found, _)) = shards::check_shard(&path, None)
         {
-            fresh.push(entry);
-            summary.shards_kept += 1;
-            pb.inc(rows.len() as u64);
-            continue;
+            // The expected metadata, with this run's threshold or, before it is known, the
+            // file's (checked against the computed one below).
+            let mut expected = pending_meta.clone();
+            expected.energy_threshold = known.as_ref().map_or(found.energy_threshold, |k| k.0);
+            if let Some(entry) = shards::shard_is_complete(&path, old_manifest.as_ref(), &expected)?
+                && same_codec(&path)?
+            {
+                read_energies(&ds, &path, &mut energies)?;
+                if known.is_none() {
+                    kept_thresholds.push((path.clone(), found.energy_threshold));
+                }
+                if pending_path.exists() {
+                    std::fs::remove_file(&pending_path)
+                        .with_context(|| format!("{}: cannot remove", pending_path.display()))?;
+                }
+                fresh.push(entry);
+                run.summary.shards_kept += 1;
+                run.pb.inc(rows.len() as u64);
+                continue;
+            }
         }
-        if args.stop_after_shards == Some(summary.shards_written) {
+        if !retry && pending_path.is_file() {
+            match shards::check_shard(&pending_path, Some(&pending_meta)) {
+                Ok(_) if same_codec(&pending_path)? => {
+                    read_energies(&ds, &pending_path, &mut energies)?;
+                    pending.push(k);
+                    run.summary.shards_kept += 1;
+                    run.pb.inc(rows.len() as u64);
+                    continue;
+                }
+                Err(e @ shards::ShardError::Mismatch { .. }) => return Err(e.into()),
+                _ => std::fs::remove_file(&pending_path)
+                    .with_context(|| format!("{}: cannot remove", pending_path.display()))?,
+            }
+        }
+        if run.stop_here() {
             stopped = true;
             break;
         }
-        retried.extend(audio);
+        // Written under the pending name with the pending metadata, then finalized (now when
+        // the threshold is known, else after the pass), so that every pass-1 shard is made
+        // the same way, byte for byte.
+        run.retried.extend(audio);
         let mut writer = ShardWriter::create(
-            &path,
-            &meta,
+            &pending_path,
+            &pending_meta,
             args.row_group_rows,
-            args.compression.codec(),
+            codec,
             [part_i, part_n],
         )?;
-        for chunk in rows.chunks(args.chunk_files) {
-            let results: Vec<Result<Vec<ClipRecord>, IngestError>> =
-                chunk.par_iter().map(|&r| ctx.process_row(r)).collect();
-            let mut records = Vec::new();
-            for (&r, res) in chunk.iter().zip(results) {
-                match res {
-                    Ok(recs) => records.extend(recs),
-                    Err(e) if args.on_error == OnError::Skip => skipped.push(Skipped {
-                        file: ds.audio_path(r).display().to_string(),
-                        reason: e.to_string(),
-                    }),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            for rec in &records {
-                *summary
-                    .rows
-                    .entry((
-                        rec.set.as_str().to_string(),
-                        rec.device.clone(),
-                        rec.variant.as_str().to_string(),
-                    ))
-                    .or_default() += 1;
-            }
-            let batch = records_to_batch(&meta, &records)?;
-            writer.write(&batch)?;
-            summary.files += chunk.len();
-            pb.inc(chunk.len() as u64);
-            pb.set_message(format!("shard {}/{}", k + 1, shard_rows.len()));
+        run.pb
+            .set_message(format!("shard {}/{}", k + 1, shard_rows.len()));
+        run.write_rows(
+            &mut writer,
+            &pending_meta,
+            rows,
+            &|r| ctx.process_row(r),
+            &mut |r, recs| {
+                energies[r] = Some(
+                    recs.iter()
+                        .filter(|x| x.variant == Variant::Original)
+                        .map(|x| x.energy)
+                        .collect(),
+                );
+            },
+        )?;
+        run.summary.files += rows.len();
+        writer.finish_unhashed()?;
+        if known.is_some() {
+            fresh.push(shards::finalize_pending(
+                &pending_path,
+                &path,
+                &meta,
+                [part_i, part_n],
+            )?);
+        } else {
+            pending.push(k);
         }
-        fresh.push(writer.finish()?);
-        summary.shards_written += 1;
+        run.summary.shards_written += 1;
     }
-    pb.finish_and_clear();
+    run.pb.finish_and_clear();
+    if stopped {
+        return finish(run, &plan, &fresh, &meta, true, start);
+    }
 
-    // Skip report: this run's entries, plus the previous ones of files not retried (deduplicated:
-    // the energy pass and the shard pass may meet the same file).
-    let in_plan: std::collections::HashSet<String> = plan
+    // The threshold: known, or the mean over every training clip (pass 1's energies, plus an
+    // energy-only pass over the training files of the other partitions).
+    let (threshold, threshold_source) = match known {
+        Some(k) => k,
+        None => {
+            let others: Vec<usize> = ds
+                .usable
+                .iter()
+                .copied()
+                .filter(|&r| ds.sets[r] == ClipSet::Train && energies[r].is_none())
+                .filter(|&r| partition_of(&ds.rows[r], part_n) != part_i)
+                .collect();
+            for (r, e) in energy_pass(
+                &ds,
+                &cfg,
+                &others,
+                args.chunk_files,
+                args.quiet,
+                &mut energies,
+            ) {
+                if args.on_error == OnError::Fail {
+                    return Err(e.into());
+                }
+                run.skipped.push(Skipped {
+                    file: ds.audio_path(r).display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+            let Some((mean, n)) = mean_training_energy(&ds, &energies) else {
+                bail!(
+                    "{}: no training clips to compute the DIR energy threshold from (no fold1_train.csv or split*.csv found?); pass --energy-threshold",
+                    args.dataset.display()
+                );
+            };
+            let c = ThresholdCache {
+                fingerprint,
+                training_clips: n,
+                threshold: mean,
+            };
+            let tmp = shards::tmp_path(&cache_path);
+            std::fs::write(&tmp, serde_json::to_string_pretty(&c)?)
+                .and_then(|_| std::fs::rename(&tmp, &cache_path))
+                .with_context(|| format!("{}: cannot write", cache_path.display()))?;
+            (mean, format!("mean over {n} training clips"))
+        }
+    };
+    meta.energy_threshold = threshold;
+    for (path, found) in &kept_thresholds {
+        if found.to_bits() != threshold.to_bits() {
+            bail!(
+                "{}: written with DIR energy threshold {found}, but this run's is {threshold}; use another --out folder or delete the old shards",
+                path.display()
+            );
+        }
+    }
+    // Pass 1 shards written before the threshold was known get their final metadata.
+    for k in pending {
+        let path = args.out.join(shards::shard_name(part_i, part_n, k));
+        fresh.push(shards::finalize_pending(
+            &shards::pending_path(&path),
+            &path,
+            &meta,
+            [part_i, part_n],
+        )?);
+    }
+    run.summary.energy_threshold = threshold;
+    run.summary.threshold_source = threshold_source;
+
+    // Pass 2: DIR copies of the eligible clips (device-a training clips with energy above the
+    // threshold), decoding only their files again, into shards of their own.
+    let eligible: Vec<usize> = plan
+        .iter()
+        .copied()
+        .filter(|&r| {
+            ctx.dir_applies(r)
+                && energies[r]
+                    .as_ref()
+                    .is_some_and(|es| es.iter().any(|&e| e > threshold))
+        })
+        .collect();
+    let per_shard = (args.files_per_shard / args.dir_variants.max(1)).max(1);
+    let dir_shards: Vec<&[usize]> = eligible.chunks(per_shard).collect();
+    run.summary.shards_total += dir_shards.len();
+    run.pb = progress(eligible.len() as u64, "DIR variants", args.quiet);
+    // A file of the previous skip report retried in pass 1 may have become eligible, which
+    // moves the others between DIR shards: then every DIR shard is written again.
+    let redo_dir = run.retried.iter().any(|f| run.previous.lists(f));
+    for (j, rows) in dir_shards.iter().enumerate() {
+        let k = shard_rows.len() + j;
+        let path = args.out.join(shards::shard_name(part_i, part_n, k));
+        if !redo_dir
+            && let Some(entry) = shards::shard_is_complete(&path, old_manifest.as_ref(), &meta)?
+            && shards::shard_codec(&path)? == Some(codec)
+        {
+            fresh.push(entry);
+            run.summary.shards_kept += 1;
+            run.pb.inc(rows.len() as u64);
+            continue;
+        }
+        if run.stop_here() {
+            stopped = true;
+            break;
+        }
+        let mut writer =
+            ShardWriter::create(&path, &meta, args.row_group_rows, codec, [part_i, part_n])?;
+        run.pb
+            .set_message(format!("DIR shard {}/{}", j + 1, dir_shards.len()));
+        run.write_rows(
+            &mut writer,
+            &meta,
+            rows,
+            &|r| {
+                let es = energies[r].as_deref().unwrap_or_default();
+                ctx.dir_rows(r, es, threshold)
+            },
+            &mut |_, _| {},
+        )?;
+        run.summary.dir_files += rows.len();
+        fresh.push(writer.finish()?);
+        run.summary.shards_written += 1;
+    }
+    run.pb.finish_and_clear();
+    finish(run, &plan, &fresh, &meta, stopped, start)
+}
+
+/// Writes the skip report (this run's entries, plus the previous ones of files of `plan` not
+/// retried), then (unless the run was stopped early) the manifest, and completes the summary.
+fn finish(
+    run: Run<'_>,
+    plan: &[usize],
+    fresh: &[ShardEntry],
+    meta: &ShardMeta,
+    stopped: bool,
+    start: Instant,
+) -> anyhow::Result<Summary> {
+    let Run {
+        args,
+        ds,
+        mut summary,
+        mut skipped,
+        previous,
+        retried,
+        ..
+    } = run;
+    let (part_i, part_n) = args.partition;
+    let report = crate::skips::report_path(&args.out, part_i, part_n);
+    let in_plan: HashSet<String> = plan
         .iter()
         .map(|&r| ds.audio_path(r).display().to_string())
         .collect();
@@ -845,9 +1210,8 @@ fn run_in_pool(args: &FeaturesArgs) -> anyhow::Result<Summary> {
     skipped.extend(previous.still_pending(|f| in_plan.contains(f) && !retried.contains(f)));
     crate::skips::write_report(&report, &mut skipped)?;
     summary.skipped = skipped;
-
     if !stopped {
-        summary.manifest = Some(shards::rewrite_manifest(&args.out, &fresh, &meta)?);
+        summary.manifest = Some(shards::rewrite_manifest(&args.out, fresh, meta)?);
     }
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)

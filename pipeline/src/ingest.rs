@@ -755,7 +755,10 @@ pub fn decode_wav(path: &Path) -> Result<Audio, IngestError> {
             problem: "no such file".into(),
         });
     }
-    let reader = hound::WavReader::open(path).map_err(|e| bad(e.to_string()))?;
+    // The whole file in one read; hound parses and validates the header from memory.
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let reader =
+        hound::WavReader::new(std::io::Cursor::new(&bytes[..])).map_err(|e| bad(e.to_string()))?;
     let spec = reader.spec();
     let channels = spec.channels as usize;
     if channels == 0 {
@@ -787,6 +790,18 @@ pub fn decode_wav(path: &Path) -> Result<Audio, IngestError> {
         }
         (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
             let scale = inv_ch / (1u64 << (bits - 1)) as f32;
+            let n = reader.len() as usize;
+            let data_start = reader.into_inner().position() as usize;
+            if let Some(data) = pcm_data(&bytes, data_start, n, channels, bits) {
+                decode_pcm(data, bits, channels, scale, &mut mono);
+                return Ok(Audio {
+                    samples: mono,
+                    sample_rate: spec.sample_rate,
+                });
+            }
+            // Any other layout: hound's sample iterator.
+            let reader = hound::WavReader::new(std::io::Cursor::new(&bytes[..]))
+                .map_err(|e| bad(e.to_string()))?;
             for (i, s) in reader.into_samples::<i32>().enumerate() {
                 let s = s.map_err(|e| bad(format!("sample {i}: {e}")))?;
                 mono[i / channels] += s as f32 * scale;
@@ -809,6 +824,55 @@ pub fn decode_wav(path: &Path) -> Result<Audio, IngestError> {
         samples: mono,
         sample_rate: spec.sample_rate,
     })
+}
+
+/// The `n` samples of little-endian 16- or 24-bit PCM starting at `data_start`, when the file
+/// holds exactly that layout (the `fmt ` chunk's block alignment is `channels * bits / 8`) and
+/// all of it; `None` otherwise (other widths, padded containers, truncated data), for hound's
+/// sample iterator to handle.
+fn pcm_data(
+    bytes: &[u8],
+    data_start: usize,
+    n: usize,
+    channels: usize,
+    bits: u16,
+) -> Option<&[u8]> {
+    if !matches!(bits, 16 | 24) || bytes.get(..4)? != b"RIFF" || bytes.get(8..12)? != b"WAVE" {
+        return None;
+    }
+    // Walk the RIFF chunks to the `fmt ` chunk: its block alignment at offset 12.
+    let mut at = 12usize;
+    let block_align = loop {
+        let id = bytes.get(at..at + 4)?;
+        let size = u32::from_le_bytes(bytes.get(at + 4..at + 8)?.try_into().ok()?) as usize;
+        if id == b"fmt " {
+            break u16::from_le_bytes(bytes.get(at + 20..at + 22)?.try_into().ok()?) as usize;
+        }
+        at = at.checked_add(8 + size + (size & 1))?;
+    };
+    let width = bits as usize / 8;
+    if block_align != channels * width {
+        return None;
+    }
+    bytes.get(data_start..data_start.checked_add(n.checked_mul(width)?)?)
+}
+
+/// Decodes interleaved little-endian PCM (`bits` 16 or 24) into `mono`: the channels of each
+/// frame summed in order, each sample scaled by `scale` (the same operations, in the same
+/// order, as the sample-by-sample path).
+fn decode_pcm(data: &[u8], bits: u16, channels: usize, scale: f32, mono: &mut [f32]) {
+    let width = bits as usize / 8;
+    for (m, frame) in mono.iter_mut().zip(data.chunks_exact(width * channels)) {
+        for b in frame.chunks_exact(width) {
+            let s = if width == 2 {
+                i16::from_le_bytes([b[0], b[1]]) as i32
+            } else {
+                // Sign-extend the 24-bit value from the top byte.
+                i32::from_le_bytes([0, b[0], b[1], b[2]]) >> 8
+            };
+            *m += s as f32 * scale;
+        }
+    }
 }
 
 /// The 1 s clips of a recording: `(clip index, samples)`; the index is `None` for a recording
@@ -875,6 +939,80 @@ mod tests {
         assert_eq!(c[10].1[50], 0.0);
         assert_eq!(c[3].1[0], 300.0);
         assert_eq!(cut_clips(&[1.0; 1049], n).len(), 10);
+    }
+
+    /// The bulk PCM path equals hound's sample iterator bit for bit (16-bit mono, 24-bit
+    /// stereo with a chunk before `fmt `), and a 24-bit file in a 32-bit container, which the
+    /// bulk path leaves to hound, decodes the same values.
+    #[test]
+    fn bulk_pcm_equals_hound() {
+        let dir = tempfile::tempdir().unwrap();
+        let values = |bits: u32, i: usize| {
+            let full = (1i64 << (bits - 1)) - 1;
+            (((i as i64 * 7919) % (2 * full + 1)) - full) as i32
+        };
+        for (bits, channels, container) in [(16u16, 1u16, 2u16), (24, 2, 3), (24, 2, 4)] {
+            let path = dir
+                .path()
+                .join(format!("{bits}-{channels}-{container}.wav"));
+            let spec = hound::WavSpec {
+                channels,
+                sample_rate: 44_100,
+                bits_per_sample: bits,
+                sample_format: hound::SampleFormat::Int,
+            };
+            let n = 1_001 * channels as usize;
+            if container == 4 {
+                let spec_ex = hound::WavSpecEx {
+                    spec,
+                    bytes_per_sample: 4,
+                };
+                let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+                let mut w = hound::WavWriter::new_with_spec_ex(file, spec_ex).unwrap();
+                for i in 0..n {
+                    w.write_sample(values(bits as u32, i)).unwrap();
+                }
+                w.finalize().unwrap();
+            } else {
+                let mut w = hound::WavWriter::create(&path, spec).unwrap();
+                for i in 0..n {
+                    w.write_sample(values(bits as u32, i)).unwrap();
+                }
+                w.finalize().unwrap();
+            }
+            if channels == 2 && container == 3 {
+                // A LIST chunk between the RIFF header and `fmt `.
+                let b = std::fs::read(&path).unwrap();
+                let mut c = b[..12].to_vec();
+                c.extend_from_slice(b"LIST\x06\x00\x00\x00abcdef");
+                c.extend_from_slice(&b[12..]);
+                let riff = (c.len() - 8) as u32;
+                c[4..8].copy_from_slice(&riff.to_le_bytes());
+                std::fs::write(&path, c).unwrap();
+            }
+            // The bulk path takes the packed layouts and leaves the padded one to hound.
+            let bytes = std::fs::read(&path).unwrap();
+            let r = hound::WavReader::new(std::io::Cursor::new(&bytes[..])).unwrap();
+            let at = r.into_inner().position() as usize;
+            let bulk = pcm_data(&bytes, at, n, channels as usize, bits).is_some();
+            assert_eq!(bulk, container != 4, "{bits}-bit in {container} bytes");
+            let got = decode_wav(&path).unwrap();
+            let r = hound::WavReader::open(&path).unwrap();
+            let scale = 1.0 / channels as f32 / (1u64 << (bits - 1)) as f32;
+            let mut want = vec![0f32; n / channels as usize];
+            for (i, s) in r.into_samples::<i32>().enumerate() {
+                want[i / channels as usize] += s.unwrap() as f32 * scale;
+            }
+            assert_eq!(got.samples.len(), want.len());
+            assert!(
+                got.samples
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{bits}-bit, {channels} channels, {container}-byte container"
+            );
+            assert!(got.samples.iter().any(|&v| v.abs() > 0.5));
+        }
     }
 
     #[test]

@@ -45,9 +45,11 @@
 //!   default ([`ShardCompression`]) and `--compression zstd` the choice when disk space
 //!   matters more (22 % smaller). Rewrites (teacher-logits joins) keep a shard's codec.
 //! - `BYTE_STREAM_SPLIT` is set **per column** on the log-mel leaf `["logmel", "list", "item"]`
-//!   and the teacher-logits leaf (setting it globally would hit string columns); dictionary
-//!   encoding and statistics are off for those two float columns (a dictionary of 16,640-value
-//!   random floats never pays, and min/max of log-mel values helps no query).
+//!   and the teacher-logits leaf (setting it globally would hit string columns), but not on a
+//!   float16 log-mel (`--logmel-type float16`: a 2-byte `FIXED_LEN_BYTE_ARRAY`, whose
+//!   byte-stream-split encoding DuckDB cannot read); dictionary encoding and statistics are off
+//!   for those two float columns (a dictionary of 16,640-value random floats never pays, and
+//!   min/max of log-mel values helps no query).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -55,7 +57,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
-use data_specs::{Manifest, SPEC_VERSION, ShardEntry, ShardMeta, SpecError};
+use data_specs::{LogmelType, Manifest, SPEC_VERSION, ShardEntry, ShardMeta, SpecError};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 
@@ -155,18 +157,25 @@ impl ShardCompression {
 }
 
 impl Codec {
-    /// The codec a shard was written with, read from its log-mel column chunk (first row
-    /// group): a rewrite of the shard keeps it. `None` for a file without row groups or
-    /// log-mel column.
+    /// The codec a shard was written with, read from its float column chunks (first row
+    /// group): the log-mel chunk's compression, and `BYTE_STREAM_SPLIT` when the log-mel or
+    /// teacher-logits chunk uses it (a float16 log-mel never does, see [`writer_properties`]):
+    /// a rewrite of the shard keeps it. `None` for a file without row groups or log-mel
+    /// column.
     pub fn of_file(md: &parquet::file::metadata::ParquetMetaData) -> Option<Codec> {
         let rg = md.row_groups().first()?;
-        let chunk = rg
+        let root = |c: &&parquet::file::metadata::ColumnChunkMetaData| {
+            c.column_path().parts().first().cloned().unwrap_or_default()
+        };
+        let chunk = rg.columns().iter().find(|c| root(c) == "logmel")?;
+        let bss = rg
             .columns()
             .iter()
-            .find(|c| c.column_path().parts().first().map(String::as_str) == Some("logmel"))?;
+            .filter(|c| ["logmel", "teacher_logits"].contains(&root(c).as_str()))
+            .any(|c| c.encodings().any(|e| e == Encoding::BYTE_STREAM_SPLIT));
         Some(Codec {
             compression: chunk.compression(),
-            byte_stream_split: chunk.encodings().any(|e| e == Encoding::BYTE_STREAM_SPLIT),
+            byte_stream_split: bss,
         })
     }
 
@@ -201,6 +210,22 @@ impl Codec {
     }
 }
 
+/// Writer properties of a shard with metadata `meta` written with `codec`: the one definition in
+/// data-specs ([`data_specs::shard_writer_properties`]) given this shard's codec and log-mel type.
+pub fn writer_properties(
+    meta: &ShardMeta,
+    row_group_rows: usize,
+    codec: Codec,
+) -> parquet::file::properties::WriterProperties {
+    data_specs::shard_writer_properties(
+        codec.compression,
+        codec.byte_stream_split,
+        row_group_rows,
+        meta.logmel_type,
+        Some(meta),
+    )
+}
+
 /// File name of shard `k` of partition `i` of `n`: `shard-p{i}of{n}-{k:05}.parquet`.
 pub fn shard_name(i: u32, n: u32, k: usize) -> String {
     format!("shard-p{i}of{n}-{k:05}.parquet")
@@ -228,7 +253,15 @@ pub struct ShardWriter {
     writer: Option<ArrowWriter<File>>,
     rows: u64,
     partition: [u32; 2],
+    /// Rows per call into the Parquet writer (see [`FLOAT16_WRITE_ROWS`]).
+    write_rows: usize,
 }
+
+/// Rows handed to the Parquet writer at once for a float16 log-mel column: parquet's Arrow
+/// writer turns every `Float16` value into its own `FixedLenByteArray` handle (32 bytes for a
+/// 2-byte value) for the whole slice it is given, so a chunk's batch of, say, 512 DIR rows
+/// would take about 290 MB for moments; slices of 16 rows take about 9 MB.
+pub const FLOAT16_WRITE_ROWS: usize = 16;
 
 impl ShardWriter {
     /// Starts writing shard `path` (partition `[i, n]`) with the given metadata and settings.
@@ -241,12 +274,7 @@ impl ShardWriter {
     ) -> Result<Self, ShardError> {
         let tmp = tmp_path(path);
         let file = File::create(&tmp).map_err(io(&tmp))?;
-        let props = data_specs::shard_writer_properties(
-            codec.compression,
-            codec.byte_stream_split,
-            row_group_rows,
-            Some(meta),
-        );
+        let props = writer_properties(meta, row_group_rows, codec);
         let writer = ArrowWriter::try_new(file, meta.schema(), Some(props)).map_err(pq(&tmp))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -254,14 +282,26 @@ impl ShardWriter {
             writer: Some(writer),
             rows: 0,
             partition,
+            write_rows: match meta.logmel_type {
+                LogmelType::Float16 => FLOAT16_WRITE_ROWS,
+                LogmelType::Float32 => usize::MAX,
+            },
         })
     }
 
     /// Appends a batch (of [`ShardMeta::schema`]).
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), ShardError> {
         let w = self.writer.as_mut().expect("writer open until finish");
-        w.write(batch).map_err(pq(&self.tmp))?;
-        self.rows += batch.num_rows() as u64;
+        let n = batch.num_rows();
+        if n <= self.write_rows {
+            w.write(batch).map_err(pq(&self.tmp))?;
+        } else {
+            for start in (0..n).step_by(self.write_rows) {
+                let len = self.write_rows.min(n - start);
+                w.write(&batch.slice(start, len)).map_err(pq(&self.tmp))?;
+            }
+        }
+        self.rows += n as u64;
         Ok(())
     }
 
@@ -272,10 +312,7 @@ impl ShardWriter {
 
     /// Closes the file, syncs it, renames it to its final name and returns its manifest entry.
     pub fn finish(mut self) -> Result<ShardEntry, ShardError> {
-        let w = self.writer.take().expect("writer open until finish");
-        let file = w.into_inner().map_err(pq(&self.tmp))?;
-        file.sync_all().map_err(io(&self.tmp))?;
-        drop(file);
+        self.close()?;
         let sha256 = sha256_file(&self.tmp)?;
         std::fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
         Ok(ShardEntry {
@@ -284,6 +321,21 @@ impl ShardWriter {
             sha256,
             partition: self.partition,
         })
+    }
+
+    /// Like [`ShardWriter::finish`] without the checksum (for a pass-1 shard written under
+    /// its [`pending_path`], hashed once [`finalize_pending`] gave it its final metadata).
+    /// Returns the rows written.
+    pub fn finish_unhashed(mut self) -> Result<u64, ShardError> {
+        self.close()?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
+        Ok(self.rows)
+    }
+
+    fn close(&mut self) -> Result<(), ShardError> {
+        let w = self.writer.take().expect("writer open until finish");
+        let file = w.into_inner().map_err(pq(&self.tmp))?;
+        file.sync_all().map_err(io(&self.tmp))
     }
 }
 
@@ -299,6 +351,146 @@ impl Drop for ShardWriter {
 /// see [`crate::lock::tmp_name`]): concurrent writers never share a temporary file.
 pub fn tmp_path(path: &Path) -> PathBuf {
     crate::lock::tmp_name(path)
+}
+
+/// `<path>.pending`: a complete pass-1 shard of `pipeline features` written before the DIR
+/// threshold was known (its `asc.energy_threshold` is `NaN`); [`finalize_pending`] turns it
+/// into the shard `path`. Not a shard: readers and the manifest ignore it.
+pub fn pending_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".pending");
+    PathBuf::from(s)
+}
+
+/// Turns the complete pending shard `pending` into the shard `path` with the metadata `meta`
+/// (the pending metadata with the DIR threshold filled in), without touching its data: the
+/// footer is replaced in place (the file is cut where the old footer starts and the new one
+/// is written there: the same row groups, column statistics and page-index locations, with the
+/// key-value metadata and the embedded Arrow schema as [`ShardWriter`] writes them for
+/// `meta`), synced, checked and renamed. Only the deprecated min/max fields of the small
+/// columns' statistics (kept by writers for old readers beside `min_value`/`max_value`) do not
+/// survive the footer's round trip, so `pipeline features` makes every pass-1 shard this way
+/// and the same inputs give the same bytes. An interruption leaves a pending file that fails
+/// to parse, which the next run rewrites.
+pub fn finalize_pending(
+    pending: &Path,
+    path: &Path,
+    meta: &ShardMeta,
+    partition: [u32; 2],
+) -> Result<ShardEntry, ShardError> {
+    use parquet::file::metadata::{
+        FileMetaData, PageIndexPolicy, ParquetMetaDataBuilder, ParquetMetaDataOptions,
+        ParquetMetaDataReader, ParquetMetaDataWriter,
+    };
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(pending)
+        .map_err(io(pending))?;
+    let len = file.metadata().map_err(io(pending))?.len();
+    // Everything of the old footer is kept as written (the page encoding statistics as a
+    // list, not the reader's default summary bitmask).
+    let old = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Skip)
+        .with_metadata_options(Some(
+            ParquetMetaDataOptions::new().with_encoding_stats_as_mask(false),
+        ))
+        .parse_and_finish(&file)
+        .map_err(pq(pending))?;
+    // The footer: metadata, its length (4 bytes) and the magic (4 bytes) at the end.
+    let mut tail = [0u8; 8];
+    file.seek(SeekFrom::Start(len.saturating_sub(8)))
+        .and_then(|_| std::io::Read::read_exact(&mut file, &mut tail))
+        .map_err(io(pending))?;
+    let footer_len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as u64;
+    let footer_start = len
+        .checked_sub(8 + footer_len)
+        .ok_or_else(|| ShardError::Parquet {
+            path: pending.display().to_string(),
+            problem: "footer longer than the file".into(),
+        })?;
+    // The key-value metadata the writer stores for `meta`: the shard metadata sorted by key,
+    // then the encoded Arrow schema.
+    let mut props = writer_properties(meta, 1, ShardCompression::Uncompressed.codec());
+    parquet::arrow::add_encoded_arrow_schema_to_metadata(&meta.schema(), &mut props);
+    let kv = props.key_value_metadata().cloned();
+    let fm = old.file_metadata();
+    let new_fm = FileMetaData::new(
+        fm.version(),
+        fm.num_rows(),
+        fm.created_by().map(str::to_string),
+        kv,
+        fm.schema_descr_ptr(),
+        fm.column_orders().cloned(),
+    );
+    let rows = fm.num_rows() as u64;
+    let row_groups = ParquetMetaDataBuilder::new_from_metadata(old).take_row_groups();
+    let new = ParquetMetaDataBuilder::new(new_fm)
+        .set_row_groups(row_groups)
+        .build();
+    let mut footer = Vec::new();
+    ParquetMetaDataWriter::new(&mut footer, &new)
+        .finish()
+        .map_err(pq(pending))?;
+    file.set_len(footer_start).map_err(io(pending))?;
+    file.seek(SeekFrom::Start(footer_start))
+        .map_err(io(pending))?;
+    std::io::Write::write_all(&mut file, &footer).map_err(io(pending))?;
+    file.sync_all().map_err(io(pending))?;
+    drop(file);
+    check_shard(pending, Some(meta))?;
+    let sha256 = sha256_file(pending)?;
+    std::fs::rename(pending, path).map_err(io(path))?;
+    Ok(ShardEntry {
+        file: file_name(path),
+        rows,
+        sha256,
+        partition,
+    })
+}
+
+/// `(source_file, energy)` of the `original` rows of a shard, in row order (the clip energies
+/// that pass 1 of `pipeline features` wrote; read from the small columns only).
+pub fn original_energies(path: &Path) -> Result<Vec<(String, f32)>, ShardError> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float32Type, Int32Type};
+    use data_specs::col;
+    let file = File::open(path).map_err(io(path))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(pq(path))?;
+    let schema = builder.schema().clone();
+    let idx: Vec<usize> = [col::SOURCE_FILE, col::VARIANT, col::ENERGY]
+        .iter()
+        .map(|c| {
+            schema.index_of(c).map_err(|_| ShardError::Parquet {
+                path: path.display().to_string(),
+                problem: format!("no column '{c}'"),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), idx);
+    let reader = builder.with_projection(mask).build().map_err(pq(path))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| ShardError::Parquet {
+            path: path.display().to_string(),
+            problem: e.to_string(),
+        })?;
+        let get = |c: &str| batch.column_by_name(c).expect("projected");
+        let files = get(col::SOURCE_FILE).as_string::<i32>();
+        let variants = get(col::VARIANT).as_dictionary::<Int32Type>();
+        let names = variants.values().as_string::<i32>();
+        let energy = get(col::ENERGY).as_primitive::<Float32Type>();
+        for i in 0..batch.num_rows() {
+            let v = variants.keys().value(i) as usize;
+            if !variants.is_null(i) && names.value(v) == data_specs::Variant::Original.as_str() {
+                out.push((files.value(i).to_string(), energy.value(i)));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn file_name(path: &Path) -> String {
@@ -317,8 +509,9 @@ pub fn check_shard(
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(pq(path))?;
     let meta = ShardMeta::validate(builder.schema(), &path.display().to_string())?;
+    // Compared as key-value text, so that the NaN threshold of a pending shard equals itself.
     if let Some(e) = expected
-        && &meta != e
+        && meta.to_key_values() != e.to_key_values()
     {
         return Err(ShardError::Mismatch {
             path: path.display().to_string(),
@@ -507,6 +700,77 @@ mod tests {
         assert_eq!(parse_shard_name(&n), Some((3, 8, 42)));
         assert_eq!(parse_shard_name("manifest.json"), None);
         assert_eq!(parse_shard_name("shard-p1of2-00001.parquet.tmp"), None);
+    }
+
+    /// A float16 batch larger than [`FLOAT16_WRITE_ROWS`] goes to Parquet in slices: the file
+    /// is byte-identical to one written by a plain `ArrowWriter` in a single call, and reads
+    /// back as the values rounded to binary16.
+    #[test]
+    fn float16_batches_written_in_slices_equal_one_write() {
+        use arrow_array::cast::AsArray;
+        use data_specs::{ClipRecord, ClipSet, FrontEndConfig, Variant, Vocabulary};
+        let mut meta = ShardMeta::new(
+            FrontEndConfig::dcase2024(),
+            Vocabulary::tau22_labels(),
+            Vocabulary::tau22_devices(),
+        );
+        meta.logmel_type = LogmelType::Float16;
+        let len = meta.frontend.logmel_len();
+        let rows = 2 * FLOAT16_WRITE_ROWS + 5;
+        let records: Vec<ClipRecord> = (0..rows)
+            .map(|i| ClipRecord {
+                clip_id: format!("park-lyon-1-{i}-0-a"),
+                source_file: format!("audio/park-lyon-1-{i}-0-a.wav"),
+                scene_label: Some("park".into()),
+                label: Some(4),
+                device: "a".into(),
+                device_id: 0,
+                city: "lyon".into(),
+                identifier: "lyon-1".into(),
+                segment_id: format!("park-lyon-1-{i}"),
+                segment_index: 0,
+                set: ClipSet::Train,
+                split: Some(100),
+                variant: Variant::Original,
+                variant_source: None,
+                energy: i as f32,
+                teacher_logits: None,
+                logmel: (0..len)
+                    .map(|j| ((i * 7919 + j) % 4001) as f32 * 0.00617 - 12.3)
+                    .collect(),
+            })
+            .collect();
+        let batch = data_specs::records_to_batch(&meta, &records).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let codec = ShardCompression::Uncompressed.codec();
+        let sliced = dir.path().join(shard_name(0, 1, 0));
+        let mut w = ShardWriter::create(&sliced, &meta, 512, codec, [0, 1]).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        let mut one = Vec::new();
+        let props = writer_properties(&meta, 512, codec);
+        let mut aw = ArrowWriter::try_new(&mut one, meta.schema(), Some(props)).unwrap();
+        aw.write(&batch).unwrap();
+        aw.close().unwrap();
+        assert!(std::fs::read(&sliced).unwrap() == one, "same bytes");
+        let f = File::open(&sliced).unwrap();
+        let mut back: Vec<f32> = Vec::new();
+        for b in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let b = b.unwrap();
+            let l = b.column_by_name("logmel").unwrap().as_fixed_size_list();
+            let v = l.values().as_primitive::<arrow_array::types::Float16Type>();
+            back.extend(v.values().iter().map(|x| x.to_f32()));
+        }
+        let want: Vec<f32> = records
+            .iter()
+            .flat_map(|r| r.logmel.iter().map(|&x| half::f16::from_f32(x).to_f32()))
+            .collect();
+        assert_eq!(back.len(), rows * len);
+        assert!(back == want, "float16 values");
     }
 
     #[test]

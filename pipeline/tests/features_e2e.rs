@@ -265,8 +265,18 @@ fn read_rows(path: &Path) -> Vec<Row> {
             .as_fixed_size_list()
             .clone();
         for i in 0..b.num_rows() {
+            // Float32 values as they are, float16 log-mel widened (exactly) to f32.
             let fl = |a: &arrow_array::FixedSizeListArray| {
-                a.value(i).as_primitive::<Float32Type>().values().to_vec()
+                let v = a.value(i);
+                match v.data_type() {
+                    arrow_schema::DataType::Float16 => v
+                        .as_primitive::<arrow_array::types::Float16Type>()
+                        .values()
+                        .iter()
+                        .map(|x| x.to_f32())
+                        .collect(),
+                    _ => v.as_primitive::<Float32Type>().values().to_vec(),
+                }
             };
             out.push(Row {
                 clip_id: cid.value(i).into(),
@@ -656,6 +666,142 @@ fn resume_after_interruption_gives_identical_shards() {
     assert_eq!((s5.shards_kept, s5.shards_written), (s.shards_written, 0));
 }
 
+/// A file the previous `--on-error skip` run left out is retried; once fixed, it gets its DIR
+/// copies and the DIR shards (whose files it shifts) are written again: the folder then holds
+/// the rows of a clean run, none twice, none missing.
+#[test]
+fn a_fixed_skipped_file_gets_its_dir_copies_as_in_a_clean_run() {
+    let t = tiny_dataset();
+    let irs = tiny_irs(t.root());
+    // files[0]: a device-a training file; threshold 0 makes its clip eligible for DIR.
+    let p = t.root().join(&t.files[0]);
+    let good = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &good[..good.len() / 2]).unwrap();
+    let extra = ["--energy-threshold", "0", "--on-error", "skip"];
+    let out = t.root().join("out");
+    let s = run_features(&args(t.root(), &out, &irs, &extra)).unwrap();
+    assert_eq!(s.skipped.len(), 1);
+    std::fs::write(&p, &good).unwrap();
+    let s = run_features(&args(t.root(), &out, &irs, &extra)).unwrap();
+    assert_eq!(s.retried, 1);
+    assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+    let clean = t.root().join("clean");
+    run_features(&args(t.root(), &clean, &irs, &extra)).unwrap();
+    let rows = keyed(read_set(&out));
+    assert!(
+        rows.values()
+            .any(|r| r.variant == "dir" && r.source_file == t.files[0]),
+        "DIR rows of the fixed file"
+    );
+    assert_eq!(rows, keyed(read_set(&clean)));
+}
+
+/// The one-pass design against the two-pass one it replaces (an energy pass over every
+/// training file, then the shard pass), on a small demo dataset with the default MicIRP set:
+/// the threshold is bit-identical to the mean clip energy of all training files computed by a
+/// separate pass of the library's decode, resample and energy (f64 sum in meta.csv order); DIR
+/// rows exist exactly for the device-`a` training clips above it, each with the `--dir-variants`
+/// responses `choose_irs` draws, in that order; and a run given that threshold upfront writes
+/// byte-identical shards.
+#[test]
+fn one_pass_threshold_and_variants_equal_two_pass_on_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("demo");
+    pipeline::synth::generate(&pipeline::synth::SynthArgs {
+        out: root.clone(),
+        seed: 7,
+        scale: 0.01,
+        force: false,
+        threads: None,
+    })
+    .unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "--dataset".to_string(),
+            root.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--files-per-shard".into(),
+            "64".into(),
+            "--quiet".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        run_features(&FeaturesArgs::parse_args(a).unwrap()).unwrap()
+    };
+    let out = dir.path().join("one-pass");
+    let s = run(&out, &[]);
+
+    // The two-pass reference threshold.
+    let ds = pipeline::ingest::Dataset::load(
+        &root,
+        &pipeline::ingest::IngestOptions {
+            splits_dir: None,
+            on_error: pipeline::ingest::OnError::Fail,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (mut sum, mut n) = (0f64, 0u64);
+    for &r in &ds.usable {
+        if ds.sets[r] != data_specs::ClipSet::Train {
+            continue;
+        }
+        let a = pipeline::ingest::decode_wav(&ds.audio_path(r)).unwrap();
+        let wave = pipeline::resample::resample(&a.samples, a.sample_rate, 32_000).unwrap();
+        for (_, c) in pipeline::ingest::cut_clips(&wave, 32_000) {
+            sum += clip_energy(&c) as f64;
+            n += 1;
+        }
+    }
+    let thr = (sum / n as f64) as f32;
+    assert_eq!(s.energy_threshold.to_bits(), thr.to_bits(), "threshold");
+    assert!(n > 50, "{n} training clips");
+
+    // Variants: DIR rows exactly for the eligible clips, with the drawn responses.
+    let rows = read_set(&out);
+    let irs = pipeline::dir::load_dir_set(&pipeline::dir::default_dir_folder(), 32_000).unwrap();
+    let mut dirs: HashMap<&str, Vec<&str>> = HashMap::new();
+    for r in rows.iter().filter(|r| r.variant == "dir") {
+        dirs.entry(&r.clip_id)
+            .or_default()
+            .push(r.variant_source.as_deref().unwrap());
+    }
+    let mut eligible = 0;
+    for o in rows.iter().filter(|r| r.variant == "original") {
+        let got = dirs.remove(o.clip_id.as_str());
+        if o.set == "train" && o.device == "a" && o.energy > thr {
+            eligible += 1;
+            let want: Vec<&str> = pipeline::dir::choose_irs(&o.clip_id, 2024, irs.len(), 4)
+                .into_iter()
+                .map(|i| irs[i].name.as_str())
+                .collect();
+            assert_eq!(got, Some(want), "DIR rows of {}", o.clip_id);
+        } else {
+            assert_eq!(got, None, "DIR rows of {}", o.clip_id);
+        }
+    }
+    assert!(dirs.is_empty(), "DIR rows without an original: {dirs:?}");
+    let below = rows
+        .iter()
+        .filter(|r| r.variant == "original" && r.set == "train" && r.device == "a")
+        .count()
+        - eligible;
+    assert!(
+        eligible > 5 && below > 5,
+        "{eligible} eligible, {below} below"
+    );
+    assert_eq!(
+        s.dir_files, eligible,
+        "pass 2 decodes the eligible files only"
+    );
+
+    // The threshold given upfront: the same shards, byte for byte.
+    let given = dir.path().join("given");
+    let s2 = run(&given, &["--energy-threshold", &thr.to_string()]);
+    assert_eq!(s2.energy_threshold.to_bits(), thr.to_bits());
+    assert_eq!(shard_bytes(&given), shard_bytes(&out));
+}
+
 #[test]
 fn real_replays_are_aligned_and_cut() {
     let t = tiny_dataset();
@@ -882,35 +1028,82 @@ fn python_readers_accept_the_shards() {
     }
     let t = tiny_dataset();
     let irs = tiny_irs(t.root());
-    let out = t.root().join("out");
     let n = t.files.len();
     let npy = t.root().join("teacher.npy");
     write_npy_f32(&npy, n, N_CLASSES, &vec![0.5; n * N_CLASSES]).unwrap();
-    run_features(&args(
-        t.root(),
-        &out,
-        &irs,
-        &["--teacher-logits", npy.to_str().unwrap(), "--replay-sim"],
-    ))
-    .unwrap();
-    let rows = read_set(&out);
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in &rows {
-        *counts.entry(r.variant.as_str()).or_default() += 1;
+    // float32 uncompressed (the default) and float16 with zstd + BYTE_STREAM_SPLIT.
+    for (name, extra) in [
+        ("f32", &[][..]),
+        (
+            "f16-zstd",
+            &["--logmel-type", "float16", "--compression", "zstd"][..],
+        ),
+    ] {
+        let out = t.root().join(name);
+        let mut a = vec!["--teacher-logits", npy.to_str().unwrap(), "--replay-sim"];
+        a.extend(extra);
+        run_features(&args(t.root(), &out, &irs, &a)).unwrap();
+        let rows = read_set(&out);
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &rows {
+            *counts.entry(r.variant.as_str()).or_default() += 1;
+        }
+        let expected: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let o = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&out)
+            .arg(expected.join(","))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "check_shards.py failed on the {name} shards:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        println!("{name}: {}", String::from_utf8_lossy(&o.stdout).trim());
     }
-    let expected: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let o = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(&out)
-        .arg(expected.join(","))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "check_shards.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+}
+
+/// `--logmel-type float16`: the same rows as float32, every log-mel value the float32 value
+/// rounded to nearest binary16, the metadata says so, and the set is about half the size.
+#[test]
+fn float16_logmel_rounds_the_float32_values_and_halves_the_set() {
+    let t = tiny_dataset();
+    let irs = tiny_irs(t.root());
+    let (a, b) = (t.root().join("f32"), t.root().join("f16"));
+    run_features(&args(t.root(), &a, &irs, &[])).unwrap();
+    run_features(&args(t.root(), &b, &irs, &["--logmel-type", "float16"])).unwrap();
+    let first = |d: &Path| d.join(&Manifest::load(d).unwrap().shards[0].file);
+    let meta = data_specs::read_shard_meta(&first(&b)).unwrap();
+    assert_eq!(meta.logmel_type, data_specs::LogmelType::Float16);
+    assert_eq!(meta.spec_version, data_specs::SPEC_VERSION);
+    let (ra, rb) = (keyed(read_set(&a)), keyed(read_set(&b)));
+    assert_eq!(ra.keys().collect::<Vec<_>>(), rb.keys().collect::<Vec<_>>());
+    for (k, x) in &ra {
+        let y = &rb[k];
+        let rounded: Vec<f32> = x
+            .logmel
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(y.logmel, rounded, "log-mel of {k:?}");
+        let strip = |r: &Row| Row {
+            logmel: Vec::new(),
+            ..r.clone()
+        };
+        assert_eq!(strip(x), strip(y), "{k:?}");
+    }
+    let size = |d: &Path| -> u64 {
+        pipeline::shards::list_shard_files(d)
+            .unwrap()
+            .iter()
+            .map(|n| std::fs::metadata(d.join(n)).unwrap().len())
+            .sum()
+    };
+    let ratio = size(&b) as f64 / size(&a) as f64;
+    println!("float16 / float32 shard bytes: {ratio:.3}");
+    assert!((0.45..0.55).contains(&ratio), "{ratio}");
 }
 
 /// The scene of a TAU-style file name (`audio/<scene>-...`): the label a labelled list gives.

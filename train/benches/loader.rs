@@ -5,6 +5,7 @@
 //! cargo bench -p train --bench loader -- data/        # an existing shard set
 //! LOADER_BENCH_CLIPS=6000 cargo bench -p train --bench loader
 //! LOADER_BENCH_CODEC=zstd cargo bench -p train --bench loader   # zstd-1 + BSS shards
+//! LOADER_BENCH_LOGMEL=float16 cargo bench -p train --bench loader   # float16 log-mel column
 //! ```
 //!
 //! Builds (or opens) the shard set, then re-runs itself on it in a fresh process so that the
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Device;
-use train::loader::synth::{SynthSpec, write_shard_set_with, writer_properties};
+use train::loader::synth::{SynthSpec, write_shard_set_typed, writer_properties_typed};
 use train::loader::{Loader, LoaderConfig, Selection, ShardSet};
 
 fn status_kb(key: &str) -> u64 {
@@ -42,7 +43,7 @@ fn measure(path: &Path) -> anyhow::Result<()> {
     let open_s = t.elapsed().as_secs_f64();
     let fe = &set.meta().frontend;
     println!(
-        "shard set {}: {} rows, {} shards, {} row groups, {:.1} MB on disk, log-mel {}x{}; open {:.3} s",
+        "shard set {}: {} rows, {} shards, {} row groups, {:.1} MB on disk, log-mel {}x{} {}; open {:.3} s",
         path.display(),
         set.n_rows(),
         set.n_shards(),
@@ -50,6 +51,7 @@ fn measure(path: &Path) -> anyhow::Result<()> {
         mb(set.size_on_disk()),
         fe.n_mels,
         fe.n_frames(),
+        set.meta().logmel_type,
         open_s
     );
     let cfg = LoaderConfig {
@@ -150,9 +152,18 @@ fn main() -> anyhow::Result<()> {
             };
             let t = Instant::now();
             let zstd = std::env::var("LOADER_BENCH_CODEC").as_deref() == Ok("zstd");
-            write_shard_set_with(tmp.path(), &spec, writer_properties(512, zstd))?;
+            let logmel_type: data_specs::LogmelType = std::env::var("LOADER_BENCH_LOGMEL")
+                .unwrap_or_else(|_| "float32".into())
+                .parse()
+                .map_err(anyhow::Error::msg)?;
+            write_shard_set_typed(
+                tmp.path(),
+                &spec,
+                writer_properties_typed(512, zstd, logmel_type),
+                logmel_type,
+            )?;
             println!(
-                "wrote a synthetic shard set of {n_clips} clips (dcase2024 256x65, {}, \
+                "wrote a synthetic shard set of {n_clips} clips (dcase2024 256x65 {logmel_type}, {}, \
                  row groups of 512) in {:.1} s",
                 if zstd { "zstd-1 + BSS" } else { "uncompressed" },
                 t.elapsed().as_secs_f64()

@@ -11,10 +11,18 @@
 //! row without decompressing them (when the offset index is present). Any other layout
 //! (dictionary pages, other encodings, bit-packed levels) returns `Ok(false)` and the caller
 //! uses the Arrow reader.
+//!
+//! Values are float32 (Parquet `FLOAT`) or float16 (`FIXED_LEN_BYTE_ARRAY(2)`, data-specs
+//! [`LogmelType::Float16`](data_specs::LogmelType)); float16 values are widened to f32 (exactly:
+//! every binary16 value is an f32) as they are copied, with F16C instructions when the CPU has
+//! them (the `half` crate checks at run time).
 
 use std::sync::Arc;
 
-use parquet::basic::Encoding;
+use std::cell::RefCell;
+
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+use parquet::basic::{Encoding, Type as PhysicalType};
 use parquet::column::page::{Page, PageReader};
 use parquet::file::serialized_reader::SerializedPageReader;
 
@@ -38,6 +46,12 @@ pub(crate) fn decode_logmel(
     let chunk = rg_md.column(leaf);
     let descr = chunk.column_descr();
     let (max_rep, max_def) = (descr.max_rep_level(), descr.max_def_level());
+    // Bytes per value: float32, or float16 stored as 2-byte fixed-length byte arrays.
+    let width = match descr.physical_type() {
+        PhysicalType::FLOAT => 4usize,
+        PhysicalType::FIXED_LEN_BYTE_ARRAY if descr.type_length() == 2 => 2,
+        _ => return Ok(false),
+    };
     let locations = md
         .page_index_for_row_group(rg)
         .page_locations(leaf)
@@ -117,7 +131,7 @@ pub(crate) fn decode_logmel(
             }
             Page::DictionaryPage { .. } => return Ok(false),
         };
-        if values.len() as u64 != n * 4 {
+        if values.len() as u64 != n * width as u64 {
             return Err(format!(
                 "a log-mel page holds {} value bytes for {n} values (nulls in a non-null column?)",
                 values.len()
@@ -139,20 +153,28 @@ pub(crate) fn decode_logmel(
             let (a, b) = (r0.max(v0), r1.min(v0 + n));
             let dst = &mut dests[k][(a - r0) as usize..(b - r0) as usize];
             let (a, b) = ((a - v0) as usize, (b - v0) as usize);
-            if bss {
+            let n = n as usize;
+            match (bss, width) {
                 // BYTE_STREAM_SPLIT: byte j of value i is at values[j * n + i].
-                let n = n as usize;
-                let (s0, s1, s2, s3) = (
-                    &values[a..b],
-                    &values[n + a..n + b],
-                    &values[2 * n + a..2 * n + b],
-                    &values[3 * n + a..3 * n + b],
-                );
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = f32::from_le_bytes([s0[i], s1[i], s2[i], s3[i]]);
+                (true, 4) => {
+                    let (s0, s1, s2, s3) = (
+                        &values[a..b],
+                        &values[n + a..n + b],
+                        &values[2 * n + a..2 * n + b],
+                        &values[3 * n + a..3 * n + b],
+                    );
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = f32::from_le_bytes([s0[i], s1[i], s2[i], s3[i]]);
+                    }
                 }
-            } else {
-                copy_plain(shard, &values[a * 4..b * 4], dst)?;
+                (true, _) => {
+                    let (s0, s1) = (&values[a..b], &values[n + a..n + b]);
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = half::f16::from_le_bytes([s0[i], s1[i]]).to_f32();
+                    }
+                }
+                (false, 4) => copy_plain(shard, &values[a * 4..b * 4], dst)?,
+                (false, _) => copy_plain_f16(shard, &values[a * 2..b * 2], dst)?,
             }
         }
         v0 += n;
@@ -166,14 +188,36 @@ pub(crate) fn decode_logmel(
     Ok(true)
 }
 
-/// Copies PLAIN (little-endian) f32 values into `dst`. When the bytes lie in the shard's map
-/// (an uncompressed page is a slice of it) they are read with `pread` from the file instead:
-/// the kernel copies them from the page cache, and the map's pages are never faulted in,
-/// mapped or left resident (measured: touching the map cost a quarter of the loader's time in
-/// page faults and unmapping).
-fn copy_plain(shard: &Shard, src: &[u8], dst: &mut [f32]) -> Result<(), String> {
-    debug_assert_eq!(src.len(), dst.len() * 4);
-    #[cfg(all(unix, target_endian = "little"))]
+thread_local! {
+    /// Raw float16 values (their bits) of [`copy_plain_f16`], reused per thread.
+    static F16_SCRATCH: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Copies PLAIN (little-endian) float16 values into `dst`, widened to f32: read like
+/// [`copy_plain`] (with `pread` when the bytes lie in the shard's map) into a per-thread
+/// buffer, then converted.
+fn copy_plain_f16(shard: &Shard, src: &[u8], dst: &mut [f32]) -> Result<(), String> {
+    debug_assert_eq!(src.len(), dst.len() * 2);
+    F16_SCRATCH.with(|cell| {
+        let mut raw = cell.borrow_mut();
+        raw.clear();
+        raw.resize(dst.len(), 0);
+        read_bytes(shard, src, bytemuck::cast_slice_mut(&mut raw[..]))?;
+        #[cfg(not(target_endian = "little"))]
+        for v in raw.iter_mut() {
+            *v = u16::from_le(*v);
+        }
+        raw.reinterpret_cast::<half::f16>()
+            .convert_to_f32_slice(dst);
+        Ok(())
+    })
+}
+
+/// Copies `src` (bytes of a page) into `dst`: with `pread` from the file when they lie in the
+/// shard's map (see [`copy_plain`]), by `memcpy` otherwise.
+fn read_bytes(shard: &Shard, src: &[u8], dst: &mut [u8]) -> Result<(), String> {
+    debug_assert_eq!(src.len(), dst.len());
+    #[cfg(unix)]
     {
         use std::os::unix::fs::FileExt;
         let base = shard.map.as_ptr() as usize;
@@ -184,15 +228,25 @@ fn copy_plain(shard: &Shard, src: &[u8], dst: &mut [f32]) -> Result<(), String> 
         {
             return shard
                 .file
-                .read_exact_at(bytemuck::cast_slice_mut(dst), at as u64)
+                .read_exact_at(dst, at as u64)
                 .map_err(|e| format!("reading log-mel values at byte {at}: {e}"));
         }
     }
-    #[cfg(target_endian = "little")]
-    bytemuck::cast_slice_mut::<f32, u8>(dst).copy_from_slice(src);
+    dst.copy_from_slice(src);
+    Ok(())
+}
+
+/// Copies PLAIN (little-endian) f32 values into `dst`. When the bytes lie in the shard's map
+/// (an uncompressed page is a slice of it) they are read with `pread` from the file instead:
+/// the kernel copies them from the page cache, and the map's pages are never faulted in,
+/// mapped or left resident (measured: touching the map cost a quarter of the loader's time in
+/// page faults and unmapping).
+fn copy_plain(shard: &Shard, src: &[u8], dst: &mut [f32]) -> Result<(), String> {
+    debug_assert_eq!(src.len(), dst.len() * 4);
+    read_bytes(shard, src, bytemuck::cast_slice_mut(dst))?;
     #[cfg(not(target_endian = "little"))]
-    for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
-        *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    for d in dst.iter_mut() {
+        *d = f32::from_bits(u32::from_le(d.to_bits()));
     }
     Ok(())
 }

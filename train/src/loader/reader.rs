@@ -7,7 +7,8 @@ use std::thread::JoinHandle;
 
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
-use arrow_array::types::Float32Type;
+use arrow_array::types::{Float16Type, Float32Type};
+use arrow_schema::DataType;
 use data_specs::col;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 use rayon::prelude::*;
@@ -602,7 +603,17 @@ impl Job {
                     .column_by_name(col::LOGMEL)
                     .expect("projected")
                     .as_fixed_size_list();
-                let values = list.values().as_primitive::<Float32Type>().values();
+                // float32 values as they are, float16 widened to f32 (exactly).
+                let wide: Vec<f32>;
+                let values: &[f32] = match list.values().data_type() {
+                    DataType::Float16 => {
+                        use half::slice::HalfFloatSliceExt;
+                        let h = list.values().as_primitive::<Float16Type>().values();
+                        wide = h.to_f32_vec();
+                        &wide
+                    }
+                    _ => list.values().as_primitive::<Float32Type>().values(),
+                };
                 if values.len() != list.len() * logmel_len {
                     return Err(pq(&"log-mel rows of the wrong length".to_string()));
                 }

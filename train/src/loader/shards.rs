@@ -196,6 +196,8 @@ fn first_difference(a: &ShardMeta, b: &ShardMeta) -> &'static str {
         "dir_set"
     } else if a.teacher != b.teacher {
         "teacher"
+    } else if a.logmel_type != b.logmel_type {
+        "logmel_type"
     } else {
         "dataset"
     }

@@ -8,8 +8,8 @@ use std::fs::File;
 use std::path::Path;
 
 use data_specs::{
-    ClipRecord, ClipSet, FrontEndConfig, Manifest, SPEC_VERSION, SPLITS, ShardEntry, ShardMeta,
-    Variant, Vocabulary, records_to_batch,
+    ClipRecord, ClipSet, FrontEndConfig, LogmelType, Manifest, SPEC_VERSION, SPLITS, ShardEntry,
+    ShardMeta, Variant, Vocabulary, records_to_batch,
 };
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -92,12 +92,22 @@ pub fn synth_logits(row: u32, c: usize) -> f32 {
 /// PLAIN floats (the default), or with `zstd` zstd-1 and `BYTE_STREAM_SPLIT` on the two float
 /// leaves; no dictionary or statistics on those leaves, `row_group_rows` rows per row group.
 pub fn writer_properties(row_group_rows: usize, zstd: bool) -> WriterProperties {
+    writer_properties_typed(row_group_rows, zstd, LogmelType::Float32)
+}
+
+/// [`writer_properties`] for a log-mel column of `logmel_type`: as the pipeline, a float16
+/// log-mel gets no `BYTE_STREAM_SPLIT` (DuckDB cannot read it on 2-byte values).
+pub fn writer_properties_typed(
+    row_group_rows: usize,
+    zstd: bool,
+    logmel_type: LogmelType,
+) -> WriterProperties {
     let compression = if zstd {
         Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level"))
     } else {
         Compression::UNCOMPRESSED
     };
-    data_specs::shard_writer_properties(compression, zstd, row_group_rows, None)
+    data_specs::shard_writer_properties(compression, zstd, row_group_rows, logmel_type, None)
 }
 
 /// A row of a synthetic set before its values are made.
@@ -214,7 +224,19 @@ pub fn write_shard_set_with(
     spec: &SynthSpec,
     props: WriterProperties,
 ) -> Result<Manifest> {
-    let meta = synth_meta(spec.frontend.clone());
+    write_shard_set_typed(dir, spec, props, LogmelType::Float32)
+}
+
+/// [`write_shard_set_with`] with a log-mel column of `logmel_type` (float16 rounds the values
+/// of [`synth_logmel`] to nearest).
+pub fn write_shard_set_typed(
+    dir: &Path,
+    spec: &SynthSpec,
+    props: WriterProperties,
+    logmel_type: LogmelType,
+) -> Result<Manifest> {
+    let mut meta = synth_meta(spec.frontend.clone());
+    meta.logmel_type = logmel_type;
     let rows = synth_rows(spec);
     write_with(dir, &meta, rows.len(), spec.n_shards, props, |range| {
         range

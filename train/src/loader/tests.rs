@@ -597,8 +597,18 @@ fn write_with_props(
     records: &[ClipRecord],
     props: parquet::file::properties::WriterProperties,
 ) -> tempfile::TempDir {
+    write_typed(records, props, data_specs::LogmelType::Float32)
+}
+
+/// [`write_with_props`] with a log-mel column of `logmel_type`.
+fn write_typed(
+    records: &[ClipRecord],
+    props: parquet::file::properties::WriterProperties,
+    logmel_type: data_specs::LogmelType,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let meta = synth_meta(tiny_frontend());
+    let mut meta = synth_meta(tiny_frontend());
+    meta.logmel_type = logmel_type;
     let file = std::fs::File::create(dir.path().join("s.parquet")).unwrap();
     let mut w = ArrowWriter::try_new(file, meta.schema(), Some(props)).unwrap();
     for part in records.chunks(16) {
@@ -653,6 +663,89 @@ fn page_fast_path_and_arrow_fallback_agree() {
         }
         assert_eq!(seen, loader.epoch_len());
     }
+}
+
+/// float16 shards: every layout (dictionary pages through the Arrow reader; PLAIN, with
+/// `pread` from uncompressed pages, and BYTE_STREAM_SPLIT, in small pages and compressed) gives
+/// each drawn row's values rounded to nearest binary16, and the same batches as the float32
+/// shards of the same records.
+#[test]
+fn float16_shards_load_as_the_rounded_values() {
+    use parquet::basic::{Compression, Encoding, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+    use parquet::schema::types::ColumnPath;
+    let spec = SynthSpec::tiny(80);
+    let records = synth_records(&spec, &synth_meta(tiny_frontend()));
+    let leaf = ColumnPath::new(vec!["logmel".into(), "list".into(), "item".into()]);
+    let small = || {
+        WriterProperties::builder()
+            .set_column_dictionary_enabled(leaf.clone(), false)
+            .set_data_page_size_limit(100)
+            .set_write_batch_size(10)
+    };
+    let layouts = [
+        WriterProperties::builder().build(),
+        small().build(),
+        small()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()))
+            .build(),
+        small()
+            .set_column_encoding(leaf.clone(), Encoding::BYTE_STREAM_SPLIT)
+            .build(),
+        super::synth::writer_properties_typed(16, false, data_specs::LogmelType::Float16),
+    ];
+    let len = tiny_frontend().logmel_len();
+    let f32_dir = write_with_props(&records, super::synth::writer_properties(16, false));
+    let f32_set = ShardSet::open(f32_dir.path(), None).unwrap();
+    let want_batches: Vec<Vec<u32>> = {
+        let loader = Loader::new(&f32_set, sel(0.6, true), cfg(8, 2)).unwrap();
+        run_epoch(&loader, 0)
+    };
+    for (i, props) in layouts.into_iter().enumerate() {
+        let dir = write_typed(&records, props, data_specs::LogmelType::Float16);
+        let set = ShardSet::open(dir.path(), None).unwrap();
+        assert_eq!(set.meta().logmel_type, data_specs::LogmelType::Float16);
+        let loader = Loader::new(&set, sel(0.6, true), cfg(8, 2)).unwrap();
+        let mut seen = 0;
+        let mut batches = Vec::new();
+        for b in loader.epoch(0) {
+            let b = b.unwrap();
+            for (j, &row) in b.rows().iter().enumerate() {
+                let got = &b.logmel()[j * len..(j + 1) * len];
+                for (k, (&g, &w)) in got.iter().zip(&records[row as usize].logmel).enumerate() {
+                    assert_eq!(
+                        g,
+                        half::f16::from_f32(w).to_f32(),
+                        "layout {i} row {row} k {k}"
+                    );
+                }
+                seen += 1;
+            }
+            batches.push(b.rows().to_vec());
+        }
+        assert_eq!(seen, loader.epoch_len());
+        assert_eq!(batches, want_batches, "layout {i}");
+    }
+    // A set mixing float32 and float16 shards is refused, naming the field.
+    let mixed = tempfile::tempdir().unwrap();
+    for (name, dir) in [
+        ("a.parquet", &f32_dir),
+        (
+            "b.parquet",
+            &write_typed(
+                &records,
+                WriterProperties::builder().build(),
+                data_specs::LogmelType::Float16,
+            ),
+        ),
+    ] {
+        std::fs::copy(dir.path().join("s.parquet"), mixed.path().join(name)).unwrap();
+    }
+    let e = ShardSet::open(mixed.path(), None).unwrap_err();
+    assert!(
+        matches!(&e, LoaderError::Inconsistent { key, .. } if key == "logmel_type"),
+        "{e}"
+    );
 }
 
 #[test]
