@@ -236,6 +236,7 @@ fn output(
 struct OutPtr(*mut f32);
 // SAFETY: the tasks write disjoint blocks of the buffer behind the pointer.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for Send: shared access only ever writes disjoint blocks.
 unsafe impl Sync for OutPtr {}
 
 /// `Out_c = L_c R` for `blocks` blocks in parallel: `L_c` `[rows, k]` (view `lv`, blocks

@@ -313,12 +313,14 @@ impl MambaKernel {
                 // `dt`, `du`, `acc` (`di`) and `bs`, `cs` (`n`) as asserted there.
                 if isa == Isa::Avx512 {
                     while c0 + 16 <= di {
+                        // SAFETY: see above (AVX-512 level, blocks inside the slices).
                         unsafe { step::block16_avx512(c0, di, h, a_t, dt, du, acc, bs, cs) };
                         c0 += 16;
                     }
                 }
                 if isa >= Isa::Avx2 {
                     while c0 + 8 <= di {
+                        // SAFETY: see above (AVX2 level, blocks inside the slices).
                         unsafe { step::block8_avx2(c0, di, h, a_t, dt, du, acc, bs, cs) };
                         c0 += 8;
                     }

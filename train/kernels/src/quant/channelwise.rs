@@ -146,9 +146,8 @@ impl QConvKernel {
                 #[cfg(target_arch = "x86_64")]
                 if isa >= Isa::Avx512 {
                     // SAFETY: `isa` is the level of the enclosing `target_feature` function.
-                    if let Some(rq) =
-                        unsafe { qsimd::Requant::new(m, self.zp_out, self.lo, self.hi) }
-                    {
+                    let rq = unsafe { qsimd::Requant::new(m, self.zp_out, self.lo, self.hi) };
+                    if let Some(rq) = rq {
                         if isa == Isa::Avx512Vnni && g.sw == 1 && g.kw <= 4 {
                             // Kernel rows: the plane of row phase ky % sh, row ky / sh, and the
                             // row's weights as one i8 quad (zero-filled past kw).
@@ -160,10 +159,10 @@ impl QConvKernel {
                                 }
                                 *r = (offs[ky * g.kw], i32::from_le_bytes(q));
                             }
-                            // SAFETY: as above (VNNI level); every row's 64-byte loads stay inside
-                            // `chan` (`DwGeom` slack: positions below `ho * wph <= d.wide`).
                             let yc = &mut y[co * ho * wo..(co + 1) * ho * wo];
                             let rows = &rows[..g.kh];
+                            // SAFETY: as above (VNNI level); every row's 64-byte loads stay inside
+                            // `chan` (`DwGeom` slack: positions below `ho * wph <= d.wide`).
                             unsafe {
                                 avx512::channelwise_rows_vnni(chan, rows, b, &rq, d.wph, wo, yc)
                             };

@@ -52,16 +52,20 @@ impl QConvKernel {
                 &self.pairs[co * cin2..(co + nc) * cin2],
                 &self.bias[co..co + nc],
             );
-            // SAFETY (both AVX arms): `run_pointwise` is only reached with `isa` equal to the
+            // SAFETY: (both AVX arms) `run_pointwise` is only reached with `isa` equal to the
             // level of the enclosing `target_feature` function, which `run_isa` checked.
             match (isa, nc) {
+                // SAFETY: the AVX-512 level was checked (above).
                 (Isa::Avx512 | Isa::Avx512Vnni, 4) => unsafe {
                     gemm_tile_avx512::<4>(xp, pairs, bias, cin2, p, acc)
                 },
+                // SAFETY: the AVX-512 level was checked (above).
                 (Isa::Avx512 | Isa::Avx512Vnni, _) => unsafe {
                     gemm_tile_avx512::<1>(xp, pairs, bias, cin2, p, acc)
                 },
+                // SAFETY: the AVX2 level was checked (above).
                 (Isa::Avx2, 4) => unsafe { gemm_tile_avx2::<4>(xp, pairs, bias, cin2, p, 0, acc) },
+                // SAFETY: the AVX2 level was checked (above).
                 (Isa::Avx2, _) => unsafe { gemm_tile_avx2::<1>(xp, pairs, bias, cin2, p, 0, acc) },
                 (_, 4) => gemm_tile::<4>(xp, pairs, bias, cin2, p, acc),
                 _ => gemm_tile::<1>(xp, pairs, bias, cin2, p, acc),

@@ -130,10 +130,11 @@ macro_rules! scan16_block_impl {
                 }
             }
             let abp = ab.as_ptr() as *const f32;
-            // SAFETY (masked loads and stores): lanes `j < nl` touch channel
+            // SAFETY: (masked loads and stores) lanes `j < nl` touch channel
             // `c0 + j < di` at `t < L`, inside the lengths asserted by the caller;
             // masked-off lanes are not accessed.
             let dsk = unsafe { $maskz_loadu(mask, d_skip.as_ptr().add(c0)) };
+            // SAFETY: the offsets `c0 < di` are inside the three buffers.
             let (dp, up, yp) = unsafe {
                 (
                     delta.as_ptr().add(c0),
@@ -143,6 +144,7 @@ macro_rules! scan16_block_impl {
             };
             let mut h = [$setzero(); N];
             for t in 0..l {
+                // SAFETY: masked loads of row `t < L` (see above).
                 let (d, uv) = unsafe {
                     (
                         $maskz_loadu(mask, dp.add(t * di)),
@@ -186,6 +188,7 @@ macro_rules! scan16_block_impl {
                 state!(13, y1);
                 state!(14, y0);
                 state!(15, y1);
+                // SAFETY: masked store to row `t < L` of `y` (see above).
                 unsafe { $mask_storeu(yp.add(t * di), mask, $add(y0, y1)) };
             }
         }
@@ -380,7 +383,7 @@ unsafe fn block(
 ) {
     let mask: __mmask16 = if nl == 16 { !0 } else { (1u16 << nl) - 1 };
     let log2e = _mm512_set1_ps(std::f32::consts::LOG2_E);
-    // SAFETY (all masked loads and stores below): lanes `j < nl` touch channel `c0 + j < di`
+    // SAFETY: (all masked loads and stores below) lanes `j < nl` touch channel `c0 + j < di`
     // of rows `t < L` of `[L, di]` buffers (or of `[16, di]`, `[di]`), inside the asserted
     // lengths; masked-off lanes are not accessed.
     let (a, dsk) = unsafe {
@@ -396,6 +399,7 @@ unsafe fn block(
     }
     macro_rules! ld {
         ($p:expr, $t:expr) => {
+            // SAFETY: masked load of row `$t < L` (see above).
             unsafe { _mm512_maskz_loadu_ps(mask, $p.as_ptr().add($t * di + c0)) }
         };
     }
