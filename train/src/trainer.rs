@@ -572,8 +572,10 @@ pub fn train(opts: TrainOptions) -> Result<TrainOutcome> {
 
     // Model, optimizer, state.
     let device = crate::backend::training_device();
-    device.seed(checkpoint::derive_seed(cfg.seed, 0, INIT_STREAM));
-    let mut model = cfg.model.init(n_classes, &device);
+    // Drawn now from the CPU generator, on a GPU too: one seed, one initial model.
+    let init_seed = checkpoint::derive_seed(cfg.seed, 0, INIT_STREAM);
+    let mut model =
+        crate::backend::init_model(&device, init_seed, |d| cfg.model.init(n_classes, d));
     let mut optim = optimizer(&cfg);
     let mut state = TrainState {
         epoch: 0,
