@@ -32,9 +32,24 @@ if [[ "$ASC_GPU_TEST_DEVICE" == *:cpu && -z "$(lavapipe_icd)" ]]; then
         echo "  sudo apt-get install -y mesa-vulkan-drivers" >&2
         exit 1
     fi
+    if ! command -v apt-get >/dev/null; then
+        echo "ci-gpu-test: lavapipe is missing and there is no apt-get (not Debian/Ubuntu); install" >&2
+        echo "  Mesa's Vulkan drivers (lavapipe, lvp_icd.*.json) and the Vulkan loader" >&2
+        exit 1
+    fi
     export DEBIAN_FRONTEND=noninteractive
-    "${as_root[@]}" apt-get update -qq
-    "${as_root[@]}" apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1 >/dev/null
+    # Error-Mode=any: apt-get update exits 0 when an index fails to download (it only warns);
+    # older apt ignores the option, and the install below then fails on the missing package.
+    if ! "${as_root[@]}" apt-get update -qq -o APT::Update::Error-Mode=any; then
+        echo "ci-gpu-test: apt-get update failed (see above): the Debian package index is" >&2
+        echo "  unreachable, so lavapipe (mesa-vulkan-drivers) cannot be installed" >&2
+        exit 1
+    fi
+    if ! "${as_root[@]}" apt-get install -y -qq --no-install-recommends \
+        mesa-vulkan-drivers libvulkan1 >/dev/null; then
+        echo "ci-gpu-test: apt-get install mesa-vulkan-drivers libvulkan1 failed (see above)" >&2
+        exit 1
+    fi
     if [[ -z "$(lavapipe_icd)" ]]; then
         echo "ci-gpu-test: mesa-vulkan-drivers installed no lavapipe ICD under /usr/share/vulkan/icd.d" >&2
         exit 1

@@ -8,7 +8,6 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use train::backend::{default_device, training_device};
 use train::ops::{
     depthwise_conv1d_causal, depthwise_conv1d_causal_reference, depthwise_conv2d,
     depthwise_conv2d_reference,
@@ -45,14 +44,14 @@ fn bench2d(name: &str, shape: [usize; 4], stride: [usize; 2]) {
         } else {
             depthwise_conv2d_reference
         };
-        let dev = default_device();
+        let dev = Device::flex();
         let (x, w, b) = (rand(shape, &dev), rand([c, 1, 3, 3], &dev), rand([c], &dev));
         let fwd = time_ms(|| {
             let _: f32 = f(x.clone(), w.clone(), Some(b.clone()), stride, [1, 1])
                 .sum()
                 .into_scalar();
         });
-        let dev = training_device();
+        let dev = Device::flex().autodiff();
         let x = rand(shape, &dev).require_grad();
         let w = rand([c, 1, 3, 3], &dev).require_grad();
         let b = rand([c], &dev).require_grad();
@@ -75,12 +74,12 @@ fn bench1d(name: &str, shape: [usize; 3], k: usize) {
         } else {
             depthwise_conv1d_causal_reference
         };
-        let dev = default_device();
+        let dev = Device::flex();
         let (x, w, b) = (rand(shape, &dev), rand([c, 1, k], &dev), rand([c], &dev));
         let fwd = time_ms(|| {
             let _: f32 = f(x.clone(), w.clone(), Some(b.clone())).sum().into_scalar();
         });
-        let dev = training_device();
+        let dev = Device::flex().autodiff();
         let x = rand(shape, &dev).require_grad();
         let w = rand([c, 1, k], &dev).require_grad();
         let b = rand([c], &dev).require_grad();

@@ -1,4 +1,6 @@
-//! Model throughput on this machine's CPU (Flex backend):
+//! Model throughput on the device named by `ASC_DEVICE` (default `cpu`, the Flex backend; a GPU
+//! device with train's `wgpu` / `cuda` feature, e.g. `ASC_DEVICE=vulkan cargo bench -p train
+//! --features wgpu --bench model`), printed first:
 //! - training step (forward, backward, AdamW step) samples/s for `s1` at batch 64 and 256,
 //! - inference samples/s (`model.valid()`),
 //! - a per-block forward / forward+backward time profile of `s1` (stem, IRBs, each PMB, head).
@@ -219,8 +221,10 @@ fn main() {
         }
         return;
     }
+    let spec = train::backend::current_spec();
     println!(
-        "model {name}, {} threads, {} timed iterations after a warm-up",
+        "model {name} on {}, {} threads, {} timed iterations after a warm-up",
+        train::backend::describe_device(spec, &default_device()),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         iters()
     );

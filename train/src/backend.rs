@@ -19,7 +19,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 /// Name of the environment variable that selects the CPU backend (`flex` or `ndarray`); kept
 /// for compatibility, [`DEVICE_ENV`] takes precedence.
@@ -261,6 +261,44 @@ pub fn training_device() -> Device {
     default_device().autodiff()
 }
 
+/// The device whose random generator initialises a model for `device` ([`init_model`]):
+/// `device` itself on the CPU backends, Flex (with autodiff when `device` has it) on a GPU
+/// (whose generators draw other numbers).
+pub fn init_device(device: &Device) -> Device {
+    match (on_cube(device), device.is_autodiff()) {
+        (false, _) => device.clone(),
+        (true, false) => Device::flex(),
+        (true, true) => Device::flex().autodiff(),
+    }
+}
+
+/// A model for `device` built by `init` on [`init_device`] with its generator seeded with
+/// `seed`, every parameter drawn right away, then moved to `device`: one seed gives the same
+/// initial weights on every device.
+///
+/// burn draws a parameter lazily, at its first use, from the generator of the device it sits
+/// on then: without drawing them here, a model moved to a GPU would draw on the GPU, and a
+/// generator seeded between the initialisation and the first forward pass would decide the
+/// weights instead of `seed`.
+pub fn init_model<M: burn::module::Module>(
+    device: &Device,
+    seed: u64,
+    init: impl FnOnce(&Device) -> M,
+) -> M {
+    /// Reads every float parameter once (which draws a lazy one).
+    struct DrawNow;
+    impl burn::module::ModuleVisitor for DrawNow {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    let on = init_device(device);
+    on.seed(seed);
+    let model = init(&on);
+    model.visit(&mut DrawNow);
+    model.fork(device)
+}
+
 /// One line naming a device for logs: the spec, burn's device and, on a Cube device, the
 /// adapter and the runtime's compiler (e.g. `llvmpipe (LLVM 15.0.6, 256 bits)` on
 /// `wgpu<wgsl>`). Opens the device.
@@ -446,5 +484,45 @@ mod tests {
         let (dev, line) = open_device(DeviceSpec::Cpu).unwrap();
         assert_eq!(dev, Device::flex());
         assert!(line.starts_with("cpu ("), "{line}");
+    }
+
+    /// Every float parameter of `model`, flattened in visiting order.
+    fn weights<M: burn::module::Module>(model: &M) -> Vec<f32> {
+        struct Collect(Vec<f32>);
+        impl burn::module::ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                let v = p.val().into_data().convert::<f32>();
+                self.0.extend(v.iter::<f32>());
+            }
+        }
+        let mut c = Collect(Vec::new());
+        model.visit(&mut c);
+        c.0
+    }
+
+    #[test]
+    fn init_model_draws_every_weight_from_its_seed_at_once() {
+        let cfg = crate::model::ModelConfig::from_toml_str(
+            "kind = \"baseline\"\nbase_channels = 8\nn_blocks = [1, 1, 1]\n",
+        )
+        .unwrap();
+        let dev = Device::flex().autodiff();
+        assert_eq!(init_device(&dev), dev);
+        assert_eq!(init_device(&Device::flex()), Device::flex());
+        // A seed set after the initialisation (the trainer seeds every step) changes nothing.
+        let a = init_model(&dev, 7, |d| cfg.init(10, d));
+        dev.seed(99);
+        let b = init_model(&dev, 7, |d| cfg.init(10, d));
+        dev.seed(123);
+        let (wa, wb) = (weights(&a), weights(&b));
+        assert!(wa.len() > 1000 && wa.iter().all(|v| v.is_finite()));
+        assert_eq!(wa, wb);
+        assert_ne!(wa, weights(&init_model(&dev, 8, |d| cfg.init(10, d))));
+        // What it guards against: burn draws a parameter at its first use, from the generator
+        // as it is then.
+        dev.seed(7);
+        let lazy = cfg.init(10, &dev);
+        dev.seed(99);
+        assert_ne!(weights(&lazy), wa);
     }
 }

@@ -202,8 +202,8 @@ mod tests {
         // With all rows in one batch, running statistics = the batch statistics at every
         // layer, so the eval-mode forward (running statistics) equals the train-mode forward
         // of the same batch (batch statistics), layer after layer.
-        let train_device = crate::backend::training_device();
-        let device = crate::backend::default_device();
+        let train_device = Device::flex().autodiff();
+        let device = Device::flex();
         train_device.seed(11);
         let model = tiny(&train_device);
         let x = Tensor::<4>::random([24, 1, 32, 33], Distribution::Normal(-4.0, 2.0), &device);
@@ -233,7 +233,7 @@ mod tests {
         // The first ConvBn's input is the conv of the raw input: its statistics over all rows
         // do not depend on the batching. Reference: the conv output computed directly, mean
         // and biased variance per channel over (rows, freq, time) in f64.
-        let device = crate::backend::default_device();
+        let device = Device::flex();
         device.seed(5);
         let model = tiny(&device);
         let xs: Vec<Tensor<4>> = (0..3)

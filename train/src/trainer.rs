@@ -284,8 +284,9 @@ fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
 fn start_learner(s: &Session, resume: bool) -> Result<(Model, Learner)> {
     let cfg = &s.cfg;
     let device = crate::backend::training_device();
-    device.seed(checkpoint::derive_seed(cfg.seed, 0, INIT_STREAM));
-    let model = cfg.model.init(s.n_classes, &device);
+    // Drawn now from the CPU generator, on a GPU too: one seed, one initial model.
+    let init_seed = checkpoint::derive_seed(cfg.seed, 0, INIT_STREAM);
+    let model = crate::backend::init_model(&device, init_seed, |d| cfg.model.init(s.n_classes, d));
     let optim = optimizer(cfg);
     let state = TrainState {
         epoch: 0,

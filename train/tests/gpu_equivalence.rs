@@ -436,3 +436,198 @@ fn mamba_mixer_matches_the_cpu_mixer() {
     }
     eprintln!("mixer GPU vs CPU: {}", report.join(", "));
 }
+
+/// A tiny IRMamba (QAT and the int8 export take IRMamba only): a 4/8-channel stem, one PMB
+/// stage of two Mambas with `d_state` 4, 16 channels before the head.
+const TINY_IRMAMBA: &str = r#"
+kind = "ir_mamba"
+stem_channels = [4, 8]
+irb_channels = [8, 8]
+stages = [{ channels = 8, groups = [2] }]
+final_channels = 16
+d_state = 4
+"#;
+
+/// Runs the `train` binary of this build (with the `wgpu` feature) and returns its stdout;
+/// panics with its stderr when it fails.
+fn train_cli(args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(args)
+        .env_remove("ASC_DEVICE")
+        .env_remove("ASC_BACKEND")
+        .output()
+        .expect("run train");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "train {args:?} failed:\n{stderr}\n{stdout}"
+    );
+    (stdout, stderr)
+}
+
+/// `(train_loss, test_log_loss)` of every epoch in a run's metrics.jsonl.
+fn epoch_losses(run: &std::path::Path) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {l}"));
+            (f("train_loss"), f("test_log_loss"))
+        })
+        .collect()
+}
+
+#[test]
+fn cli_trains_evaluates_predicts_and_quantizes_on_the_gpu_as_on_the_cpu() {
+    // The whole CLI path on the GPU device: training with precise BN and evaluation, QAT with
+    // the fake-quant graph, the int8 export, `eval` and `predict` in separate processes. The
+    // same run on the CPU is the reference: one seed gives one initial model on every device
+    // (`backend::init_device`) and the loader and augmentations draw on the host, so the two
+    // runs see the same batches.
+    let spec = gpu_spec().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    let synth = train::loader::synth::SynthSpec {
+        frontend: data_specs::FrontEndConfig {
+            n_mels: 32,
+            clip_samples: 16_000,
+            ..data_specs::FrontEndConfig::dcase2024()
+        },
+        n_clips: 48,
+        n_shards: 1,
+        row_group_rows: 16,
+        dir_per_clip: 1,
+        replay_every: 0,
+        test_every: 4,
+        missing_teacher_every: 0,
+    };
+    train::loader::synth::write_shard_set(&shards, &synth).expect("synthetic shards");
+    let model = tmp.path().join("tiny.toml");
+    std::fs::write(&model, TINY_IRMAMBA).unwrap();
+    let runs = tmp.path().join("runs");
+    let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_string();
+    let (shards_s, model_s, runs_s) = (path(&shards), path(&model), path(&runs));
+    let t = std::time::Instant::now();
+    for (name, device) in [("cpu", "cpu"), ("gpu", spec.as_str())] {
+        let (_, stderr) = train_cli(&[
+            "--device",
+            device,
+            "--shards",
+            &shards_s,
+            "--model",
+            &model_s,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "36",
+            "--precise-bn-rows",
+            "24",
+            "--qat-epochs",
+            "1",
+            "--runs",
+            &runs_s,
+            "--name",
+            name,
+            "--quiet",
+        ]);
+        assert!(
+            stderr.contains(&format!("device: {device} (")),
+            "the run names its device:\n{stderr}"
+        );
+        let config = std::fs::read_to_string(runs.join(name).join("config.toml")).unwrap();
+        assert!(
+            config.contains(&format!("device = \"{device}\"")),
+            "config.toml records the device:\n{config}"
+        );
+        assert!(runs.join(name).join("qat").join("model.asc8").is_file());
+    }
+    let train_s = t.elapsed().as_secs_f64();
+    // One update per epoch (36 training rows, batch 36): epoch 1's training loss is the loss
+    // of the initial model on the first batch, the same computation on both devices. After
+    // AdamW's first steps (about lr times the sign of each gradient) the runs drift apart where
+    // a gradient is rounding noise on both devices, so the later losses only stay close.
+    let (lc, lg) = (
+        epoch_losses(&runs.join("cpu")),
+        epoch_losses(&runs.join("gpu")),
+    );
+    assert_eq!((lc.len(), lg.len()), (2, 2));
+    let rel = |a: f64, b: f64| ((a - b) / a).abs();
+    let e_first = rel(lc[0].0, lg[0].0);
+    let e_later = [
+        rel(lc[0].1, lg[0].1),
+        rel(lc[1].0, lg[1].0),
+        rel(lc[1].1, lg[1].1),
+    ]
+    .into_iter()
+    .fold(0.0f64, f64::max);
+    eprintln!("losses (train, test) per epoch: CPU {lc:?}, GPU {lg:?}");
+    assert!(
+        e_first <= 1e-5,
+        "first training loss: relative error {e_first:e}"
+    );
+    assert!(e_later <= 5e-2, "later losses: relative error {e_later:e}");
+    // `predict` of the GPU-trained model on both devices: the same logits.
+    let run_gpu = path(&runs.join("gpu"));
+    let logits = |device: &str| {
+        let out = tmp
+            .path()
+            .join(format!("logits-{}.parquet", device.replace(':', "-")));
+        train_cli(&[
+            "predict",
+            "--device",
+            device,
+            "--shards",
+            &shards_s,
+            "--model",
+            &run_gpu,
+            "--out",
+            &path(&out),
+            "--set",
+            "all",
+        ]);
+        pipeline::teachers::TeacherLogits::load(&out, &[], 10).expect("logits table")
+    };
+    let (pc, pg) = (logits("cpu"), logits(&spec));
+    let set = train::loader::ShardSet::open(&shards, None).expect("shards");
+    let ids: Vec<String> = set
+        .rows()
+        .filter(|r| r.variant == data_specs::Variant::Original)
+        .map(|r| r.clip_id.to_string())
+        .collect();
+    assert_eq!((ids.len(), pc.len(), pg.len()), (48, 48, 48));
+    let (mut vc, mut vg) = (Vec::new(), Vec::new());
+    for id in &ids {
+        vc.extend_from_slice(pc.get(id).expect("CPU logits"));
+        vg.extend_from_slice(pg.get(id).unwrap_or_else(|| panic!("GPU logits of {id}")));
+    }
+    let e_predict = rel_err(&vg, &vc);
+    assert!(
+        e_predict <= 1e-4,
+        "predict logits: relative error {e_predict:e}"
+    );
+    // `eval` on the GPU: the report of the run's own final evaluation.
+    let (report, _) = train_cli(&[
+        "eval", "--device", &spec, "--shards", &shards_s, "--model", &run_gpu,
+    ]);
+    let ll = report
+        .split_whitespace()
+        .skip_while(|w| *w != "log-loss")
+        .nth(1)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no log-loss in\n{report}"));
+    assert!(
+        (ll - lg[1].1).abs() <= 1e-3,
+        "eval log-loss {ll} vs the run's {}",
+        lg[1].1
+    );
+    eprintln!(
+        "CLI on {spec} vs cpu: first training loss {e_first:.1e}, later losses {e_later:.1e}, \
+         predict logits {e_predict:.1e}, eval log-loss {ll:.4} ({train_s:.0} s for both \
+         training runs)"
+    );
+}

@@ -9,7 +9,6 @@ use rand::{Rng, SeedableRng};
 
 use asc_int8::builder::quantize_weight;
 use asc_int8::{Int8Model, QParams};
-use train::backend::{default_device, training_device};
 use train::export::export_int8;
 use train::model::{ConvBnConfig, IrMambaConfig, Model, ModelConfig, PmbStageConfig};
 use train::qat::reference::qat_forward_reference;
@@ -28,7 +27,7 @@ fn uniform(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 
 #[test]
 fn activation_fake_quant_is_the_quantize_dequantize_formula() {
-    let dev = default_device();
+    let dev = Device::flex();
     let mut rng = StdRng::seed_from_u64(1);
     let v = uniform(&mut rng, 4000, -3.0, 7.0);
     // Observer range narrower than the data: values outside clamp to the range ends.
@@ -52,7 +51,7 @@ fn activation_fake_quant_is_the_quantize_dequantize_formula() {
 
 #[test]
 fn weight_fake_quant_is_per_channel_symmetric() {
-    let dev = default_device();
+    let dev = Device::flex();
     let mut rng = StdRng::seed_from_u64(2);
     let (cout, cin, k) = (6, 4, 3);
     let mut w = uniform(&mut rng, cout * cin * k * k, -1.0, 1.0);
@@ -90,7 +89,7 @@ fn weight_fake_quant_is_per_channel_symmetric() {
 
 #[test]
 fn straight_through_gradient_is_identity() {
-    let dev = training_device();
+    let dev = Device::flex().autodiff();
     let v: Vec<f32> = (0..50).map(|i| -1.0 + 0.07 * i as f32).collect();
     let x = Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), &dev).require_grad();
     let q = QParams::from_min_max(-1.0, 2.5, ACT_QMIN, ACT_QMAX);
@@ -116,7 +115,7 @@ fn straight_through_gradient_is_identity() {
 #[test]
 fn folded_conv_bn_equals_conv_then_bn() {
     let _rng = device_rng();
-    let dev = default_device();
+    let dev = Device::flex();
     let mut rng = StdRng::seed_from_u64(3);
     for (cfg, cin) in [
         (ConvBnConfig::new(4, 8, 3).with_stride([2, 1]), 4),
@@ -210,7 +209,7 @@ fn logmels(rng: &mut StdRng, n: usize, n_mels: usize, n_frames: usize) -> Vec<f3
 
 fn engine_vs_fake_quant(shared: bool, act_qmax: i32) {
     let _rng = device_rng();
-    let dev = default_device();
+    let dev = Device::flex();
     let model = random_student(shared, 7, &dev);
     let Model::IrMamba(m) = &model else {
         unreachable!()
@@ -308,7 +307,7 @@ fn int8_engine_matches_fake_quant_student_shared_mamba() {
 #[test]
 fn export_without_observers_is_refused() {
     let _rng = device_rng();
-    let dev = default_device();
+    let dev = Device::flex();
     let model = random_student(false, 3, &dev);
     let qm = QatModel {
         model,
@@ -331,7 +330,7 @@ fn export_without_observers_is_refused() {
 /// steps (observers updating) on random students with trained-like BN statistics.
 fn fused_vs_composed(shared: bool) {
     let _rng = device_rng();
-    let dev = training_device();
+    let dev = Device::flex().autodiff();
     let model = random_student(shared, 21, &dev);
     let Model::IrMamba(m) = &model else {
         unreachable!()
@@ -446,7 +445,7 @@ fn fused_qat_forward_matches_the_composition_shared_mamba() {
 #[test]
 fn float_control_forward_is_the_float_model_in_eval_mode() {
     let _rng = device_rng();
-    let dev = default_device();
+    let dev = Device::flex();
     let model = random_student(false, 9, &dev);
     let Model::IrMamba(m) = &model else {
         unreachable!()

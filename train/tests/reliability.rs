@@ -241,7 +241,7 @@ fn a_run_refuses_shards_with_another_label_vocabulary() {
     std::fs::create_dir_all(&other).unwrap();
     write_records(&other, &meta, &synth_records(&spec, &meta), 2, 16).unwrap();
     let set = ShardSet::open(&other, None).unwrap();
-    let device = train::backend::default_device();
+    let device = burn::tensor::Device::flex();
     let e = train::run::load_run_model(&runs.join("v"), &set.meta().labels, &other, &device)
         .unwrap_err();
     let msg = e.to_string();

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Device;
 use data_specs::{ClipSet, FrontEndConfig, write_logits_table};
 use train::augment::Augment;
-use train::backend::default_device;
 use train::config::EvalConfig;
 use train::loader::Fold;
 use train::loader::ShardSet;
@@ -100,7 +100,7 @@ fn options(cfg: TrainConfig, runs: &Path, resume: bool, stop_after: Option<u64>)
 /// Test-set logits of a run's final model.
 fn test_logits(run: &Path, shards: &Path) -> (Vec<String>, Vec<f32>) {
     let set = ShardSet::open(shards, None).unwrap();
-    let device = default_device();
+    let device = Device::flex();
     let (_, model, _) =
         train::run::load_run_model(run, &set.meta().labels, shards, &device).unwrap();
     predict_logits(&model, &set, &[ClipSet::Test], 16, &device).unwrap()
@@ -286,7 +286,7 @@ fn predict_table_reads_back_as_teacher_logits() {
     trainer::train(options(config(&shards, "p", 1), &runs, false, None)).unwrap();
     let set = ShardSet::open(&shards, None).unwrap();
     let k = set.meta().n_classes();
-    let device = default_device();
+    let device = Device::flex();
     let (_, model, _) =
         train::run::load_run_model(&runs.join("p"), &set.meta().labels, &shards, &device).unwrap();
     let (ids, logits) =
@@ -313,7 +313,7 @@ fn out_of_fold_logits_come_from_the_run_that_left_the_clip_out() {
     let runs = tmp.path().join("runs");
     let set = ShardSet::open(&shards, None).unwrap();
     let k = set.meta().n_classes();
-    let device = default_device();
+    let device = Device::flex();
     let sets = [ClipSet::Train, ClipSet::Test];
     let mut members = Vec::new();
     let mut full = Vec::new();
@@ -469,8 +469,8 @@ fn short_small_run_is_above_chance_and_eval_mode_matches_train_mode() {
     let k = set.meta().n_classes();
     let run = runs.join("small");
     let (cfg, eval_model, _) =
-        train::run::load_run_model(&run, &set.meta().labels, &shards, &default_device()).unwrap();
-    let train_device = train::backend::training_device();
+        train::run::load_run_model(&run, &set.meta().labels, &shards, &Device::flex()).unwrap();
+    let train_device = Device::flex().autodiff();
     let train_model = train::run::load_model_file(
         &cfg.model,
         k,
@@ -485,7 +485,7 @@ fn short_small_run_is_above_chance_and_eval_mode_matches_train_mode() {
     )
     .unwrap();
     let (mut eval_logits, mut train_logits, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-    rows.for_each_batch(&eval_model, &default_device(), |_, lg, y| {
+    rows.for_each_batch(&eval_model, &Device::flex(), |_, lg, y| {
         eval_logits.extend_from_slice(lg);
         labels.extend_from_slice(y);
         Ok(())
@@ -535,7 +535,7 @@ fn validation_fold_selects_the_kept_model_without_the_test_set() {
     // model.bpk is that checkpoint's model.
     let set = ShardSet::open(&shards, None).unwrap();
     let k = set.meta().n_classes();
-    let device = default_device();
+    let device = Device::flex();
     let kept = train::run::load_model_file(
         &cfg.model,
         k,

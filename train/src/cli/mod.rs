@@ -62,11 +62,15 @@ enum Command {
 
 /// Runs the command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if matches!(
-        cli.command,
-        Some(Command::Eval(_) | Command::Predict(_) | Command::Qat(_))
-    ) {
-        use_device(cli.device.as_deref(), None)?;
+    match cli.command {
+        Some(Command::Eval(_) | Command::Predict(_) | Command::Qat(_) | Command::Export(_)) => {
+            use_device(cli.device.as_deref(), None)?;
+        }
+        // The int8 engine, the floor and the complexity table run on the host.
+        Some(_) if cli.device.is_some() => {
+            eprintln!("note: this command runs on the CPU; --device is not used");
+        }
+        _ => {}
     }
     match cli.command {
         Some(Command::Summary(a)) => eval::summary(&a),
