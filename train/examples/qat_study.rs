@@ -50,17 +50,17 @@ fn main() -> anyhow::Result<()> {
     // Quantized buffers: (index in float graph, index in int8 graph, name, lo, hi).
     let mut bufs = Vec::new();
     for (qi, b) in ig.buffers.iter().enumerate() {
-        if let BufKind::Quant { q } = b.kind {
-            if let Some(fi) = fg.buffers.iter().position(|f| f.name == b.name) {
-                bufs.push((
-                    fi,
-                    qi,
-                    b.name.clone(),
-                    q.dequantize(q.qmin),
-                    q.dequantize(q.qmax),
-                    q,
-                ));
-            }
+        if let BufKind::Quant { q } = b.kind
+            && let Some(fi) = fg.buffers.iter().position(|f| f.name == b.name)
+        {
+            bufs.push((
+                fi,
+                qi,
+                b.name.clone(),
+                q.dequantize(q.qmin),
+                q.dequantize(q.qmax),
+                q,
+            ));
         }
     }
     let loader = Loader::new(
