@@ -52,7 +52,7 @@ pub const ACT_QMIN: i32 = 0;
 /// Largest activation code.
 pub const ACT_QMAX: i32 = 127;
 /// Weight scale divisor: `s = max|w| / 127.5` (codes `-128..=127`).
-pub const WEIGHT_SCALE_DIV: f32 = 127.5;
+pub use asc_kernels::quant::fake::WEIGHT_SCALE_DIV;
 /// Averaging constant of the moving-average min/max observers (PyTorch's 0.01).
 pub const DEFAULT_MOMENTUM: f32 = 0.01;
 /// Observer key of the network input.
@@ -223,54 +223,15 @@ impl Observers {
     }
 }
 
-/// Straight-through estimator: the value of `q`, the gradient of `x` (`x + (q - x).detach()`).
-pub fn straight_through<const D: usize>(x: Tensor<D>, q: Tensor<D>) -> Tensor<D> {
-    x.clone() + (q - x).detach()
-}
+pub use crate::ops::fake_quant::{
+    fake_quant_weight_reference as fake_quant_weight, straight_through,
+};
 
 /// Per-tensor affine fake quantization with straight-through gradient:
-/// `(clamp(round(x / s) + z, qmin, qmax) - z) * s` (round half to even, as `nearbyint`).
+/// `(clamp(round(x / s) + z, qmin, qmax) - z) * s` (round half to even, as `nearbyint`); the
+/// composition of [`crate::ops::fake_quant::fake_quant_grid_reference`] on `q`'s grid.
 pub fn fake_quant_act<const D: usize>(x: Tensor<D>, q: &QParams) -> Tensor<D> {
-    let (s, z) = (q.scale, q.zero_point as f32);
-    let y = x
-        .clone()
-        .detach()
-        .div_scalar(s)
-        .round()
-        .add_scalar(z)
-        .clamp(q.qmin as f32, q.qmax as f32)
-        .sub_scalar(z)
-        .mul_scalar(s);
-    straight_through(x, y)
-}
-
-/// Per-output-channel symmetric int8 fake quantization of a weight whose output channels lie
-/// along `axis` (0 for conv `[Cout, ...]`, 1 for burn's Linear `[d_in, d_out]`):
-/// `s_c = max(max|w_c| / 127.5, eps)`, `clamp(round(w / s_c), -128, 127) * s_c`, with
-/// straight-through gradient (the scale is not differentiated).
-pub fn fake_quant_weight<const D: usize>(w: Tensor<D>, axis: usize) -> Tensor<D> {
-    let wt = if axis == 0 { w } else { w.swap_dims(0, axis) };
-    let dims = wt.dims();
-    let c = dims[0];
-    let rest = dims[1..].iter().product::<usize>();
-    let flat: Tensor<2> = wt.reshape([c, rest]);
-    let scale = flat
-        .clone()
-        .detach()
-        .abs()
-        .max_dim(1)
-        .div_scalar(WEIGHT_SCALE_DIV)
-        .clamp_min(f32::EPSILON);
-    let q = (flat.clone().detach() / scale.clone())
-        .round()
-        .clamp(-128.0, 127.0)
-        * scale;
-    let out: Tensor<D> = straight_through(flat, q).reshape(dims);
-    if axis == 0 {
-        out
-    } else {
-        out.swap_dims(0, axis)
-    }
+    crate::ops::fake_quant::fake_quant_grid_reference(x, q.grid())
 }
 
 /// Conv + BN folded with the BN's running statistics (eval-mode BN, PyTorch

@@ -66,6 +66,9 @@ pub fn fake_quant_act<const D: usize>(
 ) -> Tensor<D> {
     let dims = x.dims();
     check_bias(&dims, channel_axis, bias.as_ref());
+    if crate::backend::on_cube(&x.device()) {
+        return fake_quant_grid_reference(bias_act(x, bias, channel_axis, relu), grid);
+    }
     let inner = inner_of(&dims, channel_axis);
     let bias = bias.unwrap_or_else(|| Tensor::empty([0], &x.device()));
     Tensor::from_dispatch(<Dispatch as FakeQuantOps>::fake_quant_act_fused(
@@ -87,6 +90,15 @@ pub fn act_min_max<const D: usize>(
 ) -> (f32, f32) {
     let dims = x.dims();
     check_bias(&dims, channel_axis, bias);
+    if crate::backend::on_cube(&x.device()) {
+        let y = bias_act(x.clone().detach(), bias.cloned(), channel_axis, relu);
+        if y.shape().num_elements() == 0 {
+            return (f32::INFINITY, f32::NEG_INFINITY);
+        }
+        let lo: f32 = y.clone().min().into_scalar();
+        let hi: f32 = y.max().into_scalar();
+        return (lo, hi);
+    }
     let inner = inner_of(&dims, channel_axis);
     let bias = bias
         .cloned()
@@ -109,6 +121,9 @@ pub fn act_min_max<const D: usize>(
 /// with straight-through gradient; see [`asc_kernels::quant::fake::fake_quant_weight`]. Equal to
 /// [`crate::qat::fake_quant_weight`].
 pub fn fake_quant_weight<const D: usize>(w: Tensor<D>, axis: usize) -> Tensor<D> {
+    if crate::backend::on_cube(&w.device()) {
+        return fake_quant_weight_reference(w, axis);
+    }
     let dims = w.dims();
     let (channels, inner) = (dims[axis], inner_of(&dims, axis));
     Tensor::from_dispatch(<Dispatch as FakeQuantOps>::fake_quant_weight_fused(
@@ -116,6 +131,80 @@ pub fn fake_quant_weight<const D: usize>(w: Tensor<D>, axis: usize) -> Tensor<D>
         channels,
         inner,
     ))
+}
+
+/// `act(x + bias)`: the per-channel `bias` broadcast along `channel_axis`, then the ReLU when
+/// `relu` (burn's ops; the first half of [`fake_quant_act`]'s composition).
+fn bias_act<const D: usize>(
+    x: Tensor<D>,
+    bias: Option<Tensor<1>>,
+    channel_axis: usize,
+    relu: bool,
+) -> Tensor<D> {
+    let y = match bias {
+        Some(b) => {
+            let mut shape = [1usize; D];
+            shape[channel_axis] = b.dims()[0];
+            x + b.reshape(shape)
+        }
+        None => x,
+    };
+    if relu {
+        burn::tensor::activation::relu(y)
+    } else {
+        y
+    }
+}
+
+/// Straight-through estimator: the value of `q`, the gradient of `x` (`x + (q - x).detach()`).
+pub fn straight_through<const D: usize>(x: Tensor<D>, q: Tensor<D>) -> Tensor<D> {
+    x.clone() + (q - x).detach()
+}
+
+/// Reference for the fake quantization of [`fake_quant_act`] from burn's ops, the path on a
+/// Cube device: per-tensor affine fake quantization on `grid` with straight-through gradient,
+/// `(clamp(round(x / s) + z, qmin, qmax) - z) * s` (round half to even, as `nearbyint`).
+pub fn fake_quant_grid_reference<const D: usize>(x: Tensor<D>, grid: Grid) -> Tensor<D> {
+    let (s, z) = (grid.scale, grid.zero_point as f32);
+    let y = x
+        .clone()
+        .detach()
+        .div_scalar(s)
+        .round()
+        .add_scalar(z)
+        .clamp(grid.qmin as f32, grid.qmax as f32)
+        .sub_scalar(z)
+        .mul_scalar(s);
+    straight_through(x, y)
+}
+
+/// Reference for [`fake_quant_weight`] from burn's ops, the path on a Cube device:
+/// per-output-channel symmetric int8 fake quantization along `axis`,
+/// `s_c = max(max|w_c| / 127.5, eps)`, `clamp(round(w / s_c), -128, 127) * s_c`, with
+/// straight-through gradient (the scale is not differentiated).
+pub fn fake_quant_weight_reference<const D: usize>(w: Tensor<D>, axis: usize) -> Tensor<D> {
+    let wt = if axis == 0 { w } else { w.swap_dims(0, axis) };
+    let dims = wt.dims();
+    let c = dims[0];
+    let rest = dims[1..].iter().product::<usize>();
+    let flat: Tensor<2> = wt.reshape([c, rest]);
+    let scale = flat
+        .clone()
+        .detach()
+        .abs()
+        .max_dim(1)
+        .div_scalar(kernel::WEIGHT_SCALE_DIV)
+        .clamp_min(f32::EPSILON);
+    let q = (flat.clone().detach() / scale.clone())
+        .round()
+        .clamp(-128.0, 127.0)
+        * scale;
+    let out: Tensor<D> = straight_through(flat, q).reshape(dims);
+    if axis == 0 {
+        out
+    } else {
+        out.swap_dims(0, axis)
+    }
 }
 
 /// Backends that can run the fused fake-quant ops.
