@@ -181,19 +181,7 @@ impl Observers {
             ops::fake_quant::act_min_max(&x, bias.as_ref(), channel_axis, relu)
         });
         if self.float_control {
-            let y = match bias {
-                Some(b) => {
-                    let mut shape = [1usize; D];
-                    shape[channel_axis] = b.dims()[0];
-                    x + b.reshape(shape)
-                }
-                None => x,
-            };
-            return if relu {
-                burn::tensor::activation::relu(y)
-            } else {
-                y
-            };
+            return ops::fake_quant::bias_act(x, bias, channel_axis, relu);
         }
         ops::fake_quant::fake_quant_act(x, bias, channel_axis, relu, q.grid())
     }

@@ -134,8 +134,9 @@ pub fn fake_quant_weight<const D: usize>(w: Tensor<D>, axis: usize) -> Tensor<D>
 }
 
 /// `act(x + bias)`: the per-channel `bias` broadcast along `channel_axis`, then the ReLU when
-/// `relu` (burn's ops; the first half of [`fake_quant_act`]'s composition).
-fn bias_act<const D: usize>(
+/// `relu` (burn's ops; the first half of [`fake_quant_act`]'s composition, and the whole of it
+/// when nothing is quantized).
+pub fn bias_act<const D: usize>(
     x: Tensor<D>,
     bias: Option<Tensor<1>>,
     channel_axis: usize,
